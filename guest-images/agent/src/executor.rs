@@ -1,0 +1,236 @@
+//! Runs a scenario's steps in order, reporting each one on the results
+//! channel, with a watchdog that reports a timeout if a step outlives the
+//! scenario's deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arena_protocol::scenario::Step;
+use arena_protocol::{GuestMessage, Scenario, StepStatus};
+
+use crate::channel::Channel;
+use crate::steps;
+
+/// What a step did and saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Human-readable account.
+    pub detail: String,
+    /// Structured extras.
+    pub data: serde_json::Value,
+}
+
+impl Outcome {
+    /// An outcome with only a detail line.
+    pub fn said(detail: impl Into<String>) -> Self {
+        Outcome {
+            detail: detail.into(),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Why a step did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// An expectation did not hold: expected vs. actual.
+    Fail(String),
+    /// The step could not be carried out.
+    Error(String),
+}
+
+impl StepError {
+    /// Protocol status of this error.
+    pub fn status(&self) -> StepStatus {
+        match self {
+            StepError::Fail(_) => StepStatus::Fail,
+            StepError::Error(_) => StepStatus::Error,
+        }
+    }
+    /// The message.
+    pub fn text(&self) -> &str {
+        match self {
+            StepError::Fail(s) | StepError::Error(s) => s,
+        }
+    }
+}
+
+/// Result of running one step.
+pub type StepResult = Result<Outcome, StepError>;
+
+/// An arena as this process knows it.
+#[derive(Debug, Clone)]
+pub struct ArenaState {
+    /// Map fd.
+    pub fd: i32,
+    /// Size in pages.
+    pub pages: u64,
+    /// Creation flags.
+    pub flags: u32,
+    /// The arena's user address, once known (mapped here or in an ancestor).
+    pub addr: Option<u64>,
+    /// Length of the mapping in pages.
+    pub mapped_pages: u64,
+    /// Whether this process currently has it mapped.
+    pub mapped: bool,
+}
+
+/// Per-process execution state.
+pub struct Ctx {
+    /// Arenas by id.
+    pub arenas: HashMap<String, ArenaState>,
+    /// Loaded BPF objects by id.
+    pub objects: HashMap<String, steps::bpf::LoadedObject>,
+    /// Seed for random choices.
+    pub seed: u64,
+    /// When the scenario's time is up.
+    pub deadline: Instant,
+}
+
+impl Ctx {
+    /// The arena `id` or a step error naming it.
+    pub fn arena(&self, id: &str) -> Result<&ArenaState, StepError> {
+        self.arenas
+            .get(id)
+            .ok_or_else(|| StepError::Error(format!("unknown arena `{id}`")))
+    }
+
+    /// Mutable access to arena `id`.
+    pub fn arena_mut(&mut self, id: &str) -> Result<&mut ArenaState, StepError> {
+        self.arenas
+            .get_mut(id)
+            .ok_or_else(|| StepError::Error(format!("unknown arena `{id}`")))
+    }
+
+    /// After fork: mappings are not inherited (arena VMAs are `VM_DONTCOPY`).
+    pub fn forget_mappings(&mut self) {
+        for a in self.arenas.values_mut() {
+            a.mapped = false;
+        }
+    }
+}
+
+/// Run `steps` in order; the first failing step ends the list.
+pub fn run_steps(ctx: &mut Ctx, list: &[Step]) -> Result<(), (usize, StepError)> {
+    for (i, step) in list.iter().enumerate() {
+        steps::run(ctx, step).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+/// Shared between the step loop and the watchdog.
+#[derive(Default)]
+struct Progress {
+    current: Option<(String, &'static str, Instant)>,
+    finished: bool,
+}
+
+/// Run a whole scenario, streaming events; returns whether it passed.
+pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -> bool {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(scenario.timeout_s);
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    spawn_watchdog(channel, deadline, progress.clone());
+    let mut ctx = Ctx {
+        arenas: HashMap::new(),
+        objects: HashMap::new(),
+        seed,
+        deadline,
+    };
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let path = i.to_string();
+        let kind = step.kind();
+        let t0 = Instant::now();
+        progress.lock().expect("lock").current = Some((path.clone(), kind, t0));
+        channel.send(&GuestMessage::StepStarted {
+            path: path.clone(),
+            kind: kind.into(),
+        });
+        let result = steps::run_top_level(&mut ctx, step, channel);
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        let mut p = progress.lock().expect("lock");
+        p.current = None;
+        match result {
+            Ok(outcome) => channel.send(&GuestMessage::StepEnded {
+                path,
+                kind: kind.into(),
+                status: StepStatus::Pass,
+                detail: outcome.detail,
+                duration_ms,
+                data: outcome.data,
+            }),
+            Err(e) => {
+                p.finished = true;
+                channel.send(&GuestMessage::StepEnded {
+                    path: path.clone(),
+                    kind: kind.into(),
+                    status: e.status(),
+                    detail: e.text().to_owned(),
+                    duration_ms,
+                    data: serde_json::Value::Null,
+                });
+                channel.send(&GuestMessage::Done {
+                    status: e.status(),
+                    reason: format!("step {path} ({kind}): {}", e.text()),
+                });
+                return false;
+            }
+        }
+    }
+    progress.lock().expect("lock").finished = true;
+    channel.send(&GuestMessage::Done {
+        status: StepStatus::Pass,
+        reason: String::new(),
+    });
+    true
+}
+
+fn spawn_watchdog(
+    channel: &'static Channel,
+    deadline: Instant,
+    progress: Arc<Mutex<Progress>>,
+) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        if p.finished {
+            return;
+        }
+        let (path, kind, started) = p
+            .current
+            .clone()
+            .unwrap_or_else(|| ("?".into(), "?", Instant::now()));
+        let detail = format!(
+            "still running after {:.1} s when the scenario timeout expired",
+            started.elapsed().as_secs_f64()
+        );
+        channel.send(&GuestMessage::StepEnded {
+            path: path.clone(),
+            kind: kind.into(),
+            status: StepStatus::Timeout,
+            detail: detail.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            data: serde_json::Value::Null,
+        });
+        channel.send(&GuestMessage::Done {
+            status: StepStatus::Timeout,
+            reason: format!("step {path} ({kind}): {detail}"),
+        });
+        channel.drain();
+        // SAFETY: ending the worker process; PID 1 powers the VM off.
+        unsafe { libc::_exit(3) };
+    });
+}
+
+impl Ctx {
+    /// A copy for a thread of the same process (same mm, same fds).
+    pub fn clone_for_thread(&self, seed: u64) -> Ctx {
+        Ctx {
+            arenas: self.arenas.clone(),
+            objects: self.objects.clone(),
+            seed,
+            deadline: self.deadline,
+        }
+    }
+}

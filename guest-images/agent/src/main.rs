@@ -1,0 +1,104 @@
+//! arena lab's guest agent, PID 1 of the initramfs.
+//!
+//! Boot flow: mount the pseudo file systems, load the kernel modules the
+//! image lists, open the virtio console (`hvc0`), say hello, receive one
+//! scenario, run it in a forked worker process (so a crashing step cannot
+//! take PID 1 down), report how the worker ended, and power the VM off.
+//! PID 1 never exits: every path ends in a power-off.
+
+mod boot;
+mod channel;
+mod crash;
+mod executor;
+mod steps;
+mod sys;
+
+use std::time::{Duration, Instant};
+
+use arena_protocol::{GuestMessage, HostMessage, StepStatus};
+
+use crate::channel::Channel;
+
+/// Extra time PID 1 grants the worker beyond the scenario timeout before it
+/// gives up on it (the worker's own watchdog normally reports first).
+const WORKER_GRACE: Duration = Duration::from_secs(5);
+
+fn main() {
+    boot::log("starting");
+    boot::mount_filesystems();
+    boot::set_console_loglevel(7);
+    boot::load_modules();
+    let channel: &'static Channel = match Channel::open_hvc() {
+        Ok(c) => Box::leak(Box::new(c)),
+        Err(e) => {
+            boot::log(&format!(
+                "FATAL: no results channel: {e}. The kernel needs VIRTIO_CONSOLE and \
+                 VIRTIO_MMIO (built in, or as modules passed with --modules)"
+            ));
+            boot::power_off();
+        }
+    };
+    channel.send(&GuestMessage::Hello(boot::hello()));
+    let (scenario, seed) = match channel.receive() {
+        Some(HostMessage::Run { scenario, seed }) => (scenario, seed),
+        None => {
+            boot::log("FATAL: host closed the results channel before sending a scenario");
+            boot::power_off();
+        }
+    };
+    boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
+    let deadline = Instant::now() + Duration::from_secs(scenario.timeout_s) + WORKER_GRACE;
+    supervise(channel, deadline, || executor::run_scenario(channel, &scenario, seed));
+    channel.drain();
+    boot::power_off();
+}
+
+/// Run `work` in a forked worker and report how it ended if it did not say
+/// `done` itself (crash, kill, or no end by `deadline`).
+fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) {
+    let (crash_rx, crash_tx) = sys::pipe().expect("pipe");
+    // SAFETY: fork in a single-threaded PID 1; the child only runs `work` and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        sys::close(crash_rx);
+        crash::install(crash_tx);
+        let passed = work();
+        // SAFETY: plain exit of the worker.
+        unsafe { libc::_exit(if passed { 0 } else { 1 }) };
+    }
+    sys::close(crash_tx);
+    if pid < 0 {
+        channel.send(&GuestMessage::Done {
+            status: StepStatus::Error,
+            reason: format!("fork of the worker failed: {}", std::io::Error::last_os_error()),
+        });
+        return;
+    }
+    let status = loop {
+        match sys::reap_children_until(pid, deadline) {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => break None,
+            None => {}
+        }
+    };
+    match status {
+        Some(st) if libc::WIFEXITED(st) => {} // the worker sent `done` itself
+        Some(st) => {
+            let sig = libc::WTERMSIG(st);
+            let fault = crash::read_report(crash_rx);
+            let at = fault.map(|a| format!(" at address {a:#x}")).unwrap_or_default();
+            channel.send(&GuestMessage::Done {
+                status: StepStatus::Fail,
+                reason: format!("agent worker killed by signal {sig} ({}){at}", sys::signal_name(sig)),
+            });
+        }
+        None => {
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            channel.send(&GuestMessage::Done {
+                status: StepStatus::Timeout,
+                reason: "worker did not finish within the scenario timeout".into(),
+            });
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `sleep:`, `repeat:` and `expect_kernel_log:`.
+
+use std::io::Read;
+use std::time::Duration;
+
+use arena_protocol::scenario::{KernelLogStep, RepeatStep, SleepStep};
+
+use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
+
+/// `sleep:` step.
+pub fn sleep(s: &SleepStep) -> StepResult {
+    std::thread::sleep(Duration::from_millis(s.ms));
+    Ok(Outcome::said(format!("slept {} ms", s.ms)))
+}
+
+/// `repeat:` step.
+pub fn repeat(ctx: &mut Ctx, s: &RepeatStep) -> StepResult {
+    for i in 0..s.times {
+        run_steps(ctx, &s.steps).map_err(|(j, e)| {
+            let kind = s.steps[j].kind();
+            let text = format!("iteration {i}, step {j} ({kind}): {}", e.text());
+            match e {
+                StepError::Fail(_) => StepError::Fail(text),
+                StepError::Error(_) => StepError::Error(text),
+            }
+        })?;
+    }
+    Ok(Outcome::said(format!(
+        "{} iterations of {} step(s) passed",
+        s.times,
+        s.steps.len()
+    )))
+}
+
+/// Every message in the kernel's ring buffer, one per line, without the
+/// `/dev/kmsg` record prefix.
+pub fn kernel_log() -> std::io::Result<Vec<String>> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open("/dev/kmsg")?;
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or(&rec);
+                lines.push(msg.lines().next().unwrap_or("").to_owned());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // A record overwritten while reading: skip it.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(lines)
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// Check `lines` against the step's patterns.
+pub fn check_log(s: &KernelLogStep, lines: &[String]) -> StepResult {
+    let compile = |p: &String| {
+        regex_lite::Regex::new(p)
+            .map_err(|e| StepError::Error(format!("bad regex {p:?}: {e}")))
+    };
+    for p in &s.contains {
+        let re = compile(p)?;
+        if !lines.iter().any(|l| re.is_match(l)) {
+            return Err(StepError::Fail(format!(
+                "expected the kernel log to contain /{p}/, it does not ({} lines searched)",
+                lines.len()
+            )));
+        }
+    }
+    for p in &s.not_contains {
+        let re = compile(p)?;
+        if let Some(l) = lines.iter().find(|l| re.is_match(l)) {
+            return Err(StepError::Fail(format!(
+                "expected no kernel log line matching /{p}/, found: {l}"
+            )));
+        }
+    }
+    Ok(Outcome::said(format!(
+        "{} required and {} forbidden pattern(s) checked against {} lines",
+        s.contains.len(),
+        s.not_contains.len(),
+        lines.len()
+    )))
+}
+
+/// `expect_kernel_log:` step.
+pub fn kernel_log_step(s: &KernelLogStep) -> StepResult {
+    let lines = kernel_log().map_err(|e| StepError::Error(format!("/dev/kmsg: {e}")))?;
+    check_log(s, &lines)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_patterns() {
+        let lines = vec!["BUG: x".to_owned(), "hello world".to_owned()];
+        let s = KernelLogStep {
+            contains: vec!["hel+o".into()],
+            not_contains: vec!["^WARNING".into()],
+        };
+        assert!(check_log(&s, &lines).is_ok());
+        let s = KernelLogStep {
+            contains: vec![],
+            not_contains: vec!["BUG:".into()],
+        };
+        assert!(check_log(&s, &lines).unwrap_err().text().contains("found: BUG: x"));
+        let s = KernelLogStep {
+            contains: vec!["absent".into()],
+            not_contains: vec![],
+        };
+        assert!(matches!(check_log(&s, &lines), Err(StepError::Fail(_))));
+    }
+}

@@ -1,0 +1,95 @@
+//! One module per step kind; [`run`] dispatches a step to its module.
+
+pub mod arena;
+pub mod bpf;
+pub mod control;
+pub mod mapping;
+pub mod parallel;
+pub mod selftest;
+pub mod touch;
+
+use arena_protocol::scenario::{errno_name, Step, SyscallExpect};
+
+use crate::channel::Channel;
+use crate::executor::{Ctx, StepError, StepResult};
+
+/// Run one step in the current process.
+pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
+    match step {
+        Step::Arena(s) => arena::create(ctx, s),
+        Step::Mmap(s) => mapping::mmap(ctx, s),
+        Step::Munmap(s) => mapping::munmap(ctx, s),
+        Step::Mremap(s) => mapping::mremap(ctx, s),
+        Step::Madvise(s) => mapping::madvise(ctx, s),
+        Step::Touch(s) => touch::touch(ctx, s),
+        Step::BpfLoad(s) => bpf::load(ctx, s),
+        Step::BpfRun(s) => bpf::run(ctx, s),
+        Step::Processes(s) => parallel::processes(ctx, s),
+        Step::Threads(s) => parallel::threads(ctx, s),
+        Step::Sleep(s) => control::sleep(s),
+        Step::Repeat(s) => control::repeat(ctx, s),
+        Step::ExpectKernelLog(s) => control::kernel_log_step(s),
+        Step::Selftest(_) => Err(StepError::Error(
+            "selftest steps stream their own results and are only allowed at the top level".into(),
+        )),
+    }
+}
+
+/// Run a top-level step; only these may stream extra messages (selftests).
+pub fn run_top_level(ctx: &mut Ctx, step: &Step, channel: &Channel) -> StepResult {
+    match step {
+        Step::Selftest(s) => selftest::run(s, channel, ctx.deadline),
+        _ => run(ctx, step),
+    }
+}
+
+/// Compare a syscall's result with the expectation. `Ok(Some(v))`: it
+/// succeeded as expected; `Ok(None)`: it failed with the expected errno.
+pub fn check_errno<T>(
+    what: &str,
+    result: Result<T, i32>,
+    expect: &SyscallExpect,
+) -> Result<Option<T>, StepError> {
+    match (result, expect.errno) {
+        (Ok(v), None) => Ok(Some(v)),
+        (Err(n), Some(e)) if n == e.number() => Ok(None),
+        (Err(n), Some(e)) => Err(StepError::Fail(format!(
+            "{what}: expected {}, got {}",
+            errno_name(e.number()),
+            errno_name(n)
+        ))),
+        (Ok(_), Some(e)) => Err(StepError::Fail(format!(
+            "{what}: expected {}, but it succeeded",
+            errno_name(e.number())
+        ))),
+        (Err(n), None) => Err(StepError::Fail(format!(
+            "{what}: expected success, got {}",
+            errno_name(n)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arena_protocol::scenario::Errno;
+
+    #[test]
+    fn errno_expectations() {
+        let ok = SyscallExpect::default();
+        let busy = SyscallExpect {
+            errno: Some(Errno::EBUSY),
+        };
+        assert_eq!(check_errno("x", Ok::<_, i32>(5), &ok).unwrap(), Some(5));
+        assert_eq!(check_errno::<u8>("x", Err(16), &busy).unwrap(), None);
+        let e = check_errno::<u8>("mmap", Err(22), &busy).unwrap_err();
+        assert_eq!(
+            e,
+            StepError::Fail("mmap: expected EBUSY (16), got EINVAL (22)".into())
+        );
+        let e = check_errno("mmap", Ok::<_, i32>(1), &busy).unwrap_err();
+        assert!(e.text().contains("but it succeeded"));
+        let e = check_errno::<u8>("mmap", Err(7), &ok).unwrap_err();
+        assert!(e.text().contains("expected success, got E2BIG"));
+    }
+}

@@ -1,0 +1,265 @@
+//! `selftest:` run the upstream `test_progs` from the image and turn every
+//! `#N/M test/subtest:OK|FAIL|SKIP` line into its own result. `test_progs`
+//! prints a failing test's log before its result line, so the lines since the
+//! previous result are that test's log. The "All error logs:" recap at the
+//! end repeats earlier results and is not parsed again.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arena_protocol::scenario::SelftestStep;
+use arena_protocol::{GuestMessage, StepStatus};
+
+use crate::channel::Channel;
+use crate::executor::{Outcome, StepError, StepResult};
+
+/// Where the image puts `test_progs`.
+pub const TEST_PROGS: &str = "/selftests/test_progs";
+/// Log lines kept per test (the tail).
+const MAX_LOG_LINES: usize = 200;
+
+/// One parsed result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    /// `test` or `test/subtest`.
+    pub name: String,
+    /// Outcome.
+    pub status: StepStatus,
+    /// Lines printed for it.
+    pub log: String,
+}
+
+/// Incremental parser of `test_progs` console output.
+#[derive(Debug, Default)]
+pub struct Parser {
+    pending: Vec<String>,
+    in_recap: bool,
+    /// Test numbers that had subtests (their aggregate line is not a testcase).
+    with_subtests: Vec<u32>,
+    /// The last lines seen, for crash reports.
+    pub tail: Vec<String>,
+}
+
+/// Split `#12/3    name/sub:OK` into (12, Some(3), "name/sub", status).
+fn parse_result_line(line: &str) -> Option<(u32, Option<u32>, String, StepStatus)> {
+    let rest = line.strip_prefix('#')?;
+    let (num, rest) = rest.split_once(|c: char| c.is_whitespace())?;
+    let (test, sub) = match num.split_once('/') {
+        Some((t, s)) => (t.parse().ok()?, Some(s.parse().ok()?)),
+        None => (num.parse().ok()?, None),
+    };
+    let rest = rest.trim();
+    let (name, status) = rest.rsplit_once(':')?;
+    let status = match status.trim() {
+        "OK" => StepStatus::Pass,
+        "FAIL" => StepStatus::Fail,
+        "SKIP" => StepStatus::Skip,
+        _ => return None,
+    };
+    Some((test, sub, name.trim().to_owned(), status))
+}
+
+impl Parser {
+    /// Feed one output line; returns a result when the line completes one.
+    pub fn line(&mut self, line: &str) -> Option<TestResult> {
+        self.tail.push(line.to_owned());
+        if self.tail.len() > 20 {
+            self.tail.remove(0);
+        }
+        if self.in_recap {
+            return None;
+        }
+        if line.starts_with("All error logs:") {
+            self.in_recap = true;
+            return None;
+        }
+        let Some((test, sub, name, status)) = parse_result_line(line) else {
+            self.pending.push(line.to_owned());
+            if self.pending.len() > MAX_LOG_LINES {
+                self.pending.remove(0);
+            }
+            return None;
+        };
+        let log = std::mem::take(&mut self.pending).join("\n");
+        if sub.is_some() {
+            if !self.with_subtests.contains(&test) {
+                self.with_subtests.push(test);
+            }
+        } else if self.with_subtests.contains(&test) && status != StepStatus::Fail {
+            // The aggregate line of a test whose subtests were reported.
+            return None;
+        } else if self.with_subtests.contains(&test) {
+            // An aggregate FAIL with no failing subtest of its own (setup failed).
+            return Some(TestResult {
+                name: format!("{name}/(setup)"),
+                status,
+                log,
+            });
+        }
+        Some(TestResult { name, status, log })
+    }
+}
+
+/// `selftest:` step.
+pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> StepResult {
+    if !std::path::Path::new(TEST_PROGS).exists() {
+        return Err(StepError::Error(format!(
+            "{TEST_PROGS} is not in the image (the runner adds it for scenarios with selftest steps)"
+        )));
+    }
+    let mut cmd = Command::new(TEST_PROGS);
+    cmd.current_dir("/selftests");
+    for t in &s.tests {
+        cmd.args(["-t", t]);
+    }
+    for a in &s.allow {
+        cmd.args(["-a", a]);
+    }
+    for d in &s.deny {
+        cmd.args(["-d", d]);
+    }
+    // Merge stderr into stdout so log lines stay in order.
+    let (rx, tx) = crate::sys::pipe().map_err(|e| StepError::Error(e.to_string()))?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: tx is a fresh pipe fd we own; each Stdio takes one duplicate.
+    let (out, err) = unsafe {
+        let dup = libc::dup(tx);
+        (Stdio::from_raw_fd(tx), Stdio::from_raw_fd(dup))
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| StepError::Error(format!("{TEST_PROGS}: {e}")))?;
+    drop(cmd);
+    let pid = child.id() as i32;
+    let deadline = (Instant::now() + Duration::from_secs(s.timeout_s)).min(scenario_deadline);
+    let watchdog = std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: probing / killing our own child.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        true
+    });
+    // SAFETY: rx is our read end.
+    let reader = BufReader::new(unsafe { std::fs::File::from_raw_fd(rx) });
+    let mut parser = Parser::default();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if let Some(r) = parser.line(&line) {
+            match r.status {
+                StepStatus::Pass => passed += 1,
+                StepStatus::Skip => skipped += 1,
+                _ => failed += 1,
+            }
+            channel.send(&GuestMessage::Testcase {
+                name: r.name,
+                status: r.status,
+                log: r.log,
+            });
+        }
+    }
+    let status = child.wait().map_err(|e| StepError::Error(e.to_string()))?;
+    let timed_out = watchdog.join().unwrap_or(false);
+    let summary = format!("{passed} passed, {failed} failed, {skipped} skipped");
+    let tail = parser.tail.join("\n");
+    if timed_out {
+        return Err(StepError::Fail(format!(
+            "test_progs still running after {} s ({summary}); last output:\n{tail}",
+            s.timeout_s
+        )));
+    }
+    if passed + failed + skipped == 0 {
+        return Err(StepError::Fail(format!(
+            "test_progs ran no test ({status}); last output:\n{tail}"
+        )));
+    }
+    if failed > 0 || !status.success() {
+        return Err(StepError::Fail(format!(
+            "{summary}; test_progs {status}; last output:\n{tail}"
+        )));
+    }
+    Ok(Outcome::said(summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(text: &str) -> Vec<TestResult> {
+        let mut p = Parser::default();
+        text.lines().filter_map(|l| p.line(l)).collect()
+    }
+
+    #[test]
+    fn passing_run() {
+        let out = "\
+#1/1     arena_atomics/add:OK
+#1/2     arena_atomics/sub:OK
+#1       arena_atomics:OK
+#2       lonely_test:OK
+#3/1     verifier_arena/basic_alloc1:SKIP
+#3       verifier_arena:SKIP
+Summary: 3/3 PASSED, 1 SKIPPED, 0 FAILED";
+        let r = parse_all(out);
+        let names: Vec<_> = r.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["arena_atomics/add", "arena_atomics/sub", "lonely_test", "verifier_arena/basic_alloc1"]
+        );
+        assert_eq!(r[3].status, StepStatus::Skip);
+    }
+
+    /// Shaped like test_progs 6.12 output of a failing subtest.
+    #[test]
+    fn failing_subtest_carries_its_log_and_recap_is_ignored() {
+        let out = "\
+#1/1     arena_atomics/add:OK
+test_sub:PASS:arena atomics skeleton open 0 nsec
+test_sub:FAIL:sub value unexpected sub value: actual 1 != expected 2
+#1/2     arena_atomics/sub:FAIL
+#1       arena_atomics:FAIL
+
+All error logs:
+test_sub:FAIL:sub value unexpected sub value: actual 1 != expected 2
+#1/2     arena_atomics/sub:FAIL
+#1       arena_atomics:FAIL
+Summary: 0/1 PASSED, 0 SKIPPED, 1 FAILED";
+        let r = parse_all(out);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[1].name, "arena_atomics/sub");
+        assert_eq!(r[1].status, StepStatus::Fail);
+        assert!(r[1].log.contains("actual 1 != expected 2"));
+        assert!(r[1].log.contains("skeleton open"));
+    }
+
+    #[test]
+    fn aggregate_fail_without_failing_subtest_is_reported() {
+        let out = "\
+#4/1     arena_list/arena_list_1:OK
+setup failed: -22
+#4       arena_list:FAIL";
+        let r = parse_all(out);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].name, "arena_list/(setup)");
+        assert!(r[1].log.contains("setup failed"));
+    }
+
+    #[test]
+    fn non_result_lines_are_not_results() {
+        assert!(parse_result_line("#define X").is_none());
+        assert!(parse_result_line("#12 foo:MAYBE").is_none());
+        assert_eq!(
+            parse_result_line("#12/3    foo/bar:OK"),
+            Some((12, Some(3), "foo/bar".into(), StepStatus::Pass))
+        );
+    }
+}

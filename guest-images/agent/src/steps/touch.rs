@@ -1,0 +1,164 @@
+//! `touch:` read or write arena pages from user space. Accesses expected to
+//! kill the process run in a forked child, which maps the arena again at the
+//! same address when this process has it mapped (arena mappings are
+//! `VM_DONTCOPY`, so a fork does not inherit them).
+
+use arena_protocol::scenario::{page_pattern, AccessOp, TouchExpect, TouchStep, PAGE_SIZE};
+
+use super::mapping::map;
+use crate::crash;
+use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
+use crate::sys;
+
+/// Exit code of a touch child whose values did not match.
+const CHILD_MISMATCH: i32 = 1;
+/// Exit code of a touch child that could not map the arena again.
+const CHILD_REMAP_FAILED: i32 = 100;
+
+/// The value a write stores into `page`.
+fn write_value(s: &TouchStep, page: u64) -> u64 {
+    s.value.unwrap_or_else(|| page_pattern(page))
+}
+
+/// The value a read of `page` must return, if the step expects one.
+fn expected_read(e: &TouchExpect, page: u64) -> Option<u64> {
+    if let Some(v) = e.value {
+        Some(v)
+    } else if e.zero {
+        Some(0)
+    } else if e.pattern {
+        Some(page_pattern(page))
+    } else {
+        None
+    }
+}
+
+/// Do the accesses; returns the first mismatch as text.
+fn access(s: &TouchStep, base: u64) -> Result<String, String> {
+    let mut last = 0;
+    for page in s.page..s.page + s.count {
+        let ptr = (base + page * PAGE_SIZE + s.offset) as *mut u64;
+        match s.op {
+            AccessOp::Write => {
+                // SAFETY: the address is inside the arena mapping (checked by the
+                // caller); a fault is the behaviour under test and is caught by
+                // the crash reporter or the forked child.
+                unsafe { std::ptr::write_volatile(ptr, write_value(s, page)) };
+            }
+            AccessOp::Read => {
+                // SAFETY: as above.
+                let got = unsafe { std::ptr::read_volatile(ptr) };
+                last = got;
+                if let Some(want) = expected_read(&s.expect, page) {
+                    if got != want {
+                        return Err(format!(
+                            "page {page} offset {:#x}: expected {want:#x}, read {got:#x}",
+                            s.offset
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(match s.op {
+        AccessOp::Write => format!("wrote {} page(s) from page {}", s.count, s.page),
+        AccessOp::Read => format!(
+            "read {} page(s) from page {} (last value {last:#x})",
+            s.count, s.page
+        ),
+    })
+}
+
+/// `touch:` step.
+pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
+    if s.offset >= PAGE_SIZE || s.offset % 8 != 0 {
+        return Err(StepError::Error(format!(
+            "offset {:#x} must be 8-byte aligned and inside the page",
+            s.offset
+        )));
+    }
+    if s.op == AccessOp::Write && expected_read(&s.expect, 0).is_some() {
+        return Err(StepError::Error("a write cannot expect a read value".into()));
+    }
+    let a = ctx.arena(&s.arena)?.clone();
+    let base = a.addr.ok_or_else(|| {
+        StepError::Error(format!("arena `{}` has no user address (mmap it first)", s.arena))
+    })?;
+    if let Some(sig) = s.expect.signal {
+        return touch_expecting_signal(ctx, s, &a, base, sig.number());
+    }
+    if !a.mapped {
+        return Err(StepError::Fail(format!(
+            "arena `{}` is not mapped in this process: the access would fault",
+            s.arena
+        )));
+    }
+    access(s, base).map(Outcome::said).map_err(StepError::Fail)
+}
+
+fn touch_expecting_signal(
+    ctx: &Ctx,
+    s: &TouchStep,
+    a: &ArenaState,
+    base: u64,
+    want_sig: i32,
+) -> StepResult {
+    let first = base + s.page * PAGE_SIZE + s.offset;
+    let (crash_rx, crash_tx) = sys::pipe().map_err(|e| StepError::Error(e.to_string()))?;
+    // SAFETY: the child only maps, touches and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        sys::close(crash_rx);
+        crash::install(crash_tx);
+        if a.mapped {
+            let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+            if map(a.fd, base, a.mapped_pages * PAGE_SIZE, flags, 0).is_err() {
+                // SAFETY: exiting the child.
+                unsafe { libc::_exit(CHILD_REMAP_FAILED) };
+            }
+        }
+        let code = if access(s, base).is_ok() { 0 } else { CHILD_MISMATCH };
+        // SAFETY: exiting the child.
+        unsafe { libc::_exit(code) };
+    }
+    sys::close(crash_tx);
+    if pid < 0 {
+        sys::close(crash_rx);
+        return Err(StepError::Error(format!("fork: {}", std::io::Error::last_os_error())));
+    }
+    let status = sys::wait_child(pid, ctx.deadline);
+    let fault = crash::read_report(crash_rx);
+    sys::close(crash_rx);
+    let want = sys::signal_name(want_sig);
+    let Some(status) = status else {
+        return Err(StepError::Fail(format!(
+            "expected {want} at {first:#x}, but the access did not finish in time"
+        )));
+    };
+    if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == want_sig {
+        return match fault {
+            Some(addr) if addr == first => Ok(Outcome::said(format!(
+                "{want} at {addr:#x} (page {}) as expected",
+                s.page
+            ))),
+            Some(addr) => Err(StepError::Fail(format!(
+                "expected {want} at {first:#x}, got it at {addr:#x}"
+            ))),
+            None => Ok(Outcome::said(format!("{want} as expected"))),
+        };
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == CHILD_REMAP_FAILED {
+        return Err(StepError::Error(format!(
+            "child could not map arena `{}` again at {base:#x}",
+            s.arena
+        )));
+    }
+    let actual = if libc::WIFEXITED(status) {
+        "the access succeeded".to_owned()
+    } else {
+        sys::describe_status(status)
+    };
+    Err(StepError::Fail(format!(
+        "expected {want} at {first:#x}, but {actual}"
+    )))
+}

@@ -1,0 +1,73 @@
+//! BPF programs of `guest-images/bpf/*.bpf.c`, compiled with clang for the
+//! `bpf` target and cached by source, headers and compiler version.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{cache, io_err, run_tool, sha256_hex, Result};
+
+/// The clang used for BPF (override with `ARENA_LAB_CLANG`).
+pub fn clang() -> String {
+    std::env::var("ARENA_LAB_CLANG").unwrap_or_else(|_| "clang-19".into())
+}
+
+/// Source directory of the BPF programs.
+pub fn source_dir() -> PathBuf {
+    crate::agent::workspace_root().join("guest-images/bpf")
+}
+
+/// Compile every `*.bpf.c` in `src` (with `src/include` on the include path);
+/// returns the objects as `(name.bpf.o, path)`.
+pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(src)
+        .map_err(io_err(src))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(".bpf.c")))
+        .collect();
+    sources.sort();
+    if sources.is_empty() {
+        return Ok(vec![]);
+    }
+    let include = src.join("include");
+    let mut headers = String::new();
+    if let Ok(entries) = std::fs::read_dir(&include) {
+        let mut hs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        hs.sort();
+        for h in hs {
+            let data = std::fs::read(&h).map_err(io_err(&h))?;
+            headers.push_str(&sha256_hex(&data));
+        }
+    }
+    let clang = clang();
+    let version = run_tool(Command::new(&clang).arg("--version"))?;
+    let toolchain = sha256_hex(&version.stdout);
+    let out_dir = cache::dir("bpf")?;
+    let mut out = Vec::new();
+    for s in sources {
+        let code = std::fs::read(&s).map_err(io_err(&s))?;
+        let key = sha256_hex(format!("{}{headers}{toolchain}", sha256_hex(&code)).as_bytes());
+        let name = s
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("prog.bpf.c")
+            .replace(".bpf.c", ".bpf.o");
+        let obj = out_dir.join(format!("{}-{name}", &key[..16]));
+        if !obj.is_file() {
+            let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
+            run_tool(
+                Command::new(&clang)
+                    .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+                    .arg("-I")
+                    .arg(&include)
+                    .arg("-c")
+                    .arg(&s)
+                    .arg("-o")
+                    .arg(&tmp),
+            )?;
+            std::fs::rename(&tmp, &obj).map_err(io_err(&obj))?;
+        }
+        out.push((name, obj));
+    }
+    Ok(out)
+}

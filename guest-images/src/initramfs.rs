@@ -1,0 +1,143 @@
+//! The guest image: a zstd-compressed `newc` initramfs holding the agent as
+//! `/init`, the kernel modules it loads (in order, listed in
+//! `/etc/arena/modules`) and any extra files (BPF objects, selftests).
+//! Built once per distinct input set and cached under `images/<key>.cpio.zst`.
+
+use std::path::{Path, PathBuf};
+
+use crate::cpio::CpioWriter;
+use crate::{cache, io_err, sha256_hex, write_atomic, Result};
+
+/// Bumped whenever the image layout changes, so cached images are rebuilt.
+const LAYOUT_VERSION: &str = "arena-image-v1";
+/// Guest path of the module load list.
+pub const MODULE_LIST: &str = "etc/arena/modules";
+/// zstd level: fast to build, fast for the kernel to unpack.
+const ZSTD_LEVEL: i32 = 3;
+
+/// A file placed into the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFile {
+    /// Path inside the guest, without the leading `/`.
+    pub guest_path: String,
+    /// Source on the host.
+    pub host_path: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// What goes into an image.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSpec {
+    /// The static agent binary (becomes `/init`).
+    pub agent: PathBuf,
+    /// Module files to load at boot, dependencies first.
+    pub modules: Vec<PathBuf>,
+    /// Extra files.
+    pub files: Vec<ImageFile>,
+}
+
+/// Directories every image has.
+const DIRS: &[&str] = &[
+    "dev", "proc", "sys", "tmp", "run", "etc", "etc/arena", "modules", "bpf", "selftests",
+];
+
+impl ImageSpec {
+    /// Every file of the image with its contents, in archive order.
+    fn contents(&self) -> Result<Vec<(String, u32, Vec<u8>)>> {
+        let read = |p: &Path| std::fs::read(p).map_err(io_err(p));
+        let mut out = vec![("init".to_owned(), 0o755, read(&self.agent)?)];
+        let mut list = String::new();
+        for (i, m) in self.modules.iter().enumerate() {
+            let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("module.ko");
+            let guest = format!("modules/{i:02}-{name}");
+            list.push_str(&format!("/{guest}\n"));
+            out.push((guest, 0o644, read(m)?));
+        }
+        out.push((MODULE_LIST.to_owned(), 0o644, list.into_bytes()));
+        for f in &self.files {
+            out.push((f.guest_path.clone(), f.mode, read(&f.host_path)?));
+        }
+        Ok(out)
+    }
+
+    /// Build the image, or return the cached one with the same inputs.
+    pub fn build(&self) -> Result<PathBuf> {
+        let contents = self.contents()?;
+        let mut key_material = String::from(LAYOUT_VERSION);
+        for (path, mode, data) in &contents {
+            key_material.push_str(&format!("\n{path} {mode:o} {}", sha256_hex(data)));
+        }
+        let key = sha256_hex(key_material.as_bytes());
+        let out = cache::dir("images")?.join(format!("{}.cpio.zst", &key[..24]));
+        if out.is_file() {
+            return Ok(out);
+        }
+        let archive = write_archive(&contents).map_err(io_err(&out))?;
+        let compressed = zstd::bulk::compress(&archive, ZSTD_LEVEL).map_err(io_err(&out))?;
+        write_atomic(&out, &compressed)?;
+        Ok(out)
+    }
+}
+
+fn write_archive(contents: &[(String, u32, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
+    let mut w = CpioWriter::new(Vec::new());
+    let mut made: Vec<String> = Vec::new();
+    for d in DIRS {
+        w.dir(d, 0o755)?;
+        made.push((*d).to_owned());
+    }
+    // The kernel opens /dev/console for init's stdin/stdout/stderr.
+    w.chardev("dev/console", 0o600, 5, 1)?;
+    for (path, mode, data) in contents {
+        // Create missing parent directories, outermost first.
+        let mut parents: Vec<&str> = Vec::new();
+        let mut p = path.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            parents.push(parent);
+            p = parent;
+        }
+        for parent in parents.into_iter().rev() {
+            if !made.iter().any(|m| m == parent) {
+                w.dir(parent, 0o755)?;
+                made.push(parent.to_owned());
+            }
+        }
+        w.file(path, *mode, data)?;
+    }
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_inputs_same_image_and_key_changes_with_content() {
+        let dir = std::env::temp_dir().join(format!("arena-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::env::set_var("ARENA_LAB_CACHE", dir.join("cache"));
+        let agent = dir.join("agent");
+        std::fs::write(&agent, b"agent-v1").unwrap();
+        let extra = dir.join("x.o");
+        std::fs::write(&extra, b"obj").unwrap();
+        let spec = ImageSpec {
+            agent: agent.clone(),
+            modules: vec![],
+            files: vec![ImageFile {
+                guest_path: "bpf/sub/x.o".into(),
+                host_path: extra,
+                mode: 0o644,
+            }],
+        };
+        let a = spec.build().unwrap();
+        assert_eq!(spec.build().unwrap(), a);
+        let archive = zstd::stream::decode_all(&std::fs::read(&a).unwrap()[..]).unwrap();
+        let text = String::from_utf8_lossy(&archive);
+        assert!(text.contains("bpf/sub/x.o"));
+        assert!(text.contains("agent-v1"));
+        std::fs::write(&agent, b"agent-v2").unwrap();
+        assert_ne!(spec.build().unwrap(), a);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

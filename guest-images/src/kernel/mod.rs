@@ -1,0 +1,161 @@
+//! The kernel a run boots: Debian's default 6.12 kernel ([`debian`]) or the
+//! user's own (`--kernel`), identified and prepared for the fastest boot
+//! (the uncompressed vmlinux through its PVH entry when it has one).
+
+pub mod bzimage;
+pub mod debian;
+pub mod elf;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{cache, io_err, sha256_hex, write_atomic, ImageError, Result};
+
+/// Where a kernel came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KernelOrigin {
+    /// Debian's package, fetched into the cache.
+    Debian {
+        /// Package name.
+        package: String,
+        /// Exact package version.
+        version: String,
+    },
+    /// A file the user passed.
+    User {
+        /// The path given.
+        path: PathBuf,
+    },
+}
+
+/// A kernel ready to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// Where it came from.
+    pub origin: KernelOrigin,
+    /// The file handed to the VMM (vmlinux with a PVH entry, else the bzImage).
+    pub boot_image: PathBuf,
+    /// The bzImage, when there is one.
+    pub bzimage: Option<PathBuf>,
+    /// The uncompressed ELF vmlinux (carries `.BTF`), when there is one.
+    pub vmlinux: Option<PathBuf>,
+    /// `lib/modules/<release>` with a `modules.dep`, when modular.
+    pub modules: Option<PathBuf>,
+    /// `uname -r`.
+    pub release: String,
+    /// The `Linux version ...` banner or the bzImage header's version string.
+    pub version: String,
+    /// sha256 of the file the kernel was identified from.
+    pub sha256: String,
+}
+
+impl Kernel {
+    /// Identify a user-supplied kernel file (bzImage or vmlinux).
+    /// A bzImage's payload is extracted (cached by hash) so the PVH entry can be used.
+    pub fn from_user_file(path: &Path, modules: Option<&Path>) -> Result<Kernel> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let sha256 = sha256_hex(&bytes);
+        let not_a_kernel = |why: &str| ImageError::NotAKernel {
+            path: path.to_owned(),
+            why: why.to_owned(),
+        };
+        let (boot_image, bzimage, vmlinux, version) = if elf::is_elf(&bytes) {
+            let banner = elf::linux_banner(&bytes)
+                .ok_or_else(|| not_a_kernel("ELF file without a \"Linux version\" banner"))?;
+            if elf::pvh_entry(&bytes).is_none() {
+                return Err(not_a_kernel(
+                    "vmlinux has no PVH entry note (CONFIG_PVH=y needed); pass the bzImage instead",
+                ));
+            }
+            (path.to_owned(), None, Some(path.to_owned()), banner)
+        } else {
+            let bz = bzimage::parse(&bytes).map_err(|why| not_a_kernel(&why))?;
+            let vmlinux = extract_cached(&bytes, &bz, &sha256)?;
+            let boot = vmlinux.clone().unwrap_or_else(|| path.to_owned());
+            (boot, Some(path.to_owned()), vmlinux, bz.version)
+        };
+        let release = release_of(&version).ok_or_else(|| not_a_kernel("no release in banner"))?;
+        if let Some(m) = modules {
+            if !m.join("modules.dep").is_file() {
+                return Err(ImageError::Io {
+                    path: m.join("modules.dep"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "--modules must be a lib/modules/<release> directory with modules.dep (run depmod)",
+                    ),
+                });
+            }
+        }
+        Ok(Kernel {
+            origin: KernelOrigin::User {
+                path: path.to_owned(),
+            },
+            boot_image,
+            bzimage,
+            vmlinux,
+            modules: modules.map(Path::to_owned),
+            release,
+            version,
+            sha256,
+        })
+    }
+}
+
+/// The release (`uname -r`) in a banner or header version string.
+pub fn release_of(version: &str) -> Option<String> {
+    let rest = version.strip_prefix("Linux version ").unwrap_or(version);
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// Extract a bzImage's vmlinux into `kernels/user-<sha>/vmlinux` if it has a
+/// PVH entry; `None` if it cannot be decoded or has no PVH entry.
+fn extract_cached(bytes: &[u8], bz: &bzimage::BzImage, sha: &str) -> Result<Option<PathBuf>> {
+    let dir = cache::dir("kernels")?.join(format!("user-{}", &sha[..16]));
+    let out = dir.join("vmlinux");
+    if out.is_file() {
+        return Ok(Some(out));
+    }
+    let marker = dir.join("no-pvh");
+    if marker.is_file() {
+        return Ok(None);
+    }
+    let vmlinux = bzimage::extract_vmlinux(bytes, bz).map_err(io_err(&out))?;
+    match vmlinux {
+        Some(v) if elf::pvh_entry(&v).is_some() => {
+            write_atomic(&out, &v)?;
+            Ok(Some(out))
+        }
+        _ => {
+            write_atomic(&marker, b"")?;
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_from_banner_and_header() {
+        assert_eq!(
+            release_of("Linux version 6.12.117+deb12-amd64 (debian-kernel@lists.debian.org) #1").as_deref(),
+            Some("6.12.117+deb12-amd64")
+        );
+        assert_eq!(
+            release_of("6.12.117+deb12-amd64 (debian-kernel@lists.debian.org) #1").as_deref(),
+            Some("6.12.117+deb12-amd64")
+        );
+    }
+
+    #[test]
+    fn text_file_is_not_a_kernel() {
+        let p = std::env::temp_dir().join(format!("arena-notkernel-{}", std::process::id()));
+        std::fs::write(&p, "hello").unwrap();
+        let err = Kernel::from_user_file(&p, None).unwrap_err();
+        assert!(err.to_string().contains("not a Linux kernel image"), "{err}");
+        std::fs::remove_file(p).unwrap();
+    }
+}

@@ -1,0 +1,12 @@
+//! Shared between the runner (host) and the guest agent (PID 1), so the two
+//! ends cannot drift: the typed scenario model ([`scenario`]), the messages
+//! exchanged over the virtio console ([`message`]) and their framing
+//! ([`framing`]).
+
+pub mod framing;
+pub mod message;
+pub mod scenario;
+
+pub use framing::{FrameError, LineReader, MAX_LINE_BYTES};
+pub use message::{GuestMessage, Hello, HostMessage, StepStatus};
+pub use scenario::Scenario;

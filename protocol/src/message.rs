@@ -1,0 +1,129 @@
+//! Messages on the results channel (virtio console `hvc0`), one JSON object
+//! per line in each direction.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Scenario;
+
+/// Host → guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// Run this scenario; `seed` makes randomised steps reproducible.
+    Run {
+        /// The scenario to run.
+        scenario: Scenario,
+        /// Seed for every random choice the agent makes.
+        seed: u64,
+    },
+}
+
+/// What the agent tells about the guest before it runs anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Agent build version.
+    pub agent_version: String,
+    /// `uname -r` of the guest kernel.
+    pub kernel_release: String,
+    /// `/proc/version` of the guest kernel.
+    pub kernel_version: String,
+    /// `/proc/sys/net/core/bpf_jit_enable` (None if unreadable).
+    pub jit_enabled: Option<u32>,
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Milliseconds since the guest kernel started (`/proc/uptime`).
+    pub uptime_ms: u64,
+}
+
+/// Outcome of one step or test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Every expectation held.
+    Pass,
+    /// An expectation did not hold.
+    Fail,
+    /// The step could not be carried out (setup problem, not an expectation).
+    Error,
+    /// The step ran out of time.
+    Timeout,
+    /// Skipped (selftests that skip themselves).
+    Skip,
+}
+
+/// Guest → host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// The agent is up and waits for a scenario.
+    Hello(Hello),
+    /// A step started. `path` is the step's position, e.g. `2` or `3.1`.
+    StepStarted {
+        /// Step position.
+        path: String,
+        /// Step kind (YAML key).
+        kind: String,
+    },
+    /// A step ended.
+    StepEnded {
+        /// Step position.
+        path: String,
+        /// Step kind (YAML key).
+        kind: String,
+        /// Outcome.
+        status: StepStatus,
+        /// What was done and seen; on failure, expected vs. actual.
+        detail: String,
+        /// Wall time of the step in the guest.
+        duration_ms: u64,
+        /// Structured extras (per-process outcomes, seed, iterations...).
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        data: serde_json::Value,
+    },
+    /// One upstream selftest (sub)test result.
+    Testcase {
+        /// `test` or `test/subtest`.
+        name: String,
+        /// Outcome.
+        status: StepStatus,
+        /// Log lines that belong to the test (failure text).
+        log: String,
+    },
+    /// A diagnostic line from the agent.
+    Log {
+        /// The text.
+        line: String,
+    },
+    /// The scenario is over from the guest's point of view.
+    Done {
+        /// Overall status of the steps.
+        status: StepStatus,
+        /// Why, when not passed.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_json_shape() {
+        let m = GuestMessage::Done {
+            status: StepStatus::Fail,
+            reason: "x".into(),
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(s, r#"{"type":"done","status":"fail","reason":"x"}"#);
+        assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), m);
+    }
+
+    #[test]
+    fn step_ended_without_data_parses() {
+        let s = r#"{"type":"step_ended","path":"0","kind":"touch","status":"pass","detail":"","duration_ms":3}"#;
+        match serde_json::from_str::<GuestMessage>(s).unwrap() {
+            GuestMessage::StepEnded { data, .. } => assert!(data.is_null()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

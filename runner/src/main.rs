@@ -1,0 +1,193 @@
+//! `lab`: arena lab's command line. Maps every outcome to an exit code in one
+//! place: 0 all passed, 1 a scenario failed or timed out, 2 invalid input,
+//! 3 infrastructure error.
+
+mod backend;
+mod bench;
+mod plan;
+mod results;
+mod run;
+mod scenario_file;
+mod session;
+mod splat;
+mod verdict;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use backend::BackendChoice;
+
+/// Exit codes.
+pub mod exit {
+    /// Every scenario passed.
+    pub const PASS: u8 = 0;
+    /// At least one scenario failed, errored or timed out.
+    pub const FAIL: u8 = 1;
+    /// Invalid input: bad YAML, unknown step or field, missing file.
+    pub const INVALID: u8 = 2;
+    /// Infrastructure: kernel not fetchable or bootable, VM died before hello.
+    pub const INFRA: u8 = 3;
+}
+
+/// A failure of the tool itself, classified for the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The user's input is wrong.
+    #[error(transparent)]
+    Invalid(#[from] scenario_file::ScenarioError),
+    /// The lab could not do its job.
+    #[error("{0:#}")]
+    Infra(anyhow::Error),
+}
+
+impl LabError {
+    fn code(&self) -> u8 {
+        match self {
+            LabError::Invalid(_) => exit::INVALID,
+            LabError::Infra(_) => exit::INFRA,
+        }
+    }
+}
+
+/// Infrastructure errors from anything else.
+pub fn infra<E: Into<anyhow::Error>>(e: E) -> LabError {
+    LabError::Infra(e.into())
+}
+
+#[derive(Parser)]
+#[command(name = "lab", version, about = "arena lab: boot a kernel, run BPF arena scenarios, get verdicts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that pick the kernel.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KernelArgs {
+    /// Kernel to boot (bzImage or vmlinux); default: Debian's newest 6.12.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// lib/modules/<release> of --kernel (with modules.dep), if it is modular.
+    #[arg(long)]
+    pub modules: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files or directories of them.
+    Run(run::RunArgs),
+    /// Parse and check scenarios only.
+    Validate {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List scenarios: name, tags, description.
+    List {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Kernel management.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Build the agent and the default guest image (warms the caches).
+    Image {
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+    /// Boot the guest image and stream the serial console (debugging).
+    Boot {
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Backend.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendChoice,
+        /// Seconds before the VM is killed.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Extra kernel command line.
+        #[arg(last = true)]
+        append: Vec<String>,
+    },
+    /// Compare `lab run` of a trivial scenario with a raw QEMU boot.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// Fetch the newest (or a given) Debian 6.12 kernel into the cache.
+    Fetch {
+        /// Patch level, e.g. 117 for 6.12.117.
+        #[arg(long)]
+        patch: Option<u32>,
+    },
+    /// Show which kernel a run would use.
+    Info {
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+}
+
+fn validate(paths: &[PathBuf], list: bool) -> Result<u8, LabError> {
+    let scenarios = scenario_file::load_paths(paths)?;
+    for s in &scenarios {
+        if list {
+            println!(
+                "{:<40} [{}] {}",
+                s.scenario.name,
+                s.scenario.tags.join(","),
+                s.scenario.description.lines().next().unwrap_or("")
+            );
+        }
+    }
+    if !list {
+        println!("{} scenario(s) valid", scenarios.len());
+    }
+    Ok(exit::PASS)
+}
+
+fn real_main() -> Result<u8, LabError> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate { paths } => validate(&paths, false),
+        Command::List { paths } => validate(&paths, true),
+        Command::Kernel(KernelCommand::Fetch { patch }) => {
+            let k = arena_images::kernel::debian::fetch(patch).map_err(infra)?;
+            println!("{}", serde_json::to_string_pretty(&k).expect("serialisable"));
+            Ok(exit::PASS)
+        }
+        Command::Kernel(KernelCommand::Info { kernel }) => {
+            let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
+            println!("{}", serde_json::to_string_pretty(&k).expect("serialisable"));
+            Ok(exit::PASS)
+        }
+        Command::Image { kernel } => {
+            let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
+            let p = plan::prepare(k).map_err(infra)?;
+            let image = plan::image(&p, &run::trivial_scenario()).map_err(infra)?;
+            println!("agent: {}\nimage: {}", p.agent.display(), image.display());
+            Ok(exit::PASS)
+        }
+        Command::Boot {
+            kernel,
+            backend,
+            timeout,
+            append,
+        } => run::boot(&kernel, backend, timeout, &append.join(" ")),
+        Command::Bench(args) => bench::bench(args),
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("lab: error: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}

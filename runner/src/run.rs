@@ -1,0 +1,279 @@
+//! `lab run` and `lab boot`: prepare once, then run each scenario in its own
+//! VM (up to `-j` at a time), judge it and record the results.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use arena_protocol::scenario::{SleepStep, Step, VmSpec as ScenarioVm};
+use arena_protocol::Scenario;
+
+use crate::backend::{self, Backend, BackendChoice, Console, VmSpec};
+use crate::results::{now_rfc3339, RunDir, ScenarioSummary, Summary};
+use crate::scenario_file::{self, ScenarioFile};
+use crate::session::{self, Limits};
+use crate::verdict::{self, Verdict};
+use crate::{exit, infra, plan, KernelArgs, LabError};
+
+/// `lab run` options.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// Backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Results directory (a run folder is created inside).
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Seed for randomised steps (default: random, recorded in the results).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Scenarios run at once, each in its own VM.
+    #[arg(short = 'j', long, default_value_t = 1)]
+    jobs: usize,
+    /// Seconds from VM start to the agent's hello.
+    #[arg(long, default_value_t = 120)]
+    boot_timeout: u64,
+    /// Extra kernel command line.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Scenario files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// A one-step scenario used by `lab boot`, `lab image` and benchmarks.
+pub fn trivial_scenario() -> Scenario {
+    Scenario {
+        name: "boot".into(),
+        description: "boot, say hello, power off".into(),
+        tags: vec![],
+        vm: ScenarioVm::default(),
+        timeout_s: 30,
+        steps: vec![Step::Sleep(SleepStep { ms: 0 })],
+    }
+}
+
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ (u64::from(std::process::id()) << 32)) % 1_000_000_007
+}
+
+fn cmdline(append: &str) -> String {
+    if append.trim().is_empty() {
+        plan::BASE_CMDLINE.to_owned()
+    } else {
+        format!("{} {}", plan::BASE_CMDLINE, append.trim())
+    }
+}
+
+fn pick_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, LabError> {
+    let (backend, why) = backend::select(choice).map_err(|e| infra(anyhow::anyhow!(e)))?;
+    eprintln!("lab: backend {why}");
+    Ok(backend)
+}
+
+/// `lab run`.
+pub fn run(args: RunArgs) -> Result<u8, LabError> {
+    let t0 = Instant::now();
+    let scenarios = scenario_file::load_paths(&args.paths)?;
+    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
+    let backend = pick_backend(args.backend)?;
+    let (_, backend_reason) = backend::select(args.backend).map_err(|e| infra(anyhow::anyhow!(e)))?;
+    let prepared = plan::prepare(kernel).map_err(infra)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let run_dir = RunDir::create(&args.results).map_err(infra)?;
+    eprintln!(
+        "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
+        prepared.kernel.release,
+        prepared.kernel.boot_image.display(),
+        scenarios.len(),
+        run_dir.path.display()
+    );
+    let summary = Mutex::new(Summary {
+        run_id: run_dir.id.clone(),
+        started: now_rfc3339(),
+        complete: false,
+        kernel: prepared.kernel.clone(),
+        backend: backend.name().into(),
+        accelerator: backend.accelerator().into(),
+        backend_reason,
+        seed,
+        planned: scenarios.len(),
+        passed: 0,
+        failed: 0,
+        errors: 0,
+        timeouts: 0,
+        wall_s: 0.0,
+        scenarios: Vec::new(),
+    });
+    run_dir.write(&summary.lock().expect("lock")).map_err(infra)?;
+    let next = AtomicUsize::new(0);
+    let infra_failure = Mutex::new(None::<String>);
+    let ctx = RunCtx {
+        backend: backend.as_ref(),
+        prepared: &prepared,
+        run_dir: &run_dir,
+        seed,
+        limits: Limits {
+            boot: Duration::from_secs(args.boot_timeout),
+        },
+        cmdline: cmdline(&args.append),
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.clamp(1, 16) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(file) = scenarios.get(i) else { return };
+                match run_one(&ctx, file) {
+                    Ok(s) => {
+                        print_line(&s);
+                        let mut sum = summary.lock().expect("lock");
+                        if s.judgement.infra {
+                            *infra_failure.lock().expect("lock") = Some(s.judgement.reason.clone());
+                        }
+                        sum.scenarios.push(s);
+                        sum.recount();
+                        sum.wall_s = t0.elapsed().as_secs_f64();
+                        if let Err(e) = run_dir.write(&sum) {
+                            eprintln!("lab: writing results: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("lab: {}: {e:#}", file.scenario.name);
+                        *infra_failure.lock().expect("lock") = Some(format!("{e:#}"));
+                    }
+                }
+            });
+        }
+    });
+    let mut sum = summary.into_inner().expect("lock");
+    sum.complete = sum.scenarios.len() == sum.planned;
+    sum.wall_s = t0.elapsed().as_secs_f64();
+    // Keep the file order in the final summary, whatever -j did.
+    sum.scenarios.sort_by_key(|s| scenarios.iter().position(|f| f.scenario.name == s.name));
+    run_dir.write(&sum).map_err(infra)?;
+    println!(
+        "{} passed, {} failed{}",
+        sum.passed,
+        sum.failed + sum.errors + sum.timeouts,
+        if sum.timeouts > 0 { format!(" ({} timed out)", sum.timeouts) } else { String::new() }
+    );
+    eprintln!("lab: wall time {:.2} s; results {}", sum.wall_s, run_dir.path.display());
+    if let Some(why) = infra_failure.into_inner().expect("lock") {
+        return Err(infra(anyhow::anyhow!("infrastructure failure: {why}")));
+    }
+    Ok(if sum.passed == sum.planned { exit::PASS } else { exit::FAIL })
+}
+
+fn print_line(s: &ScenarioSummary) {
+    let v = match s.judgement.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::Error => "ERROR",
+        Verdict::Timeout => "TIMEOUT",
+    };
+    let boot = s.boot_s.map(|b| format!("boot {b:.2} s, ")).unwrap_or_default();
+    println!("{v:<7} {} ({boot}total {:.2} s)", s.name, s.duration_s);
+    if s.judgement.verdict != Verdict::Pass {
+        for line in s.judgement.reason.lines().take(20) {
+            println!("        {line}");
+        }
+    }
+}
+
+struct RunCtx<'a> {
+    backend: &'a dyn Backend,
+    prepared: &'a plan::Prepared,
+    run_dir: &'a RunDir,
+    seed: u64,
+    limits: Limits,
+    cmdline: String,
+}
+
+fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary> {
+    let s = &file.scenario;
+    let dir = ctx.run_dir.scenario_dir(&s.name)?;
+    let image = plan::image(ctx.prepared, s)?;
+    let console_log = dir.join("console.log");
+    let spec = VmSpec {
+        kernel: ctx.prepared.kernel.boot_image.clone(),
+        initrd: Some(image),
+        cmdline: ctx.cmdline.clone(),
+        vcpus: s.vm.vcpus,
+        memory_mib: s.vm.memory_mib,
+        console: Console::File(console_log.clone()),
+        channel: None,
+    };
+    let record = session::run(
+        ctx.backend,
+        spec,
+        s,
+        ctx.seed,
+        ctx.limits,
+        &dir.join("events.jsonl"),
+        &dir.join("vmm.log"),
+    );
+    let console = String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
+    let judgement = verdict::judge(&record, &console);
+    Ok(ScenarioSummary {
+        name: s.name.clone(),
+        file: file.path.clone(),
+        tags: s.tags.clone(),
+        seed: ctx.seed,
+        judgement,
+        boot_s: record.boot_s,
+        duration_s: record.total_s,
+        vm_exit: record.vm_exit,
+        guest: record.hello,
+    })
+}
+
+/// `lab boot`: the default image, serial console on stdout.
+pub fn boot(kernel: &KernelArgs, choice: BackendChoice, timeout: u64, append: &str) -> Result<u8, LabError> {
+    let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
+    let backend = pick_backend(choice)?;
+    let prepared = plan::prepare(k).map_err(infra)?;
+    let scenario = trivial_scenario();
+    let image = plan::image(&prepared, &scenario).map_err(infra)?;
+    let spec = VmSpec {
+        kernel: prepared.kernel.boot_image.clone(),
+        initrd: Some(image),
+        cmdline: cmdline(append),
+        vcpus: scenario.vm.vcpus,
+        memory_mib: scenario.vm.memory_mib,
+        console: Console::Stdout,
+        channel: None,
+    };
+    let scratch = std::env::temp_dir().join(format!("arena-lab-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(infra)?;
+    let record = session::run(
+        backend.as_ref(),
+        spec,
+        &scenario,
+        0,
+        Limits {
+            boot: Duration::from_secs(timeout),
+        },
+        &scratch.join("events.jsonl"),
+        &scratch.join("vmm.log"),
+    );
+    let vmm_log = std::fs::read_to_string(scratch.join("vmm.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!("\nlab: {:?}; VM {}", record.end, record.vm_exit);
+    if !vmm_log.trim().is_empty() {
+        eprintln!("lab: backend stderr:\n{}", vmm_log.trim_end());
+    }
+    Ok(match record.hello {
+        Some(h) => {
+            eprintln!("lab: agent hello after {:.2} s: {h:?}", record.boot_s.unwrap_or(0.0));
+            exit::PASS
+        }
+        None => exit::INFRA,
+    })
+}

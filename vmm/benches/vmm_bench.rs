@@ -1,0 +1,2 @@
+//! VMM benchmarks (start latency, port-I/O exit rate, RSS overhead).
+fn main() {}

@@ -1,0 +1,1 @@
+//! ACPI tables (not yet generated; the MP table describes the platform).

@@ -1,0 +1,138 @@
+//! "Ignore but answer" legacy ports: POST code (0x80), port B (0x61),
+//! CMOS/RTC (0x70/0x71), fast A20 (0x92), PCI config (0xcf8..0xcff), other
+//! COM ports and anything else a kernel pokes at during boot. Reads return
+//! "nothing here" values, writes are dropped, and nothing ever fails.
+
+use super::BusDevice;
+
+/// POST diagnostic port, also used as an I/O delay.
+pub const POST_PORT: u64 = 0x80;
+/// System control port B (speaker gate / refresh toggle).
+pub const PORT_B: u64 = 0x61;
+/// CMOS index port; 0x71 is the data port.
+pub const CMOS_INDEX_PORT: u64 = 0x70;
+/// Fast A20 / reset port.
+pub const FAST_A20_PORT: u64 = 0x92;
+/// PCI configuration address port (0xcf8..0xcff).
+pub const PCI_CONFIG_PORT: u64 = 0xcf8;
+
+/// CMOS status register A (bit 7: update in progress, kept clear).
+const CMOS_STATUS_A: u8 = 0x0a;
+/// CMOS status register B: 24-hour, binary mode.
+const CMOS_STATUS_B: u8 = 0x0b;
+/// CMOS status register D: valid RAM and time.
+const CMOS_STATUS_D: u8 = 0x0d;
+/// Value of status B: binary (bit 2) + 24h (bit 1).
+const CMOS_B_VALUE: u8 = 0x06;
+/// Value of status D: valid RAM/time (bit 7).
+const CMOS_D_VALUE: u8 = 0x80;
+
+/// Port B refresh toggle bit (bit 4 flips on every read, like real hardware).
+const PORT_B_REFRESH: u8 = 0x10;
+
+/// A sink for miscellaneous legacy ports; see the module docs.
+#[derive(Default)]
+pub struct LegacyDevice {
+    cmos_index: u8,
+    port_b: u8,
+}
+
+impl LegacyDevice {
+    /// Creates the device.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn cmos_read(&self) -> u8 {
+        match self.cmos_index & 0x7f {
+            CMOS_STATUS_A => 0x26,
+            CMOS_STATUS_B => CMOS_B_VALUE,
+            CMOS_STATUS_D => CMOS_D_VALUE,
+            0x07 | 0x08 => 1, // day of month, month
+            0x09 => 24,       // year (binary mode)
+            0x32 => 20,       // century
+            _ => 0,
+        }
+    }
+
+    /// Handles a read of absolute port `port`.
+    pub fn read_port(&mut self, port: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        let Some(b) = data.first_mut() else { return };
+        match port {
+            PORT_B => {
+                self.port_b ^= PORT_B_REFRESH;
+                *b = self.port_b;
+            }
+            p if p == CMOS_INDEX_PORT + 1 => *b = self.cmos_read(),
+            CMOS_INDEX_PORT => *b = self.cmos_index,
+            FAST_A20_PORT => *b = 0x02,
+            _ => {}
+        }
+    }
+
+    /// Handles a write to absolute port `port`.
+    pub fn write_port(&mut self, port: u64, data: &[u8]) {
+        let Some(&v) = data.first() else { return };
+        match port {
+            PORT_B => self.port_b = (self.port_b & PORT_B_REFRESH) | (v & !PORT_B_REFRESH),
+            CMOS_INDEX_PORT => self.cmos_index = v,
+            _ => {}
+        }
+    }
+}
+
+/// Bus adapter: the legacy device registered at a fixed base port.
+pub struct LegacyAt {
+    /// Base port of this registration.
+    pub base: u64,
+    /// Shared state.
+    pub dev: std::sync::Arc<std::sync::Mutex<LegacyDevice>>,
+}
+
+impl BusDevice for LegacyAt {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        super::lock(&self.dev).read_port(self.base.wrapping_add(offset), data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        super::lock(&self.dev).write_port(self.base.wrapping_add(offset), data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_ports_read_all_ones() {
+        let mut d = LegacyDevice::new();
+        let mut b = [0u8; 4];
+        d.read_port(PCI_CONFIG_PORT, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        d.write_port(POST_PORT, &[0x12]);
+        d.read_port(POST_PORT, &mut b[..1]);
+        assert_eq!(b[0], 0xff);
+    }
+
+    #[test]
+    fn cmos_index_and_data() {
+        let mut d = LegacyDevice::new();
+        let mut b = [0u8];
+        d.write_port(CMOS_INDEX_PORT, &[CMOS_STATUS_A]);
+        d.read_port(CMOS_INDEX_PORT + 1, &mut b);
+        assert_eq!(b[0] & 0x80, 0, "update-in-progress must be clear");
+        d.write_port(CMOS_INDEX_PORT, &[0x80 | CMOS_STATUS_D]); // NMI-disable bit set
+        d.read_port(CMOS_INDEX_PORT + 1, &mut b);
+        assert_eq!(b[0], CMOS_D_VALUE);
+    }
+
+    #[test]
+    fn port_b_refresh_toggles() {
+        let mut d = LegacyDevice::new();
+        let (mut a, mut b) = ([0u8], [0u8]);
+        d.read_port(PORT_B, &mut a);
+        d.read_port(PORT_B, &mut b);
+        assert_ne!(a[0] & PORT_B_REFRESH, b[0] & PORT_B_REFRESH);
+        d.write_port(PORT_B, &[]);
+    }
+}

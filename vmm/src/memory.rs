@@ -1,0 +1,166 @@
+//! Guest physical memory: layout constants and creation.
+//!
+//! The x86_64 guest physical address space looks like this:
+//!
+//! ```text
+//! 0x0000_0000 ─ 0x0000_04ff  real-mode IVT + BIOS data area (left zero)
+//! 0x0000_0500                boot GDT, then boot IDT
+//! 0x0000_6000                PVH `hvm_start_info`, its memmap and modlist
+//! 0x0000_7000                bzImage zero page (`boot_params`)
+//! 0x0000_8ff0                initial stack pointer of the BSP
+//! 0x0000_9000 ─ 0x0000_dfff  identity page tables (PML4, PDPT, 4 PDs: first 4 GiB)
+//! 0x0002_0000                kernel command line
+//! 0x0009_fc00 ─ 0x0009_ffff  "EBDA": MP floating pointer + MP table
+//! 0x000e_0000 ─ 0x000f_ffff  ACPI tables (RSDP is found by the 0xe0000 BIOS scan)
+//! 0x0010_0000                high memory: kernel, then initrd near the top of low RAM
+//! MMIO_GAP_START ─ 4 GiB     32-bit MMIO gap: virtio-mmio window, IOAPIC, LAPIC, TSS
+//! 4 GiB ─ …                  RAM above the gap when the guest has more than 3 GiB
+//! ```
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+/// Guest memory type used throughout the VMM.
+pub type GuestMem = GuestMemoryMmap<()>;
+
+/// Start of the boot GDT.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Start of the (empty) boot IDT.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info` address.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (initrd) address.
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map address.
+pub const PVH_MEMMAP_START: u64 = 0x6080;
+/// Maximum number of PVH memmap entries that fit before the zero page.
+pub const PVH_MEMMAP_MAX: usize = (ZERO_PAGE_START - PVH_MEMMAP_START) as usize / 24;
+/// bzImage zero page (`boot_params`) address.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer of the boot CPU.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// PML4 of the identity page tables.
+pub const PML4_START: u64 = 0x9000;
+/// PDPT of the identity page tables.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of four page directories of the identity page tables.
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line address.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Maximum command line length including the NUL.
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Start of the extended BIOS data area, where the MP table lives.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Where the ACPI tables (RSDP first) are written.
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the BIOS area reserved in the e820 map.
+pub const BIOS_END: u64 = 0x10_0000;
+/// Start of high memory, where kernels are loaded.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO gap (3 GiB).
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+/// End of the 32-bit MMIO gap (4 GiB).
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// Base of the virtio-mmio device window inside the gap.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Size of one virtio-mmio slot.
+pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
+/// IOAPIC MMIO base.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC MMIO base.
+pub const APIC_START: u64 = 0xfee0_0000;
+/// KVM TSS (three pages) address, inside the gap.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// KVM identity map page address, just below the TSS.
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+// The fixed boot structures must not overlap each other.
+const _: () = {
+    assert!(PVH_MEMMAP_START + (PVH_MEMMAP_MAX as u64) * 24 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(VIRTIO_MMIO_BASE > MMIO_GAP_START && IOAPIC_START < MMIO_GAP_END);
+};
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Requested size is too small to hold the boot structures.
+    #[error("guest memory of {0} MiB is too small (minimum 16 MiB)")]
+    TooSmall(u64),
+    /// Requested size does not fit in the address space.
+    #[error("guest memory of {0} MiB is too large")]
+    TooLarge(u64),
+    /// mmap of the guest RAM failed.
+    #[error("cannot map guest memory: {0}")]
+    Mmap(String),
+}
+
+/// Splits `size` bytes of RAM around the MMIO gap: returns `(start, len)` pairs.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
+    if size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), size as usize)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_GAP_START as usize),
+            (GuestAddress(MMIO_GAP_END), (size - MMIO_GAP_START) as usize),
+        ]
+    }
+}
+
+/// Creates anonymous guest memory of `mem_mib` MiB laid out by [`ram_ranges`].
+pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMem, MemoryError> {
+    if mem_mib < 16 {
+        return Err(MemoryError::TooSmall(mem_mib));
+    }
+    let size = mem_mib
+        .checked_mul(1 << 20)
+        .filter(|s| *s < (1 << 46))
+        .ok_or(MemoryError::TooLarge(mem_mib))?;
+    GuestMemoryMmap::from_ranges(&ram_ranges(size)).map_err(|e| MemoryError::Mmap(e.to_string()))
+}
+
+/// End (exclusive) of RAM below the MMIO gap.
+pub fn low_ram_end(mem: &GuestMem) -> u64 {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    mem.iter()
+        .filter(|r| r.start_addr().0 < MMIO_GAP_START)
+        .map(|r| r.start_addr().0 + r.len())
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn small_ram_is_one_range() {
+        let r = ram_ranges(256 << 20);
+        assert_eq!(r, vec![(GuestAddress(0), 256 << 20)]);
+    }
+
+    #[test]
+    fn big_ram_is_split_around_gap() {
+        let r = ram_ranges(5 << 30);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START as usize));
+        assert_eq!(r[1].0, GuestAddress(MMIO_GAP_END));
+        assert_eq!(r[1].1 as u64, (5 << 30) - MMIO_GAP_START);
+    }
+
+    #[test]
+    fn create_and_access() {
+        let m = create_guest_memory(32).unwrap();
+        assert_eq!(m.num_regions(), 1);
+        m.write_obj(0x1234_5678u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0x1234_5678
+        );
+        assert!(m.write_obj(0u32, GuestAddress(32 << 20)).is_err());
+        assert_eq!(low_ram_end(&m), 32 << 20);
+        assert!(create_guest_memory(1).is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! vCPUs: per-vCPU KVM setup and the run loop (one thread per vCPU).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::arch::x86_64::{cpuid, msr, regs, ArchError};
+use crate::devices::Bus;
+use crate::ExitReason;
+
+/// Signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick signal handler once per process.
+pub fn install_kick_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // If this fails the VMM still works, it just stops vCPUs later.
+        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler);
+    });
+}
+
+/// True when `ARENA_VMM_TRACE` is set: every vCPU exit is logged to stderr.
+pub fn trace_enabled() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("ARENA_VMM_TRACE").is_some())
+}
+
+/// A configured vCPU ready to run.
+pub struct Vcpu {
+    /// vCPU index, also its APIC ID.
+    pub id: u8,
+    fd: VcpuFd,
+}
+
+/// Everything a vCPU thread needs to handle exits.
+#[derive(Clone)]
+pub struct VcpuContext {
+    /// Port-I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Where the first fatal or final exit is reported.
+    pub exit_tx: Sender<ExitReason>,
+    /// Set by the VMM to stop every vCPU.
+    pub stop: Arc<AtomicBool>,
+    /// Set by the vCPU once it entered the guest for the first time.
+    pub started: Arc<AtomicBool>,
+}
+
+impl Vcpu {
+    /// Configures CPUID, MSRs, FPU and LAPIC of a new vCPU.
+    pub fn new(
+        fd: VcpuFd,
+        id: u8,
+        base_cpuid: &CpuId,
+        quirks: cpuid::CpuidQuirks,
+    ) -> Result<Self, ArchError> {
+        let mut c = base_cpuid.clone();
+        cpuid::patch_cpuid(&mut c, id, quirks);
+        fd.set_cpuid2(&c)
+            .map_err(|e| ArchError::Kvm("KVM_SET_CPUID2", e))?;
+        msr::setup_msrs(&fd)?;
+        regs::setup_fpu(&fd)?;
+        regs::setup_lapic(&fd)?;
+        Ok(Self { id, fd })
+    }
+
+    /// Points the (boot) vCPU at the kernel entry.
+    pub fn set_boot_entry(&self, entry: regs::BootEntry) -> Result<(), ArchError> {
+        regs::setup_boot_regs(&self.fd, entry)
+    }
+
+    /// Runs until the guest exits for good or the VMM asks to stop.
+    pub fn run(mut self, ctx: VcpuContext) {
+        let mut first = true;
+        while !ctx.stop.load(Ordering::Acquire) {
+            if first {
+                ctx.started.store(true, Ordering::Release);
+                first = false;
+            }
+            let outcome = match self.fd.run() {
+                Ok(exit) => handle_exit(exit, &ctx),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) => Some(ExitReason::VcpuError(format!("KVM_RUN: {e}"))),
+            };
+            let Some(mut reason) = outcome else { continue };
+            if let ExitReason::InternalError { suberror, .. } = &mut reason {
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the
+                // `internal` member of the union is the valid one.
+                *suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+            }
+            let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+            let _ = ctx.exit_tx.send(reason.with_location(self.id, rip));
+            break;
+        }
+        if trace_enabled() {
+            if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+                eprintln!(
+                    "arena-vmm trace: vCPU {} stopped at rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+                    self.id, r.rip, r.rsp, s.cr0, s.cr3, s.cr4, s.efer
+                );
+            }
+        }
+    }
+}
+
+/// Handles one exit; returns a reason when the VM must stop.
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitReason> {
+    if trace_enabled() {
+        eprintln!("arena-vmm trace: {exit:?}");
+    }
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
+        VcpuExit::Shutdown => Some(ExitReason::TripleFault { vcpu: 0, rip: 0 }),
+        VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::FailEntry { reason, cpu }),
+        VcpuExit::InternalError => Some(ExitReason::InternalError {
+            suberror: 0,
+            vcpu: 0,
+            rip: 0,
+        }),
+        VcpuExit::SystemEvent(ty, _) if ty == KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
+        VcpuExit::SystemEvent(ty, _) if ty == KVM_SYSTEM_EVENT_SHUTDOWN => {
+            Some(ExitReason::PowerOff)
+        }
+        VcpuExit::Hlt => Some(ExitReason::Unexpected("HLT with in-kernel irqchip".into())),
+        other => Some(ExitReason::Unexpected(format!("{other:?}"))),
+    }
+}

@@ -1,0 +1,85 @@
+//! The `arena-vmm` binary: exit codes, stderr reason line, serial routing,
+//! and the `probe` subcommand.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn vmm_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_arena-vmm"))
+}
+
+fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = vmm_bin().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_exit_codes_name_the_reason() {
+    if !kvm_or_skip("cli_exit_codes_name_the_reason") {
+        return;
+    }
+    let hello = build_pvh("hello_pvh");
+    let (code, out, err) = run_cli(&["--kernel", hello.to_str().unwrap(), "--serial", "-"]);
+    assert_eq!((code, out.as_str()), (0, "hello from pvh\n"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("guest reset"), "{err}");
+
+    let tf = build_pvh("triple_fault_pvh");
+    let (code, _, err) = run_cli(&["--kernel", tf.to_str().unwrap(), "--mem-mib", "32"]);
+    assert_eq!(code, vmm::EXIT_TRIPLE_FAULT, "{err}");
+    assert!(err.contains("triple fault"), "{err}");
+
+    let spin = build_pvh("spin_pvh");
+    let (code, _, err) = run_cli(&["--kernel", spin.to_str().unwrap(), "--timeout-s", "0.5"]);
+    assert_eq!(code, vmm::EXIT_TIMEOUT, "{err}");
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn cli_serial_file_is_appended() {
+    if !kvm_or_skip("cli_serial_file_is_appended") {
+        return;
+    }
+    let hello = build_pvh("hello_pvh");
+    let log = out_dir().join(format!("serial-{}.log", std::process::id()));
+    std::fs::write(&log, "before\n").unwrap();
+    let (code, out, _) = run_cli(&[
+        "--kernel",
+        hello.to_str().unwrap(),
+        "--serial",
+        log.to_str().unwrap(),
+        "--vcpus",
+        "2",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "before\nhello from pvh\n"
+    );
+}
+
+#[test]
+fn cli_setup_errors_exit_2() {
+    let (code, _, err) = run_cli(&["--kernel", "/nonexistent/vmlinux"]);
+    assert_eq!(code, vmm::EXIT_SETUP_ERROR, "{err}");
+    assert!(err.contains("setup error"), "{err}");
+    let (code, _, err) = run_cli(&["--bogus"]);
+    assert_eq!(code, vmm::EXIT_SETUP_ERROR);
+    assert!(err.contains("usage"), "{err}");
+}
+
+#[test]
+fn cli_probe_matches_library() {
+    let (code, out, _) = run_cli(&["probe"]);
+    let p = vmm::probe::probe();
+    assert_eq!(code, if p.usable { 0 } else { 1 });
+    assert_eq!(out.trim_end(), p.reason);
+    assert_eq!(out.lines().count(), 1);
+}

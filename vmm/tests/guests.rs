@@ -1,0 +1,147 @@
+//! Freestanding guests, entered exactly the way Linux is, really executed
+//! under /dev/kvm.
+
+mod common;
+
+use common::*;
+use vmm::ExitReason;
+
+#[test]
+fn pvh_guest_prints_and_resets_cleanly() {
+    if !kvm_or_skip("pvh_guest_prints_and_resets_cleanly") {
+        return;
+    }
+    let (cfg, buf) = config(&build_pvh("hello_pvh"));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(out, "hello from pvh\n");
+    assert_eq!(report.exit, ExitReason::Reset);
+    assert!(report.time_to_first_entry.is_some());
+}
+
+#[test]
+fn pvh_guest_reads_start_info() {
+    if !kvm_or_skip("pvh_guest_reads_start_info") {
+        return;
+    }
+    let (mut cfg, buf) = config(&build_pvh("bootinfo_pvh"));
+    cfg.cmdline = "console=ttyS0 arena=pvh".into();
+    cfg.initrd = Some(write_file("pvh-initrd.img", b"INITRD-PVH-CONTENT"));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(report.exit, ExitReason::Reset, "{out}");
+    assert!(out.contains("magic=336EC578\n"), "{out}");
+    assert!(out.contains("cmdline=console=ttyS0 arena=pvh\n"), "{out}");
+    assert!(out.contains("memmap_entries=00000004\n"), "{out}");
+    assert!(
+        out.contains("e820=0000000000000000 000000000009FC00 00000001\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("e820=0000000000100000 0000000003F00000 00000001\n"),
+        "{out}"
+    );
+    assert!(out.contains("modules=00000001\n"), "{out}");
+    // 18-byte initrd, page aligned just below the 64 MiB top of RAM.
+    assert!(out.contains("initrd=03FFF000 00000012\n"), "{out}");
+    assert!(out.contains("initrd_head=54494E49\n"), "{out}"); // "INIT"
+    assert!(out.ends_with("done\n"), "{out}");
+}
+
+#[test]
+fn bzimage_guest_enters_64bit_and_reads_zero_page() {
+    if !kvm_or_skip("bzimage_guest_enters_64bit_and_reads_zero_page") {
+        return;
+    }
+    let (mut cfg, buf) = config(&build_bzimage("bzimage64"));
+    cfg.cmdline = "console=ttyS0 arena=bzimage".into();
+    cfg.initrd = Some(write_file("bz-initrd.img", b"INITRD-BZ"));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(report.exit, ExitReason::Reset, "{out}");
+    assert!(
+        out.starts_with("mode=64\nhdr=53726448\ntype_of_loader=000000FF\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cmdline=console=ttyS0 arena=bzimage\n"),
+        "{out}"
+    );
+    assert!(out.contains("e820_entries=00000004\n"), "{out}");
+    assert!(
+        out.contains("e820=000000000009FC00 0000000000000400 00000002\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("e820=0000000000100000 0000000003F00000 00000001\n"),
+        "{out}"
+    );
+    assert!(out.contains("initrd=03FFF000 00000009\n"), "{out}");
+    assert!(out.contains("initrd_head=54494E49\n"), "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
+}
+
+#[test]
+fn bzimage_guest_with_more_ram_than_the_gap() {
+    if !kvm_or_skip("bzimage_guest_with_more_ram_than_the_gap") {
+        return;
+    }
+    let (mut cfg, buf) = config(&build_bzimage("bzimage64"));
+    cfg.mem_mib = 4096 + 512;
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(report.exit, ExitReason::Reset, "{out}");
+    assert!(out.contains("e820_entries=00000005\n"), "{out}");
+    assert!(
+        out.contains("e820=0000000000100000 00000000BFF00000 00000001\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("e820=0000000100000000 0000000060000000 00000001\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn triple_fault_is_reported() {
+    if !kvm_or_skip("triple_fault_is_reported") {
+        return;
+    }
+    let (cfg, buf) = config(&build_pvh("triple_fault_pvh"));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(out, "about to fault\n");
+    assert!(
+        matches!(report.exit, ExitReason::TripleFault { vcpu: 0, .. }),
+        "{:?}",
+        report.exit
+    );
+    assert_eq!(report.exit.exit_code(), vmm::EXIT_TRIPLE_FAULT);
+}
+
+#[test]
+fn int3_without_idt_fails_like_the_host_should() {
+    if !kvm_or_skip("int3_without_idt_fails_like_the_host_should") {
+        return;
+    }
+    let (cfg, buf) = config(&build_pvh("int3_pvh"));
+    let (report, _) = run(&cfg, &buf);
+    if vmm::probe::host_is_pvm() {
+        // PVM's emulator cannot deliver it: this is how stock kernels die here.
+        assert!(
+            matches!(report.exit, ExitReason::InternalError { suberror: 1, .. }),
+            "{:?}",
+            report.exit
+        );
+    } else {
+        assert!(matches!(report.exit, ExitReason::TripleFault { .. }));
+    }
+}
+
+#[test]
+fn host_timeout_stops_a_spinning_guest() {
+    if !kvm_or_skip("host_timeout_stops_a_spinning_guest") {
+        return;
+    }
+    let (mut cfg, buf) = config(&build_pvh("spin_pvh"));
+    cfg.timeout = Some(std::time::Duration::from_millis(500));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(out, "spinning\n");
+    assert_eq!(report.exit, ExitReason::Timeout);
+    assert!(report.run_time < std::time::Duration::from_secs(10));
+}
