@@ -48,7 +48,7 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
     for d in ["guest-images/agent", "protocol"] {
         walk(&root.join(d), &mut newest);
     }
-    for f in ["Cargo.lock", "Cargo.toml"] {
+    for f in ["guest-images/agent/Cargo.toml"] {
         if let Ok(m) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
             newest = newest.max(m);
         }

@@ -21,9 +21,11 @@ pub mod loader;
 pub mod memory;
 pub mod probe;
 pub mod vcpu;
+pub mod virtio;
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -40,6 +42,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use arch::x86_64::{mptable, ArchError};
+use devices::acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
 use devices::legacy::{LegacyAt, LegacyDevice, CMOS_INDEX_PORT, FAST_A20_PORT, PORT_B, POST_PORT};
 use devices::serial::{
@@ -49,6 +52,46 @@ use devices::{Bus, BusError, SharedDevice};
 use loader::LoadError;
 use memory::{GuestMem, MemoryError};
 use vcpu::{Vcpu, VcpuContext};
+use virtio::console::{Console, RX_QUEUE};
+use virtio::mmio::MmioTransport;
+
+/// First interrupt line used by virtio-mmio devices (one per slot).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+
+/// The virtio-console behind its MMIO transport.
+pub type ConsoleTransport = Arc<Mutex<MmioTransport<Console>>>;
+
+/// One virtio-mmio device slot: where the guest finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// MMIO base address.
+    pub addr: u64,
+    /// Size of the register window.
+    pub size: u64,
+    /// Interrupt line (GSI).
+    pub irq: u32,
+}
+
+impl VirtioSlot {
+    /// Slot `i` of the virtio-mmio window.
+    pub fn nth(i: u32) -> Self {
+        Self {
+            addr: memory::VIRTIO_MMIO_BASE + u64::from(i) * memory::VIRTIO_MMIO_SLOT_SIZE,
+            size: memory::VIRTIO_MMIO_SLOT_SIZE,
+            irq: VIRTIO_IRQ_BASE + i,
+        }
+    }
+
+    /// `virtio_mmio.device=` kernel parameter describing this slot.
+    pub fn cmdline_param(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size >> 10,
+            self.addr,
+            self.irq
+        )
+    }
+}
 
 /// Default guest RAM in MiB.
 pub const DEFAULT_MEM_MIB: u64 = 512;
@@ -267,6 +310,8 @@ pub struct Vm {
     exit_rx: Receiver<ExitReason>,
     timeout: Option<Duration>,
     irqfds: Vec<Arc<EventFd>>,
+    console: ConsoleTransport,
+    console_stream: Option<UnixStream>,
 }
 
 impl Vm {
@@ -326,10 +371,20 @@ impl Vm {
             )?),
             None => None,
         };
-        let cmdline_len = loader::write_cmdline(&mem, &cfg.cmdline)?;
+        let console_slot = VirtioSlot::nth(0);
+        let rsdp = Some(arch::x86_64::acpi::setup_acpi(
+            &mem,
+            cfg.vcpus,
+            &[console_slot],
+        )?);
+        let mut cmdline = cfg.cmdline.trim().to_string();
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&console_slot.cmdline_param());
+        let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
         arch::x86_64::regs::write_boot_tables(&mem)?;
         mptable::setup_mptable(&mem, cfg.vcpus)?;
-        let rsdp = None;
         match kernel.entry {
             arch::x86_64::regs::BootEntry::Pvh { .. } => {
                 loader::write_pvh_info(&mem, initrd, rsdp)?
@@ -353,6 +408,16 @@ impl Vm {
         let i8042 = I8042Device::new(Box::new(move || {
             let _ = devices::lock(&reset_tx).send(ExitReason::Reset);
         }));
+        let (off_tx, rst_tx) = (Mutex::new(exit_tx.clone()), Mutex::new(exit_tx.clone()));
+        let pm = AcpiPmDevice::new(
+            Box::new(move || {
+                let _ = devices::lock(&off_tx).send(ExitReason::PowerOff);
+            }),
+            Box::new(move || {
+                let _ = devices::lock(&rst_tx).send(ExitReason::Reset);
+            }),
+        );
+        pio.insert(Arc::new(Mutex::new(pm)), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
         let legacy = Arc::new(Mutex::new(LegacyDevice::new()));
         for (base, len) in [
             (POST_PORT, 1),
@@ -377,7 +442,28 @@ impl Vm {
             I8042_DATA_PORT + 2,
             I8042_PORT_LEN - 2,
         )?;
-        let mmio = Bus::new();
+        let mut mmio = Bus::new();
+        let console_irq = Arc::new(new_eventfd()?);
+        vm.register_irqfd(&console_irq, console_slot.irq)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        irqfds.push(console_irq.clone());
+        let (console_out, console_stream): (Box<dyn Write + Send>, _) = match &cfg.console_socket {
+            Some(p) => {
+                let s = UnixStream::connect(p)
+                    .map_err(|e| Error::Io(format!("connect {}", p.display()), e))?;
+                let out = s
+                    .try_clone()
+                    .map_err(|e| Error::Io("clone console socket".into(), e))?;
+                (Box::new(out), Some(s))
+            }
+            None => (Box::new(std::io::sink()), None),
+        };
+        let console: ConsoleTransport = Arc::new(Mutex::new(MmioTransport::new(
+            Console::new(console_out),
+            mem.clone(),
+            console_irq,
+        )));
+        mmio.insert(console.clone(), console_slot.addr, console_slot.size)?;
 
         // 5. vCPUs.
         let base_cpuid = kvm
@@ -409,6 +495,8 @@ impl Vm {
             exit_rx,
             timeout: cfg.timeout,
             irqfds,
+            console,
+            console_stream,
         })
     }
 
@@ -422,12 +510,26 @@ impl Vm {
         &self.vm
     }
 
+    /// The virtio-console transport (host side).
+    pub fn console(&self) -> &ConsoleTransport {
+        &self.console
+    }
+
     /// Step 6: runs the vCPUs until the guest stops or the timeout expires.
     pub fn run(mut self) -> Result<RunReport, Error> {
         vcpu::install_kick_handler();
         let start = Instant::now();
+        let console_reader = match &self.console_stream {
+            Some(s) => {
+                let s = s
+                    .try_clone()
+                    .map_err(|e| Error::Io("clone console socket".into(), e))?;
+                Some(spawn_console_reader(s, self.console.clone())?)
+            }
+            None => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads: Vec<(JoinHandle<()>, Arc<AtomicBool>)> = Vec::new();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let boot_started = Arc::new(AtomicBool::new(false));
         let mut first_entry = None;
         for v in self.vcpus.drain(..) {
@@ -443,16 +545,20 @@ impl Vm {
                 stop: stop.clone(),
                 started,
             };
-            let done = Arc::new(AtomicBool::new(false));
-            let done2 = done.clone();
+            let id = v.id;
             let h = std::thread::Builder::new()
-                .name(format!("vcpu{}", v.id))
+                .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    v.run(ctx);
-                    done2.store(true, Ordering::Release);
+                    let tx = ctx.exit_tx.clone();
+                    // A bug in an exit handler must end the VM, not hang it.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.run(ctx)));
+                    if r.is_err() {
+                        let _ =
+                            tx.send(ExitReason::VcpuError(format!("vCPU {id} thread panicked")));
+                    }
                 })
                 .map_err(|e| Error::Io("spawn vCPU thread".into(), e))?;
-            threads.push((h, done));
+            threads.push(h);
         }
         let deadline = self.timeout.map(|t| start + t);
         let exit = loop {
@@ -478,11 +584,17 @@ impl Vm {
             first_entry = Some(start.elapsed());
         }
         stop.store(true, Ordering::Release);
-        for (h, done) in threads {
-            while !done.load(Ordering::Acquire) {
+        for h in threads {
+            while !h.is_finished() {
                 let _ = h.kill(vcpu::kick_signal());
                 std::thread::sleep(Duration::from_millis(1));
             }
+            let _ = h.join();
+        }
+        if let Some(s) = &self.console_stream {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(h) = console_reader {
             let _ = h.join();
         }
         Ok(RunReport {
@@ -499,6 +611,31 @@ impl Drop for Vm {
             let _ = self.vm.unregister_irqfd(fd, 0);
         }
     }
+}
+
+/// Copies socket input into the console's receive queue until EOF.
+fn spawn_console_reader(
+    mut stream: UnixStream,
+    console: ConsoleTransport,
+) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name("console-rx".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut t = devices::lock(&console);
+                        t.device_mut().queue_input(&buf[..n]);
+                        t.process_queue(RX_QUEUE);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+        })
+        .map_err(|e| Error::Io("spawn console reader".into(), e))
 }
 
 fn new_eventfd() -> Result<EventFd, Error> {

@@ -29,7 +29,10 @@ fn pvh_guest_reads_start_info() {
     let (report, out) = run(&cfg, &buf);
     assert_eq!(report.exit, ExitReason::Reset, "{out}");
     assert!(out.contains("magic=336EC578\n"), "{out}");
-    assert!(out.contains("cmdline=console=ttyS0 arena=pvh\n"), "{out}");
+    assert!(
+        out.contains("cmdline=console=ttyS0 arena=pvh virtio_mmio.device=4K@0xd0000000:5\n"),
+        "{out}"
+    );
     assert!(out.contains("memmap_entries=00000004\n"), "{out}");
     assert!(
         out.contains("e820=0000000000000000 000000000009FC00 00000001\n"),
@@ -43,6 +46,7 @@ fn pvh_guest_reads_start_info() {
     // 18-byte initrd, page aligned just below the 64 MiB top of RAM.
     assert!(out.contains("initrd=03FFF000 00000012\n"), "{out}");
     assert!(out.contains("initrd_head=54494E49\n"), "{out}"); // "INIT"
+    assert!(out.contains("rsdp=000E0000\n"), "{out}");
     assert!(out.ends_with("done\n"), "{out}");
 }
 
@@ -61,7 +65,7 @@ fn bzimage_guest_enters_64bit_and_reads_zero_page() {
         "{out}"
     );
     assert!(
-        out.contains("cmdline=console=ttyS0 arena=bzimage\n"),
+        out.contains("cmdline=console=ttyS0 arena=bzimage virtio_mmio.device=4K@0xd0000000:5\n"),
         "{out}"
     );
     assert!(out.contains("e820_entries=00000004\n"), "{out}");
@@ -144,4 +148,33 @@ fn host_timeout_stops_a_spinning_guest() {
     assert_eq!(out, "spinning\n");
     assert_eq!(report.exit, ExitReason::Timeout);
     assert!(report.run_time < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn smp_guest_wakes_every_vcpu_with_init_sipi() {
+    if !kvm_or_skip("smp_guest_wakes_every_vcpu_with_init_sipi") {
+        return;
+    }
+    let kernel = build_pvh("smp_pvh");
+    for n in [1u8, 2, 4] {
+        let (mut cfg, buf) = config(&kernel);
+        cfg.vcpus = n;
+        // The guest waits for this APIC-ID bitmap (8 hex digits).
+        cfg.cmdline = format!("{:08X}", (1u32 << n) - 1);
+        let (report, out) = run(&cfg, &buf);
+        assert_eq!(report.exit, ExitReason::Reset, "{out}");
+        assert_eq!(out, format!("cpus={:08X}\n", (1u32 << n) - 1), "{n} vCPUs");
+    }
+}
+
+#[test]
+fn acpi_sleep_register_powers_off_cleanly() {
+    if !kvm_or_skip("acpi_sleep_register_powers_off_cleanly") {
+        return;
+    }
+    let (cfg, buf) = config(&build_pvh("poweroff_pvh"));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(out, "powering off\n");
+    assert_eq!(report.exit, ExitReason::PowerOff);
+    assert_eq!(report.exit.exit_code(), vmm::EXIT_CLEAN);
 }

@@ -2,6 +2,8 @@
 //! kernel log on the 8250 UART, the results channel on a virtconsole.
 
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::{Backend, Console, VmSpec};
 
@@ -30,6 +32,33 @@ impl Qemu {
     }
 }
 
+/// How long the host TSC is sampled to learn its frequency.
+const TSC_SAMPLE: Duration = Duration::from_millis(10);
+
+/// The host's TSC frequency in kHz, if the TSC is invariant.
+///
+/// Under TCG the guest's TSC is the host's. The kernel calibrates its TSC
+/// against the PIT in a short window; on a loaded host that fails, the TSC is
+/// marked unstable and the boot can hang. Telling the kernel the frequency
+/// (`tsc_early_khz=`) makes the boot deterministic.
+pub fn host_tsc_khz() -> Option<u64> {
+    static KHZ: OnceLock<Option<u64>> = OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+        if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+            return None;
+        }
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        let (t0, c0) = (Instant::now(), unsafe { std::arch::x86_64::_rdtsc() });
+        std::thread::sleep(TSC_SAMPLE);
+        // SAFETY: as above.
+        let (c1, dt) = (unsafe { std::arch::x86_64::_rdtsc() }, t0.elapsed());
+        let khz = (c1.wrapping_sub(c0) as f64 / dt.as_secs_f64() / 1000.0) as u64;
+        (100_000..20_000_000).contains(&khz).then_some(khz)
+    })
+}
+
 impl Backend for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
@@ -46,15 +75,18 @@ impl Backend for Qemu {
         let mut c = Command::new(&self.binary);
         let (accel, cpu) = match self.accel {
             Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => ("tcg", "max"),
+            Accel::Tcg => ("tcg", "qemu64"),
         };
         c.args(["-M", "microvm", "-accel", accel, "-cpu", cpu])
             .args(["-m", &spec.memory_mib.to_string()])
             .args(["-smp", &spec.vcpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .arg("-kernel")
-            .arg(&spec.kernel)
-            .args(["-append", &spec.cmdline]);
+            .arg(&spec.kernel);
+        match (self.accel, host_tsc_khz()) {
+            (Accel::Tcg, Some(khz)) => c.arg("-append").arg(format!("{} tsc_early_khz={khz}", spec.cmdline)),
+            _ => c.args(["-append", &spec.cmdline]),
+        };
         if let Some(initrd) = &spec.initrd {
             c.arg("-initrd").arg(initrd);
         }
@@ -102,5 +134,15 @@ mod tests {
         assert!(joined.contains("socket,id=results,path=/tmp/s.sock"));
         assert!(joined.contains("virtconsole,chardev=results"));
         assert!(joined.contains("-initrd /i.cpio.zst"));
+        if let Some(khz) = host_tsc_khz() {
+            assert!(joined.contains(&format!("console=ttyS0 tsc_early_khz={khz}")), "{joined}");
+        }
+    }
+
+    #[test]
+    fn tsc_frequency_is_plausible() {
+        if let Some(khz) = host_tsc_khz() {
+            assert!((100_000..20_000_000).contains(&khz));
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Emulated devices and the buses that route guest port-I/O and MMIO to them.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod legacy;
 pub mod serial;

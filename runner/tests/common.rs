@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests: run the real `lab` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("arena-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Run `lab` with `args` from the workspace root.
+pub fn lab(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run lab");
+    eprintln!(
+        "lab {}: {}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Write a scenario file.
+pub fn scenario(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// The latest run's summary.json.
+pub fn summary(results: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(results.join("latest/summary.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}

@@ -1,0 +1,127 @@
+//! End-to-end: the real Debian kernel booted under QEMU runs the smoke
+//! scenarios and the failure paths give the documented verdicts and exit codes.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn smoke_scenarios_pass_with_junit_and_console_logs() {
+    let results = scratch("smoke");
+    let out = lab(&["run", "--results", results.to_str().unwrap(), "scenarios/smoke"]);
+    assert_eq!(out.status.code(), Some(0));
+    let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
+    let smoke: Vec<_> = std::fs::read_dir(root().join("scenarios/smoke"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(!smoke.is_empty());
+    for e in &smoke {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let name = text.lines().find_map(|l| l.strip_prefix("name: ")).unwrap();
+        assert!(junit.contains(&format!("name=\"{name}\"")), "{name} missing from junit");
+        let console = std::fs::read_to_string(results.join("latest").join(name).join("console.log")).unwrap();
+        assert!(console.contains("Linux version 6."), "{name}: no kernel log");
+    }
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    let s = summary(&results);
+    assert_eq!(s["complete"], true);
+    assert_eq!(s["backend"], "qemu");
+    assert!(s["kernel"]["sha256"].as_str().unwrap().len() == 64);
+    assert!(s["kernel"]["release"].as_str().unwrap().starts_with("6.12."));
+}
+
+#[test]
+fn wrong_expectation_fails_with_expected_vs_actual() {
+    let dir = scratch("wrong");
+    let f = scenario(
+        &dir,
+        "wrong",
+        "name: wrong-expectation\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 1, op: write, value: 2 }\n  - touch: { arena: a, page: 1, op: read, expect: { value: 1 } }\n",
+    );
+    let results = dir.join("results");
+    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&results);
+    let sc = &s["scenarios"][0];
+    assert_eq!(sc["verdict"], "fail");
+    let reason = sc["reason"].as_str().unwrap();
+    assert!(reason.contains("step 3 (touch)"), "{reason}");
+    assert!(reason.contains("expected 0x1, read 0x2"), "{reason}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL    wrong-expectation"), "{stdout}");
+}
+
+#[test]
+fn crashing_step_is_reported_not_lost() {
+    // A plain touch (expecting success) of an unallocated page of a
+    // segv_on_fault arena kills the agent's worker: the verdict says so.
+    let dir = scratch("crash");
+    let f = scenario(
+        &dir,
+        "crash",
+        "name: crash\nsteps:\n  - arena: { id: a, pages: 4, flags: [segv_on_fault] }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 2, op: read }\n",
+    );
+    let results = dir.join("results");
+    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let reason = summary(&results)["scenarios"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("SIGSEGV"), "{reason}");
+    assert!(reason.contains("during step 2 (touch)"), "{reason}");
+}
+
+#[test]
+fn hanging_step_times_out_and_keeps_the_console_log() {
+    let dir = scratch("hang");
+    let f = scenario(
+        &dir,
+        "hang",
+        "name: hang\ntimeout_s: 3\nsteps:\n  - sleep: { ms: 600000 }\n",
+    );
+    let results = dir.join("results");
+    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&results);
+    let sc = &s["scenarios"][0];
+    assert_eq!(sc["verdict"], "timeout");
+    assert!(sc["reason"].as_str().unwrap().contains("step 0 (sleep)"));
+    // Ended by the limit, not by the 600 s sleep (generous bound: limit + boot + grace).
+    assert!(sc["duration_s"].as_f64().unwrap() < 3.0 + 120.0 + 10.0);
+    let console = std::fs::read_to_string(results.join("latest/hang/console.log")).unwrap();
+    assert!(console.contains("Linux version"), "console log lost");
+}
+
+#[test]
+fn malformed_yaml_exits_2_naming_file_and_line() {
+    let dir = scratch("badyaml");
+    let f = scenario(&dir, "bad", "name: bad\nsteps:\n  - frobnicate: { x: 1 }\n");
+    let out = lab(&["validate", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:3", f.display())), "{stderr}");
+    assert!(stderr.contains("frobnicate"), "{stderr}");
+    // `run` refuses the same file before booting anything.
+    let out = lab(&["run", "--results", dir.join("r").to_str().unwrap(), f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = lab(&["validate", dir.join("missing.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_kernel_that_is_not_a_kernel_exits_3() {
+    let dir = scratch("notkernel");
+    let k = dir.join("bzImage");
+    std::fs::write(&k, "definitely not a kernel").unwrap();
+    let out = lab(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--results",
+        dir.join("r").to_str().unwrap(),
+        "scenarios/smoke",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a Linux kernel image"), "{stderr}");
+}

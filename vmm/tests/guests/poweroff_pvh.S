@@ -1,0 +1,17 @@
+/* PVH guest that powers off the way Linux's acpi_power_off does on a
+ * hardware-reduced platform: SLP_TYP=5 | SLP_EN to the FADT sleep control
+ * register (I/O port 0x600). */
+    .text
+    .code32
+    .globl pvh_start
+    jmp pvh_start
+    .include "lib32.inc"
+    PVH_NOTE pvh_start
+pvh_start:
+    mov $0x80000, %esp
+    PRINT "powering off\n"
+    mov $0x600, %dx
+    mov $(5 << 2) | (1 << 5), %al
+    out %al, %dx
+1:  hlt
+    jmp 1b
