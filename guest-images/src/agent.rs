@@ -72,7 +72,15 @@ pub fn ensure_built() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_tool(
         Command::new(cargo)
-            .args(["build", "--release", "--quiet", "-p", "arena-agent", "--target", TARGET])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "arena-agent",
+                "--target",
+                TARGET,
+            ])
             .env("CARGO_TARGET_DIR", root.join("target/guest"))
             .env(
                 "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",

@@ -57,7 +57,16 @@ pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
             let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
             run_tool(
                 Command::new(&clang)
-                    .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+                    .args([
+                        "-O2",
+                        "-g",
+                        "-target",
+                        "bpf",
+                        "-mcpu=v3",
+                        "-D__TARGET_ARCH_x86",
+                        "-Wall",
+                        "-Werror",
+                    ])
                     .arg("-I")
                     .arg(&include)
                     .arg("-c")

@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(field(&out, 0, 1), S_IFREG | 0o755); // mode
         assert_eq!(field(&out, 0, 6), 5); // filesize
         assert_eq!(field(&out, 0, 11), 5); // namesize incl. NUL
-        // 110-byte header + "init\0" = 115, padded to 116; data starts there.
+                                           // 110-byte header + "init\0" = 115, padded to 116; data starts there.
         assert_eq!(&out[116..121], b"hello");
         // Next header (trailer) starts 4-aligned at 124.
         assert_eq!(&out[124..130], b"070701");
@@ -131,7 +131,11 @@ mod tests {
 
     #[test]
     fn the_real_cpio_tool_reads_it() {
-        if std::process::Command::new("cpio").arg("--version").output().is_err() {
+        if std::process::Command::new("cpio")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!("skipping: cpio(1) not installed");
             return;
         }

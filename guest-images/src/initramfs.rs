@@ -39,7 +39,16 @@ pub struct ImageSpec {
 
 /// Directories every image has.
 const DIRS: &[&str] = &[
-    "dev", "proc", "sys", "tmp", "run", "etc", "etc/arena", "modules", "bpf", "selftests",
+    "dev",
+    "proc",
+    "sys",
+    "tmp",
+    "run",
+    "etc",
+    "etc/arena",
+    "modules",
+    "bpf",
+    "selftests",
 ];
 
 impl ImageSpec {
@@ -49,7 +58,10 @@ impl ImageSpec {
         let mut out = vec![("init".to_owned(), 0o755, read(&self.agent)?)];
         let mut list = String::new();
         for (i, m) in self.modules.iter().enumerate() {
-            let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("module.ko");
+            let name = m
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("module.ko");
             let guest = format!("modules/{i:02}-{name}");
             list.push_str(&format!("/{guest}\n"));
             out.push((guest, 0o644, read(m)?));

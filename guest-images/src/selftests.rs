@@ -14,6 +14,7 @@
 //! Cache layout, under `selftests/` of the cache:
 //! - `src/<debian-version>/`: `Makefile`, `tools/`, `kernel/bpf/` and
 //!   `scripts/` of the source tarball; `.complete` is written last.
+//! - `sha256/<id>`: the vmlinux sha256, by its path, size, mtime and inode.
 //! - `build/<key>/`: `test_progs`, the BPF objects the tests open from their
 //!   working directory, `build.log` and `build.json` (the [`SelftestBuild`]
 //!   record, written last). `<key>` hashes the source identity (Debian
@@ -24,6 +25,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +104,10 @@ pub fn image_files_from(kernel: &Kernel, kernel_src: Option<&Path>) -> Result<Ve
 /// build of the same inputs), from `kernel_src` or else the Debian source
 /// package matching a Debian kernel.
 pub fn build(kernel: &Kernel, kernel_src: Option<&Path>) -> Result<SelftestBuild> {
+    // One build at a time in this process (other processes use other scratch
+    // directories, and the first to finish wins the rename).
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let source = resolve_source(kernel, kernel_src)?;
     let source_version = check_version(&source.root, &kernel.release)?;
     let vmlinux = kernel.vmlinux.as_deref().ok_or_else(|| {
@@ -119,7 +125,7 @@ pub fn build(kernel: &Kernel, kernel_src: Option<&Path>) -> Result<SelftestBuild
     };
     let key_material = format!(
         "{LAYOUT}\n{identity}\n{}\n{}",
-        sha256_file(&vmlinux)?,
+        vmlinux_sha256(&vmlinux)?,
         String::from_utf8_lossy(&clang_version)
     );
     let key = sha256_hex(key_material.as_bytes());
@@ -129,11 +135,57 @@ pub fn build(kernel: &Kernel, kernel_src: Option<&Path>) -> Result<SelftestBuild
         return Ok(b);
     }
 
+    remove_stale_scratch(&builds);
     let scratch = builds.join(format!(".tmp-{}-{}", &key[..24], std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     let result = build_in(&scratch, &source, &source_version, &vmlinux, &clang, &dest);
     let _ = fs::remove_dir_all(&scratch);
     result
+}
+
+/// Remove `.tmp-*-<pid>` directories left by processes that died mid-build.
+fn remove_stale_scratch(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with(".tmp-"))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// sha256 of the vmlinux, remembered by path, size, mtime and inode (hashing
+/// 60 MB on every call would make a cached build slow to find).
+fn vmlinux_sha256(vmlinux: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(vmlinux).map_err(io_err(vmlinux))?;
+    let id = format!(
+        "{} {} {}.{} {}",
+        vmlinux.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    );
+    let memo = cache::dir("selftests/sha256")?.join(&sha256_hex(id.as_bytes())[..24]);
+    if let Ok(sha) = fs::read_to_string(&memo) {
+        if sha.len() == 64 {
+            return Ok(sha);
+        }
+    }
+    let sha = sha256_file(vmlinux)?;
+    write_atomic(&memo, sha.as_bytes())?;
+    Ok(sha)
 }
 
 /// Copy, trim and build in `scratch`, then move the products to `dest`.
@@ -312,6 +364,7 @@ pub fn debian_source(series: &str, version: &str) -> Result<PathBuf> {
         return Ok(dest);
     }
     let parent = dest.parent().expect("src dir");
+    remove_stale_scratch(parent);
     let work = parent.join(format!(".tmp-{version}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     let result = unpack_source(&package, version, &work, &dest);
@@ -346,6 +399,9 @@ fn unpack_source(package: &str, version: &str, work: &Path, dest: &Path) -> Resu
     }
     run_tool(&mut tar)?;
     write_atomic(&tree.join(COMPLETE), version.as_bytes())?;
+    if dest.join(COMPLETE).is_file() {
+        return Ok(()); // another process finished first
+    }
     let _ = fs::remove_dir_all(dest);
     fs::rename(&tree, dest).map_err(io_err(dest))
 }
@@ -422,7 +478,7 @@ fn check_version(root: &Path, release: &str) -> Result<String> {
 // Copying a tree
 
 /// Whether a path (relative to the tree root) is left out of the copy: VCS
-/// data, other selftests, and build products of an earlier build.
+/// data and the products of an earlier build.
 fn skipped(rel: &Path, is_dir: bool) -> bool {
     let s = rel.to_string_lossy();
     let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -430,13 +486,10 @@ fn skipped(rel: &Path, is_dir: bool) -> bool {
         return true;
     }
     if is_dir {
-        if let Some(sub) = s.strip_prefix("tools/testing/selftests/bpf/") {
-            return ["tools", "no_alu32", "cpuv4", "bpf_gcc", "feature"].contains(&sub);
-        }
-        if let Some(sub) = s.strip_prefix("tools/testing/selftests/") {
-            return !(sub == "bpf" || sub.starts_with("bpf/"));
-        }
-        return false;
+        let outputs = ["tools", "no_alu32", "cpuv4", "bpf_gcc", "feature"];
+        return s
+            .strip_prefix("tools/testing/selftests/bpf/")
+            .is_some_and(|sub| outputs.contains(&sub));
     }
     let product_ext = [".o", ".ko", ".a", ".d", ".cmd", ".so", ".mod"]
         .iter()
@@ -551,7 +604,7 @@ pub fn skeleton_refs(text: &str) -> SkeletonRefs {
     let mut refs = SkeletonRefs::default();
     for header in quoted_includes(text) {
         if let Some(n) = header.strip_suffix(".lskel.h") {
-            refs.lskel.insert(n.trim_end_matches("_lskel").to_owned());
+            refs.lskel.insert(n.to_owned());
         } else if let Some(n) = header.strip_suffix(".subskel.h") {
             refs.skel.insert(n.to_owned());
         } else if let Some(n) = header.strip_suffix(".skel.h") {
@@ -1219,9 +1272,9 @@ void test_verifier_array_access(void)
     }
 
     #[test]
-    fn copy_skips_products_and_other_selftests() {
+    fn copy_skips_build_products() {
         let skip = |p: &str, d: bool| skipped(Path::new(p), d);
-        assert!(skip("tools/testing/selftests/net", true));
+        assert!(!skip("tools/testing/selftests/net", true));
         assert!(!skip("tools/testing/selftests/bpf", true));
         assert!(!skip("tools/testing/selftests/bpf/progs", true));
         assert!(skip("tools/testing/selftests/bpf/tools", true));

@@ -78,6 +78,26 @@ fn builds_arena_test_progs_for_the_default_kernel() {
     }
     lists_tests_in_chroot(&files, &build.tests);
 
+    // The same tree given as the source of a user kernel builds the same tests.
+    let KernelOrigin::Debian { version, .. } = &kernel.origin else {
+        unreachable!("the default kernel is Debian's")
+    };
+    let tree = selftests::debian_source("6.12", version).unwrap();
+    let mut user = kernel.clone();
+    user.origin = KernelOrigin::User {
+        path: kernel.boot_image.clone(),
+    };
+    assert!(selftests::image_files(&user).is_err(), "no --kernel-src");
+    let t = Instant::now();
+    let from_tree = selftests::build(&user, Some(&tree)).unwrap();
+    eprintln!("build from a tree: {:.1?}", t.elapsed());
+    assert_eq!(from_tree.tests, build.tests);
+    assert_ne!(from_tree.dir, build.dir);
+    let t = Instant::now();
+    let files = selftests::image_files_from(&user, Some(&tree)).unwrap();
+    eprintln!("cached image_files_from a tree: {:.1?}", t.elapsed());
+    assert!(files.iter().any(|f| f.host_path == from_tree.test_progs));
+
     // A kernel of another version is refused rather than tested with these.
     let mut other = kernel.clone();
     let v = &build.source_version;
@@ -86,35 +106,40 @@ fn builds_arena_test_progs_for_the_default_kernel() {
     assert!(err.contains(&build.source_version), "{err}");
 }
 
-/// Run `test_progs -l` in a chroot holding exactly the image files: proves
-/// the list of libraries is complete. Needs root; skipped otherwise.
+/// Run `test_progs -l` in a chroot holding exactly the image files (plus
+/// /proc and /sys, mounted in the guest too): proves the list of libraries
+/// is complete. Needs root (a mount namespace); skipped otherwise.
 fn lists_tests_in_chroot(files: &[ImageFile], tests: &[String]) {
+    let sh = |script: &str| {
+        std::process::Command::new("unshare")
+            .args(["-m", "sh", "-ec", script])
+            .output()
+    };
+    if !sh("mount -t tmpfs none /mnt").is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping chroot check: no mount namespace (not root?)");
+        return;
+    }
     let root = std::env::temp_dir().join(format!("arena-st-chroot-{}", std::process::id()));
     for f in files {
         let dst = root.join(&f.guest_path);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(&f.host_path, &dst).unwrap();
     }
-    let out = std::process::Command::new("chroot")
-        .arg(&root)
-        .args(["/selftests/test_progs", "-l"])
-        .output();
-    std::fs::remove_dir_all(&root).unwrap();
-    match out {
-        Ok(out) if out.status.success() => {
-            let listed: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
-            assert_eq!(listed, tests, "test_progs -l in the chroot");
-        }
-        Ok(out) if unsafe { libc::geteuid() } != 0 => {
-            eprintln!(
-                "skipping chroot check (not root): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(out) => panic!(
-            "test_progs -l in a chroot of the image files failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => eprintln!("skipping chroot check: {e}"),
+    for d in ["proc", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
     }
+    let r = root.display();
+    let out = sh(&format!(
+        "mount -t proc proc {r}/proc; mount -t sysfs sys {r}/sys; \
+         chroot {r} /selftests/test_progs -l"
+    ))
+    .unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(
+        out.status.success(),
+        "test_progs -l in a chroot of the image files failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(listed, tests, "test_progs -l in the chroot");
 }

@@ -100,12 +100,12 @@ impl<R: Read> LineReader<R> {
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            return serde_json::from_slice(&line)
-                .map(Some)
-                .map_err(|source| FrameError::Malformed {
+            return serde_json::from_slice(&line).map(Some).map_err(|source| {
+                FrameError::Malformed {
                     line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
                     source,
-                });
+                }
+            });
         }
     }
 }

@@ -87,6 +87,8 @@ pub enum Step {
     BpfLoad(BpfLoadStep),
     /// Run a syscall program of a loaded object with `BPF_PROG_TEST_RUN`.
     BpfRun(BpfRunStep),
+    /// Walk a BPF-built data structure natively through the user mapping.
+    UserWalk(UserWalkStep),
     /// Fork processes that each run a list of steps, released together.
     Processes(ParallelStep),
     /// Start threads (one mm) that each run a list of steps, released together.
@@ -113,6 +115,7 @@ impl Step {
             Step::Touch(_) => "touch",
             Step::BpfLoad(_) => "bpf_load",
             Step::BpfRun(_) => "bpf_run",
+            Step::UserWalk(_) => "user_walk",
             Step::Processes(_) => "processes",
             Step::Threads(_) => "threads",
             Step::Sleep(_) => "sleep",
@@ -367,9 +370,35 @@ pub struct BpfRunStep {
     /// Expected return value of the program.
     #[serde(default)]
     pub expect_retval: Option<i64>,
-    /// Expected values of the context's output words (`out[0..4]`).
+    /// Expected values of the context's output words (`out[0..4]`);
+    /// `null` skips a word.
     #[serde(default)]
-    pub expect_out: Vec<u64>,
+    pub expect_out: Vec<Option<u64>>,
+}
+
+/// Data structures BPF programs build in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Structure {
+    /// `struct list_node { next; value; }` from `list_build`.
+    List,
+    /// `struct htab { buckets[64]; }` of `struct htab_node { next; key; value; }` from `htab_build`.
+    Htab,
+}
+
+/// `user_walk:` follow the pointers of a structure whose root is `out[0]` of
+/// the previous `bpf_run`, in user space, through the arena mapping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserWalkStep {
+    /// Arena id (must be mapped in this process).
+    pub arena: String,
+    /// What to walk.
+    pub structure: Structure,
+    /// Expected number of nodes.
+    pub expect_count: u64,
+    /// Expected sum of the nodes' values.
+    pub expect_sum: u64,
 }
 
 /// `processes:` / `threads:` run `steps` in `count` workers.

@@ -52,13 +52,18 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// `lab bench`.
 pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
-    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
+    let kernel =
+        plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
     let dir = std::env::temp_dir().join(format!("arena-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(infra)?;
     let raw_image = busybox_image(&dir).map_err(infra)?;
     let yaml = dir.join("trivial.yaml");
     std::fs::write(&yaml, TRIVIAL_YAML).map_err(infra)?;
-    let accel = if probe::probe().usable { Accel::Kvm } else { Accel::Tcg };
+    let accel = if probe::probe().usable {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
     let qemu = Qemu::new(accel);
     let raw_spec = VmSpec {
         kernel: kernel.boot_image.clone(),
@@ -72,7 +77,11 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     let exe = std::env::current_exe().map_err(infra)?;
     let lab = |results: &Path| {
         let mut c = Command::new(&exe);
-        c.arg("run").arg("--results").arg(results).arg("--backend").arg("qemu");
+        c.arg("run")
+            .arg("--results")
+            .arg(results)
+            .arg("--backend")
+            .arg("qemu");
         if let Some(k) = &args.kernel.kernel {
             c.arg("--kernel").arg(k);
         }
@@ -103,7 +112,9 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
             return Err(infra(anyhow::anyhow!("raw QEMU run {round} failed ({st})")));
         }
         let t = Instant::now();
-        let st = lab(&dir.join(format!("r{round}"))).status().map_err(infra)?;
+        let st = lab(&dir.join(format!("r{round}")))
+            .status()
+            .map_err(infra)?;
         lab_t.push(t.elapsed().as_secs_f64());
         if !st.success() {
             return Err(infra(anyhow::anyhow!("lab run {round} failed ({st})")));
@@ -114,7 +125,11 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         lab_t.iter().cloned().fold(f64::MAX, f64::min),
     );
     let (raw_med, lab_med) = (median(&mut raw_t), median(&mut lab_t));
-    println!("kernel: {} ({})", kernel.release, kernel.boot_image.display());
+    println!(
+        "kernel: {} ({})",
+        kernel.release,
+        kernel.boot_image.display()
+    );
     println!("accelerator: {}", qemu.accelerator());
     println!("raw qemu (busybox, echo + poweroff): min {raw_min:.3} s, median {raw_med:.3} s");
     println!("lab run (trivial scenario, whole CLI): min {lab_min:.3} s, median {lab_med:.3} s");

@@ -57,7 +57,11 @@ pub fn infra<E: Into<anyhow::Error>>(e: E) -> LabError {
 }
 
 #[derive(Parser)]
-#[command(name = "lab", version, about = "arena lab: boot a kernel, run BPF arena scenarios, get verdicts")]
+#[command(
+    name = "lab",
+    version,
+    about = "arena lab: boot a kernel, run BPF arena scenarios, get verdicts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,12 +161,18 @@ fn real_main() -> Result<u8, LabError> {
         Command::List { paths } => validate(&paths, true),
         Command::Kernel(KernelCommand::Fetch { patch }) => {
             let k = arena_images::kernel::debian::fetch(patch).map_err(infra)?;
-            println!("{}", serde_json::to_string_pretty(&k).expect("serialisable"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&k).expect("serialisable")
+            );
             Ok(exit::PASS)
         }
         Command::Kernel(KernelCommand::Info { kernel }) => {
             let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
-            println!("{}", serde_json::to_string_pretty(&k).expect("serialisable"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&k).expect("serialisable")
+            );
             Ok(exit::PASS)
         }
         Command::Image { kernel } => {

@@ -82,7 +82,12 @@ pub struct Summary {
 impl Summary {
     /// Recount the verdicts.
     pub fn recount(&mut self) {
-        let count = |v| self.scenarios.iter().filter(|s| s.judgement.verdict == v).count();
+        let count = |v| {
+            self.scenarios
+                .iter()
+                .filter(|s| s.judgement.verdict == v)
+                .count()
+        };
         self.passed = count(Verdict::Pass);
         self.failed = count(Verdict::Fail);
         self.errors = count(Verdict::Error);
@@ -112,12 +117,22 @@ pub fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, (rem / 60 % 60) as u32, (rem % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem / 60 % 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 /// Now as RFC 3339 UTC.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (y, mo, d, h, mi, s) = civil(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
@@ -125,13 +140,20 @@ pub fn now_rfc3339() -> String {
 impl RunDir {
     /// Create `<root>/<id>` and point `<root>/latest` at it.
     pub fn create(root: &Path) -> std::io::Result<RunDir> {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let (y, mo, d, h, mi, s) = civil(secs);
         let base = format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}");
         std::fs::create_dir_all(root)?;
         let mut n = 0;
         let (id, path) = loop {
-            let id = if n == 0 { base.clone() } else { format!("{base}-{n}") };
+            let id = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
             let path = root.join(&id);
             match std::fs::create_dir(&path) {
                 Ok(()) => break (id, path),
@@ -179,7 +201,14 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-fn testcase(out: &mut String, class: &str, name: &str, time: f64, failure: Option<(&str, &str)>, skipped: bool) {
+fn testcase(
+    out: &mut String,
+    class: &str,
+    name: &str,
+    time: f64,
+    failure: Option<(&str, &str)>,
+    skipped: bool,
+) {
     out.push_str(&format!(
         "    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"",
         xml_escape(class),
@@ -205,7 +234,10 @@ pub fn junit(summary: &Summary) -> String {
     let (mut tests, mut failures, mut skipped) = (0, 0, 0);
     for s in &summary.scenarios {
         let j = &s.judgement;
-        let class = format!("arena.{}", s.tags.first().map(String::as_str).unwrap_or("scenario"));
+        let class = format!(
+            "arena.{}",
+            s.tags.first().map(String::as_str).unwrap_or("scenario")
+        );
         let failure = (j.verdict != Verdict::Pass).then(|| {
             let kind = match j.verdict {
                 Verdict::Timeout => "timeout",
@@ -219,11 +251,18 @@ pub fn junit(summary: &Summary) -> String {
         testcase(&mut cases, &class, &s.name, s.duration_s, failure, false);
         for t in &j.testcases {
             tests += 1;
-            let failed = matches!(t.status, StepStatus::Fail | StepStatus::Error | StepStatus::Timeout);
+            let failed = matches!(
+                t.status,
+                StepStatus::Fail | StepStatus::Error | StepStatus::Timeout
+            );
             failures += usize::from(failed);
             let skip = t.status == StepStatus::Skip;
             skipped += usize::from(skip);
-            let text = if t.log.is_empty() { "failed (no log)" } else { t.log.as_str() };
+            let text = if t.log.is_empty() {
+                "failed (no log)"
+            } else {
+                t.log.as_str()
+            };
             testcase(
                 &mut cases,
                 &format!("selftests.{}", s.name),
@@ -303,11 +342,17 @@ mod tests {
 
     #[test]
     fn junit_counts_and_escapes_failures() {
-        let s = summary(&[(Verdict::Pass, ""), (Verdict::Fail, "expected <0x1> & got \"0x2\"\nmore")]);
+        let s = summary(&[
+            (Verdict::Pass, ""),
+            (Verdict::Fail, "expected <0x1> & got \"0x2\"\nmore"),
+        ]);
         let x = junit(&s);
         assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
         assert!(x.contains("<testcase classname=\"arena.smoke\" name=\"s0\" time=\"2.000\"/>"));
-        assert!(x.contains("message=\"expected &lt;0x1&gt; &amp; got &quot;0x2&quot;\""), "{x}");
+        assert!(
+            x.contains("message=\"expected &lt;0x1&gt; &amp; got &quot;0x2&quot;\""),
+            "{x}"
+        );
         assert_eq!(s.failed, 1);
         assert_eq!(s.passed, 1);
     }
@@ -316,8 +361,16 @@ mod tests {
     fn selftest_results_become_testcases_with_their_log() {
         let mut s = summary(&[(Verdict::Fail, "1 failed")]);
         s.scenarios[0].judgement.testcases = vec![
-            TestcaseRecord { name: "arena_list/arena_list_1".into(), status: StepStatus::Pass, log: String::new() },
-            TestcaseRecord { name: "arena_htab/arena_htab_llvm".into(), status: StepStatus::Fail, log: "test_arena_htab:FAIL:x".into() },
+            TestcaseRecord {
+                name: "arena_list/arena_list_1".into(),
+                status: StepStatus::Pass,
+                log: String::new(),
+            },
+            TestcaseRecord {
+                name: "arena_htab/arena_htab_llvm".into(),
+                status: StepStatus::Fail,
+                log: "test_arena_htab:FAIL:x".into(),
+            },
         ];
         let x = junit(&s);
         assert!(x.contains("tests=\"3\" failures=\"2\""), "{x}");
@@ -342,7 +395,10 @@ mod tests {
         let a = RunDir::create(&root).unwrap();
         let b = RunDir::create(&root).unwrap();
         assert_ne!(a.id, b.id);
-        assert_eq!(std::fs::read_link(root.join("latest")).unwrap(), PathBuf::from(&b.id));
+        assert_eq!(
+            std::fs::read_link(root.join("latest")).unwrap(),
+            PathBuf::from(&b.id)
+        );
         b.write(&summary(&[(Verdict::Pass, "")])).unwrap();
         let text = std::fs::read_to_string(b.path.join("summary.json")).unwrap();
         assert!(text.contains("\"complete\": true"));

@@ -82,9 +82,11 @@ fn pick_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, LabError> {
 pub fn run(args: RunArgs) -> Result<u8, LabError> {
     let t0 = Instant::now();
     let scenarios = scenario_file::load_paths(&args.paths)?;
-    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
+    let kernel =
+        plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
     let backend = pick_backend(args.backend)?;
-    let (_, backend_reason) = backend::select(args.backend).map_err(|e| infra(anyhow::anyhow!(e)))?;
+    let (_, backend_reason) =
+        backend::select(args.backend).map_err(|e| infra(anyhow::anyhow!(e)))?;
     let prepared = plan::prepare(kernel).map_err(infra)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let run_dir = RunDir::create(&args.results).map_err(infra)?;
@@ -112,7 +114,9 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
         wall_s: 0.0,
         scenarios: Vec::new(),
     });
-    run_dir.write(&summary.lock().expect("lock")).map_err(infra)?;
+    run_dir
+        .write(&summary.lock().expect("lock"))
+        .map_err(infra)?;
     let next = AtomicUsize::new(0);
     let infra_failure = Mutex::new(None::<String>);
     let ctx = RunCtx {
@@ -156,19 +160,32 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
     sum.complete = sum.scenarios.len() == sum.planned;
     sum.wall_s = t0.elapsed().as_secs_f64();
     // Keep the file order in the final summary, whatever -j did.
-    sum.scenarios.sort_by_key(|s| scenarios.iter().position(|f| f.scenario.name == s.name));
+    sum.scenarios
+        .sort_by_key(|s| scenarios.iter().position(|f| f.scenario.name == s.name));
     run_dir.write(&sum).map_err(infra)?;
     println!(
         "{} passed, {} failed{}",
         sum.passed,
         sum.failed + sum.errors + sum.timeouts,
-        if sum.timeouts > 0 { format!(" ({} timed out)", sum.timeouts) } else { String::new() }
+        if sum.timeouts > 0 {
+            format!(" ({} timed out)", sum.timeouts)
+        } else {
+            String::new()
+        }
     );
-    eprintln!("lab: wall time {:.2} s; results {}", sum.wall_s, run_dir.path.display());
+    eprintln!(
+        "lab: wall time {:.2} s; results {}",
+        sum.wall_s,
+        run_dir.path.display()
+    );
     if let Some(why) = infra_failure.into_inner().expect("lock") {
         return Err(infra(anyhow::anyhow!("infrastructure failure: {why}")));
     }
-    Ok(if sum.passed == sum.planned { exit::PASS } else { exit::FAIL })
+    Ok(if sum.passed == sum.planned {
+        exit::PASS
+    } else {
+        exit::FAIL
+    })
 }
 
 fn print_line(s: &ScenarioSummary) {
@@ -178,7 +195,10 @@ fn print_line(s: &ScenarioSummary) {
         Verdict::Error => "ERROR",
         Verdict::Timeout => "TIMEOUT",
     };
-    let boot = s.boot_s.map(|b| format!("boot {b:.2} s, ")).unwrap_or_default();
+    let boot = s
+        .boot_s
+        .map(|b| format!("boot {b:.2} s, "))
+        .unwrap_or_default();
     println!("{v:<7} {} ({boot}total {:.2} s)", s.name, s.duration_s);
     if s.judgement.verdict != Verdict::Pass {
         for line in s.judgement.reason.lines().take(20) {
@@ -219,7 +239,8 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
         &dir.join("events.jsonl"),
         &dir.join("vmm.log"),
     );
-    let console = String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
+    let console =
+        String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
     let judgement = verdict::judge(&record, &console);
     Ok(ScenarioSummary {
         name: s.name.clone(),
@@ -235,7 +256,12 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
 }
 
 /// `lab boot`: the default image, serial console on stdout.
-pub fn boot(kernel: &KernelArgs, choice: BackendChoice, timeout: u64, append: &str) -> Result<u8, LabError> {
+pub fn boot(
+    kernel: &KernelArgs,
+    choice: BackendChoice,
+    timeout: u64,
+    append: &str,
+) -> Result<u8, LabError> {
     let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
     let backend = pick_backend(choice)?;
     let prepared = plan::prepare(k).map_err(infra)?;
@@ -271,7 +297,10 @@ pub fn boot(kernel: &KernelArgs, choice: BackendChoice, timeout: u64, append: &s
     }
     Ok(match record.hello {
         Some(h) => {
-            eprintln!("lab: agent hello after {:.2} s: {h:?}", record.boot_s.unwrap_or(0.0));
+            eprintln!(
+                "lab: agent hello after {:.2} s: {h:?}",
+                record.boot_s.unwrap_or(0.0)
+            );
             exit::PASS
         }
         None => exit::INFRA,

@@ -130,24 +130,25 @@ pub fn load_file(path: &Path) -> Result<ScenarioFile, ScenarioError> {
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     // Steps are written as one-key maps (`- touch: {...}`), not YAML tags.
     let de = serde_yaml::Deserializer::from_str(text);
-    let scenario: Scenario = serde_yaml::with::singleton_map_recursive::deserialize(de).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        let msg = e.to_string();
-        // serde_yaml appends " at line L column C"; the prefix says it already.
-        let message = match msg.rfind(" at line ") {
-            Some(i) => msg[..i].to_owned(),
-            None => msg,
-        };
-        ScenarioError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-        }
-    })?;
+    let scenario: Scenario =
+        serde_yaml::with::singleton_map_recursive::deserialize(de).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let msg = e.to_string();
+            // serde_yaml appends " at line L column C"; the prefix says it already.
+            let message = match msg.rfind(" at line ") {
+                Some(i) => msg[..i].to_owned(),
+                None => msg,
+            };
+            ScenarioError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })?;
     check(&scenario).map_err(|(field, step, message)| ScenarioError::Invalid {
         path: path.to_owned(),
         line: step
@@ -172,7 +173,10 @@ fn check(s: &Scenario) -> Result<(), Problem> {
         return Err((
             "name".into(),
             None,
-            format!("`{}` must be non-empty and use only A-Z a-z 0-9 - _ .", s.name),
+            format!(
+                "`{}` must be non-empty and use only A-Z a-z 0-9 - _ .",
+                s.name
+            ),
         ));
     }
     if !(1..=64).contains(&s.vm.vcpus) {
@@ -185,13 +189,23 @@ fn check(s: &Scenario) -> Result<(), Problem> {
         return Err(("timeout_s".into(), None, "must be positive".into()));
     }
     if s.steps.is_empty() {
-        return Err(("steps".into(), None, "a scenario needs at least one step".into()));
+        return Err((
+            "steps".into(),
+            None,
+            "a scenario needs at least one step".into(),
+        ));
     }
     let mut arenas = HashSet::new();
     let mut objects = HashSet::new();
     for (i, step) in s.steps.iter().enumerate() {
-        check_step(step, &format!("steps[{i}]"), &mut arenas, &mut objects, true)
-            .map_err(|(f, m)| (f, Some(i), m))?;
+        check_step(
+            step,
+            &format!("steps[{i}]"),
+            &mut arenas,
+            &mut objects,
+            true,
+        )
+        .map_err(|(f, m)| (f, Some(i), m))?;
     }
     Ok(())
 }
@@ -209,7 +223,10 @@ fn check_step(
         if arenas.contains(id) {
             Ok(())
         } else {
-            Err((field("arena"), format!("no earlier arena step has id `{id}`")))
+            Err((
+                field("arena"),
+                format!("no earlier arena step has id `{id}`"),
+            ))
         }
     };
     match step {
@@ -228,7 +245,10 @@ fn check_step(
                 return Err((field("count"), "must be at least 1".into()));
             }
             if t.offset % 8 != 0 || t.offset >= arena_protocol::scenario::PAGE_SIZE {
-                return Err((field("offset"), "must be 8-byte aligned and below 4096".into()));
+                return Err((
+                    field("offset"),
+                    "must be 8-byte aligned and below 4096".into(),
+                ));
             }
             let TouchExpect {
                 signal,
@@ -241,7 +261,10 @@ fn check_step(
                 .filter(|b| **b)
                 .count();
             if set > 1 {
-                return Err((field("expect"), "set at most one of signal, value, zero, pattern".into()));
+                return Err((
+                    field("expect"),
+                    "set at most one of signal, value, zero, pattern".into(),
+                ));
             }
         }
         Step::BpfLoad(b) => {
@@ -255,12 +278,19 @@ fn check_step(
         }
         Step::BpfRun(r) => {
             if !objects.contains(&r.object) {
-                return Err((field("object"), format!("no earlier bpf_load step has id `{}`", r.object)));
+                return Err((
+                    field("object"),
+                    format!("no earlier bpf_load step has id `{}`", r.object),
+                ));
             }
             if r.args.len() > 4 || r.expect_out.len() > 4 {
-                return Err((field("args"), "at most 4 args and 4 expect_out values".into()));
+                return Err((
+                    field("args"),
+                    "at most 4 args and 4 expect_out values".into(),
+                ));
             }
         }
+        Step::UserWalk(w) => need_arena(&w.arena, arenas)?,
         Step::Processes(p) | Step::Threads(p) => {
             if p.count == 0 || p.count > 256 {
                 return Err((field("count"), "must be 1..=256".into()));
@@ -282,12 +312,21 @@ fn check_step(
             }
         }
         Step::Selftest(_) if !top => {
-            return Err((format!("{at}.selftest"), "selftest steps are only allowed at the top level".into()));
+            return Err((
+                format!("{at}.selftest"),
+                "selftest steps are only allowed at the top level".into(),
+            ));
         }
         Step::Selftest(_) | Step::Sleep(_) => {}
     }
     for (j, child) in step.children().iter().enumerate() {
-        check_step(child, &format!("{at}.{kind}.steps[{j}]"), arenas, objects, false)?;
+        check_step(
+            child,
+            &format!("{at}.{kind}.steps[{j}]"),
+            arenas,
+            objects,
+            false,
+        )?;
     }
     Ok(())
 }
@@ -412,7 +451,10 @@ steps:
     fn nested_steps_are_checked() {
         let text = "name: x\nsteps:\n  - arena: { id: a, pages: 1 }\n  - processes:\n      count: 2\n      steps:\n        - touch: { arena: z, page: 0, op: read }\n";
         let msg = p(text).unwrap_err().to_string();
-        assert!(msg.contains("steps[1].processes.steps[0].touch.arena"), "{msg}");
+        assert!(
+            msg.contains("steps[1].processes.steps[0].touch.arena"),
+            "{msg}"
+        );
         assert!(msg.starts_with("s.yaml:4:"), "{msg}");
     }
 

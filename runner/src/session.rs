@@ -160,14 +160,22 @@ pub fn run(
         vmm_log,
     );
     let _ = std::fs::remove_file(&sock);
-    record.vm_exit = finish(&mut child, matches!(record.end, End::Done { .. } | End::VmExited(_)));
+    record.vm_exit = finish(
+        &mut child,
+        matches!(record.end, End::Done { .. } | End::VmExited(_)),
+    );
     record.total_s = started.elapsed().as_secs_f64();
     record
 }
 
 /// Wait for the VM to power off (when it was told to), else kill it.
 fn finish(child: &mut Child, expect_exit: bool) -> String {
-    let until = Instant::now() + if expect_exit { POWEROFF_GRACE } else { Duration::ZERO };
+    let until = Instant::now()
+        + if expect_exit {
+            POWEROFF_GRACE
+        } else {
+            Duration::ZERO
+        };
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             return format!("exited: {st}");
@@ -247,8 +255,12 @@ fn drive(
         }
         Ok(Event::Bad(why)) => return End::NoHello(format!("garbage before hello: {why}")),
         Ok(Event::Eof) => return End::NoHello("results channel closed before hello".into()),
-        Err(Wait::Exited(st)) => return End::NoHello(format!("the VM exited ({st}) before the agent said hello")),
-        Err(Wait::Timeout) => return End::NoHello("no hello from the agent before the boot timeout".into()),
+        Err(Wait::Exited(st)) => {
+            return End::NoHello(format!("the VM exited ({st}) before the agent said hello"))
+        }
+        Err(Wait::Timeout) => {
+            return End::NoHello("no hello from the agent before the boot timeout".into())
+        }
     }
     let run = HostMessage::Run {
         scenario: scenario.clone(),
@@ -308,7 +320,9 @@ fn next_event(rx: &Receiver<Event>, child: &mut Child, deadline: Instant) -> Res
         }
         if let Ok(Some(st)) = child.try_wait() {
             // Drain whatever arrived just before the exit.
-            return rx.recv_timeout(Duration::from_millis(200)).map_err(|_| Wait::Exited(st));
+            return rx
+                .recv_timeout(Duration::from_millis(200))
+                .map_err(|_| Wait::Exited(st));
         }
         if Instant::now() >= deadline {
             return Err(Wait::Timeout);

@@ -37,8 +37,9 @@ const MARKERS: &[(&str, &str)] = &[
     ("list_corruption", "list_del corruption"),
 ];
 
-/// Lines the lab itself prints on the console; never splats.
-const OWN_PREFIX: &str = "arena-agent:";
+/// Lines the lab itself (the agent, libbpf inside it) prints on the console;
+/// never splats.
+const OWN_PREFIXES: &[&str] = &["arena-agent:", "libbpf:"];
 
 /// Remove a `[   12.345678] ` printk timestamp.
 fn strip_timestamp(line: &str) -> &str {
@@ -46,7 +47,11 @@ fn strip_timestamp(line: &str) -> &str {
     if let Some(rest) = t.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
             let inside = &rest[..end];
-            if inside.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
+            if inside
+                .trim()
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.')
+            {
                 return rest[end + 1..].trim_start();
             }
         }
@@ -59,7 +64,7 @@ pub fn detect(log: &str) -> Vec<Splat> {
     let mut out = Vec::new();
     for (i, raw) in log.lines().enumerate() {
         let line = strip_timestamp(raw.trim_end_matches('\r'));
-        if line.starts_with(OWN_PREFIX) {
+        if OWN_PREFIXES.iter().any(|p| line.starts_with(p)) {
             continue;
         }
         if let Some((kind, _)) = MARKERS.iter().find(|(_, m)| line.contains(m)) {
@@ -98,7 +103,11 @@ mod tests {
             let found = detect(line);
             assert_eq!(found.len(), 1, "{line}");
             assert_eq!(found[0].kind, *kind, "{line}");
-            assert!(!found[0].title.starts_with('['), "timestamp kept: {}", found[0].title);
+            assert!(
+                !found[0].title.starts_with('['),
+                "timestamp kept: {}",
+                found[0].title
+            );
         }
     }
 
@@ -110,6 +119,7 @@ mod tests {
 [    0.512000] Run /init as init process
 arena-agent: starting
 arena-agent: WARNING: this is the agent talking, not the kernel
+libbpf: prog 'x': BUG: not the kernel either
 [    1.200000] virtio_mmio: probe of LNRO0005:00 succeeded
 ";
         assert!(detect(log).is_empty());

@@ -79,7 +79,9 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     let mut open_step: Option<(String, String)> = None;
     for r in &record.messages {
         match &r.message {
-            GuestMessage::StepStarted { path, kind } => open_step = Some((path.clone(), kind.clone())),
+            GuestMessage::StepStarted { path, kind } => {
+                open_step = Some((path.clone(), kind.clone()))
+            }
             GuestMessage::StepEnded {
                 path,
                 kind,
@@ -129,12 +131,19 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         End::NoHello(why) => (Verdict::Error, format!("{why}{}", last_lines()), true),
         End::HostTimeout(limit) => (
             Verdict::Timeout,
-            format!("no result within {} s{during}{}", limit.as_secs(), last_lines()),
+            format!(
+                "no result within {} s{during}{}",
+                limit.as_secs(),
+                last_lines()
+            ),
             false,
         ),
         End::VmExited(st) => (
             Verdict::Error,
-            format!("the VM exited ({st}){during} before the agent finished{}", last_lines()),
+            format!(
+                "the VM exited ({st}){during} before the agent finished{}",
+                last_lines()
+            ),
             false,
         ),
         End::Protocol(why) => (Verdict::Error, format!("results channel: {why}"), false),
@@ -185,13 +194,20 @@ mod tests {
     fn done(status: StepStatus) -> End {
         End::Done {
             status,
-            reason: if status == StepStatus::Pass { String::new() } else { "step 1 (touch): expected X".into() },
+            reason: if status == StepStatus::Pass {
+                String::new()
+            } else {
+                "step 1 (touch): expected X".into()
+            },
         }
     }
 
     #[test]
     fn clean_pass() {
-        let j = judge(&record(done(StepStatus::Pass), vec![]), "[ 0.1] Linux version 6.12\n");
+        let j = judge(
+            &record(done(StepStatus::Pass), vec![]),
+            "[ 0.1] Linux version 6.12\n",
+        );
         assert_eq!(j.verdict, Verdict::Pass);
         assert!(!j.infra);
     }
@@ -228,9 +244,17 @@ mod tests {
             path: "2".into(),
             kind: "sleep".into(),
         }];
-        let j = judge(&record(End::HostTimeout(std::time::Duration::from_secs(15)), msgs), "x\n");
+        let j = judge(
+            &record(End::HostTimeout(std::time::Duration::from_secs(15)), msgs),
+            "x\n",
+        );
         assert_eq!(j.verdict, Verdict::Timeout);
-        assert!(j.reason.starts_with("no result within 15 s during step 2 (sleep)"), "{}", j.reason);
+        assert!(
+            j.reason
+                .starts_with("no result within 15 s during step 2 (sleep)"),
+            "{}",
+            j.reason
+        );
     }
 
     #[test]

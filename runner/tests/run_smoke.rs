@@ -8,7 +8,12 @@ use common::*;
 #[test]
 fn smoke_scenarios_pass_with_junit_and_console_logs() {
     let results = scratch("smoke");
-    let out = lab(&["run", "--results", results.to_str().unwrap(), "scenarios/smoke"]);
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/smoke",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
     let smoke: Vec<_> = std::fs::read_dir(root().join("scenarios/smoke"))
@@ -20,16 +25,26 @@ fn smoke_scenarios_pass_with_junit_and_console_logs() {
     for e in &smoke {
         let text = std::fs::read_to_string(e.path()).unwrap();
         let name = text.lines().find_map(|l| l.strip_prefix("name: ")).unwrap();
-        assert!(junit.contains(&format!("name=\"{name}\"")), "{name} missing from junit");
-        let console = std::fs::read_to_string(results.join("latest").join(name).join("console.log")).unwrap();
-        assert!(console.contains("Linux version 6."), "{name}: no kernel log");
+        assert!(
+            junit.contains(&format!("name=\"{name}\"")),
+            "{name} missing from junit"
+        );
+        let console =
+            std::fs::read_to_string(results.join("latest").join(name).join("console.log")).unwrap();
+        assert!(
+            console.contains("Linux version 6."),
+            "{name}: no kernel log"
+        );
     }
     assert!(junit.contains("failures=\"0\""), "{junit}");
     let s = summary(&results);
     assert_eq!(s["complete"], true);
     assert_eq!(s["backend"], "qemu");
     assert!(s["kernel"]["sha256"].as_str().unwrap().len() == 64);
-    assert!(s["kernel"]["release"].as_str().unwrap().starts_with("6.12."));
+    assert!(s["kernel"]["release"]
+        .as_str()
+        .unwrap()
+        .starts_with("6.12."));
 }
 
 #[test]
@@ -41,7 +56,12 @@ fn wrong_expectation_fails_with_expected_vs_actual() {
         "name: wrong-expectation\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 1, op: write, value: 2 }\n  - touch: { arena: a, page: 1, op: read, expect: { value: 1 } }\n",
     );
     let results = dir.join("results");
-    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let s = summary(&results);
     let sc = &s["scenarios"][0];
@@ -64,9 +84,17 @@ fn crashing_step_is_reported_not_lost() {
         "name: crash\nsteps:\n  - arena: { id: a, pages: 4, flags: [segv_on_fault] }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 2, op: read }\n",
     );
     let results = dir.join("results");
-    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    let reason = summary(&results)["scenarios"][0]["reason"].as_str().unwrap().to_owned();
+    let reason = summary(&results)["scenarios"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(reason.contains("SIGSEGV"), "{reason}");
     assert!(reason.contains("during step 2 (touch)"), "{reason}");
 }
@@ -80,7 +108,12 @@ fn hanging_step_times_out_and_keeps_the_console_log() {
         "name: hang\ntimeout_s: 3\nsteps:\n  - sleep: { ms: 600000 }\n",
     );
     let results = dir.join("results");
-    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let s = summary(&results);
     let sc = &s["scenarios"][0];
@@ -102,7 +135,12 @@ fn malformed_yaml_exits_2_naming_file_and_line() {
     assert!(stderr.contains(&format!("{}:3", f.display())), "{stderr}");
     assert!(stderr.contains("frobnicate"), "{stderr}");
     // `run` refuses the same file before booting anything.
-    let out = lab(&["run", "--results", dir.join("r").to_str().unwrap(), f.to_str().unwrap()]);
+    let out = lab(&[
+        "run",
+        "--results",
+        dir.join("r").to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let out = lab(&["validate", dir.join("missing.yaml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

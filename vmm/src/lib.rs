@@ -1,6 +1,7 @@
 //! arena lab's own small KVM virtual machine monitor.
 //!
-//! The boot flow, top to bottom ([`Vm::new`] then [`Vm::run`]):
+//! The boot flow, top to bottom ([`Vm::new`] then [`Vm::run`]); steps 1–5
+//! are one function each in `builder.rs`:
 //!
 //! 1. open `/dev/kvm`, create the VM, the in-kernel irqchip (PIC + IOAPIC +
 //!    LAPICs) and PIT, and set the TSS / identity-map addresses;
@@ -15,7 +16,11 @@
 //! 6. run one thread per vCPU until the guest resets, powers off, faults,
 //!    or the host-side timeout expires, and report the [`ExitReason`].
 
+#![warn(missing_docs)]
+
 pub mod arch;
+pub mod bridge;
+mod builder;
 pub mod devices;
 pub mod loader;
 pub mod memory;
@@ -24,35 +29,25 @@ pub mod vcpu;
 pub mod virtio;
 
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use arch::x86_64::{mptable, ArchError};
-use devices::acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
-use devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
-use devices::legacy::{LegacyAt, LegacyDevice, CMOS_INDEX_PORT, FAST_A20_PORT, PORT_B, POST_PORT};
-use devices::serial::{
-    EventFdTrigger, SerialDevice, SharedBuffer, COM1_IRQ, COM1_PORT, UART_PORT_LEN,
-};
-use devices::{Bus, BusError, SharedDevice};
+use arch::x86_64::ArchError;
+use devices::serial::SharedBuffer;
+use devices::{Bus, BusError};
 use loader::LoadError;
 use memory::{GuestMem, MemoryError};
 use vcpu::{Vcpu, VcpuContext};
-use virtio::console::{Console, RX_QUEUE};
+use virtio::console::Console;
 use virtio::mmio::MmioTransport;
 
 /// First interrupt line used by virtio-mmio devices (one per slot).
@@ -309,197 +304,12 @@ pub struct Vm {
     exit_tx: Sender<ExitReason>,
     exit_rx: Receiver<ExitReason>,
     timeout: Option<Duration>,
-    irqfds: Vec<Arc<EventFd>>,
+    irqfds: Vec<(Arc<EventFd>, u32)>,
     console: ConsoleTransport,
-    console_stream: Option<UnixStream>,
+    console_bridge: Option<bridge::SocketBridge>,
 }
 
 impl Vm {
-    /// Builds the VM described by `cfg` (steps 1–5 of the crate docs).
-    pub fn new(cfg: &VmConfig) -> Result<Self, Error> {
-        if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
-            return Err(Error::Config(format!(
-                "vCPU count must be 1..={}",
-                mptable::MAX_VCPUS
-            )));
-        }
-        // 1. KVM, VM, irqchip, PIT.
-        let kvm = Kvm::new().map_err(|e| Error::Kvm("open /dev/kvm", e))?;
-        let vm = kvm
-            .create_vm()
-            .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
-        vm.set_tss_address(memory::KVM_TSS_ADDRESS as usize)
-            .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
-        vm.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
-        vm.create_irq_chip()
-            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
-
-        // 2. Guest memory.
-        let mem = Arc::new(memory::create_guest_memory(cfg.mem_mib)?);
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| Error::Config("guest region without host mapping".into()))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region stays mapped for the life of `mem`, which the
-            // `Vm` owns and drops after the VM fd.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-        }
-
-        // 3. Kernel, initrd, command line, platform tables, boot parameters.
-        let kernel = loader::load_kernel(&mem, &cfg.kernel)?;
-        let initrd = match &cfg.initrd {
-            Some(p) => Some(loader::load_initrd(
-                &mem,
-                p,
-                kernel.result.kernel_end,
-                loader::initrd_limit(&kernel),
-            )?),
-            None => None,
-        };
-        let console_slot = VirtioSlot::nth(0);
-        let rsdp = Some(arch::x86_64::acpi::setup_acpi(
-            &mem,
-            cfg.vcpus,
-            &[console_slot],
-        )?);
-        let mut cmdline = cfg.cmdline.trim().to_string();
-        if !cmdline.is_empty() {
-            cmdline.push(' ');
-        }
-        cmdline.push_str(&console_slot.cmdline_param());
-        let cmdline_len = loader::write_cmdline(&mem, &cmdline)?;
-        arch::x86_64::regs::write_boot_tables(&mem)?;
-        mptable::setup_mptable(&mem, cfg.vcpus)?;
-        match kernel.entry {
-            arch::x86_64::regs::BootEntry::Pvh { .. } => {
-                loader::write_pvh_info(&mem, initrd, rsdp)?
-            }
-            arch::x86_64::regs::BootEntry::Linux64 { .. } => {
-                loader::write_zero_page(&mem, &kernel, cmdline_len, initrd, rsdp)?
-            }
-        }
-
-        // 4. Devices.
-        let (exit_tx, exit_rx) = channel();
-        let mut irqfds = Vec::new();
-        let mut pio = Bus::new();
-        let serial_irq = Arc::new(new_eventfd()?);
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        irqfds.push(serial_irq.clone());
-        let serial = SerialDevice::new(EventFdTrigger(serial_irq), serial_writer(&cfg.serial)?);
-        pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORT_LEN)?;
-        let reset_tx = Mutex::new(exit_tx.clone());
-        let i8042 = I8042Device::new(Box::new(move || {
-            let _ = devices::lock(&reset_tx).send(ExitReason::Reset);
-        }));
-        let (off_tx, rst_tx) = (Mutex::new(exit_tx.clone()), Mutex::new(exit_tx.clone()));
-        let pm = AcpiPmDevice::new(
-            Box::new(move || {
-                let _ = devices::lock(&off_tx).send(ExitReason::PowerOff);
-            }),
-            Box::new(move || {
-                let _ = devices::lock(&rst_tx).send(ExitReason::Reset);
-            }),
-        );
-        pio.insert(Arc::new(Mutex::new(pm)), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
-        let legacy = Arc::new(Mutex::new(LegacyDevice::new()));
-        for (base, len) in [
-            (POST_PORT, 1),
-            (PORT_B, 1),
-            (CMOS_INDEX_PORT, 2),
-            (FAST_A20_PORT, 1),
-        ] {
-            let dev: SharedDevice = Arc::new(Mutex::new(LegacyAt {
-                base,
-                dev: legacy.clone(),
-            }));
-            pio.insert(dev, base, len)?;
-        }
-        // 0x61 sits inside the i8042 range, so the controller gets 0x60 and 0x62..=0x64.
-        let i8042: SharedDevice = Arc::new(Mutex::new(i8042));
-        pio.insert(i8042.clone(), I8042_DATA_PORT, 1)?;
-        pio.insert(
-            Arc::new(Mutex::new(devices::Offset {
-                dev: i8042,
-                offset: 2,
-            })),
-            I8042_DATA_PORT + 2,
-            I8042_PORT_LEN - 2,
-        )?;
-        let mut mmio = Bus::new();
-        let console_irq = Arc::new(new_eventfd()?);
-        vm.register_irqfd(&console_irq, console_slot.irq)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        irqfds.push(console_irq.clone());
-        let (console_out, console_stream): (Box<dyn Write + Send>, _) = match &cfg.console_socket {
-            Some(p) => {
-                let s = UnixStream::connect(p)
-                    .map_err(|e| Error::Io(format!("connect {}", p.display()), e))?;
-                let out = s
-                    .try_clone()
-                    .map_err(|e| Error::Io("clone console socket".into(), e))?;
-                (Box::new(out), Some(s))
-            }
-            None => (Box::new(std::io::sink()), None),
-        };
-        let console: ConsoleTransport = Arc::new(Mutex::new(MmioTransport::new(
-            Console::new(console_out),
-            mem.clone(),
-            console_irq,
-        )));
-        mmio.insert(console.clone(), console_slot.addr, console_slot.size)?;
-
-        // 5. vCPUs.
-        let base_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        let quirks = arch::x86_64::cpuid::CpuidQuirks {
-            pvm: probe::host_is_pvm(),
-        };
-        let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
-        for id in 0..cfg.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-            let v = Vcpu::new(fd, id, &base_cpuid, quirks)?;
-            if id == 0 {
-                v.set_boot_entry(kernel.entry)?;
-            }
-            vcpus.push(v);
-        }
-
-        Ok(Self {
-            _kvm: kvm,
-            vm,
-            mem,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            vcpus,
-            exit_tx,
-            exit_rx,
-            timeout: cfg.timeout,
-            irqfds,
-            console,
-            console_stream,
-        })
-    }
-
     /// Guest memory (for inspection by tests and tools).
     pub fn memory(&self) -> &GuestMem {
         &self.mem
@@ -519,24 +329,17 @@ impl Vm {
     pub fn run(mut self) -> Result<RunReport, Error> {
         vcpu::install_kick_handler();
         let start = Instant::now();
-        let console_reader = match &self.console_stream {
-            Some(s) => {
-                let s = s
-                    .try_clone()
-                    .map_err(|e| Error::Io("clone console socket".into(), e))?;
-                Some(spawn_console_reader(s, self.console.clone())?)
-            }
-            None => None,
-        };
+        if let Some(b) = &mut self.console_bridge {
+            b.start_reader(self.console.clone())?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        let boot_started = Arc::new(AtomicBool::new(false));
-        let mut first_entry = None;
+        let boot_started = Arc::new(std::sync::OnceLock::new());
         for v in self.vcpus.drain(..) {
             let started = if v.id == 0 {
                 boot_started.clone()
             } else {
-                Arc::new(AtomicBool::new(false))
+                Arc::new(std::sync::OnceLock::new())
             };
             let ctx = VcpuContext {
                 pio: self.pio.clone(),
@@ -562,15 +365,12 @@ impl Vm {
         }
         let deadline = self.timeout.map(|t| start + t);
         let exit = loop {
-            if first_entry.is_none() && boot_started.load(Ordering::Acquire) {
-                first_entry = Some(start.elapsed());
-            }
             let wait = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left.min(Duration::from_millis(5)),
+                    Some(left) => left,
                     None => break ExitReason::Timeout,
                 },
-                None => Duration::from_millis(5),
+                None => Duration::from_secs(3600),
             };
             match self.exit_rx.recv_timeout(wait) {
                 Ok(r) => break r,
@@ -580,9 +380,6 @@ impl Vm {
                 }
             }
         };
-        if first_entry.is_none() && boot_started.load(Ordering::Acquire) {
-            first_entry = Some(start.elapsed());
-        }
         stop.store(true, Ordering::Release);
         for h in threads {
             while !h.is_finished() {
@@ -591,15 +388,12 @@ impl Vm {
             }
             let _ = h.join();
         }
-        if let Some(s) = &self.console_stream {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-        if let Some(h) = console_reader {
-            let _ = h.join();
+        if let Some(b) = &mut self.console_bridge {
+            b.stop();
         }
         Ok(RunReport {
             exit,
-            time_to_first_entry: first_entry,
+            time_to_first_entry: boot_started.get().map(|t| t.duration_since(start)),
             run_time: start.elapsed(),
         })
     }
@@ -607,35 +401,10 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        for fd in &self.irqfds {
-            let _ = self.vm.unregister_irqfd(fd, 0);
+        for (fd, gsi) in &self.irqfds {
+            let _ = self.vm.unregister_irqfd(fd, *gsi);
         }
     }
-}
-
-/// Copies socket input into the console's receive queue until EOF.
-fn spawn_console_reader(
-    mut stream: UnixStream,
-    console: ConsoleTransport,
-) -> Result<JoinHandle<()>, Error> {
-    std::thread::Builder::new()
-        .name("console-rx".into())
-        .spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let mut t = devices::lock(&console);
-                        t.device_mut().queue_input(&buf[..n]);
-                        t.process_queue(RX_QUEUE);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
-        })
-        .map_err(|e| Error::Io("spawn console reader".into(), e))
 }
 
 fn new_eventfd() -> Result<EventFd, Error> {
@@ -688,6 +457,19 @@ mod tests {
         assert_eq!(codes.len(), n);
         assert!(ExitReason::PowerOff.is_clean());
         assert!(ExitReason::Timeout.to_string().contains("timeout"));
+    }
+
+    #[test]
+    fn virtio_slots_and_cmdline_param() {
+        let s0 = VirtioSlot::nth(0);
+        let s1 = VirtioSlot::nth(1);
+        assert_eq!(s0.addr, memory::VIRTIO_MMIO_BASE);
+        assert_eq!(
+            s1.addr,
+            memory::VIRTIO_MMIO_BASE + memory::VIRTIO_MMIO_SLOT_SIZE
+        );
+        assert_eq!(s1.irq, VIRTIO_IRQ_BASE + 1);
+        assert_eq!(s0.cmdline_param(), "virtio_mmio.device=4K@0xd0000000:5");
     }
 
     #[test]

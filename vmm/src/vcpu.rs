@@ -51,8 +51,8 @@ pub struct VcpuContext {
     pub exit_tx: Sender<ExitReason>,
     /// Set by the VMM to stop every vCPU.
     pub stop: Arc<AtomicBool>,
-    /// Set by the vCPU once it entered the guest for the first time.
-    pub started: Arc<AtomicBool>,
+    /// Set by the vCPU just before it enters the guest for the first time.
+    pub started: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
 
 impl Vcpu {
@@ -83,7 +83,7 @@ impl Vcpu {
         let mut first = true;
         while !ctx.stop.load(Ordering::Acquire) {
             if first {
-                ctx.started.store(true, Ordering::Release);
+                let _ = ctx.started.set(std::time::Instant::now());
                 first = false;
             }
             let outcome = match self.fd.run() {
@@ -152,5 +152,104 @@ fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitReason> {
         }
         VcpuExit::Hlt => Some(ExitReason::Unexpected("HLT with in-kernel irqchip".into())),
         other => Some(ExitReason::Unexpected(format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::{BusDevice, SharedDevice};
+    use std::sync::Mutex;
+
+    type Log = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+    struct Recorder(Log);
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 1);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.lock().unwrap().push((offset, data.to_vec()));
+        }
+    }
+
+    fn ctx() -> (VcpuContext, Log) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let dev: SharedDevice = Arc::new(Mutex::new(Recorder(log.clone())));
+        let mut pio = Bus::new();
+        pio.insert(dev.clone(), 0x3f8, 8).unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert(dev, 0xd000_0000, 0x1000).unwrap();
+        let (exit_tx, _rx) = std::sync::mpsc::channel();
+        (
+            VcpuContext {
+                pio: Arc::new(pio),
+                mmio: Arc::new(mmio),
+                exit_tx,
+                stop: Arc::new(AtomicBool::new(false)),
+                started: Arc::new(std::sync::OnceLock::new()),
+            },
+            log,
+        )
+    }
+
+    #[test]
+    fn io_and_mmio_exits_are_dispatched() {
+        let (c, log) = ctx();
+        let mut d = [0u8; 2];
+        assert_eq!(handle_exit(VcpuExit::IoIn(0x3fa, &mut d), &c), None);
+        assert_eq!(d, [3, 3]);
+        assert_eq!(handle_exit(VcpuExit::IoIn(0x80, &mut d), &c), None);
+        assert_eq!(d, [0xff, 0xff], "unclaimed ports read as all ones");
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, b"x"), &c), None);
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x1234, &[1]), &c), None);
+        let mut m = [0u8; 4];
+        assert_eq!(
+            handle_exit(VcpuExit::MmioRead(0xd000_0010, &mut m), &c),
+            None
+        );
+        assert_eq!(m, [0x11; 4]);
+        assert_eq!(
+            handle_exit(VcpuExit::MmioRead(0xfeed_0000, &mut m), &c),
+            None
+        );
+        assert_eq!(m, [0xff; 4]);
+        assert_eq!(
+            handle_exit(VcpuExit::MmioWrite(0xd000_0070, &[1, 0, 0, 0]), &c),
+            None
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(0, vec![b'x']), (0x70, vec![1, 0, 0, 0])]
+        );
+    }
+
+    #[test]
+    fn fatal_exits_map_to_reasons() {
+        let (c, _) = ctx();
+        assert!(matches!(
+            handle_exit(VcpuExit::Shutdown, &c),
+            Some(ExitReason::TripleFault { .. })
+        ));
+        assert!(matches!(
+            handle_exit(VcpuExit::InternalError, &c),
+            Some(ExitReason::InternalError { .. })
+        ));
+        assert_eq!(
+            handle_exit(VcpuExit::FailEntry(7, 1), &c),
+            Some(ExitReason::FailEntry { reason: 7, cpu: 1 })
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &c),
+            Some(ExitReason::Reset)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &c),
+            Some(ExitReason::PowerOff)
+        );
+        assert!(matches!(
+            handle_exit(VcpuExit::Hlt, &c),
+            Some(ExitReason::Unexpected(_))
+        ));
+        assert_eq!(handle_exit(VcpuExit::Intr, &c), None);
     }
 }

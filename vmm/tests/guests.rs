@@ -47,6 +47,8 @@ fn pvh_guest_reads_start_info() {
     assert!(out.contains("initrd=03FFF000 00000012\n"), "{out}");
     assert!(out.contains("initrd_head=54494E49\n"), "{out}"); // "INIT"
     assert!(out.contains("rsdp=000E0000\n"), "{out}");
+    assert!(out.contains("cpuid1_ecx_hv=00000001\n"), "{out}");
+    assert!(out.contains("hv=KVMKVMKVM\n"), "{out}");
     assert!(out.ends_with("done\n"), "{out}");
 }
 

@@ -49,7 +49,9 @@ fn no_leak_with_console_socket_and_smp() {
     let one_vm = |cfg: &vmm::VmConfig, buf: &vmm::devices::serial::SharedBuffer| {
         let (cfg, buf) = (cfg.clone(), buf.clone());
         let vm = std::thread::spawn(move || run(&cfg, &buf));
-        let (conn, _) = listener.accept().unwrap();
+        let conn = accept_with_timeout(&listener);
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
         use std::io::{Read, Write};
         let mut line = [0u8; 16];
         (&conn).read_exact(&mut line).unwrap();

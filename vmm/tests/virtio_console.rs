@@ -23,7 +23,7 @@ fn guest_driver_talks_to_host_socket_with_interrupts() {
     cfg.console_socket = Some(sock.clone());
     let vm = std::thread::spawn(move || run(&cfg, &buf));
 
-    let (conn, _) = listener.accept().unwrap();
+    let conn = accept_with_timeout(&listener);
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut line = String::new();

@@ -57,12 +57,21 @@ pub fn load_modules() {
             log(&format!("module {path} missing from the image"));
             continue;
         };
-        let flags = if path.ends_with(".ko") { 0 } else { MODULE_INIT_COMPRESSED_FILE };
+        let flags = if path.ends_with(".ko") {
+            0
+        } else {
+            MODULE_INIT_COMPRESSED_FILE
+        };
         let params = CString::default();
         use std::os::fd::AsRawFd;
         // SAFETY: finit_module with a valid fd and an empty parameter string.
         let rc = unsafe {
-            libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), flags)
+            libc::syscall(
+                libc::SYS_finit_module,
+                file.as_raw_fd(),
+                params.as_ptr(),
+                flags,
+            )
         };
         if rc != 0 {
             let err = std::io::Error::last_os_error();

@@ -86,6 +86,8 @@ pub struct Ctx {
     pub seed: u64,
     /// When the scenario's time is up.
     pub deadline: Instant,
+    /// `out` words of the last `bpf_run` (roots for `user_walk`).
+    pub last_out: [u64; 4],
 }
 
 impl Ctx {
@@ -137,6 +139,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         objects: HashMap::new(),
         seed,
         deadline,
+        last_out: [0; 4],
     };
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();
@@ -186,11 +189,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
     true
 }
 
-fn spawn_watchdog(
-    channel: &'static Channel,
-    deadline: Instant,
-    progress: Arc<Mutex<Progress>>,
-) {
+fn spawn_watchdog(channel: &'static Channel, deadline: Instant, progress: Arc<Mutex<Progress>>) {
     std::thread::spawn(move || {
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
         let p = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,6 +230,7 @@ impl Ctx {
             objects: self.objects.clone(),
             seed,
             deadline: self.deadline,
+            last_out: self.last_out,
         }
     }
 }

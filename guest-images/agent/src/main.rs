@@ -48,7 +48,9 @@ fn main() {
     };
     boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
     let deadline = Instant::now() + Duration::from_secs(scenario.timeout_s) + WORKER_GRACE;
-    supervise(channel, deadline, || executor::run_scenario(channel, &scenario, seed));
+    supervise(channel, deadline, || {
+        executor::run_scenario(channel, &scenario, seed)
+    });
     channel.drain();
     boot::power_off();
 }
@@ -70,7 +72,10 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
     if pid < 0 {
         channel.send(&GuestMessage::Done {
             status: StepStatus::Error,
-            reason: format!("fork of the worker failed: {}", std::io::Error::last_os_error()),
+            reason: format!(
+                "fork of the worker failed: {}",
+                std::io::Error::last_os_error()
+            ),
         });
         return;
     }
@@ -86,10 +91,15 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
         Some(st) => {
             let sig = libc::WTERMSIG(st);
             let fault = crash::read_report(crash_rx);
-            let at = fault.map(|a| format!(" at address {a:#x}")).unwrap_or_default();
+            let at = fault
+                .map(|a| format!(" at address {a:#x}"))
+                .unwrap_or_default();
             channel.send(&GuestMessage::Done {
                 status: StepStatus::Fail,
-                reason: format!("agent worker killed by signal {sig} ({}){at}", sys::signal_name(sig)),
+                reason: format!(
+                    "agent worker killed by signal {sig} ({}){at}",
+                    sys::signal_name(sig)
+                ),
             });
         }
         None => {

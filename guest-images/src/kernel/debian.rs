@@ -179,7 +179,9 @@ fn package_version(package: &str) -> Result<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Version: ").map(str::to_owned))
-        .ok_or_else(|| ImageError::NoKernelPackage(format!("apt-cache shows no version of {package}")))
+        .ok_or_else(|| {
+            ImageError::NoKernelPackage(format!("apt-cache shows no version of {package}"))
+        })
 }
 
 fn find_deb(dir: &Path) -> Result<PathBuf> {
@@ -188,7 +190,12 @@ fn find_deb(dir: &Path) -> Result<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| ImageError::NoKernelPackage(format!("apt-get download left no .deb in {}", dir.display())))
+        .ok_or_else(|| {
+            ImageError::NoKernelPackage(format!(
+                "apt-get download left no .deb in {}",
+                dir.display()
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -141,7 +141,8 @@ mod tests {
     #[test]
     fn release_from_banner_and_header() {
         assert_eq!(
-            release_of("Linux version 6.12.117+deb12-amd64 (debian-kernel@lists.debian.org) #1").as_deref(),
+            release_of("Linux version 6.12.117+deb12-amd64 (debian-kernel@lists.debian.org) #1")
+                .as_deref(),
             Some("6.12.117+deb12-amd64")
         );
         assert_eq!(
@@ -155,7 +156,10 @@ mod tests {
         let p = std::env::temp_dir().join(format!("arena-notkernel-{}", std::process::id()));
         std::fs::write(&p, "hello").unwrap();
         let err = Kernel::from_user_file(&p, None).unwrap_err();
-        assert!(err.to_string().contains("not a Linux kernel image"), "{err}");
+        assert!(
+            err.to_string().contains("not a Linux kernel image"),
+            "{err}"
+        );
         std::fs::remove_file(p).unwrap();
     }
 }

@@ -69,7 +69,9 @@ pub fn select(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Strin
         (BackendChoice::Kvm, true) | (BackendChoice::Auto, true) => {
             own(format!("own VMM on KVM: {}", kvm.reason))
         }
-        (BackendChoice::Kvm, false) => own(format!("own VMM forced on a host where {}", kvm.reason)),
+        (BackendChoice::Kvm, false) => {
+            own(format!("own VMM forced on a host where {}", kvm.reason))
+        }
         (BackendChoice::Qemu, true) => Ok((
             Box::new(qemu::Qemu::new(qemu::Accel::Kvm)),
             format!("qemu with KVM: {}", kvm.reason),

@@ -29,7 +29,11 @@ pub fn probe_at(root: &Path) -> Probe {
             reason: "/dev/kvm is PVM (kvm_pvm loaded), which cannot run a stock kernel".into(),
         };
     }
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+    {
         return Probe {
             usable: false,
             reason: format!("{} unusable: {e}", dev.display()),

@@ -84,7 +84,9 @@ impl Backend for Qemu {
             .arg("-kernel")
             .arg(&spec.kernel);
         match (self.accel, host_tsc_khz()) {
-            (Accel::Tcg, Some(khz)) => c.arg("-append").arg(format!("{} tsc_early_khz={khz}", spec.cmdline)),
+            (Accel::Tcg, Some(khz)) => c
+                .arg("-append")
+                .arg(format!("{} tsc_early_khz={khz}", spec.cmdline)),
             _ => c.args(["-append", &spec.cmdline]),
         };
         if let Some(initrd) = &spec.initrd {
@@ -127,7 +129,10 @@ mod tests {
             channel: Some(PathBuf::from("/tmp/s.sock")),
         };
         let c = Qemu::new(Accel::Tcg).command(&spec);
-        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let joined = args.join(" ");
         assert!(joined.contains("-M microvm -accel tcg"), "{joined}");
         assert!(joined.contains("file,id=serial0,path=/r/console.log"));
@@ -135,7 +140,10 @@ mod tests {
         assert!(joined.contains("virtconsole,chardev=results"));
         assert!(joined.contains("-initrd /i.cpio.zst"));
         if let Some(khz) = host_tsc_khz() {
-            assert!(joined.contains(&format!("console=ttyS0 tsc_early_khz={khz}")), "{joined}");
+            assert!(
+                joined.contains(&format!("console=ttyS0 tsc_early_khz={khz}")),
+                "{joined}"
+            );
         }
     }
 

@@ -374,16 +374,16 @@ mod tests {
         (MmioTransport::new(Null, mem.clone(), irq.clone()), mem, irq)
     }
 
-    fn w(t: &mut MmioTransport<Null>, off: u64, v: u32) {
+    fn w<D: VirtioDevice>(t: &mut MmioTransport<D>, off: u64, v: u32) {
         t.write(off, &v.to_le_bytes());
     }
-    fn r(t: &mut MmioTransport<Null>, off: u64) -> u32 {
+    fn r<D: VirtioDevice>(t: &mut MmioTransport<D>, off: u64) -> u32 {
         let mut b = [0u8; 4];
         t.read(off, &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn negotiate(t: &mut MmioTransport<Null>, features_hi: u32) {
+    fn negotiate<D: VirtioDevice>(t: &mut MmioTransport<D>, features_hi: u32) {
         w(t, reg::STATUS, STATUS_ACKNOWLEDGE);
         w(t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
@@ -531,5 +531,96 @@ mod tests {
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
         );
         assert_eq!(t.status(), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    }
+
+    /// Random register traffic and random queue memory: the transport and
+    /// console must never panic, whatever a hostile driver does.
+    #[test]
+    fn random_driver_never_panics() {
+        use crate::virtio::console::Console;
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = Arc::new(create_guest_memory(16).unwrap());
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut t = MmioTransport::new(Console::new(Box::new(std::io::sink())), mem.clone(), irq);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let regs = [
+            reg::STATUS,
+            reg::QUEUE_SEL,
+            reg::QUEUE_NUM,
+            reg::QUEUE_READY,
+            reg::QUEUE_NOTIFY,
+            reg::QUEUE_DESC_LOW,
+            reg::QUEUE_DESC_HIGH,
+            reg::QUEUE_AVAIL_LOW,
+            reg::QUEUE_USED_LOW,
+            reg::DRIVER_FEATURES,
+            reg::DRIVER_FEATURES_SEL,
+            reg::INTERRUPT_ACK,
+        ];
+        let (mut live, mut broken) = (0u32, 0u32);
+        for round in 0..20_000u32 {
+            let r = rnd();
+            // Sprinkle garbage over the low 64 KiB where queues tend to land.
+            mem.write_obj(rnd(), GuestAddress(r % 0xfff8)).unwrap();
+            let off = if r & 0x100 != 0 {
+                regs[(r >> 9) as usize % regs.len()]
+            } else {
+                (r >> 12) % 0x200
+            };
+            let val = match off {
+                reg::STATUS => [0, 1, 3, 0xb, 0xf, 0x80][(r >> 20) as usize % 6],
+                reg::QUEUE_SEL | reg::QUEUE_NOTIFY => (r >> 20) as u32 % 4,
+                reg::QUEUE_NUM => [0u32, 1, 8, 12, 256, 4096][(r >> 20) as usize % 6],
+                reg::QUEUE_DESC_LOW | reg::QUEUE_AVAIL_LOW | reg::QUEUE_USED_LOW => {
+                    ((r >> 20) as u32 % 0x10) * 0x1000 + ((r >> 40) as u32 % 2) * 2
+                }
+                reg::DRIVER_FEATURES => 1,
+                reg::DRIVER_FEATURES_SEL | reg::QUEUE_READY => (r >> 20) as u32 % 2,
+                _ => (r >> 20) as u32,
+            };
+            let len = [1usize, 2, 4, 8][(r >> 60) as usize % 4];
+            if r & 1 == 0 {
+                t.write(off, &val.to_le_bytes()[..len.min(4)]);
+            } else {
+                let mut b = vec![0u8; len];
+                t.read(off, &mut b);
+            }
+            if round % 200 == 0 {
+                // A proper bring-up over garbage queue memory, then chaos again.
+                w(&mut t, reg::STATUS, 0);
+                negotiate(&mut t, 1);
+                for q in 0..2u32 {
+                    w(&mut t, reg::QUEUE_SEL, q);
+                    w(&mut t, reg::QUEUE_NUM, 8);
+                    w(&mut t, reg::QUEUE_DESC_LOW, (rnd() % 13) as u32 * 0x1000);
+                    w(
+                        &mut t,
+                        reg::QUEUE_AVAIL_LOW,
+                        (rnd() % 13) as u32 * 0x1000 + 0x200,
+                    );
+                    w(
+                        &mut t,
+                        reg::QUEUE_USED_LOW,
+                        (rnd() % 13) as u32 * 0x1000 + 0x400,
+                    );
+                    w(&mut t, reg::QUEUE_READY, 1);
+                }
+                w(&mut t, reg::STATUS, ALL);
+            }
+            if round % 97 == 0 {
+                t.device_mut().queue_input(b"hostile");
+                t.process_queue(0);
+            }
+            live += u32::from(t.status() & STATUS_DRIVER_OK != 0);
+            broken += u32::from(t.status() & STATUS_NEEDS_RESET != 0);
+        }
+        // The random driver did get the device running, and broke it.
+        assert!(live > 100 && broken > 10, "live {live} broken {broken}");
     }
 }

@@ -119,3 +119,22 @@ pub fn run(cfg: &VmConfig, buf: &SharedBuffer) -> (RunReport, String) {
     let report = vmm::run_vm(cfg).expect("VM setup failed");
     (report, buf.contents())
 }
+
+/// Accepts one connection, failing (instead of hanging) after 30 s.
+pub fn accept_with_timeout(l: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < deadline, "VMM never connected");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}

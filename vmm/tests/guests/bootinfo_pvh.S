@@ -65,5 +65,25 @@ pvh_start:
     mov 32(%ebp), %eax
     call puthex
     call nl
+    mov $1, %eax                /* CPUID.1:ECX bit 31 = hypervisor present */
+    cpuid
+    PRINT "cpuid1_ecx_hv="
+    mov %ecx, %eax
+    shr $31, %eax
+    call puthex
+    call nl
+    mov $0x40000000, %eax       /* hypervisor vendor leaf: EBX ECX EDX */
+    cpuid
+    mov %ebx, hvsig
+    mov %ecx, hvsig + 4
+    mov %edx, hvsig + 8
+    PRINT "hv="
+    mov $hvsig, %esi
+    call puts
+    call nl
     PRINT "done\n"
     jmp reset
+
+    .data
+hvsig:
+    .fill 16, 1, 0

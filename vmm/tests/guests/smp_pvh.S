@@ -43,8 +43,8 @@ pvh_start:
     movl $ICR_SIPI_ALL_BUT_SELF, LAPIC + ICR_LO
     movl $ICR_SIPI_ALL_BUT_SELF, LAPIC + ICR_LO
 
-    rdtsc                       /* wait at most ~2^33 TSC cycles */
-    add $2, %edx
+    rdtsc                       /* wait at most ~2^34 TSC cycles */
+    add $4, %edx
     mov %edx, %edi
 1:  mov BITMAP, %eax
     cmp expected, %eax

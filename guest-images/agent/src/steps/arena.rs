@@ -8,7 +8,11 @@ use crate::sys;
 
 /// Map flags for a step.
 pub fn flags_of(s: &ArenaStep) -> u32 {
-    let mut flags = if s.omit_mmapable { 0 } else { sys::BPF_F_MMAPABLE };
+    let mut flags = if s.omit_mmapable {
+        0
+    } else {
+        sys::BPF_F_MMAPABLE
+    };
     for f in &s.flags {
         flags |= match f {
             ArenaFlag::SegvOnFault => sys::BPF_F_SEGV_ON_FAULT,
@@ -29,8 +33,9 @@ pub fn create(ctx: &mut Ctx, s: &ArenaStep) -> StepResult {
         return Err(StepError::Error(format!("arena `{}` already exists", s.id)));
     }
     let flags = flags_of(s);
-    let max_entries = u32::try_from(s.pages)
-        .map_err(|_| StepError::Error(format!("pages {} does not fit max_entries (u32)", s.pages)))?;
+    let max_entries = u32::try_from(s.pages).map_err(|_| {
+        StepError::Error(format!("pages {} does not fit max_entries (u32)", s.pages))
+    })?;
     let result = sys::map_create(&sys::MapCreate {
         map_type: sys::BPF_MAP_TYPE_ARENA,
         key_size: s.key_size,

@@ -1,29 +1,275 @@
-//! `bpf_load:` and `bpf_run:` (libbpf integration comes with the catalogue work).
+//! `bpf_load:`, `bpf_run:` and `user_walk:`: BPF objects built from
+//! `guest-images/bpf/*.bpf.c` loaded with libbpf, syscall programs run with
+//! `BPF_PROG_TEST_RUN`, and BPF-built structures walked from user space.
 
+use std::ffi::CString;
 use std::sync::Arc;
 
-use arena_protocol::scenario::{BpfLoadStep, BpfRunStep};
+use arena_protocol::scenario::{BpfLoadStep, BpfRunStep, Structure, UserWalkStep, PAGE_SIZE};
+use libbpf_sys as bpf;
 
-use crate::executor::{Ctx, StepError, StepResult};
+use super::check_errno;
+use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
+use crate::sys::BPF_MAP_TYPE_ARENA;
 
-/// A loaded BPF object.
+/// Directory of BPF objects in the image.
+const BPF_DIR: &str = "/bpf";
+/// Nodes a walk follows before it calls the structure corrupt (a cycle).
+const WALK_LIMIT: u64 = 1 << 20;
+/// Buckets of the hash table `htab_build` makes (see arena_ops.bpf.c).
+const HTAB_BUCKETS: u64 = 64;
+
+/// The context every syscall program takes (`struct arena_args`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct ProgArgs {
+    base: u64,
+    arg: [u64; 4],
+    out: [u64; 4],
+}
+
+/// An open, loaded libbpf object; closed when the last user drops it.
+struct ObjectHandle(*mut bpf::bpf_object);
+
+// SAFETY: libbpf objects are only used through &self calls that do not
+// mutate shared state concurrently (program fd lookups).
+unsafe impl Send for ObjectHandle {}
+// SAFETY: as above.
+unsafe impl Sync for ObjectHandle {}
+
+impl Drop for ObjectHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from bpf_object__open_file and is closed once.
+        unsafe { bpf::bpf_object__close(self.0) };
+    }
+}
+
+/// A loaded BPF object and the arena its programs use.
 #[derive(Clone)]
 pub struct LoadedObject {
-    _inner: Arc<()>,
+    handle: Arc<ObjectHandle>,
+    /// Arena id of the object's arena map, if registered or reused.
+    arena: Option<String>,
+}
+
+fn arena_map(obj: *mut bpf::bpf_object) -> Option<*mut bpf::bpf_map> {
+    let mut m: *mut bpf::bpf_map = std::ptr::null_mut();
+    loop {
+        // SAFETY: iterating the maps of a valid object.
+        m = unsafe { bpf::bpf_object__next_map(obj, m) };
+        if m.is_null() {
+            return None;
+        }
+        // SAFETY: m is a map of obj.
+        if unsafe { bpf::bpf_map__type(m) } == BPF_MAP_TYPE_ARENA {
+            return Some(m);
+        }
+    }
 }
 
 /// `bpf_load:` step.
-pub fn load(_ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
-    Err(StepError::Error(format!(
-        "bpf_load {}: this agent build has no libbpf support",
-        s.object
-    )))
+pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
+    if ctx.objects.contains_key(&s.id) {
+        return Err(StepError::Error(format!(
+            "object id `{}` already loaded",
+            s.id
+        )));
+    }
+    let path = format!("{BPF_DIR}/{}", s.object);
+    let cpath = CString::new(path.clone()).map_err(|e| StepError::Error(e.to_string()))?;
+    // SAFETY: a valid path; default options.
+    let obj = unsafe { bpf::bpf_object__open_file(cpath.as_ptr(), std::ptr::null()) };
+    if obj.is_null() {
+        return Err(StepError::Error(format!(
+            "open {path}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let handle = Arc::new(ObjectHandle(obj));
+    let map = arena_map(obj);
+    if let Some(reuse) = &s.reuse_arena {
+        let fd = ctx.arena(reuse)?.fd;
+        let map = map.ok_or_else(|| StepError::Error(format!("{path} declares no arena map")))?;
+        // SAFETY: map belongs to obj, fd is an open arena map.
+        let rc = unsafe { bpf::bpf_map__reuse_fd(map, fd) };
+        if rc != 0 {
+            return Err(StepError::Error(format!(
+                "reusing arena `{reuse}`: error {rc}"
+            )));
+        }
+    }
+    // SAFETY: loading an opened object.
+    let rc = unsafe { bpf::bpf_object__load(obj) };
+    let what = format!("load {}", s.object);
+    let result = if rc == 0 { Ok(()) } else { Err(-rc) };
+    if check_errno(&what, result, &s.expect)?.is_none() {
+        return Ok(Outcome::said(format!("{what}: refused as expected")));
+    }
+    let mut arena = s.reuse_arena.clone();
+    let mut detail = format!("{what}: loaded");
+    if let (Some(id), Some(map)) = (&s.arena_id, map) {
+        let mut size: bpf::size_t = 0;
+        // SAFETY: map belongs to the loaded obj; libbpf mmapped arenas it created.
+        let (fd, pages, flags, addr) = unsafe {
+            (
+                bpf::bpf_map__fd(map),
+                u64::from(bpf::bpf_map__max_entries(map)),
+                bpf::bpf_map__map_flags(map),
+                bpf::bpf_map__initial_value(map, &mut size) as u64,
+            )
+        };
+        ctx.arenas.insert(
+            id.clone(),
+            ArenaState {
+                fd,
+                pages,
+                flags,
+                addr: (addr != 0).then_some(addr),
+                mapped_pages: if addr != 0 { pages } else { 0 },
+                mapped: addr != 0,
+            },
+        );
+        detail.push_str(&format!(
+            "; arena `{id}`: {pages} pages mapped at {addr:#x} by libbpf"
+        ));
+        arena = Some(id.clone());
+    }
+    ctx.objects
+        .insert(s.id.clone(), LoadedObject { handle, arena });
+    Ok(Outcome::said(detail))
 }
 
 /// `bpf_run:` step.
-pub fn run(_ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
-    Err(StepError::Error(format!(
-        "bpf_run {}: this agent build has no libbpf support",
-        s.program
-    )))
+pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
+    let obj = ctx
+        .objects
+        .get(&s.object)
+        .ok_or_else(|| StepError::Error(format!("unknown object `{}`", s.object)))?
+        .clone();
+    let name = CString::new(s.program.clone()).map_err(|e| StepError::Error(e.to_string()))?;
+    // SAFETY: looking up a program in a loaded object.
+    let prog = unsafe { bpf::bpf_object__find_program_by_name(obj.handle.0, name.as_ptr()) };
+    if prog.is_null() {
+        return Err(StepError::Error(format!(
+            "no program `{}` in object `{}`",
+            s.program, s.object
+        )));
+    }
+    // SAFETY: prog is a loaded program.
+    let fd = unsafe { bpf::bpf_program__fd(prog) };
+    let mut args = ProgArgs::default();
+    if let Some(id) = &obj.arena {
+        args.base = ctx.arena(id)?.addr.unwrap_or(0);
+    }
+    for (i, a) in s.args.iter().take(4).enumerate() {
+        args.arg[i] = *a;
+    }
+    let mut opts = bpf::bpf_test_run_opts {
+        sz: std::mem::size_of::<bpf::bpf_test_run_opts>() as _,
+        ctx_in: (&args as *const ProgArgs).cast(),
+        ctx_size_in: std::mem::size_of::<ProgArgs>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: opts points at live memory of the declared sizes; the kernel
+    // writes the context back into `args`.
+    let rc = unsafe { bpf::bpf_prog_test_run_opts(fd, &mut opts) };
+    if rc != 0 {
+        return Err(StepError::Error(format!(
+            "BPF_PROG_TEST_RUN {}: error {rc}",
+            s.program
+        )));
+    }
+    // SAFETY: the kernel updated args in place; read it back without assuming
+    // the compiler saw the write.
+    let args: ProgArgs = unsafe { std::ptr::read_volatile(&args) };
+    let retval = opts.retval as i32 as i64;
+    ctx.last_out = args.out;
+    let what = format!(
+        "{}({:?}) = {retval}, out [{:#x}, {:#x}, {:#x}, {:#x}]",
+        s.program, s.args, args.out[0], args.out[1], args.out[2], args.out[3]
+    );
+    if let Some(want) = s.expect_retval {
+        if want != retval {
+            return Err(StepError::Fail(format!(
+                "{what}: expected return value {want}, got {retval}"
+            )));
+        }
+    }
+    for (i, want) in s.expect_out.iter().enumerate() {
+        let Some(want) = want else { continue };
+        if args.out[i] != *want {
+            return Err(StepError::Fail(format!(
+                "{what}: expected out[{i}] = {want:#x}, got {:#x}",
+                args.out[i]
+            )));
+        }
+    }
+    Ok(Outcome::said(what))
+}
+
+/// Read a u64 at a user address inside the arena mapping.
+fn read_u64(a: &ArenaState, addr: u64) -> Result<u64, StepError> {
+    let start = a.addr.unwrap_or(0);
+    let end = start + a.mapped_pages * PAGE_SIZE;
+    if !a.mapped || addr < start || addr + 8 > end || addr % 8 != 0 {
+        return Err(StepError::Fail(format!(
+            "pointer {addr:#x} is outside the arena mapping {start:#x}..{end:#x}"
+        )));
+    }
+    // SAFETY: inside the mapped arena and aligned (checked above).
+    Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
+}
+
+/// Follow a `next`-linked chain from `head`; (count, sum of the word at
+/// `value_off`).
+fn walk_chain(
+    a: &ArenaState,
+    mut node: u64,
+    value_off: u64,
+    budget: &mut u64,
+) -> Result<(u64, u64), StepError> {
+    let (mut count, mut sum) = (0u64, 0u64);
+    while node != 0 {
+        if *budget == 0 {
+            return Err(StepError::Fail(format!(
+                "more than {WALK_LIMIT} nodes: a cycle?"
+            )));
+        }
+        *budget -= 1;
+        sum = sum.wrapping_add(read_u64(a, node + value_off)?);
+        count += 1;
+        node = read_u64(a, node)?;
+    }
+    Ok((count, sum))
+}
+
+/// `user_walk:` step.
+pub fn walk(ctx: &mut Ctx, s: &UserWalkStep) -> StepResult {
+    let a = ctx.arena(&s.arena)?.clone();
+    let root = ctx.last_out[0];
+    let mut budget = WALK_LIMIT;
+    let (count, sum) = match s.structure {
+        Structure::List => walk_chain(&a, root, 8, &mut budget)?,
+        Structure::Htab => {
+            let (mut count, mut sum) = (0, 0u64);
+            for b in 0..HTAB_BUCKETS {
+                let head = read_u64(&a, root + b * 8)?;
+                let (c, v) = walk_chain(&a, head, 16, &mut budget)?;
+                count += c;
+                sum = sum.wrapping_add(v);
+            }
+            (count, sum)
+        }
+    };
+    let what = format!(
+        "walked {:?} at {root:#x}: {count} nodes, sum {sum}",
+        s.structure
+    );
+    if count != s.expect_count || sum != s.expect_sum {
+        return Err(StepError::Fail(format!(
+            "{what}; expected {} nodes, sum {}",
+            s.expect_count, s.expect_sum
+        )));
+    }
+    Ok(Outcome::said(what))
 }

@@ -72,8 +72,7 @@ impl NonBlock for std::fs::OpenOptions {
 /// Check `lines` against the step's patterns.
 pub fn check_log(s: &KernelLogStep, lines: &[String]) -> StepResult {
     let compile = |p: &String| {
-        regex_lite::Regex::new(p)
-            .map_err(|e| StepError::Error(format!("bad regex {p:?}: {e}")))
+        regex_lite::Regex::new(p).map_err(|e| StepError::Error(format!("bad regex {p:?}: {e}")))
     };
     for p in &s.contains {
         let re = compile(p)?;
@@ -106,7 +105,6 @@ pub fn kernel_log_step(s: &KernelLogStep) -> StepResult {
     check_log(s, &lines)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +121,10 @@ mod tests {
             contains: vec![],
             not_contains: vec!["BUG:".into()],
         };
-        assert!(check_log(&s, &lines).unwrap_err().text().contains("found: BUG: x"));
+        assert!(check_log(&s, &lines)
+            .unwrap_err()
+            .text()
+            .contains("found: BUG: x"));
         let s = KernelLogStep {
             contains: vec!["absent".into()],
             not_contains: vec![],

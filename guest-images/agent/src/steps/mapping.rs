@@ -37,15 +37,27 @@ pub fn mmap(ctx: &mut Ctx, s: &MmapStep) -> StepResult {
     } else {
         s.addr.unwrap_or(0)
     };
-    let mut flags = if s.private { libc::MAP_PRIVATE } else { libc::MAP_SHARED };
+    let mut flags = if s.private {
+        libc::MAP_PRIVATE
+    } else {
+        libc::MAP_SHARED
+    };
     if s.fixed || s.same_address {
         flags |= libc::MAP_FIXED;
     }
     let result = map(a.fd, addr, len, flags, s.offset_pages * PAGE_SIZE);
     let what = format!(
         "mmap(addr={addr:#x}, len={len:#x}, {}{}, offset={:#x})",
-        if s.private { "MAP_PRIVATE" } else { "MAP_SHARED" },
-        if flags & libc::MAP_FIXED != 0 { "|MAP_FIXED" } else { "" },
+        if s.private {
+            "MAP_PRIVATE"
+        } else {
+            "MAP_SHARED"
+        },
+        if flags & libc::MAP_FIXED != 0 {
+            "|MAP_FIXED"
+        } else {
+            ""
+        },
         s.offset_pages * PAGE_SIZE
     );
     match check_errno(&what, result, &s.expect)? {
@@ -104,7 +116,11 @@ pub fn mremap(ctx: &mut Ctx, s: &MremapStep) -> StepResult {
             flags,
         )
     };
-    let result = if p == libc::MAP_FAILED { Err(errno()) } else { Ok(p as u64) };
+    let result = if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p as u64)
+    };
     let what = format!("mremap({base:#x}, {pages} -> {} pages)", s.pages);
     match check_errno(&what, result, &s.expect)? {
         None => Ok(Outcome::said(format!("{what}: refused as expected"))),
@@ -128,7 +144,11 @@ pub fn madvise(ctx: &mut Ctx, s: &MadviseStep) -> StepResult {
     let addr = base + s.page * PAGE_SIZE;
     // SAFETY: madvise on an arena mapping this process made.
     let rc = unsafe {
-        libc::madvise(addr as *mut libc::c_void, (s.pages * PAGE_SIZE) as usize, advice)
+        libc::madvise(
+            addr as *mut libc::c_void,
+            (s.pages * PAGE_SIZE) as usize,
+            advice,
+        )
     };
     let result = if rc == 0 { Ok(()) } else { Err(errno()) };
     let what = format!("madvise({addr:#x}, {} pages, {:?})", s.pages, s.advice);

@@ -24,6 +24,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::Touch(s) => touch::touch(ctx, s),
         Step::BpfLoad(s) => bpf::load(ctx, s),
         Step::BpfRun(s) => bpf::run(ctx, s),
+        Step::UserWalk(s) => bpf::walk(ctx, s),
         Step::Processes(s) => parallel::processes(ctx, s),
         Step::Threads(s) => parallel::threads(ctx, s),
         Step::Sleep(s) => control::sleep(s),

@@ -43,7 +43,9 @@ fn worker_seed(seed: u64, i: u32) -> u64 {
 /// The loop every worker runs.
 fn work(ctx: &mut Ctx, s: &ParallelStep, worker: u32) -> WorkerReport {
     let mut rng = ctx.seed;
-    let stop_at = s.duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let stop_at = s
+        .duration_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut done = 0;
     for it in 0..s.iterations {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
@@ -54,7 +56,11 @@ fn work(ctx: &mut Ctx, s: &ParallelStep, worker: u32) -> WorkerReport {
                 worker,
                 status: "fail".into(),
                 iterations: done,
-                detail: format!("iteration {it}, step {j} ({}): {}", s.steps[j].kind(), e.text()),
+                detail: format!(
+                    "iteration {it}, step {j} ({}): {}",
+                    s.steps[j].kind(),
+                    e.text()
+                ),
             };
         }
         done += 1;

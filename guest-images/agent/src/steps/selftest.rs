@@ -213,7 +213,12 @@ Summary: 3/3 PASSED, 1 SKIPPED, 0 FAILED";
         let names: Vec<_> = r.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            ["arena_atomics/add", "arena_atomics/sub", "lonely_test", "verifier_arena/basic_alloc1"]
+            [
+                "arena_atomics/add",
+                "arena_atomics/sub",
+                "lonely_test",
+                "verifier_arena/basic_alloc1"
+            ]
         );
         assert_eq!(r[3].status, StepStatus::Skip);
     }

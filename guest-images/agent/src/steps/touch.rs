@@ -78,37 +78,35 @@ pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
         )));
     }
     if s.op == AccessOp::Write && expected_read(&s.expect, 0).is_some() {
-        return Err(StepError::Error("a write cannot expect a read value".into()));
+        return Err(StepError::Error(
+            "a write cannot expect a read value".into(),
+        ));
     }
     let a = ctx.arena(&s.arena)?.clone();
     let base = a.addr.ok_or_else(|| {
-        StepError::Error(format!("arena `{}` has no user address (mmap it first)", s.arena))
-    })?;
-    if let Some(sig) = s.expect.signal {
-        return touch_expecting_signal(ctx, s, &a, base, sig.number());
-    }
-    if !a.mapped {
-        return Err(StepError::Fail(format!(
-            "arena `{}` is not mapped in this process: the access would fault",
+        StepError::Error(format!(
+            "arena `{}` has no user address (mmap it first)",
             s.arena
-        )));
+        ))
+    })?;
+    // Where a fault is the point of the step or plausible (segv_on_fault
+    // arenas, or no mapping here), touch from a child that survives it.
+    if s.expect.signal.is_some() || a.flags & sys::BPF_F_SEGV_ON_FAULT != 0 || !a.mapped {
+        return touch_in_child(ctx, s, &a, base);
     }
     access(s, base).map(Outcome::said).map_err(StepError::Fail)
 }
 
-fn touch_expecting_signal(
-    ctx: &Ctx,
-    s: &TouchStep,
-    a: &ArenaState,
-    base: u64,
-    want_sig: i32,
-) -> StepResult {
+fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, base: u64) -> StepResult {
     let first = base + s.page * PAGE_SIZE + s.offset;
-    let (crash_rx, crash_tx) = sys::pipe().map_err(|e| StepError::Error(e.to_string()))?;
-    // SAFETY: the child only maps, touches and exits.
+    let err = |e: std::io::Error| StepError::Error(e.to_string());
+    let (crash_rx, crash_tx) = sys::pipe().map_err(err)?;
+    let (text_rx, text_tx) = sys::pipe().map_err(err)?;
+    // SAFETY: the child only maps, touches, reports and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         sys::close(crash_rx);
+        sys::close(text_rx);
         crash::install(crash_tx);
         if a.mapped {
             let flags = libc::MAP_SHARED | libc::MAP_FIXED;
@@ -117,48 +115,89 @@ fn touch_expecting_signal(
                 unsafe { libc::_exit(CHILD_REMAP_FAILED) };
             }
         }
-        let code = if access(s, base).is_ok() { 0 } else { CHILD_MISMATCH };
-        // SAFETY: exiting the child.
-        unsafe { libc::_exit(code) };
+        let (code, text) = match access(s, base) {
+            Ok(t) => (0, t),
+            Err(t) => (CHILD_MISMATCH, t),
+        };
+        // SAFETY: writing a local buffer to our pipe, then exiting.
+        unsafe {
+            libc::write(text_tx, text.as_ptr().cast(), text.len());
+            libc::_exit(code);
+        }
     }
     sys::close(crash_tx);
+    sys::close(text_tx);
     if pid < 0 {
         sys::close(crash_rx);
-        return Err(StepError::Error(format!("fork: {}", std::io::Error::last_os_error())));
+        sys::close(text_rx);
+        return Err(StepError::Error(format!(
+            "fork: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     let status = sys::wait_child(pid, ctx.deadline);
     let fault = crash::read_report(crash_rx);
     sys::close(crash_rx);
-    let want = sys::signal_name(want_sig);
+    let text = read_all(text_rx);
     let Some(status) = status else {
         return Err(StepError::Fail(format!(
-            "expected {want} at {first:#x}, but the access did not finish in time"
+            "the access at {first:#x} did not finish in time"
         )));
     };
-    if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == want_sig {
-        return match fault {
-            Some(addr) if addr == first => Ok(Outcome::said(format!(
-                "{want} at {addr:#x} (page {}) as expected",
+    let killed_by = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+    let fault_text = |sig: i32| {
+        let at = fault.map(|f| format!(" at {f:#x}")).unwrap_or_default();
+        format!("{}{at}", sys::signal_name(sig))
+    };
+    match (s.expect.signal, killed_by) {
+        (Some(want), Some(got)) if got == want.number() => match fault {
+            Some(addr) if addr != first => Err(StepError::Fail(format!(
+                "expected {} at {first:#x}, got it at {addr:#x}",
+                sys::signal_name(got)
+            ))),
+            _ => Ok(Outcome::said(format!(
+                "{} (page {}) as expected",
+                fault_text(got),
                 s.page
             ))),
-            Some(addr) => Err(StepError::Fail(format!(
-                "expected {want} at {first:#x}, got it at {addr:#x}"
-            ))),
-            None => Ok(Outcome::said(format!("{want} as expected"))),
-        };
+        },
+        (Some(want), _) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => {
+            Err(StepError::Fail(format!(
+                "expected {} at {first:#x}, but the access succeeded ({text})",
+                sys::signal_name(want.number())
+            )))
+        }
+        (Some(want), _) => Err(StepError::Fail(format!(
+            "expected {} at {first:#x}, but {}",
+            sys::signal_name(want.number()),
+            describe(status, &text)
+        ))),
+        (None, Some(got)) => Err(StepError::Fail(format!(
+            "expected the access at {first:#x} to succeed, got {}",
+            fault_text(got)
+        ))),
+        (None, None) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => {
+            Ok(Outcome::said(text))
+        }
+        (None, None) => Err(StepError::Fail(describe(status, &text))),
     }
+}
+
+fn describe(status: i32, text: &str) -> String {
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == CHILD_REMAP_FAILED {
-        return Err(StepError::Error(format!(
-            "child could not map arena `{}` again at {base:#x}",
-            s.arena
-        )));
-    }
-    let actual = if libc::WIFEXITED(status) {
-        "the access succeeded".to_owned()
+        "the child could not map the arena again at the same address".into()
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == CHILD_MISMATCH {
+        text.to_owned()
     } else {
         sys::describe_status(status)
-    };
-    Err(StepError::Fail(format!(
-        "expected {want} at {first:#x}, but {actual}"
-    )))
+    }
+}
+
+fn read_all(fd: i32) -> String {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut out = String::new();
+    // SAFETY: we own fd; File closes it.
+    let _ = unsafe { std::fs::File::from_raw_fd(fd) }.read_to_string(&mut out);
+    out
 }

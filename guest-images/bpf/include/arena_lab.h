@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Minimal definitions for arena lab's BPF programs: section and map
+ * declaration macros understood by libbpf, the arena kfuncs of Linux >= 6.9,
+ * the numeric iterator kfuncs, and the context every syscall program takes.
+ */
+#ifndef ARENA_LAB_H
+#define ARENA_LAB_H
+
+typedef unsigned char __u8;
+typedef unsigned int __u32;
+typedef int __s32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __ksym __attribute__((section(".ksyms")))
+#define __weak __attribute__((weak))
+/* BTF-described map attributes, as libbpf parses them. */
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+#define __ulong(name, val) enum { ___bpf_concat(__unique_value, __COUNTER__) = val } name
+#define ___bpf_concat(a, b) a##b
+
+/* Pointers into the arena (clang's BPF address space 1). */
+#define __arena __attribute__((address_space(1)))
+
+#define BPF_MAP_TYPE_ARENA 33
+#define BPF_F_MMAPABLE (1U << 10)
+#define NUMA_NO_NODE (-1)
+#define PAGE_SIZE 4096
+
+void __arena *bpf_arena_alloc_pages(void *map, void __arena *addr, __u32 page_cnt,
+				    int node_id, __u64 flags) __ksym __weak;
+void bpf_arena_free_pages(void *map, void __arena *ptr, __u32 page_cnt) __ksym __weak;
+
+/* Open-coded numeric iterator (Linux >= 6.4). */
+struct bpf_iter_num {
+	__u64 __opaque[1];
+} __attribute__((aligned(8)));
+int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym __weak;
+int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym __weak;
+void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym __weak;
+
+/*
+ * Context of every syscall program, run with BPF_PROG_TEST_RUN. The kernel
+ * copies it back after the run, so `out` carries results to user space.
+ * Must match `ProgArgs` in the agent (guest-images/agent/src/steps/bpf.rs).
+ */
+struct arena_args {
+	__u64 base;   /* user address of the arena in the calling process */
+	__u64 arg[4]; /* step arguments */
+	__u64 out[4]; /* results */
+};
+
+#endif

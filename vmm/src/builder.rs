@@ -1,0 +1,274 @@
+//! Building a VM, one step per function, in boot order (what [`Vm::new`]
+//! does): validate → KVM VM → guest memory → guest image and boot tables →
+//! devices → vCPUs.
+
+use std::io::Write;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::x86_64::regs::BootEntry;
+use crate::arch::x86_64::{acpi, cpuid, mptable, regs};
+use crate::bridge::SocketBridge;
+use crate::devices::acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
+use crate::devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::{
+    LegacyAt, LegacyDevice, CMOS_INDEX_PORT, FAST_A20_PORT, PORT_B, POST_PORT,
+};
+use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_IRQ, COM1_PORT, UART_PORT_LEN};
+use crate::devices::{self, Bus, SharedDevice};
+use crate::memory::{self, GuestMem};
+use crate::vcpu::Vcpu;
+use crate::virtio::console::Console;
+use crate::virtio::mmio::MmioTransport;
+use crate::{
+    loader, new_eventfd, probe, serial_writer, ConsoleTransport, Error, ExitReason, VirtioSlot, Vm,
+    VmConfig,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+impl Vm {
+    /// Builds the VM described by `cfg` (steps 1–5 of the crate docs).
+    pub fn new(cfg: &VmConfig) -> Result<Self, Error> {
+        validate(cfg)?;
+        let (kvm, vm) = create_vm()?;
+        let mem = create_memory(&vm, cfg.mem_mib)?;
+        let console_slot = VirtioSlot::nth(0);
+        let entry = load_guest(&mem, cfg, &[console_slot])?;
+        let (exit_tx, exit_rx) = channel();
+        let devs = create_devices(&vm, &mem, cfg, console_slot, &exit_tx)?;
+        let vcpus = create_vcpus(&kvm, &vm, cfg.vcpus, entry)?;
+        Ok(Self {
+            _kvm: kvm,
+            vm,
+            mem,
+            pio: Arc::new(devs.pio),
+            mmio: Arc::new(devs.mmio),
+            vcpus,
+            exit_tx,
+            exit_rx,
+            timeout: cfg.timeout,
+            irqfds: devs.irqfds,
+            console: devs.console,
+            console_bridge: devs.console_bridge,
+        })
+    }
+}
+
+/// Rejects configurations the platform tables cannot describe.
+fn validate(cfg: &VmConfig) -> Result<(), Error> {
+    if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
+        return Err(Error::Config(format!(
+            "vCPU count must be 1..={}",
+            mptable::MAX_VCPUS
+        )));
+    }
+    Ok(())
+}
+
+/// Step 1: KVM, the VM, in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+fn create_vm() -> Result<(Kvm, VmFd), Error> {
+    let kvm = Kvm::new().map_err(|e| Error::Kvm("open /dev/kvm", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(memory::KVM_TSS_ADDRESS as usize)
+        .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+    Ok((kvm, vm))
+}
+
+/// Step 2: guest RAM, registered with KVM one slot per region.
+fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<Arc<GuestMem>, Error> {
+    let mem = Arc::new(memory::create_guest_memory(mem_mib)?);
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| Error::Config("guest region without host mapping".into()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region stays mapped for the life of `mem`, which the
+        // `Vm` owns; the VM fd is dropped first (field order).
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(mem)
+}
+
+/// Step 3: kernel, initrd, command line, ACPI and MP tables, boot page
+/// tables and the boot parameters of the kernel's entry protocol.
+fn load_guest(mem: &GuestMem, cfg: &VmConfig, slots: &[VirtioSlot]) -> Result<BootEntry, Error> {
+    let kernel = loader::load_kernel(mem, &cfg.kernel)?;
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(loader::load_initrd(
+            mem,
+            p,
+            kernel.result.kernel_end,
+            loader::initrd_limit(&kernel),
+        )?),
+        None => None,
+    };
+    let rsdp = Some(acpi::setup_acpi(mem, cfg.vcpus, slots)?);
+    let mut cmdline = cfg.cmdline.trim().to_string();
+    for s in slots {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&s.cmdline_param());
+    }
+    let cmdline_len = loader::write_cmdline(mem, &cmdline)?;
+    regs::write_boot_tables(mem)?;
+    mptable::setup_mptable(mem, cfg.vcpus)?;
+    match kernel.entry {
+        BootEntry::Pvh { .. } => loader::write_pvh_info(mem, initrd, rsdp)?,
+        BootEntry::Linux64 { .. } => {
+            loader::write_zero_page(mem, &kernel, cmdline_len, initrd, rsdp)?
+        }
+    }
+    Ok(kernel.entry)
+}
+
+/// Everything step 4 creates.
+struct Devices {
+    pio: Bus,
+    mmio: Bus,
+    irqfds: Vec<(Arc<EventFd>, u32)>,
+    console: ConsoleTransport,
+    console_bridge: Option<SocketBridge>,
+}
+
+/// An eventfd registered with KVM as the irqfd of `gsi`.
+fn irqfd(vm: &VmFd, gsi: u32, all: &mut Vec<(Arc<EventFd>, u32)>) -> Result<Arc<EventFd>, Error> {
+    let evt = Arc::new(new_eventfd()?);
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    all.push((evt.clone(), gsi));
+    Ok(evt)
+}
+
+/// A callback that ends the VM with `reason`.
+fn exit_sink(tx: &Sender<ExitReason>, reason: ExitReason) -> Box<dyn Fn() + Send> {
+    let tx = Mutex::new(tx.clone());
+    Box::new(move || {
+        let _ = devices::lock(&tx).send(reason.clone());
+    })
+}
+
+/// Step 4: the port-I/O devices (UART, i8042, ACPI PM, legacy ports) and the
+/// virtio-mmio console, with interrupts delivered through irqfds.
+fn create_devices(
+    vm: &VmFd,
+    mem: &Arc<GuestMem>,
+    cfg: &VmConfig,
+    console_slot: VirtioSlot,
+    exit_tx: &Sender<ExitReason>,
+) -> Result<Devices, Error> {
+    let mut irqfds = Vec::new();
+    let mut pio = Bus::new();
+
+    let serial_irq = irqfd(vm, COM1_IRQ, &mut irqfds)?;
+    let serial = SerialDevice::new(EventFdTrigger(serial_irq), serial_writer(&cfg.serial)?);
+    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORT_LEN)?;
+
+    let pm = AcpiPmDevice::new(
+        Box::new(exit_sink(exit_tx, ExitReason::PowerOff)),
+        Box::new(exit_sink(exit_tx, ExitReason::Reset)),
+    );
+    pio.insert(Arc::new(Mutex::new(pm)), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
+
+    let legacy = Arc::new(Mutex::new(LegacyDevice::new()));
+    for (base, len) in [
+        (POST_PORT, 1),
+        (PORT_B, 1),
+        (CMOS_INDEX_PORT, 2),
+        (FAST_A20_PORT, 1),
+    ] {
+        let dev: SharedDevice = Arc::new(Mutex::new(LegacyAt {
+            base,
+            dev: legacy.clone(),
+        }));
+        pio.insert(dev, base, len)?;
+    }
+
+    // 0x61 (port B) sits inside the i8042 range, so the controller gets 0x60
+    // and 0x62..=0x64.
+    let i8042: SharedDevice = Arc::new(Mutex::new(I8042Device::new(Box::new(exit_sink(
+        exit_tx,
+        ExitReason::Reset,
+    )))));
+    pio.insert(i8042.clone(), I8042_DATA_PORT, 1)?;
+    pio.insert(
+        Arc::new(Mutex::new(devices::Offset {
+            dev: i8042,
+            offset: 2,
+        })),
+        I8042_DATA_PORT + 2,
+        I8042_PORT_LEN - 2,
+    )?;
+
+    let mut mmio = Bus::new();
+    let console_irq = irqfd(vm, console_slot.irq, &mut irqfds)?;
+    let (console_out, console_bridge): (Box<dyn Write + Send>, _) = match &cfg.console_socket {
+        Some(p) => {
+            let (bridge, out) = SocketBridge::connect(p)?;
+            (Box::new(out), Some(bridge))
+        }
+        None => (Box::new(std::io::sink()), None),
+    };
+    let console: ConsoleTransport = Arc::new(Mutex::new(MmioTransport::new(
+        Console::new(console_out),
+        mem.clone(),
+        console_irq,
+    )));
+    mmio.insert(console.clone(), console_slot.addr, console_slot.size)?;
+
+    Ok(Devices {
+        pio,
+        mmio,
+        irqfds,
+        console,
+        console_bridge,
+    })
+}
+
+/// Step 5: vCPUs with per-vCPU CPUID, MSRs, FPU and LAPIC; the boot vCPU
+/// also gets the entry registers, the others wait for INIT/SIPI.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: BootEntry) -> Result<Vec<Vcpu>, Error> {
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let quirks = cpuid::CpuidQuirks {
+        pvm: probe::host_is_pvm(),
+    };
+    let mut vcpus = Vec::with_capacity(count as usize);
+    for id in 0..count {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        let v = Vcpu::new(fd, id, &base_cpuid, quirks)?;
+        if id == 0 {
+            v.set_boot_entry(entry)?;
+        }
+        vcpus.push(v);
+    }
+    Ok(vcpus)
+}
