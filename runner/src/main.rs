@@ -76,6 +76,10 @@ pub struct KernelArgs {
     /// lib/modules/<release> of --kernel (with modules.dep), if it is modular.
     #[arg(long)]
     pub modules: Option<PathBuf>,
+    /// Source tree of --kernel, for the upstream selftests (default kernel:
+    /// Debian's matching linux-source package).
+    #[arg(long)]
+    pub kernel_src: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -177,7 +181,7 @@ fn real_main() -> Result<u8, LabError> {
         }
         Command::Image { kernel } => {
             let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
-            let p = plan::prepare(k).map_err(infra)?;
+            let p = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
             let image = plan::image(&p, &run::trivial_scenario()).map_err(infra)?;
             println!("agent: {}\nimage: {}", p.agent.display(), image.display());
             Ok(exit::PASS)

@@ -31,6 +31,9 @@ pub struct Prepared {
     pub modules: Vec<PathBuf>,
     /// Compiled BPF objects.
     pub bpf: Vec<(String, PathBuf)>,
+    /// Kernel source tree for the upstream selftests (`--kernel-src`);
+    /// `None`: Debian's source package matching the default kernel.
+    pub kernel_src: Option<PathBuf>,
 }
 
 /// Which kernel to use.
@@ -42,7 +45,7 @@ pub fn kernel(user: Option<&PathBuf>, modules: Option<&PathBuf>) -> anyhow::Resu
 }
 
 /// Build the agent, resolve modules and compile BPF objects.
-pub fn prepare(kernel: Kernel) -> anyhow::Result<Prepared> {
+pub fn prepare(kernel: Kernel, kernel_src: Option<PathBuf>) -> anyhow::Result<Prepared> {
     let agent = agent::ensure_built()?;
     let modules = match &kernel.modules {
         Some(dir) => {
@@ -62,6 +65,7 @@ pub fn prepare(kernel: Kernel) -> anyhow::Result<Prepared> {
         agent,
         modules,
         bpf,
+        kernel_src,
     })
 }
 
@@ -83,7 +87,7 @@ pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
         })
         .collect();
     if uses_selftests(&scenario.steps) {
-        files.extend(selftests::image_files(&p.kernel)?);
+        files.extend(selftests::image_files_from(&p.kernel, p.kernel_src.as_deref())?);
     }
     let spec = ImageSpec {
         agent: p.agent.clone(),

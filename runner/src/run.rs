@@ -87,7 +87,7 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
     let backend = pick_backend(args.backend)?;
     let (_, backend_reason) =
         backend::select(args.backend).map_err(|e| infra(anyhow::anyhow!(e)))?;
-    let prepared = plan::prepare(kernel).map_err(infra)?;
+    let prepared = plan::prepare(kernel, args.kernel.kernel_src.clone()).map_err(infra)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let run_dir = RunDir::create(&args.results).map_err(infra)?;
     eprintln!(
@@ -264,7 +264,7 @@ pub fn boot(
 ) -> Result<u8, LabError> {
     let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
     let backend = pick_backend(choice)?;
-    let prepared = plan::prepare(k).map_err(infra)?;
+    let prepared = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
     let scenario = trivial_scenario();
     let image = plan::image(&prepared, &scenario).map_err(infra)?;
     let spec = VmSpec {

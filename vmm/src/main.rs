@@ -52,7 +52,6 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
                 }
                 cfg.timeout = Some(Duration::from_secs_f64(s));
             }
-            "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -67,13 +66,18 @@ fn main() -> ExitCode {
         println!("{}", p.reason);
         return ExitCode::from(if p.usable { 0 } else { 1 });
     }
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let cfg = match parse(&args) {
         Ok(c) => c,
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("arena-vmm: {e}");
-            }
-            eprintln!("{USAGE}");
+            // One line naming the reason, like every other exit.
+            eprintln!(
+                "arena-vmm: setup error: {e}; {}",
+                USAGE.replace('\n', " | ")
+            );
             return ExitCode::from(EXIT_SETUP_ERROR as u8);
         }
     };

@@ -73,6 +73,7 @@ fn cli_setup_errors_exit_2() {
     let (code, _, err) = run_cli(&["--bogus"]);
     assert_eq!(code, vmm::EXIT_SETUP_ERROR);
     assert!(err.contains("usage"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

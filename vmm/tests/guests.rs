@@ -63,7 +63,9 @@ fn bzimage_guest_enters_64bit_and_reads_zero_page() {
     let (report, out) = run(&cfg, &buf);
     assert_eq!(report.exit, ExitReason::Reset, "{out}");
     assert!(
-        out.starts_with("mode=64\nhdr=53726448\ntype_of_loader=000000FF\n"),
+        out.starts_with(
+            "mode=64\ncs_ds=00000010 00000018\nhdr=53726448\ntype_of_loader=000000FF\n"
+        ),
         "{out}"
     );
     assert!(

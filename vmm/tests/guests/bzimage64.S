@@ -48,6 +48,15 @@ startup_64:
     mov %rsi, %rbp          /* RSI = zero page */
     lea m_mode(%rip), %rsi
     call puts
+    lea m_cs(%rip), %rsi    /* boot protocol: CS = __BOOT_CS, DS = __BOOT_DS */
+    call puts
+    xor %eax, %eax
+    mov %cs, %ax
+    call puthex
+    call sp
+    mov %ds, %ax
+    call puthex
+    call nl
     lea m_hdr(%rip), %rsi
     call puts
     mov 0x202(%rbp), %eax
@@ -157,6 +166,7 @@ sp:
     jmp putc
 
 m_mode:    .asciz "mode=64\n"
+m_cs:      .asciz "cs_ds="
 m_hdr:     .asciz "hdr="
 m_loader:  .asciz "type_of_loader="
 m_cmdline: .asciz "cmdline="

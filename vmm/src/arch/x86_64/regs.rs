@@ -35,11 +35,12 @@ const PDE_PS: u64 = 0x80;
 /// Number of page directories (one per GiB identity mapped).
 const NUM_PDS: u64 = 4;
 
-/// GDT selector of the code segment (index 1 in 64-bit mode, 2 in PVH).
-pub const GDT_CODE64_SEL: u16 = 0x08;
-/// GDT selector of the 32-bit PVH code segment.
-pub const GDT_CODE32_SEL: u16 = 0x10;
-/// GDT selector of the data segment.
+/// GDT selector of the 32-bit PVH code segment (the PVH ABI leaves it open).
+pub const GDT_CODE32_SEL: u16 = 0x08;
+/// GDT selector of the 64-bit code segment: `__BOOT_CS` of the Linux
+/// 64-bit boot protocol.
+pub const GDT_CODE64_SEL: u16 = 0x10;
+/// GDT selector of the data segment: `__BOOT_DS` of the boot protocol.
 pub const GDT_DATA_SEL: u16 = 0x18;
 /// GDT selector of the TSS.
 pub const GDT_TSS_SEL: u16 = 0x20;
@@ -53,11 +54,11 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | ((flags as u64 & 0xf0ff) << 40)
 }
 
-/// The boot GDT: null, 64-bit code, 32-bit code, data, TSS.
+/// The boot GDT: null, 32-bit code, 64-bit code (0x10), data (0x18), TSS.
 pub const BOOT_GDT: [u64; 5] = [
     gdt_entry(0, 0, 0),
-    gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code, present, DPL0, accessed
     gdt_entry(0xc09b, 0, 0xfffff), // 32-bit code, 4 KiB granularity
+    gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code, present, DPL0, accessed
     gdt_entry(0xc093, 0, 0xfffff), // data, read/write
     gdt_entry(0x808b, 0, 0xfffff), // 32-bit busy TSS
 ];
@@ -141,14 +142,14 @@ pub fn boot_sregs(mut sregs: kvm_sregs, entry: BootEntry) -> kvm_sregs {
     sregs.tr = tss;
     match entry {
         BootEntry::Linux64 { .. } => {
-            sregs.cs = segment_from_gdt(BOOT_GDT[1], GDT_CODE64_SEL);
+            sregs.cs = segment_from_gdt(BOOT_GDT[2], GDT_CODE64_SEL);
             sregs.cr3 = PML4_START;
             sregs.cr4 |= X86_CR4_PAE;
             sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
             sregs.efer |= EFER_LME | EFER_LMA;
         }
         BootEntry::Pvh { .. } => {
-            sregs.cs = segment_from_gdt(BOOT_GDT[2], GDT_CODE32_SEL);
+            sregs.cs = segment_from_gdt(BOOT_GDT[1], GDT_CODE32_SEL);
             sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr3 = 0;
             sregs.cr4 = 0;
@@ -242,10 +243,10 @@ mod tests {
 
     #[test]
     fn gdt_entries_decode() {
-        let cs = segment_from_gdt(BOOT_GDT[1], GDT_CODE64_SEL);
+        let cs = segment_from_gdt(BOOT_GDT[2], GDT_CODE64_SEL);
         assert_eq!((cs.l, cs.db, cs.present, cs.type_, cs.s), (1, 0, 1, 0xb, 1));
         assert_eq!(cs.limit, 0xffff_ffff);
-        let cs32 = segment_from_gdt(BOOT_GDT[2], GDT_CODE32_SEL);
+        let cs32 = segment_from_gdt(BOOT_GDT[1], GDT_CODE32_SEL);
         assert_eq!((cs32.l, cs32.db), (0, 1));
         let tss = segment_from_gdt(BOOT_GDT[4], GDT_TSS_SEL);
         assert_eq!((tss.type_, tss.s), (0xb, 0));

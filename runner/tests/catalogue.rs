@@ -1,0 +1,87 @@
+//! The arena scenario catalogue and the upstream selftests, run for real on
+//! the default kernel, and proof that a flipped expectation fails.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn arena_catalogue_passes_and_covers_every_family() {
+    let results = scratch("catalogue");
+    let out = lab(&["run", "-j", "2", "--results", results.to_str().unwrap(), "scenarios/arena"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&results);
+    let scenarios = s["scenarios"].as_array().unwrap();
+    assert!(scenarios.len() >= 20, "only {} scenarios", scenarios.len());
+    for family in ["page_fault", "segv_on_fault", "bpf_alloc", "mmap_rules", "race"] {
+        assert!(
+            scenarios.iter().any(|sc| sc["tags"].as_array().unwrap().iter().any(|t| t == family)),
+            "no scenario tagged {family}"
+        );
+    }
+    // Race scenarios report their seed and per-process outcomes.
+    let race = scenarios.iter().find(|sc| sc["name"] == "race-fault-same-pages").unwrap();
+    let step = race["steps"].as_array().unwrap().iter().find(|st| st["kind"] == "processes").unwrap();
+    assert_eq!(step["data"]["workers"].as_array().unwrap().len(), 4);
+    assert_eq!(step["data"]["seed"], s["seed"]);
+    let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\""));
+}
+
+#[test]
+fn flipped_expectation_fails_naming_expected_and_actual() {
+    // sof-unallocated-sigsegv with the expectation flipped: a touch of an
+    // unallocated page of a segv_on_fault arena expected to succeed.
+    let dir = scratch("flipped");
+    let original = std::fs::read_to_string(root().join("scenarios/arena/sof-unallocated-sigsegv.yaml")).unwrap();
+    let flipped = original
+        .replace("name: sof-unallocated-sigsegv", "name: flipped")
+        .replacen("  - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }", "  - touch: { arena: a, page: 0, op: read }", 1);
+    assert_ne!(flipped, original.replace("name: sof-unallocated-sigsegv", "name: flipped"));
+    let f = scenario(&dir, "flipped", &flipped);
+    let results = dir.join("results");
+    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let reason = summary(&results)["scenarios"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("expected the access at"), "{reason}");
+    assert!(reason.contains("to succeed, got SIGSEGV at"), "{reason}");
+}
+
+#[test]
+fn seed_is_recorded_and_reused() {
+    let results = scratch("seed");
+    let out = lab(&[
+        "run",
+        "--seed",
+        "4242",
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/arena/race-munmap-exit-while-faulting.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&results);
+    assert_eq!(s["seed"], 4242);
+    let step = s["scenarios"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["kind"] == "processes")
+        .unwrap()
+        .clone();
+    assert_eq!(step["data"]["seed"], 4242);
+    assert_eq!(step["data"]["iterations"], 600);
+}
+
+#[test]
+fn upstream_selftests_every_subtest_is_a_testcase() {
+    let results = scratch("selftests");
+    let out = lab(&["run", "--results", results.to_str().unwrap(), "scenarios/selftests"]);
+    assert_eq!(out.status.code(), Some(0));
+    let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
+    let cases = junit.matches("<testcase").count();
+    assert!(cases >= 19, "{cases} testcases");
+    for t in ["arena_atomics/", "arena_htab/", "arena_list/", "verifier_arena/", "verifier_arena_large/"] {
+        assert!(junit.contains(&format!("name=\"{t}")), "no {t} subtest in junit");
+    }
+    assert!(junit.contains("failures=\"0\""));
+}
