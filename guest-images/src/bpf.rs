@@ -16,6 +16,35 @@ pub fn source_dir() -> PathBuf {
     crate::agent::workspace_root().join("guest-images/bpf")
 }
 
+/// Identifies the compiler without running it (a `clang --version` costs
+/// tens of milliseconds on every run): its resolved path, size and mtime.
+fn toolchain_fingerprint(clang: &str) -> Result<String> {
+    let resolved = if clang.contains('/') {
+        Some(PathBuf::from(clang))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(clang))
+                .find(|p| p.is_file())
+        })
+    };
+    let path = resolved.ok_or_else(|| crate::ImageError::Tool {
+        command: clang.to_owned(),
+        detail: "not found in PATH (install clang-19 or set ARENA_LAB_CLANG)".into(),
+    })?;
+    let real = std::fs::canonicalize(&path).map_err(io_err(&path))?;
+    let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(sha256_hex(
+        format!("{} {} {mtime}", real.display(), meta.len()).as_bytes(),
+    ))
+}
+
 /// Compile every `*.bpf.c` in `src` (with `src/include` on the include path);
 /// returns the objects as `(name.bpf.o, path)`.
 pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -40,8 +69,7 @@ pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
         }
     }
     let clang = clang();
-    let version = run_tool(Command::new(&clang).arg("--version"))?;
-    let toolchain = sha256_hex(&version.stdout);
+    let toolchain = toolchain_fingerprint(&clang)?;
     let out_dir = cache::dir("bpf")?;
     let mut out = Vec::new();
     for s in sources {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use arena_images::cpio::CpioWriter;
 
 use crate::backend::qemu::{Accel, Qemu};
-use crate::backend::{probe, Backend, Console, VmSpec};
+use crate::backend::{Backend, Console, VmSpec};
 use crate::{exit, infra, plan, KernelArgs, LabError};
 
 /// `lab bench` options.
@@ -59,7 +59,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     let raw_image = busybox_image(&dir).map_err(infra)?;
     let yaml = dir.join("trivial.yaml");
     std::fs::write(&yaml, TRIVIAL_YAML).map_err(infra)?;
-    let accel = if probe::probe().usable {
+    let accel = if vmm::probe::probe().usable {
         Accel::Kvm
     } else {
         Accel::Tcg

@@ -20,8 +20,8 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 /// Host-side slack on top of the scenario's own timeout (the agent's
 /// watchdog reports first; this catches a wedged guest).
 const HOST_GRACE: Duration = Duration::from_secs(10);
-/// Poll interval while waiting.
-const TICK: Duration = Duration::from_millis(20);
+/// Poll interval while waiting (also the worst-case latency it adds).
+const TICK: Duration = Duration::from_millis(5);
 
 /// Timeouts of a session.
 #[derive(Debug, Clone, Copy)]

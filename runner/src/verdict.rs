@@ -34,6 +34,8 @@ pub struct StepRecord {
     pub detail: String,
     /// Guest-side duration.
     pub duration_ms: u64,
+    /// When the host learnt the step ended (seconds since VM start).
+    pub ended_at_s: f64,
     /// Extras (seed, per-process outcomes...).
     #[serde(skip_serializing_if = "serde_json::Value::is_null", default)]
     pub data: serde_json::Value,
@@ -97,6 +99,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
                     status: *status,
                     detail: detail.clone(),
                     duration_ms: *duration_ms,
+                    ended_at_s: r.at,
                     data: data.clone(),
                 });
             }

@@ -4,7 +4,7 @@
 //! guest's virtio console to a Unix socket the runner listens on.
 
 pub mod kvm;
-pub mod probe;
+
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ pub trait Backend: Send + Sync {
 
 /// The backend for `choice`, with the one-line reason for the pick.
 pub fn select(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), String> {
-    let kvm = probe::probe();
+    let kvm = vmm::probe::probe();
     let own = |why: String| -> Result<(Box<dyn Backend>, String), String> {
         Ok((Box::new(kvm::OwnVmm::locate()?), why))
     };
