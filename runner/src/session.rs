@@ -131,8 +131,17 @@ pub fn run(
     } else {
         Stdio::null()
     };
-    let mut child = match backend
-        .command(&spec)
+    let mut command = backend.command(&spec);
+    // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
+    // The VM dies with the runner, so a killed `lab` leaves no VM behind.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match command
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

@@ -211,7 +211,7 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
 fn read_u64(a: &ArenaState, addr: u64) -> Result<u64, StepError> {
     let start = a.addr.unwrap_or(0);
     let end = start + a.mapped_pages * PAGE_SIZE;
-    if !a.mapped || addr < start || addr + 8 > end || addr % 8 != 0 {
+    if !a.mapped || addr < start || addr + 8 > end || !addr.is_multiple_of(8) {
         return Err(StepError::Fail(format!(
             "pointer {addr:#x} is outside the arena mapping {start:#x}..{end:#x}"
         )));

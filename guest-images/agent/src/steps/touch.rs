@@ -71,7 +71,7 @@ fn access(s: &TouchStep, base: u64) -> Result<String, String> {
 
 /// `touch:` step.
 pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
-    if s.offset >= PAGE_SIZE || s.offset % 8 != 0 {
+    if s.offset >= PAGE_SIZE || !s.offset.is_multiple_of(8) {
         return Err(StepError::Error(format!(
             "offset {:#x} must be 8-byte aligned and inside the page",
             s.offset
