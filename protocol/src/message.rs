@@ -89,6 +89,14 @@ pub enum GuestMessage {
         /// Log lines that belong to the test (failure text).
         log: String,
     },
+    /// A file for the scenario's results folder (e.g. the raw `test_progs`
+    /// output). The host sanitises the name and bounds the size.
+    Output {
+        /// File name (no directories).
+        name: String,
+        /// Contents.
+        text: String,
+    },
     /// A diagnostic line from the agent.
     Log {
         /// The text.

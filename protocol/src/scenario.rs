@@ -93,6 +93,8 @@ pub enum Step {
     Processes(ParallelStep),
     /// Start threads (one mm) that each run a list of steps, released together.
     Threads(ParallelStep),
+    /// Write a value under `/proc/sys`.
+    Sysctl(SysctlStep),
     /// Sleep for a while.
     Sleep(SleepStep),
     /// Run a block of steps several times.
@@ -118,6 +120,7 @@ impl Step {
             Step::UserWalk(_) => "user_walk",
             Step::Processes(_) => "processes",
             Step::Threads(_) => "threads",
+            Step::Sysctl(_) => "sysctl",
             Step::Sleep(_) => "sleep",
             Step::Repeat(_) => "repeat",
             Step::ExpectKernelLog(_) => "expect_kernel_log",
@@ -424,6 +427,31 @@ pub struct ParallelStep {
     pub steps: Vec<Step>,
 }
 
+/// `sysctl:` write `value` to `/proc/sys/<path>` (e.g. `net/core/bpf_jit_harden`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysctlStep {
+    /// Path below `/proc/sys`, with `/` or `.` separators.
+    pub path: String,
+    /// Value to write.
+    pub value: String,
+}
+
+impl SysctlStep {
+    /// The file to write, or `None` if the path tries to leave `/proc/sys`.
+    pub fn file(&self) -> Option<String> {
+        let rel = self.path.replace('.', "/");
+        let ok = !rel.is_empty()
+            && rel.split('/').all(|c| {
+                !c.is_empty()
+                    && c != ".."
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        ok.then(|| format!("/proc/sys/{rel}"))
+    }
+}
+
 /// `sleep:` pause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -549,6 +577,28 @@ mod tests {
         assert_eq!(Errno::EBUSY.number(), 16);
         assert_eq!(errno_name(7), "E2BIG (7)");
         assert_eq!(errno_name(9999), "errno 9999");
+    }
+
+    #[test]
+    fn sysctl_paths_stay_in_proc_sys() {
+        let s = |p: &str| {
+            SysctlStep {
+                path: p.into(),
+                value: "1".into(),
+            }
+            .file()
+        };
+        assert_eq!(
+            s("net.core.bpf_jit_enable").as_deref(),
+            Some("/proc/sys/net/core/bpf_jit_enable")
+        );
+        assert_eq!(
+            s("kernel/panic_on_warn").as_deref(),
+            Some("/proc/sys/kernel/panic_on_warn")
+        );
+        assert_eq!(s("../../etc/passwd"), None);
+        assert_eq!(s("net//core"), None);
+        assert_eq!(s(""), None);
     }
 
     #[test]

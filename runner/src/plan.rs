@@ -87,7 +87,10 @@ pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
         })
         .collect();
     if uses_selftests(&scenario.steps) {
-        files.extend(selftests::image_files_from(&p.kernel, p.kernel_src.as_deref())?);
+        files.extend(selftests::image_files_from(
+            &p.kernel,
+            p.kernel_src.as_deref(),
+        )?);
     }
     let spec = ImageSpec {
         agent: p.agent.clone(),

@@ -239,6 +239,7 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
         &dir.join("events.jsonl"),
         &dir.join("vmm.log"),
     );
+    save_outputs(&dir, &record);
     let console =
         String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
     let judgement = verdict::judge(&record, &console);
@@ -253,6 +254,30 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
         vm_exit: record.vm_exit,
         guest: record.hello,
     })
+}
+
+/// Files the guest sent (`output` messages), written into the scenario's
+/// folder under a sanitised name; never outside it, never over a lab file.
+fn save_outputs(dir: &std::path::Path, record: &session::Record) {
+    for r in &record.messages {
+        if let arena_protocol::GuestMessage::Output { name, text } = &r.message {
+            let safe: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let reserved = ["console.log", "events.jsonl", "vmm.log"];
+            if safe.is_empty() || safe.starts_with('.') || reserved.contains(&safe.as_str()) {
+                continue;
+            }
+            let _ = arena_images::write_atomic(&dir.join(format!("guest-{safe}")), text.as_bytes());
+        }
+    }
 }
 
 /// `lab boot`: the default image, serial console on stdout.

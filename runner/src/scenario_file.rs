@@ -317,6 +317,14 @@ fn check_step(
                 "selftest steps are only allowed at the top level".into(),
             ));
         }
+        Step::Sysctl(c) => {
+            if c.file().is_none() {
+                return Err((
+                    field("path"),
+                    format!("{:?} is not a path below /proc/sys", c.path),
+                ));
+            }
+        }
         Step::Selftest(_) | Step::Sleep(_) => {}
     }
     for (j, child) in step.children().iter().enumerate() {

@@ -8,20 +8,43 @@ use common::*;
 #[test]
 fn arena_catalogue_passes_and_covers_every_family() {
     let results = scratch("catalogue");
-    let out = lab(&["run", "-j", "2", "--results", results.to_str().unwrap(), "scenarios/arena"]);
+    let out = lab(&[
+        "run",
+        "-j",
+        "2",
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/arena",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&results);
     let scenarios = s["scenarios"].as_array().unwrap();
     assert!(scenarios.len() >= 20, "only {} scenarios", scenarios.len());
-    for family in ["page_fault", "segv_on_fault", "bpf_alloc", "mmap_rules", "race"] {
+    for family in [
+        "page_fault",
+        "segv_on_fault",
+        "bpf_alloc",
+        "mmap_rules",
+        "race",
+    ] {
         assert!(
-            scenarios.iter().any(|sc| sc["tags"].as_array().unwrap().iter().any(|t| t == family)),
+            scenarios
+                .iter()
+                .any(|sc| sc["tags"].as_array().unwrap().iter().any(|t| t == family)),
             "no scenario tagged {family}"
         );
     }
     // Race scenarios report their seed and per-process outcomes.
-    let race = scenarios.iter().find(|sc| sc["name"] == "race-fault-same-pages").unwrap();
-    let step = race["steps"].as_array().unwrap().iter().find(|st| st["kind"] == "processes").unwrap();
+    let race = scenarios
+        .iter()
+        .find(|sc| sc["name"] == "race-fault-same-pages")
+        .unwrap();
+    let step = race["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["kind"] == "processes")
+        .unwrap();
     assert_eq!(step["data"]["workers"].as_array().unwrap().len(), 4);
     assert_eq!(step["data"]["seed"], s["seed"]);
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
@@ -33,16 +56,30 @@ fn flipped_expectation_fails_naming_expected_and_actual() {
     // sof-unallocated-sigsegv with the expectation flipped: a touch of an
     // unallocated page of a segv_on_fault arena expected to succeed.
     let dir = scratch("flipped");
-    let original = std::fs::read_to_string(root().join("scenarios/arena/sof-unallocated-sigsegv.yaml")).unwrap();
+    let original =
+        std::fs::read_to_string(root().join("scenarios/arena/sof-unallocated-sigsegv.yaml"))
+            .unwrap();
     let flipped = original
         .replace("name: sof-unallocated-sigsegv", "name: flipped")
-        .replacen("  - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }", "  - touch: { arena: a, page: 0, op: read }", 1);
-    assert_ne!(flipped, original.replace("name: sof-unallocated-sigsegv", "name: flipped"));
+        .replacen(
+            "  - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }",
+            "  - touch: { arena: a, page: 0, op: read }",
+            1,
+        );
+    assert_ne!(
+        flipped,
+        original.replace("name: sof-unallocated-sigsegv", "name: flipped")
+    );
     let f = scenario(&dir, "flipped", &flipped);
     let results = dir.join("results");
-    let out = lab(&["run", "--results", results.to_str().unwrap(), f.to_str().unwrap()]);
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    let reason = summary(&results)["scenarios"][0]["reason"].as_str().unwrap().to_owned();
+    let reason = first_reason(&results);
     assert!(reason.contains("expected the access at"), "{reason}");
     assert!(reason.contains("to succeed, got SIGSEGV at"), "{reason}");
 }
@@ -75,13 +112,50 @@ fn seed_is_recorded_and_reused() {
 #[test]
 fn upstream_selftests_every_subtest_is_a_testcase() {
     let results = scratch("selftests");
-    let out = lab(&["run", "--results", results.to_str().unwrap(), "scenarios/selftests"]);
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/selftests",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
     let cases = junit.matches("<testcase").count();
     assert!(cases >= 19, "{cases} testcases");
-    for t in ["arena_atomics/", "arena_htab/", "arena_list/", "verifier_arena/", "verifier_arena_large/"] {
-        assert!(junit.contains(&format!("name=\"{t}")), "no {t} subtest in junit");
+    for t in [
+        "arena_atomics/",
+        "arena_htab/",
+        "arena_list/",
+        "verifier_arena/",
+        "verifier_arena_large/",
+    ] {
+        assert!(
+            junit.contains(&format!("name=\"{t}")),
+            "no {t} subtest in junit"
+        );
     }
     assert!(junit.contains("failures=\"0\""));
+}
+
+#[test]
+fn failing_selftest_subtests_become_failing_testcases_with_their_log() {
+    // Arena programs need the JIT: with it off, the upstream tests fail for real.
+    let (out, results) = run_yaml(
+        "selftests-nojit",
+        "name: selftests-nojit\nsteps:\n  - sysctl: { path: net.core.bpf_jit_enable, value: \"0\" }\n  - selftest: { tests: [arena_list] }\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
+    let case = junit
+        .split("<testcase ")
+        .find(|c| c.contains("name=\"arena_list/arena_list_1\""))
+        .expect("arena_list_1 testcase");
+    assert!(case.contains("<failure"), "{case}");
+    assert!(case.contains("JIT is required"), "{case}");
+    let raw = std::fs::read_to_string(results.join("latest/selftests-nojit/guest-test_progs.log"))
+        .unwrap();
+    assert!(
+        raw.contains("#1/1") || raw.contains("arena_list/arena_list_1:FAIL"),
+        "{raw}"
+    );
 }

@@ -50,3 +50,26 @@ pub fn summary(results: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(results.join("latest/summary.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// Write `yaml` as a scenario in a fresh scratch dir, run it with `lab run`
+/// and return the output and the results directory.
+pub fn run_yaml(test: &str, yaml: &str) -> (Output, PathBuf) {
+    let dir = scratch(test);
+    let f = scenario(&dir, test, yaml);
+    let results = dir.join("results");
+    let out = lab(&[
+        "run",
+        "--results",
+        results.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
+    (out, results)
+}
+
+/// The reason of the first scenario in the latest run.
+pub fn first_reason(results: &Path) -> String {
+    summary(results)["scenarios"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

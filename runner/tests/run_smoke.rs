@@ -49,19 +49,10 @@ fn smoke_scenarios_pass_with_junit_and_console_logs() {
 
 #[test]
 fn wrong_expectation_fails_with_expected_vs_actual() {
-    let dir = scratch("wrong");
-    let f = scenario(
-        &dir,
+    let (out, results) = run_yaml(
         "wrong",
         "name: wrong-expectation\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 1, op: write, value: 2 }\n  - touch: { arena: a, page: 1, op: read, expect: { value: 1 } }\n",
     );
-    let results = dir.join("results");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        f.to_str().unwrap(),
-    ]);
     assert_eq!(out.status.code(), Some(1));
     let s = summary(&results);
     let sc = &s["scenarios"][0];
@@ -77,43 +68,25 @@ fn wrong_expectation_fails_with_expected_vs_actual() {
 fn crashing_step_is_reported_not_lost() {
     // A touch far beyond a plain arena's mapping kills the agent's worker
     // (the access runs in the worker itself): the verdict says so.
-    let dir = scratch("crash");
-    let f = scenario(
-        &dir,
+    let (out, results) = run_yaml(
         "crash",
         "name: crash\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 2, op: write }\n  - touch: { arena: a, page: 100000, op: read }\n",
     );
-    let results = dir.join("results");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        f.to_str().unwrap(),
-    ]);
     assert_eq!(out.status.code(), Some(1));
-    let reason = summary(&results)["scenarios"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(reason.contains("agent worker killed by signal 11 (SIGSEGV)"), "{reason}");
+    let reason = first_reason(&results);
+    assert!(
+        reason.contains("agent worker killed by signal 11 (SIGSEGV)"),
+        "{reason}"
+    );
     assert!(reason.contains("during step 3 (touch)"), "{reason}");
 }
 
 #[test]
 fn hanging_step_times_out_and_keeps_the_console_log() {
-    let dir = scratch("hang");
-    let f = scenario(
-        &dir,
+    let (out, results) = run_yaml(
         "hang",
         "name: hang\ntimeout_s: 3\nsteps:\n  - sleep: { ms: 600000 }\n",
     );
-    let results = dir.join("results");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        f.to_str().unwrap(),
-    ]);
     assert_eq!(out.status.code(), Some(1));
     let s = summary(&results);
     let sc = &s["scenarios"][0];

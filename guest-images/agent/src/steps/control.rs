@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use arena_protocol::scenario::{KernelLogStep, RepeatStep, SleepStep};
+use arena_protocol::scenario::{KernelLogStep, RepeatStep, SleepStep, SysctlStep};
 
 use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
 
@@ -11,6 +11,17 @@ use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
 pub fn sleep(s: &SleepStep) -> StepResult {
     std::thread::sleep(Duration::from_millis(s.ms));
     Ok(Outcome::said(format!("slept {} ms", s.ms)))
+}
+
+/// `sysctl:` step.
+pub fn sysctl(s: &SysctlStep) -> StepResult {
+    let file = s
+        .file()
+        .ok_or_else(|| StepError::Error(format!("bad sysctl path {:?}", s.path)))?;
+    std::fs::write(&file, &s.value)
+        .map_err(|e| StepError::Error(format!("writing {:?} to {file}: {e}", s.value)))?;
+    let now = std::fs::read_to_string(&file).unwrap_or_default();
+    Ok(Outcome::said(format!("{file} = {}", now.trim())))
 }
 
 /// `repeat:` step.

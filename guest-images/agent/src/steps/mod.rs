@@ -27,6 +27,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::UserWalk(s) => bpf::walk(ctx, s),
         Step::Processes(s) => parallel::processes(ctx, s),
         Step::Threads(s) => parallel::threads(ctx, s),
+        Step::Sysctl(s) => control::sysctl(s),
         Step::Sleep(s) => control::sleep(s),
         Step::Repeat(s) => control::repeat(ctx, s),
         Step::ExpectKernelLog(s) => control::kernel_log_step(s),

@@ -18,6 +18,8 @@ use crate::executor::{Outcome, StepError, StepResult};
 pub const TEST_PROGS: &str = "/selftests/test_progs";
 /// Log lines kept per test (the tail).
 const MAX_LOG_LINES: usize = 200;
+/// Bytes of raw `test_progs` output sent to the host (`test_progs.log`).
+const MAX_OUTPUT_BYTES: usize = 2 << 20;
 
 /// One parsed result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Parser {
     in_recap: bool,
     /// Test numbers that had subtests (their aggregate line is not a testcase).
     with_subtests: Vec<u32>,
+    /// Test numbers with a failing subtest (their aggregate FAIL is explained).
+    with_failed_subtests: Vec<u32>,
     /// The last lines seen, for crash reports.
     pub tail: Vec<String>,
 }
@@ -86,7 +90,12 @@ impl Parser {
             if !self.with_subtests.contains(&test) {
                 self.with_subtests.push(test);
             }
-        } else if self.with_subtests.contains(&test) && status != StepStatus::Fail {
+            if status == StepStatus::Fail && !self.with_failed_subtests.contains(&test) {
+                self.with_failed_subtests.push(test);
+            }
+        } else if self.with_subtests.contains(&test)
+            && (status != StepStatus::Fail || self.with_failed_subtests.contains(&test))
+        {
             // The aggregate line of a test whose subtests were reported.
             return None;
         } else if self.with_subtests.contains(&test) {
@@ -152,8 +161,13 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     let reader = BufReader::new(unsafe { std::fs::File::from_raw_fd(rx) });
     let mut parser = Parser::default();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut output = String::new();
     for line in reader.lines() {
         let Ok(line) = line else { break };
+        if output.len() + line.len() < MAX_OUTPUT_BYTES {
+            output.push_str(&line);
+            output.push('\n');
+        }
         if let Some(r) = parser.line(&line) {
             match r.status {
                 StepStatus::Pass => passed += 1,
@@ -169,6 +183,10 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     }
     let status = child.wait().map_err(|e| StepError::Error(e.to_string()))?;
     let timed_out = watchdog.join().unwrap_or(false);
+    channel.send(&GuestMessage::Output {
+        name: "test_progs.log".into(),
+        text: output,
+    });
     let summary = format!("{passed} passed, {failed} failed, {skipped} skipped");
     let tail = parser.tail.join("\n");
     if timed_out {
@@ -244,6 +262,41 @@ Summary: 0/1 PASSED, 0 SKIPPED, 1 FAILED";
         assert_eq!(r[1].status, StepStatus::Fail);
         assert!(r[1].log.contains("actual 1 != expected 2"));
         assert!(r[1].log.contains("skeleton open"));
+    }
+
+    /// Recorded in a 6.12.117 guest: `sysctl net.core.bpf_jit_enable=0`, then
+    /// `test_progs -t arena_atomics -t arena_list` (arena programs need the JIT).
+    const RECORDED_FAILING_RUN: &str = include_str!("../../testdata/test_progs-6.12.117-nojit.txt");
+
+    #[test]
+    fn recorded_failing_run_gives_failing_testcases_with_their_logs() {
+        let r = parse_all(RECORDED_FAILING_RUN);
+        let names: Vec<_> = r.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "arena_atomics",
+                "arena_list/arena_list_1",
+                "arena_list/arena_list_1000"
+            ],
+            "the recap after 'All error logs:' must not add testcases"
+        );
+        assert!(r.iter().all(|t| t.status == StepStatus::Fail));
+        // Test without subtests: its setup failure log is its failure text.
+        assert!(
+            r[0].log.contains("JIT is required to use arena"),
+            "{}",
+            r[0].log
+        );
+        assert!(r[0].log.contains("skeleton load unexpected error: -95"));
+        // Each failing subtest carries its own log, not the previous test's.
+        assert!(r[1]
+            .log
+            .contains("JIT is required for calling kernel function"));
+        assert!(r[1]
+            .log
+            .contains("arena_list__open_and_load unexpected error: -524"));
+        assert!(!r[1].log.contains("arena_atomics"));
     }
 
     #[test]
