@@ -37,6 +37,9 @@ use crate::{cache, io_err, run_tool, sha256_file, sha256_hex, write_atomic, Imag
 const LAYOUT: &str = "arena-selftests-v1";
 /// Guest directory of the selftests; `test_progs` runs with it as cwd.
 pub const GUEST_DIR: &str = "selftests";
+/// Where shared libraries go in the guest (a default search directory of the
+/// x86_64 glibc loader).
+const GUEST_LIB_DIR: &str = "lib/x86_64-linux-gnu";
 /// The selftests directory inside a kernel tree.
 const BPF_DIR: &str = "tools/testing/selftests/bpf";
 /// Parts of a kernel tree the build reads (`disasm.c` links into
@@ -89,10 +92,24 @@ pub fn image_files_from(kernel: &Kernel, kernel_src: Option<&Path>) -> Result<Ve
             mode: 0o644,
         });
     }
+    let bytes = fs::read(&b.test_progs).map_err(io_err(&b.test_progs))?;
+    let interp = interpreter(&bytes);
     for lib in shared_libraries(&b.test_progs)? {
         let real = fs::canonicalize(&lib).map_err(io_err(&lib))?;
+        // The loader keeps its own path (PT_INTERP); every other library goes
+        // into a directory the guest's loader searches by default, whatever
+        // odd place the host resolved it from.
+        let guest_path = if interp.as_deref() == lib.to_str() {
+            lib.to_string_lossy().trim_start_matches('/').to_owned()
+        } else {
+            let name = lib
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{GUEST_LIB_DIR}/{name}")
+        };
         files.push(ImageFile {
-            guest_path: lib.to_string_lossy().trim_start_matches('/').to_owned(),
+            guest_path,
             host_path: real,
             mode: 0o755,
         });
@@ -905,7 +922,14 @@ fn trim(bpf: &Path) -> Result<Trimmed> {
 /// The shared libraries (with the dynamic loader) a binary loads, as `ldd`
 /// resolves them: absolute paths under which the loader finds them.
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = run_tool(Command::new("ldd").arg(binary))?;
+    // Resolve as the guest will: without the caller's library path (cargo
+    // sets LD_LIBRARY_PATH to build directories while running tests).
+    let out = run_tool(
+        Command::new("ldd")
+            .arg(binary)
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("LD_PRELOAD"),
+    )?;
     let mut libs =
         parse_ldd(&String::from_utf8_lossy(&out.stdout)).map_err(|missing| ImageError::Tool {
             command: format!("ldd {}", binary.display()),
