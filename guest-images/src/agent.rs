@@ -56,6 +56,20 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
     Some(newest)
 }
 
+/// Whether [`ensure_built`] will have to compile the agent.
+pub fn needs_build() -> bool {
+    if std::env::var_os(AGENT_ENV).is_some() {
+        return false;
+    }
+    let built = std::fs::metadata(agent_path())
+        .and_then(|m| m.modified())
+        .ok();
+    match (built, newest_source(&workspace_root())) {
+        (Some(built), Some(src)) => built < src,
+        _ => true,
+    }
+}
+
 /// The agent binary, built first if it is missing or older than its sources.
 pub fn ensure_built() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(AGENT_ENV) {
@@ -63,11 +77,8 @@ pub fn ensure_built() -> Result<PathBuf> {
     }
     let root = workspace_root();
     let bin = agent_path();
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    if let (Some(built), Some(src)) = (built, newest_source(&root)) {
-        if built >= src {
-            return Ok(bin);
-        }
+    if !needs_build() {
+        return Ok(bin);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_tool(

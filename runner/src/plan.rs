@@ -40,12 +40,23 @@ pub struct Prepared {
 pub fn kernel(user: Option<&PathBuf>, modules: Option<&PathBuf>) -> anyhow::Result<Kernel> {
     Ok(match user {
         Some(p) => Kernel::from_user_file(p, modules.map(PathBuf::as_path))?,
-        None => debian::default_kernel()?,
+        None => {
+            if debian::cached().is_none() {
+                eprintln!(
+                    "lab: fetching Debian's newest {} kernel (first run)",
+                    debian::SERIES
+                );
+            }
+            debian::default_kernel()?
+        }
     })
 }
 
 /// Build the agent, resolve modules and compile BPF objects.
 pub fn prepare(kernel: Kernel, kernel_src: Option<PathBuf>) -> anyhow::Result<Prepared> {
+    if agent::needs_build() {
+        eprintln!("lab: building the guest agent (static, with libbpf); first run takes a minute");
+    }
     let agent = agent::ensure_built()?;
     let modules = match &kernel.modules {
         Some(dir) => {

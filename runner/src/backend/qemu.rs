@@ -40,7 +40,12 @@ const TSC_SAMPLE: Duration = Duration::from_millis(10);
 /// Under TCG the guest's TSC is the host's. The kernel calibrates its TSC
 /// against the PIT in a short window; on a loaded host that fails, the TSC is
 /// marked unstable and the boot can hang. Telling the kernel the frequency
-/// (`tsc_early_khz=`) makes the boot deterministic.
+/// (`tsc_early_khz=`) makes the boot deterministic. For the same reason the
+/// TSC is declared reliable (`tsc=reliable`): on a loaded host the clocksource
+/// watchdog otherwise finds it "unstable after boot", and the resulting
+/// sched_clock static-key flip patches live kernel text with int3, which
+/// multi-threaded TCG does not always survive (seen: `Oops: int3` in
+/// `sched_clock_cpu`).
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: OnceLock<Option<u64>> = OnceLock::new();
     *KHZ.get_or_init(|| {
@@ -86,7 +91,7 @@ impl Backend for Qemu {
         match (self.accel, host_tsc_khz()) {
             (Accel::Tcg, Some(khz)) => c
                 .arg("-append")
-                .arg(format!("{} tsc_early_khz={khz}", spec.cmdline)),
+                .arg(format!("{} tsc_early_khz={khz} tsc=reliable", spec.cmdline)),
             _ => c.args(["-append", &spec.cmdline]),
         };
         if let Some(initrd) = &spec.initrd {
@@ -141,7 +146,7 @@ mod tests {
         assert!(joined.contains("-initrd /i.cpio.zst"));
         if let Some(khz) = host_tsc_khz() {
             assert!(
-                joined.contains(&format!("console=ttyS0 tsc_early_khz={khz}")),
+                joined.contains(&format!("console=ttyS0 tsc_early_khz={khz} tsc=reliable")),
                 "{joined}"
             );
         }
