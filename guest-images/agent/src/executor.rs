@@ -3,6 +3,7 @@
 //! scenario's deadline.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,24 @@ use arena_protocol::{GuestMessage, Scenario, StepStatus};
 
 use crate::channel::Channel;
 use crate::steps;
+
+/// Where the worker hands its verdict to PID 1, which sends it as `done`
+/// only once the worker has exited (so map teardown happens before it).
+static VERDICT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Set the pipe the worker's verdict goes to.
+pub fn set_verdict_fd(fd: i32) {
+    VERDICT_FD.store(fd, Ordering::Relaxed);
+}
+
+/// Hand the scenario's verdict to PID 1 (one `done` message as a JSON line).
+pub fn verdict(status: StepStatus, reason: String) {
+    let mut line = serde_json::to_vec(&GuestMessage::Done { status, reason }).unwrap_or_default();
+    line.push(b'\n');
+    let fd = VERDICT_FD.load(Ordering::Relaxed);
+    // SAFETY: writing a local buffer to our pipe (a short, atomic write).
+    unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+}
 
 /// What a step did and saw.
 #[derive(Debug, Default)]
@@ -173,19 +192,13 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
                     duration_ms,
                     data: serde_json::Value::Null,
                 });
-                channel.send(&GuestMessage::Done {
-                    status: e.status(),
-                    reason: format!("step {path} ({kind}): {}", e.text()),
-                });
+                verdict(e.status(), format!("step {path} ({kind}): {}", e.text()));
                 return false;
             }
         }
     }
     progress.lock().expect("lock").finished = true;
-    channel.send(&GuestMessage::Done {
-        status: StepStatus::Pass,
-        reason: String::new(),
-    });
+    verdict(StepStatus::Pass, String::new());
     true
 }
 
@@ -212,10 +225,10 @@ fn spawn_watchdog(channel: &'static Channel, deadline: Instant, progress: Arc<Mu
             duration_ms: started.elapsed().as_millis() as u64,
             data: serde_json::Value::Null,
         });
-        channel.send(&GuestMessage::Done {
-            status: StepStatus::Timeout,
-            reason: format!("step {path} ({kind}): {detail}"),
-        });
+        verdict(
+            StepStatus::Timeout,
+            format!("step {path} ({kind}): {detail}"),
+        );
         channel.drain();
         // SAFETY: ending the worker process; PID 1 powers the VM off.
         unsafe { libc::_exit(3) };

@@ -55,20 +55,39 @@ fn main() {
     boot::power_off();
 }
 
+/// The `done` message the worker left in the verdict pipe, if any.
+fn read_verdict(fd: i32) -> Option<GuestMessage> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut bytes = Vec::new();
+    // SAFETY: we own fd. Non-blocking: a wedged worker may still hold the
+    // write end; whatever it wrote is already in the pipe.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    // SAFETY: as above; File closes fd.
+    let _ = unsafe { std::fs::File::from_raw_fd(fd) }.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
 /// Run `work` in a forked worker and report how it ended if it did not say
 /// `done` itself (crash, kill, or no end by `deadline`).
 fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) {
     let (crash_rx, crash_tx) = sys::pipe().expect("pipe");
+    let (verdict_rx, verdict_tx) = sys::pipe().expect("pipe");
     // SAFETY: fork in a single-threaded PID 1; the child only runs `work` and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         sys::close(crash_rx);
+        sys::close(verdict_rx);
         crash::install(crash_tx);
+        executor::set_verdict_fd(verdict_tx);
         let passed = work();
         // SAFETY: plain exit of the worker.
         unsafe { libc::_exit(if passed { 0 } else { 1 }) };
     }
     sys::close(crash_tx);
+    sys::close(verdict_tx);
     if pid < 0 {
         channel.send(&GuestMessage::Done {
             status: StepStatus::Error,
@@ -87,7 +106,18 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
         }
     };
     match status {
-        Some(st) if libc::WIFEXITED(st) => {} // the worker sent `done` itself
+        Some(st) if libc::WIFEXITED(st) => {
+            // The worker is gone, and with it its maps and mappings: only now
+            // is the scenario over (teardown splats land before `done`).
+            let done = read_verdict(verdict_rx).unwrap_or_else(|| GuestMessage::Done {
+                status: StepStatus::Error,
+                reason: format!(
+                    "agent worker exited ({}) without a verdict",
+                    sys::describe_status(st)
+                ),
+            });
+            channel.send(&done);
+        }
         Some(st) => {
             let sig = libc::WTERMSIG(st);
             let fault = crash::read_report(crash_rx);
@@ -105,10 +135,12 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
         None => {
             // SAFETY: killing our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            channel.send(&GuestMessage::Done {
+            // Its watchdog may have said which step hung before it got stuck.
+            let done = read_verdict(verdict_rx).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Timeout,
                 reason: "worker did not finish within the scenario timeout".into(),
             });
+            channel.send(&done);
         }
     }
 }
