@@ -1,9 +1,14 @@
-//! `lab bench`: wall time of `lab run` on a trivial scenario against a raw
-//! QEMU boot of the same kernel measured in the same session: QEMU microvm
-//! with a busybox initramfs whose /init prints a line and powers off (the
-//! "boot a kernel, run one command, exit" reference). Reports medians and
-//! the ratio; asserts nothing about wall-clock time.
+//! `lab bench`: wall time of `lab run` on a trivial scenario against raw QEMU
+//! boots of the same kernel measured in the same session, alternating:
+//! - QEMU microvm with a busybox initramfs whose /init prints a line and
+//!   powers off (the "boot a kernel, run one command, exit" reference);
+//! - QEMU microvm with the lab's own initramfs, from spawn to the agent's
+//!   hello on the virtio console (the VM is then killed).
+//!
+//! Reports medians and ratios; asserts nothing about wall-clock time.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -45,6 +50,33 @@ fn busybox_image(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Spawn QEMU on `spec` (with a results socket) and time it to the first
+/// line the agent sends (its hello); the VM is killed afterwards.
+fn raw_to_hello(qemu: &Qemu, spec: &VmSpec, sock: &Path) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_file(sock);
+    let listener = UnixListener::bind(sock)?;
+    let mut spec = spec.clone();
+    spec.channel = Some(sock.to_owned());
+    let t = Instant::now();
+    let mut child = qemu
+        .command(&spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (stream, _) = listener.accept()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let elapsed = t.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    anyhow::ensure!(
+        line.contains("\"hello\""),
+        "expected the agent's hello, got {line:?}"
+    );
+    Ok(elapsed)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -74,6 +106,14 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         console: Console::File(dir.join("raw-console.log")),
         channel: None,
     };
+    let prepared = plan::prepare(kernel.clone(), None).map_err(infra)?;
+    let lab_image = plan::image(&prepared, &crate::run::trivial_scenario()).map_err(infra)?;
+    let hello_spec = VmSpec {
+        initrd: Some(lab_image),
+        cmdline: plan::BASE_CMDLINE.into(),
+        console: Console::File(dir.join("hello-console.log")),
+        ..raw_spec.clone()
+    };
     let exe = std::env::current_exe().map_err(infra)?;
     let lab = |results: &Path| {
         let mut c = Command::new(&exe);
@@ -96,7 +136,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     if !warm.success() {
         return Err(infra(anyhow::anyhow!("warm-up `lab run` failed ({warm})")));
     }
-    let (mut raw_t, mut lab_t) = (Vec::new(), Vec::new());
+    let (mut raw_t, mut lab_t, mut hello_t) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds.max(1) {
         let t = Instant::now();
         let st = qemu
@@ -111,6 +151,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         if !st.success() || !marker.contains("arena-bench-marker") {
             return Err(infra(anyhow::anyhow!("raw QEMU run {round} failed ({st})")));
         }
+        hello_t.push(raw_to_hello(&qemu, &hello_spec, &dir.join("hello.sock")).map_err(infra)?);
         let t = Instant::now();
         let st = lab(&dir.join(format!("r{round}")))
             .status()
@@ -125,6 +166,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         lab_t.iter().cloned().fold(f64::MAX, f64::min),
     );
     let (raw_med, lab_med) = (median(&mut raw_t), median(&mut lab_t));
+    let hello_med = median(&mut hello_t);
     println!(
         "kernel: {} ({})",
         kernel.release,
@@ -132,8 +174,13 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     );
     println!("accelerator: {}", qemu.accelerator());
     println!("raw qemu (busybox, echo + poweroff): min {raw_min:.3} s, median {raw_med:.3} s");
+    println!("raw qemu (lab image, spawn to agent hello): median {hello_med:.3} s");
     println!("lab run (trivial scenario, whole CLI): min {lab_min:.3} s, median {lab_med:.3} s");
-    println!("ratio lab/raw (median): {:.3}", lab_med / raw_med);
+    println!("ratio lab/raw busybox (median): {:.3}", lab_med / raw_med);
+    println!(
+        "ratio lab/raw to hello (median): {:.3}",
+        lab_med / hello_med
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(exit::PASS)
 }

@@ -33,7 +33,7 @@ impl Qemu {
 }
 
 /// How long the host TSC is sampled to learn its frequency.
-const TSC_SAMPLE: Duration = Duration::from_millis(10);
+const TSC_SAMPLE: Duration = Duration::from_millis(50);
 
 /// The host's TSC frequency in kHz, if the TSC is invariant.
 ///
@@ -46,22 +46,42 @@ const TSC_SAMPLE: Duration = Duration::from_millis(10);
 /// sched_clock static-key flip patches live kernel text with int3, which
 /// multi-threaded TCG does not always survive (seen: `Oops: int3` in
 /// `sched_clock_cpu`).
+/// Measured once per host boot and kept in the cache (`host-tsc-khz`,
+/// keyed by the boot id), since sampling takes [`TSC_SAMPLE`].
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: OnceLock<Option<u64>> = OnceLock::new();
     *KHZ.get_or_init(|| {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
-        if !flags.split_whitespace().any(|f| f == "constant_tsc") {
-            return None;
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let file = arena_images::cache::root().join("host-tsc-khz");
+        if let Some((id, khz)) = std::fs::read_to_string(&file).ok().and_then(|t| {
+            t.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.trim().parse().ok()))
+        }) {
+            if id == boot_id.trim() {
+                return khz;
+            }
         }
-        // SAFETY: rdtsc has no preconditions on x86_64.
-        let (t0, c0) = (Instant::now(), unsafe { std::arch::x86_64::_rdtsc() });
-        std::thread::sleep(TSC_SAMPLE);
-        // SAFETY: as above.
-        let (c1, dt) = (unsafe { std::arch::x86_64::_rdtsc() }, t0.elapsed());
-        let khz = (c1.wrapping_sub(c0) as f64 / dt.as_secs_f64() / 1000.0) as u64;
-        (100_000..20_000_000).contains(&khz).then_some(khz)
+        let khz = measure_tsc_khz();
+        if let Some(k) = khz {
+            let _ = arena_images::write_atomic(&file, format!("{} {k}", boot_id.trim()).as_bytes());
+        }
+        khz
     })
+}
+
+fn measure_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+        return None;
+    }
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    let (t0, c0) = (Instant::now(), unsafe { std::arch::x86_64::_rdtsc() });
+    std::thread::sleep(TSC_SAMPLE);
+    // SAFETY: as above.
+    let (c1, dt) = (unsafe { std::arch::x86_64::_rdtsc() }, t0.elapsed());
+    let khz = (c1.wrapping_sub(c0) as f64 / dt.as_secs_f64() / 1000.0) as u64;
+    (100_000..20_000_000).contains(&khz).then_some(khz)
 }
 
 impl Backend for Qemu {
