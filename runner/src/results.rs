@@ -42,6 +42,10 @@ pub struct ScenarioSummary {
     pub vm_exit: String,
     /// The agent's hello.
     pub guest: Option<Hello>,
+    /// Set when the first boot died before the agent's hello and the VM was
+    /// booted again: how the first attempt ended (its logs: `attempt1-*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_after: Option<String>,
 }
 
 /// The whole run.
@@ -308,6 +312,7 @@ mod tests {
                 duration_s: 2.0,
                 vm_exit: String::new(),
                 guest: None,
+                retried_after: None,
             })
             .collect();
         let mut s = Summary {

@@ -191,8 +191,12 @@ fn finish(child: &mut Child, expect_exit: bool) -> String {
         }
         if Instant::now() >= until {
             let _ = child.kill();
-            let st = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return format!("killed by the runner ({st})");
+            return match child.wait() {
+                // It ended on its own just before the kill landed.
+                Ok(st) if st.code().is_some() => format!("exited: {st}"),
+                Ok(st) => format!("killed by the runner ({st})"),
+                Err(e) => format!("killed by the runner (wait: {e})"),
+            };
         }
         std::thread::sleep(TICK);
     }
@@ -263,7 +267,15 @@ fn drive(
             return End::NoHello(format!("expected hello, the guest sent {other:?}"))
         }
         Ok(Event::Bad(why)) => return End::NoHello(format!("garbage before hello: {why}")),
-        Ok(Event::Eof) => return End::NoHello("results channel closed before hello".into()),
+        Ok(Event::Eof) => {
+            // The guest is going down (a boot-time panic reboots it): let the
+            // VM end on its own so its exit is recorded as such.
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until && exited(child).is_none() {
+                std::thread::sleep(TICK);
+            }
+            return End::NoHello("results channel closed before hello".into());
+        }
         Err(Wait::Exited(st)) => {
             return End::NoHello(format!("the VM exited ({st}) before the agent said hello"))
         }

@@ -136,3 +136,26 @@ fn a_kernel_that_is_not_a_kernel_exits_3() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a Linux kernel image"), "{stderr}");
 }
+
+#[test]
+fn a_kernel_dying_before_hello_is_retried_once_then_infrastructure() {
+    // No such init: the kernel panics during boot, every time.
+    let results = scratch("boot-panic");
+    let out = lab(&[
+        "run",
+        "--append",
+        "rdinit=/nonexistent",
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/smoke/arena-mmap-readback.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let sc = &summary(&results)["scenarios"][0];
+    assert_eq!(sc["verdict"], "error");
+    assert!(sc["retried_after"].as_str().unwrap().contains("NoHello"));
+    let dir = results.join("latest/arena-mmap-readback");
+    let first = std::fs::read_to_string(dir.join("attempt1-console.log")).unwrap();
+    assert!(first.contains("Kernel panic"), "{first}");
+    let second = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(second.contains("Kernel panic"));
+}
