@@ -33,16 +33,7 @@ fn toolchain_fingerprint(clang: &str) -> Result<String> {
         detail: "not found in PATH (install clang-19 or set ARENA_LAB_CLANG)".into(),
     })?;
     let real = std::fs::canonicalize(&path).map_err(io_err(&path))?;
-    let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Ok(sha256_hex(
-        format!("{} {} {mtime}", real.display(), meta.len()).as_bytes(),
-    ))
+    crate::file_fingerprint(&real)
 }
 
 /// Compile every `*.bpf.c` in `src` (with `src/include` on the include path);

@@ -118,14 +118,7 @@ impl ImageSpec {
 /// Decompress an `.xz` file with the `xz` tool, cached by the file's path,
 /// size and mtime (`modules/` in the cache).
 fn unxz(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let key = sha256_hex(format!("{} {} {mtime}", path.display(), meta.len()).as_bytes());
+    let key = crate::file_fingerprint(path)?;
     let cached = cache::dir("modules")?.join(format!("{}.ko", &key[..24]));
     if let Ok(data) = std::fs::read(&cached) {
         return Ok(data);

@@ -101,6 +101,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A cheap identity of a file for cache keys: hex sha256 of its path, size
+/// and modification time (content is not read).
+pub fn file_fingerprint(path: &std::path::Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(sha256_hex(
+        format!("{} {} {mtime}", path.display(), meta.len()).as_bytes(),
+    ))
+}
+
 /// Write `data` to `path` atomically (temp file in the same directory, then rename).
 pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));

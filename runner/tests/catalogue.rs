@@ -55,7 +55,6 @@ fn arena_catalogue_passes_and_covers_every_family() {
 fn flipped_expectation_fails_naming_expected_and_actual() {
     // sof-unallocated-sigsegv with the expectation flipped: a touch of an
     // unallocated page of a segv_on_fault arena expected to succeed.
-    let dir = scratch("flipped");
     let original =
         std::fs::read_to_string(root().join("scenarios/arena/sof-unallocated-sigsegv.yaml"))
             .unwrap();
@@ -70,14 +69,7 @@ fn flipped_expectation_fails_naming_expected_and_actual() {
         flipped,
         original.replace("name: sof-unallocated-sigsegv", "name: flipped")
     );
-    let f = scenario(&dir, "flipped", &flipped);
-    let results = dir.join("results");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        f.to_str().unwrap(),
-    ]);
+    let (out, results) = run_yaml("flipped", &flipped);
     assert_eq!(out.status.code(), Some(1));
     let reason = first_reason(&results);
     assert!(reason.contains("expected the access at"), "{reason}");
