@@ -1,13 +1,6 @@
 /* PVH guest that reports the hvm_start_info it was given: magic, command
  * line, every memmap entry, the module list (initrd) and the RSDP. */
-    .text
-    .code32
-    .globl pvh_start
-    jmp pvh_start
-    .include "lib32.inc"
-    PVH_NOTE pvh_start
-pvh_start:
-    mov $0x80000, %esp
+    .include "pvh_head.inc"
     mov %ebx, %ebp              /* EBX = hvm_start_info */
     PRINT "magic="
     mov 0(%ebp), %eax

@@ -1,14 +1,7 @@
 /* PVH guest that executes int3 with an empty IDT. On hardware KVM this is
  * a triple fault; PVM's CPL0 emulator cannot deliver it and reports
  * KVM_EXIT_INTERNAL_ERROR, which is how a stock kernel dies there. */
-    .text
-    .code32
-    .globl pvh_start
-    jmp pvh_start
-    .include "lib32.inc"
-    PVH_NOTE pvh_start
-pvh_start:
-    mov $0x80000, %esp
+    .include "pvh_head.inc"
     lidt empty_idt
     int3
     jmp reset

@@ -1,14 +1,7 @@
 /* PVH guest that powers off the way Linux's acpi_power_off does on a
  * hardware-reduced platform: SLP_TYP=5 | SLP_EN to the FADT sleep control
  * register (I/O port 0x600). */
-    .text
-    .code32
-    .globl pvh_start
-    jmp pvh_start
-    .include "lib32.inc"
-    PVH_NOTE pvh_start
-pvh_start:
-    mov $0x80000, %esp
+    .include "pvh_head.inc"
     PRINT "powering off\n"
     mov $0x600, %dx
     mov $(5 << 2) | (1 << 5), %al

@@ -1,13 +1,6 @@
 /* PVH guest that triple faults: with an empty IDT, ud2 escalates to a
  * double and then a triple fault. */
-    .text
-    .code32
-    .globl pvh_start
-    jmp pvh_start
-    .include "lib32.inc"
-    PVH_NOTE pvh_start
-pvh_start:
-    mov $0x80000, %esp
+    .include "pvh_head.inc"
     PRINT "about to fault\n"
     lidt empty_idt
     ud2
