@@ -243,7 +243,7 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
     };
     let mut record = boot(spec.clone());
     let mut retried_after = None;
-    if died_before_hello(&record) {
+    if died_before_hello(&record, &console_log) {
         // One more boot, keeping the first attempt's files beside the new ones.
         for f in ["console.log", "events.jsonl", "vmm.log"] {
             let _ = std::fs::rename(dir.join(f), dir.join(format!("attempt1-{f}")));
@@ -277,9 +277,12 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
 /// during boot. Under multi-threaded TCG that happens now and then to stock
 /// kernels (a live text patch racing another vCPU: `Oops: int3`), so such a
 /// boot is tried once more; the summary records the retry and the first
-/// attempt's logs stay as `attempt1-*`. A boot that hangs is not retried.
-fn died_before_hello(record: &session::Record) -> bool {
-    record.hello.is_none() && record.vm_exit.starts_with("exited")
+/// attempt's logs stay as `attempt1-*`. A boot that hangs is not retried,
+/// nor one where the agent itself gave up (e.g. no virtio console driver).
+fn died_before_hello(record: &session::Record, console_log: &std::path::Path) -> bool {
+    let agent_gave_up =
+        std::fs::read_to_string(console_log).is_ok_and(|c| c.contains("arena-agent: FATAL"));
+    record.hello.is_none() && record.vm_exit.starts_with("exited") && !agent_gave_up
 }
 
 /// Files the guest sent (`output` messages), written into the scenario's

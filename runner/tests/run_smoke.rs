@@ -159,3 +159,26 @@ fn a_kernel_dying_before_hello_is_retried_once_then_infrastructure() {
     let second = std::fs::read_to_string(dir.join("console.log")).unwrap();
     assert!(second.contains("Kernel panic"));
 }
+
+#[test]
+fn a_kernel_without_its_virtio_modules_fails_fast_naming_the_driver() {
+    // Debian's bzImage as a "user kernel" without --modules: virtio_mmio is a
+    // module there, so the results channel can never appear.
+    let info = lab(&["kernel", "info"]);
+    assert_eq!(info.status.code(), Some(0));
+    let k: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let bzimage = k["bzimage"].as_str().unwrap().to_owned();
+    let results = scratch("no-modules");
+    let out = lab(&[
+        "run",
+        "--kernel",
+        &bzimage,
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/smoke/arena-mmap-readback.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("VIRTIO_MMIO"), "{stderr}");
+    assert!(summary(&results)["scenarios"][0]["retried_after"].is_null());
+}

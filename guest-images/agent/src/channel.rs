@@ -14,6 +14,17 @@ use crate::boot;
 
 /// Device node of the first virtio console port.
 const HVC: &str = "/dev/hvc0";
+/// Drivers the results channel needs, with what they are.
+const REQUIRED_DRIVERS: &[(&str, &str)] = &[
+    (
+        "/sys/bus/platform/drivers/virtio-mmio",
+        "virtio-mmio transport (VIRTIO_MMIO)",
+    ),
+    (
+        "/sys/bus/virtio/drivers/virtio_console",
+        "virtio console (VIRTIO_CONSOLE)",
+    ),
+];
 /// How long the port may take to appear after the virtio driver loads.
 const HVC_WAIT: Duration = Duration::from_secs(20);
 
@@ -24,8 +35,17 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Wait for `hvc0`, open it and switch it to raw mode.
+    /// Wait for `hvc0`, open it and switch it to raw mode. Fails at once
+    /// when the kernel has no driver that could ever create it.
     pub fn open_hvc() -> std::io::Result<Channel> {
+        for (driver, what) in REQUIRED_DRIVERS {
+            if !std::path::Path::new(driver).exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("the kernel has no {what} driver ({driver} is missing)"),
+                ));
+            }
+        }
         if !boot::wait_for(HVC, HVC_WAIT) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
