@@ -213,4 +213,21 @@ int htab_build(struct arena_args *ctx)
 	return built == ctx->arg[0] ? 0 : 1;
 }
 
+/*
+ * An arena global: libbpf places it in the arena itself (in the .addr_space.1
+ * section, relocated into the arena map), so user space sees it through its
+ * mapping of the arena.
+ */
+__u64 __arena arena_hits;
+
+/* arg0 amount: arena_hits += amount. out0 new value, out1 its user address. */
+SEC("syscall")
+int bump_global(struct arena_args *ctx)
+{
+	arena_hits += ctx->arg[0];
+	ctx->out[0] = arena_hits;
+	ctx->out[1] = (__u64)&arena_hits;
+	return 0;
+}
+
 char _license[] SEC("license") = "GPL";

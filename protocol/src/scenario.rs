@@ -89,6 +89,9 @@ pub enum Step {
     BpfRun(BpfRunStep),
     /// Walk a BPF-built data structure natively through the user mapping.
     UserWalk(UserWalkStep),
+    /// Read, through the user mapping, the u64 a program pointed at
+    /// (`out[i]` of the last `bpf_run`), e.g. an arena global.
+    ReadPointer(ReadPointerStep),
     /// Fork processes that each run a list of steps, released together.
     Processes(ParallelStep),
     /// Start threads (one mm) that each run a list of steps, released together.
@@ -118,6 +121,7 @@ impl Step {
             Step::BpfLoad(_) => "bpf_load",
             Step::BpfRun(_) => "bpf_run",
             Step::UserWalk(_) => "user_walk",
+            Step::ReadPointer(_) => "read_pointer",
             Step::Processes(_) => "processes",
             Step::Threads(_) => "threads",
             Step::Sysctl(_) => "sysctl",
@@ -402,6 +406,19 @@ pub struct UserWalkStep {
     pub expect_count: u64,
     /// Expected sum of the nodes' values.
     pub expect_sum: u64,
+}
+
+/// `read_pointer:` load the u64 at the user address in `out[out]` of the
+/// previous `bpf_run`; the address must lie inside the arena's mapping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadPointerStep {
+    /// Arena id (must be mapped in this process).
+    pub arena: String,
+    /// Which output word holds the address (0..4).
+    pub out: usize,
+    /// The value that must be there.
+    pub expect_value: u64,
 }
 
 /// `processes:` / `threads:` run `steps` in `count` workers.

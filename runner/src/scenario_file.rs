@@ -291,6 +291,12 @@ fn check_step(
             }
         }
         Step::UserWalk(w) => need_arena(&w.arena, arenas)?,
+        Step::ReadPointer(r) => {
+            need_arena(&r.arena, arenas)?;
+            if r.out > 3 {
+                return Err((field("out"), "must be 0..=3".into()));
+            }
+        }
         Step::Processes(p) | Step::Threads(p) => {
             if p.count == 0 || p.count > 256 {
                 return Err((field("count"), "must be 1..=256".into()));

@@ -5,7 +5,9 @@
 use std::ffi::CString;
 use std::sync::Arc;
 
-use arena_protocol::scenario::{BpfLoadStep, BpfRunStep, Structure, UserWalkStep, PAGE_SIZE};
+use arena_protocol::scenario::{
+    BpfLoadStep, BpfRunStep, ReadPointerStep, Structure, UserWalkStep, PAGE_SIZE,
+};
 use libbpf_sys as bpf;
 
 use super::check_errno;
@@ -269,6 +271,24 @@ pub fn walk(ctx: &mut Ctx, s: &UserWalkStep) -> StepResult {
         return Err(StepError::Fail(format!(
             "{what}; expected {} nodes, sum {}",
             s.expect_count, s.expect_sum
+        )));
+    }
+    Ok(Outcome::said(what))
+}
+
+/// `read_pointer:` step.
+pub fn read_pointer(ctx: &mut Ctx, s: &ReadPointerStep) -> StepResult {
+    let a = ctx.arena(&s.arena)?.clone();
+    let addr = *ctx
+        .last_out
+        .get(s.out)
+        .ok_or_else(|| StepError::Error(format!("out[{}] does not exist", s.out)))?;
+    let got = read_u64(&a, addr)?;
+    let what = format!("*out[{}] = *{addr:#x} = {got:#x}", s.out);
+    if got != s.expect_value {
+        return Err(StepError::Fail(format!(
+            "{what}; expected {:#x}",
+            s.expect_value
         )));
     }
     Ok(Outcome::said(what))

@@ -25,6 +25,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::BpfLoad(s) => bpf::load(ctx, s),
         Step::BpfRun(s) => bpf::run(ctx, s),
         Step::UserWalk(s) => bpf::walk(ctx, s),
+        Step::ReadPointer(s) => bpf::read_pointer(ctx, s),
         Step::Processes(s) => parallel::processes(ctx, s),
         Step::Threads(s) => parallel::threads(ctx, s),
         Step::Sysctl(s) => control::sysctl(s),
