@@ -72,10 +72,11 @@ fn cmdline(append: &str) -> String {
     }
 }
 
-fn pick_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, LabError> {
+/// The backend for `choice` and why it was picked (also printed).
+fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), LabError> {
     let (backend, why) = backend::select(choice).map_err(|e| infra(anyhow::anyhow!(e)))?;
     eprintln!("lab: backend {why}");
-    Ok(backend)
+    Ok((backend, why))
 }
 
 /// `lab run`.
@@ -84,9 +85,7 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
     let scenarios = scenario_file::load_paths(&args.paths)?;
     let kernel =
         plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
-    let backend = pick_backend(args.backend)?;
-    let (_, backend_reason) =
-        backend::select(args.backend).map_err(|e| infra(anyhow::anyhow!(e)))?;
+    let (backend, backend_reason) = pick_backend(args.backend)?;
     let prepared = plan::prepare(kernel, args.kernel.kernel_src.clone()).map_err(infra)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let run_dir = RunDir::create(&args.results).map_err(infra)?;
@@ -317,7 +316,7 @@ pub fn boot(
     append: &str,
 ) -> Result<u8, LabError> {
     let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
-    let backend = pick_backend(choice)?;
+    let (backend, _) = pick_backend(choice)?;
     let prepared = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
     let scenario = trivial_scenario();
     let image = plan::image(&prepared, &scenario).map_err(infra)?;
