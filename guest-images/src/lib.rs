@@ -120,10 +120,14 @@ pub fn file_fingerprint(path: &std::path::Path) -> Result<String> {
 pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Unique per call, not just per process: threads of one `lab run -j N`
+    // may write the same cache entry at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
@@ -139,6 +143,25 @@ mod tests {
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_of_one_path_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("arena-awc-{}", std::process::id()));
+        let p = dir.join("shared");
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(p, &[i; 64]).unwrap();
+                    }
+                });
+            }
+        });
+        let data = std::fs::read(&p).unwrap();
+        assert!(data.len() == 64 && data.iter().all(|b| *b == data[0]));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
