@@ -29,8 +29,9 @@ pub fn agent_path() -> PathBuf {
         .join("release/arena-agent")
 }
 
-/// Newest modification time of the files the agent is built from.
-fn newest_source(root: &Path) -> Option<SystemTime> {
+/// Newest modification time of the files the agent is built from (its crate,
+/// manifest included, and the protocol crate).
+fn newest_source(root: &Path) -> SystemTime {
     fn walk(dir: &Path, newest: &mut SystemTime) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -48,38 +49,22 @@ fn newest_source(root: &Path) -> Option<SystemTime> {
     for d in ["guest-images/agent", "protocol"] {
         walk(&root.join(d), &mut newest);
     }
-    for f in ["guest-images/agent/Cargo.toml"] {
-        if let Ok(m) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
-            newest = newest.max(m);
-        }
-    }
-    Some(newest)
+    newest
 }
 
-/// Whether [`ensure_built`] will have to compile the agent.
-pub fn needs_build() -> bool {
-    if std::env::var_os(AGENT_ENV).is_some() {
-        return false;
-    }
-    let built = std::fs::metadata(agent_path())
-        .and_then(|m| m.modified())
-        .ok();
-    match (built, newest_source(&workspace_root())) {
-        (Some(built), Some(src)) => built < src,
-        _ => true,
-    }
-}
-
-/// The agent binary, built first if it is missing or older than its sources.
-pub fn ensure_built() -> Result<PathBuf> {
+/// The agent binary, built first if it is missing or older than its
+/// sources; `on_build` runs just before a (slow) build starts.
+pub fn ensure_built(on_build: impl FnOnce()) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(AGENT_ENV) {
         return Ok(PathBuf::from(p));
     }
     let root = workspace_root();
     let bin = agent_path();
-    if !needs_build() {
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b >= newest_source(&root)) {
         return Ok(bin);
     }
+    on_build();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_tool(
         Command::new(cargo)

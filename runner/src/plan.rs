@@ -54,10 +54,9 @@ pub fn kernel(user: Option<&PathBuf>, modules: Option<&PathBuf>) -> anyhow::Resu
 
 /// Build the agent, resolve modules and compile BPF objects.
 pub fn prepare(kernel: Kernel, kernel_src: Option<PathBuf>) -> anyhow::Result<Prepared> {
-    if agent::needs_build() {
-        eprintln!("lab: building the guest agent (static, with libbpf); first run takes a minute");
-    }
-    let agent = agent::ensure_built()?;
+    let agent = agent::ensure_built(|| {
+        eprintln!("lab: building the guest agent (static, with libbpf); first run takes a minute")
+    })?;
     let modules = match &kernel.modules {
         Some(dir) => {
             let deps = ModuleDeps::load(dir)?;

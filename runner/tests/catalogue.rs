@@ -8,14 +8,7 @@ use common::*;
 #[test]
 fn arena_catalogue_passes_and_covers_every_family() {
     let results = scratch("catalogue");
-    let out = lab(&[
-        "run",
-        "-j",
-        "2",
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/arena",
-    ]);
+    let out = lab_run(&results, &["-j", "2", "scenarios/arena"]);
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&results);
     let scenarios = s["scenarios"].as_array().unwrap();
@@ -79,14 +72,14 @@ fn flipped_expectation_fails_naming_expected_and_actual() {
 #[test]
 fn seed_is_recorded_and_reused() {
     let results = scratch("seed");
-    let out = lab(&[
-        "run",
-        "--seed",
-        "4242",
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/arena/race-munmap-exit-while-faulting.yaml",
-    ]);
+    let out = lab_run(
+        &results,
+        &[
+            "--seed",
+            "4242",
+            "scenarios/arena/race-munmap-exit-while-faulting.yaml",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&results);
     assert_eq!(s["seed"], 4242);
@@ -104,12 +97,7 @@ fn seed_is_recorded_and_reused() {
 #[test]
 fn upstream_selftests_every_subtest_is_a_testcase() {
     let results = scratch("selftests");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/selftests",
-    ]);
+    let out = lab_run(&results, &["scenarios/selftests"]);
     assert_eq!(out.status.code(), Some(0));
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
     let cases = junit.matches("<testcase").count();

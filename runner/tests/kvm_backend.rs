@@ -19,14 +19,7 @@ fn smoke_scenarios_pass_on_the_own_vmm_with_hardware_kvm() {
         return;
     }
     let results = scratch("kvm-smoke");
-    let out = lab(&[
-        "run",
-        "--backend",
-        "kvm",
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/smoke",
-    ]);
+    let out = lab_run(&results, &["--backend", "kvm", "scenarios/smoke"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(summary(&results)["backend"], "kvm");
 }

@@ -8,12 +8,7 @@ use common::*;
 #[test]
 fn smoke_scenarios_pass_with_junit_and_console_logs() {
     let results = scratch("smoke");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/smoke",
-    ]);
+    let out = lab_run(&results, &["scenarios/smoke"]);
     assert_eq!(out.status.code(), Some(0));
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
     let smoke: Vec<_> = std::fs::read_dir(root().join("scenarios/smoke"))
@@ -108,12 +103,7 @@ fn malformed_yaml_exits_2_naming_file_and_line() {
     assert!(stderr.contains(&format!("{}:3", f.display())), "{stderr}");
     assert!(stderr.contains("frobnicate"), "{stderr}");
     // `run` refuses the same file before booting anything.
-    let out = lab(&[
-        "run",
-        "--results",
-        dir.join("r").to_str().unwrap(),
-        f.to_str().unwrap(),
-    ]);
+    let out = lab_run(&dir.join("r"), &[f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let out = lab(&["validate", dir.join("missing.yaml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -124,14 +114,10 @@ fn a_kernel_that_is_not_a_kernel_exits_3() {
     let dir = scratch("notkernel");
     let k = dir.join("bzImage");
     std::fs::write(&k, "definitely not a kernel").unwrap();
-    let out = lab(&[
-        "run",
-        "--kernel",
-        k.to_str().unwrap(),
-        "--results",
-        dir.join("r").to_str().unwrap(),
-        "scenarios/smoke",
-    ]);
+    let out = lab_run(
+        &dir.join("r"),
+        &["--kernel", k.to_str().unwrap(), "scenarios/smoke"],
+    );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a Linux kernel image"), "{stderr}");
@@ -141,14 +127,14 @@ fn a_kernel_that_is_not_a_kernel_exits_3() {
 fn a_kernel_dying_before_hello_is_retried_once_then_infrastructure() {
     // No such init: the kernel panics during boot, every time.
     let results = scratch("boot-panic");
-    let out = lab(&[
-        "run",
-        "--append",
-        "rdinit=/nonexistent",
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/smoke/arena-mmap-readback.yaml",
-    ]);
+    let out = lab_run(
+        &results,
+        &[
+            "--append",
+            "rdinit=/nonexistent",
+            "scenarios/smoke/arena-mmap-readback.yaml",
+        ],
+    );
     assert_eq!(out.status.code(), Some(3));
     let sc = &summary(&results)["scenarios"][0];
     assert_eq!(sc["verdict"], "error");
@@ -169,14 +155,14 @@ fn a_kernel_without_its_virtio_modules_fails_fast_naming_the_driver() {
     let k: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let bzimage = k["bzimage"].as_str().unwrap().to_owned();
     let results = scratch("no-modules");
-    let out = lab(&[
-        "run",
-        "--kernel",
-        &bzimage,
-        "--results",
-        results.to_str().unwrap(),
-        "scenarios/smoke/arena-mmap-readback.yaml",
-    ]);
+    let out = lab_run(
+        &results,
+        &[
+            "--kernel",
+            &bzimage,
+            "scenarios/smoke/arena-mmap-readback.yaml",
+        ],
+    );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("VIRTIO_MMIO"), "{stderr}");

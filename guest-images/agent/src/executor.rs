@@ -130,6 +130,17 @@ impl Ctx {
             a.mapped = false;
         }
     }
+
+    /// A copy for a thread of the same process (same mm, same fds).
+    pub fn clone_for_thread(&self, seed: u64) -> Ctx {
+        Ctx {
+            arenas: self.arenas.clone(),
+            objects: self.objects.clone(),
+            seed,
+            deadline: self.deadline,
+            last_out: self.last_out,
+        }
+    }
 }
 
 /// Run `steps` in order; the first failing step ends the list.
@@ -233,17 +244,4 @@ fn spawn_watchdog(channel: &'static Channel, deadline: Instant, progress: Arc<Mu
         // SAFETY: ending the worker process; PID 1 powers the VM off.
         unsafe { libc::_exit(3) };
     });
-}
-
-impl Ctx {
-    /// A copy for a thread of the same process (same mm, same fds).
-    pub fn clone_for_thread(&self, seed: u64) -> Ctx {
-        Ctx {
-            arenas: self.arenas.clone(),
-            objects: self.objects.clone(),
-            seed,
-            deadline: self.deadline,
-            last_out: self.last_out,
-        }
-    }
 }

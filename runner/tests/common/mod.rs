@@ -38,6 +38,13 @@ pub fn lab(args: &[&str]) -> Output {
     out
 }
 
+/// `lab run --results RESULTS ARGS...`.
+pub fn lab_run(results: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["run", "--results", results.to_str().unwrap()];
+    all.extend_from_slice(args);
+    lab(&all)
+}
+
 /// Write a scenario file.
 pub fn scenario(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let p = dir.join(format!("{name}.yaml"));
@@ -57,12 +64,7 @@ pub fn run_yaml(test: &str, yaml: &str) -> (Output, PathBuf) {
     let dir = scratch(test);
     let f = scenario(&dir, test, yaml);
     let results = dir.join("results");
-    let out = lab(&[
-        "run",
-        "--results",
-        results.to_str().unwrap(),
-        f.to_str().unwrap(),
-    ]);
+    let out = lab_run(&results, &[f.to_str().unwrap()]);
     (out, results)
 }
 

@@ -1,6 +1,8 @@
 /* PVH guest that reports the hvm_start_info it was given: magic, command
  * line, every memmap entry, the module list (initrd) and the RSDP. */
     .include "pvh_head.inc"
+pvh_start:
+    mov $0x80000, %esp
     mov %ebx, %ebp              /* EBX = hvm_start_info */
     PRINT "magic="
     mov 0(%ebp), %eax

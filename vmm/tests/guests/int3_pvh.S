@@ -2,6 +2,8 @@
  * a triple fault; PVM's CPL0 emulator cannot deliver it and reports
  * KVM_EXIT_INTERNAL_ERROR, which is how a stock kernel dies there. */
     .include "pvh_head.inc"
+pvh_start:
+    mov $0x80000, %esp
     lidt empty_idt
     int3
     jmp reset

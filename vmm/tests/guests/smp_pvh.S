@@ -4,12 +4,7 @@
  * shared bitmap at 0x7f00. The BSP waits (bounded by the TSC) until the
  * bitmap equals the mask given as 8 hex digits at the start of the command
  * line, prints it and resets. */
-    .text
-    .code32
-    .globl pvh_start
-    jmp pvh_start
-    .include "lib32.inc"
-    PVH_NOTE pvh_start
+    .include "pvh_head.inc"
 
     .set LAPIC, 0xfee00000
     .set ICR_LO, 0x300

@@ -3,12 +3,7 @@
  * VERSION_1, FEATURES_OK check, queue setup, DRIVER_OK; then it posts a
  * receive buffer, transmits a line, and waits (hlt) for the used-buffer
  * interrupt routed IOAPIC pin 5 -> vector 0x30 before printing what it got. */
-    .text
-    .code32
-    .globl pvh_start
-    jmp pvh_start
-    .include "lib32.inc"
-    PVH_NOTE pvh_start
+    .include "pvh_head.inc"
 
     .set VIRTIO, 0xd0000000
     .set R_MAGIC, 0x000
