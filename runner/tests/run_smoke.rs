@@ -166,5 +166,17 @@ fn a_kernel_without_its_virtio_modules_fails_fast_naming_the_driver() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("VIRTIO_MMIO"), "{stderr}");
-    assert!(summary(&results)["scenarios"][0]["retried_after"].is_null());
+    // The agent gave up: that boot is never retried. (A retry can only come
+    // from a first boot that died before the agent ran, e.g. the TCG
+    // text-patching oops; then the first attempt has no agent FATAL line.)
+    let dir = results.join("latest/arena-mmap-readback");
+    let last = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(last.contains("arena-agent: FATAL"), "{last}");
+    if !summary(&results)["scenarios"][0]["retried_after"].is_null() {
+        let first = std::fs::read_to_string(dir.join("attempt1-console.log")).unwrap();
+        assert!(
+            !first.contains("arena-agent: FATAL"),
+            "retried after the agent gave up"
+        );
+    }
 }
