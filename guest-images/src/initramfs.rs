@@ -72,15 +72,8 @@ impl ImageSpec {
         let mut out = vec![("init".to_owned(), 0o755, read(&self.agent)?)];
         let mut list = String::new();
         for (i, m) in self.modules.iter().enumerate() {
-            let name = m
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("module.ko");
             // Decompress on the host: in-kernel xz under TCG costs boot time.
-            let (name, data) = match name.strip_suffix(".xz") {
-                Some(plain) => (plain.to_owned(), unxz(m)?),
-                None => (name.to_owned(), read(m)?),
-            };
+            let (name, data) = module_file(m)?;
             let guest = format!("modules/{i:02}-{name}");
             list.push_str(&format!("/{guest}\n"));
             out.push((guest, 0o644, data));
@@ -94,25 +87,45 @@ impl ImageSpec {
 
     /// Build the image, or return the cached one with the same inputs.
     pub fn build(&self) -> Result<PathBuf> {
-        let contents = self.contents()?;
-        let mut key_material = String::from(LAYOUT_VERSION);
-        for (path, mode, data) in &contents {
-            key_material.push_str(&format!("\n{path} {mode:o} {}", sha256_hex(data)));
-        }
-        let key = sha256_hex(key_material.as_bytes());
-        let zstd = compressed();
-        let ext = if zstd { "cpio.zst" } else { "cpio" };
-        let out = cache::dir("images")?.join(format!("{}.{ext}", &key[..24]));
-        if out.is_file() {
-            return Ok(out);
-        }
-        let mut archive = write_archive(&contents).map_err(io_err(&out))?;
-        if zstd {
-            archive = zstd::bulk::compress(&archive, ZSTD_LEVEL).map_err(io_err(&out))?;
-        }
-        write_atomic(&out, &archive)?;
-        Ok(out)
+        build_archive(LAYOUT_VERSION, &self.contents()?)
     }
+}
+
+/// A `newc` archive of `contents` (guest path, mode, bytes) plus the
+/// standard directories and `/dev/console`, cached under `images/` by
+/// `layout` and the contents' hashes. Shared by the agent image and other
+/// images the lab boots (e.g. `lab nested`'s L1).
+pub fn build_archive(layout: &str, contents: &[(String, u32, Vec<u8>)]) -> Result<PathBuf> {
+    let mut key_material = String::from(layout);
+    for (path, mode, data) in contents {
+        key_material.push_str(&format!("\n{path} {mode:o} {}", sha256_hex(data)));
+    }
+    let key = sha256_hex(key_material.as_bytes());
+    let zstd = compressed();
+    let ext = if zstd { "cpio.zst" } else { "cpio" };
+    let out = cache::dir("images")?.join(format!("{}.{ext}", &key[..24]));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let mut archive = write_archive(contents).map_err(io_err(&out))?;
+    if zstd {
+        archive = zstd::bulk::compress(&archive, ZSTD_LEVEL).map_err(io_err(&out))?;
+    }
+    write_atomic(&out, &archive)?;
+    Ok(out)
+}
+
+/// A module file's contents, decompressed when it is `.xz`, with the name it
+/// should have once decompressed (`virtio_mmio.ko`).
+pub fn module_file(path: &Path) -> Result<(String, Vec<u8>)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("module.ko");
+    Ok(match name.strip_suffix(".xz") {
+        Some(plain) => (plain.to_owned(), unxz(path)?),
+        None => (name.to_owned(), std::fs::read(path).map_err(io_err(path))?),
+    })
 }
 
 /// Decompress an `.xz` file with the `xz` tool, cached by the file's path,

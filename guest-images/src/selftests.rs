@@ -70,14 +70,10 @@ pub struct SelftestBuild {
 }
 
 /// Files to add to the image so `/selftests/test_progs` runs in the guest,
-/// built from the kernel's Debian source package.
-pub fn image_files(kernel: &Kernel) -> Result<Vec<ImageFile>> {
-    image_files_from(kernel, None)
-}
-
-/// [`image_files`] from the kernel source tree `kernel_src` when given (needed
-/// for a user kernel): `test_progs`, the files it opens from its cwd and the
-/// shared libraries it loads (with the dynamic loader) at their host paths.
+/// built from the kernel source tree `kernel_src` (needed for a user kernel)
+/// or else the kernel's Debian source package: `test_progs`, the files it
+/// opens from its cwd and the shared libraries it loads (with the dynamic
+/// loader) at their host paths.
 pub fn image_files_from(kernel: &Kernel, kernel_src: Option<&Path>) -> Result<Vec<ImageFile>> {
     let b = build(kernel, kernel_src)?;
     let mut files = vec![ImageFile {
@@ -1254,6 +1250,7 @@ void test_verifier_array_access(void)
         Kernel {
             origin,
             boot_image: "/nonexistent/vmlinux".into(),
+            elf_without_pvh: false,
             bzimage: None,
             vmlinux: Some("/nonexistent/vmlinux".into()),
             modules: None,

@@ -40,7 +40,14 @@ pub fn write_message<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<(
 pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
+    /// Start of the current line in `buf`.
     start: usize,
+    /// Where the newline search resumes: `buf[start..scanned]` has none, so
+    /// each byte is looked at once however many reads a long line takes.
+    scanned: usize,
+    /// Bytes looked at by the newline search (tests check it is linear).
+    #[cfg(test)]
+    scan_count: usize,
 }
 
 impl<R: Read> LineReader<R> {
@@ -50,6 +57,9 @@ impl<R: Read> LineReader<R> {
             inner,
             buf: Vec::with_capacity(8192),
             start: 0,
+            scanned: 0,
+            #[cfg(test)]
+            scan_count: 0,
         }
     }
 
@@ -57,8 +67,13 @@ impl<R: Read> LineReader<R> {
     /// Carriage returns and NUL bytes a tty may add are dropped.
     pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         loop {
-            if let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
-                let end = self.start + pos;
+            let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+            #[cfg(test)]
+            {
+                self.scan_count += found.map_or(self.buf.len() - self.scanned, |p| p + 1);
+            }
+            if let Some(pos) = found {
+                let end = self.scanned + pos;
                 let line: Vec<u8> = self.buf[self.start..end]
                     .iter()
                     .copied()
@@ -69,13 +84,16 @@ impl<R: Read> LineReader<R> {
                     self.buf.clear();
                     self.start = 0;
                 }
+                self.scanned = self.start;
                 return Ok(Some(line));
             }
+            self.scanned = self.buf.len();
             if self.buf.len() - self.start > MAX_LINE_BYTES {
                 return Err(FrameError::TooLong);
             }
             if self.start > 0 {
                 self.buf.drain(..self.start);
+                self.scanned -= self.start;
                 self.start = 0;
             }
             let mut chunk = [0u8; 8192];
@@ -158,6 +176,40 @@ mod tests {
         let data = vec![b'a'; MAX_LINE_BYTES + 10];
         let mut r = LineReader::new(&data[..]);
         assert!(matches!(r.next_line(), Err(FrameError::TooLong)));
+    }
+
+    /// Hands out `data` at most `chunk` bytes per read.
+    struct Chunked<'a>(&'a [u8], usize);
+    impl Read for Chunked<'_> {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(self.1).min(b.len());
+            b[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn long_line_in_small_reads_is_scanned_once() {
+        const LEN: usize = 256 << 10;
+        let mut data = b"short\n".to_vec();
+        data.resize(data.len() + LEN, b'x');
+        data.extend_from_slice(b"\nend\n");
+        let mut r = LineReader::new(Chunked(&data, 512));
+        assert_eq!(r.next_line().unwrap().unwrap(), b"short");
+        assert_eq!(r.next_line().unwrap().unwrap().len(), LEN);
+        assert_eq!(r.next_line().unwrap().unwrap(), b"end");
+        assert!(r.next_line().unwrap().is_none());
+        // Each byte once (a rescan per read would be ~LEN * LEN / 1024).
+        assert_eq!(r.scan_count, data.len());
+    }
+
+    #[test]
+    fn overlong_line_in_small_reads_is_bounded() {
+        let data = vec![b'a'; MAX_LINE_BYTES + 10];
+        let mut r = LineReader::new(Chunked(&data, 4096));
+        assert!(matches!(r.next_line(), Err(FrameError::TooLong)));
+        assert!(r.scan_count <= MAX_LINE_BYTES + 4096 + 1);
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub enum StepStatus {
 pub enum GuestMessage {
     /// The agent is up and waits for a scenario.
     Hello(Hello),
+    /// PID 1 cannot go on (a panic, a missing device); the VM powers off
+    /// next. Sent before or after hello, instead of dying silently.
+    Fatal {
+        /// What went wrong.
+        reason: String,
+    },
     /// A step started. `path` is the step's position, e.g. `2` or `3.1`.
     StepStarted {
         /// Step position.

@@ -2,6 +2,9 @@
 //! unknown fields and steps are errors) and sends them as JSON to the agent,
 //! which runs them. The schema is documented in `scenarios/README.md`.
 
+use std::fmt;
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 /// Default per-scenario timeout, guest boot excluded.
@@ -12,6 +15,9 @@ pub const DEFAULT_VCPUS: u32 = 2;
 pub const DEFAULT_MEMORY_MIB: u32 = 512;
 /// Guest page size the arena works in.
 pub const PAGE_SIZE: u64 = 4096;
+/// Most pages an arena can have: its 4 GiB of user address space
+/// (`arena_map_alloc` refuses more with E2BIG).
+pub const MAX_ARENA_PAGES: u64 = 1 << 20;
 
 /// One scenario: a VM shape, a timeout and a list of steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +112,9 @@ pub enum Step {
     ExpectKernelLog(KernelLogStep),
     /// Run the upstream `test_progs` selftests shipped in the image.
     Selftest(SelftestStep),
+    /// Kill the agent's worker with a signal: a self-test of the lab's crash
+    /// reporting (a crashing step must become a verdict), not of the kernel.
+    Crash(CrashStep),
 }
 
 impl Step {
@@ -129,6 +138,7 @@ impl Step {
             Step::Repeat(_) => "repeat",
             Step::ExpectKernelLog(_) => "expect_kernel_log",
             Step::Selftest(_) => "selftest",
+            Step::Crash(_) => "crash",
         }
     }
 
@@ -477,6 +487,14 @@ pub struct SleepStep {
     pub ms: u64,
 }
 
+/// `crash:` the worker raises `signal` at itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashStep {
+    /// The signal the worker dies of.
+    pub signal: Signal,
+}
+
 /// `repeat:` run `steps` `times` times.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -584,6 +602,357 @@ pub fn errno_name(n: i32) -> String {
     }
 }
 
+// Bounds. Every page, count, offset and length a step uses is checked against
+// the arena and the mapping before anything touches memory: by `lab validate`
+// where the values are static, and by the agent always. Both ends use these
+// functions so they cannot disagree.
+
+/// Why a page, range, offset or length does not fit the arena, the mapping or
+/// the page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoundsError {
+    /// Pages past the end of the arena.
+    #[error("{}", outside_text(arena, *first, *count, *pages))]
+    OutsideArena {
+        /// Arena id.
+        arena: String,
+        /// First page asked for.
+        first: u64,
+        /// Pages asked for.
+        count: u64,
+        /// The arena's size in pages.
+        pages: u64,
+    },
+    /// Pages inside the arena that this process does not have mapped.
+    #[error("{}", not_mapped_text(arena, *first, *count, mapped))]
+    NotMapped {
+        /// Arena id.
+        arena: String,
+        /// First page asked for.
+        first: u64,
+        /// Pages asked for.
+        count: u64,
+        /// What is mapped.
+        mapped: PageSet,
+    },
+    /// A byte offset that is not an 8-byte slot of one page.
+    #[error("offset {offset:#x} must be 8-byte aligned and at most {:#x} (an 8-byte access inside one {PAGE_SIZE}-byte page)", PAGE_SIZE - 8)]
+    BadOffset {
+        /// The offset.
+        offset: u64,
+    },
+    /// A page count whose byte length does not fit in 64 bits.
+    #[error("{what} {value} is too large: {value} pages do not fit a 64-bit byte length")]
+    Overflow {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: u64,
+    },
+    /// A count above what the consumer handles.
+    #[error("{what} {value} is above {max}{why}")]
+    TooMany {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The limit.
+        max: u64,
+        /// Why the limit exists (with a leading separator).
+        why: &'static str,
+    },
+    /// A count of zero where at least one is needed.
+    #[error("{what} must be at least 1")]
+    Zero {
+        /// Which value.
+        what: &'static str,
+    },
+}
+
+/// `page N is` or `pages A..B are`.
+fn range_text(first: u64, count: u64) -> (String, &'static str) {
+    if count == 1 {
+        (format!("page {first}"), "is")
+    } else {
+        // u128: a hostile first + count must not overflow in the message.
+        let end = u128::from(first) + u128::from(count);
+        (format!("pages {first}..{end}"), "are")
+    }
+}
+
+fn not_mapped_text(arena: &str, first: u64, count: u64, mapped: &PageSet) -> String {
+    let (what, verb) = range_text(first, count);
+    format!("{what} of arena `{arena}` {verb} not mapped in this process (mapped: {mapped})")
+}
+
+fn outside_text(arena: &str, first: u64, count: u64, pages: u64) -> String {
+    let (what, verb) = range_text(first, count.max(1));
+    if count <= 1 || first >= pages {
+        format!("{what} {verb} outside arena `{arena}` ({pages} pages)")
+    } else {
+        format!("{what} run past the end of arena `{arena}` ({pages} pages)")
+    }
+}
+
+/// The pages `first..first + count` if they all lie inside an arena of
+/// `pages` pages (an empty range must start inside or at its end).
+pub fn arena_range(
+    arena: &str,
+    pages: u64,
+    first: u64,
+    count: u64,
+) -> Result<Range<u64>, BoundsError> {
+    match first.checked_add(count) {
+        Some(end) if end <= pages => Ok(first..end),
+        _ => Err(BoundsError::OutsideArena {
+            arena: arena.to_owned(),
+            first,
+            count,
+            pages,
+        }),
+    }
+}
+
+/// Check that `offset` is an 8-byte slot inside one page.
+pub fn check_page_offset(offset: u64) -> Result<(), BoundsError> {
+    if offset.is_multiple_of(8) && offset <= PAGE_SIZE - 8 {
+        Ok(())
+    } else {
+        Err(BoundsError::BadOffset { offset })
+    }
+}
+
+/// Bytes in `pages` pages, or an error naming `what` when that overflows.
+pub fn pages_to_bytes(what: &'static str, pages: u64) -> Result<u64, BoundsError> {
+    pages
+        .checked_mul(PAGE_SIZE)
+        .ok_or(BoundsError::Overflow { what, value: pages })
+}
+
+/// The pages of an arena one process has mapped, relative to the arena's
+/// user address: `mmap` maps a prefix, `munmap` may punch holes, `mremap`
+/// resizes. Every user access is checked against it, because a page outside
+/// it is not arena memory (it may be the agent's own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSet {
+    /// Sorted, disjoint, non-adjacent, non-empty ranges.
+    ranges: Vec<Range<u64>>,
+}
+
+impl PageSet {
+    /// Nothing mapped.
+    pub fn new() -> Self {
+        PageSet::default()
+    }
+
+    /// Pages `0..pages` mapped (what a successful mmap of `pages` gives).
+    pub fn prefix(pages: u64) -> Self {
+        let mut s = PageSet::new();
+        s.insert(0..pages);
+        s
+    }
+
+    /// Whether no page is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// One past the last mapped page (0 when empty).
+    pub fn end(&self) -> u64 {
+        self.ranges.last().map_or(0, |r| r.end)
+    }
+
+    /// The mapped ranges, in order.
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.ranges
+    }
+
+    /// Mark `r` mapped.
+    pub fn insert(&mut self, r: Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let (mut start, mut end) = (r.start, r.end);
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for x in self.ranges.drain(..) {
+            if x.end < start || x.start > end {
+                out.push(x);
+            } else {
+                start = start.min(x.start);
+                end = end.max(x.end);
+            }
+        }
+        out.push(start..end);
+        out.sort_by_key(|x| x.start);
+        self.ranges = out;
+    }
+
+    /// Mark `r` unmapped.
+    pub fn remove(&mut self, r: Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for x in self.ranges.drain(..) {
+            if x.end <= r.start || x.start >= r.end {
+                out.push(x);
+                continue;
+            }
+            if x.start < r.start {
+                out.push(x.start..r.start);
+            }
+            if x.end > r.end {
+                out.push(r.end..x.end);
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// Whether every page of `r` is mapped (an empty range always is).
+    pub fn contains(&self, r: &Range<u64>) -> bool {
+        r.is_empty()
+            || self
+                .ranges
+                .iter()
+                .any(|x| x.start <= r.start && r.end <= x.end)
+    }
+
+    /// The parts of `r` that are not mapped, in order.
+    pub fn holes(&self, r: &Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut at = r.start;
+        for x in &self.ranges {
+            if x.end <= at {
+                continue;
+            }
+            if x.start >= r.end {
+                break;
+            }
+            if x.start > at {
+                out.push(at..x.start);
+            }
+            at = x.end;
+        }
+        if at < r.end {
+            out.push(at..r.end);
+        }
+        out
+    }
+
+    /// Check that `first..first + count` of `arena` is mapped.
+    pub fn check_mapped(&self, arena: &str, first: u64, count: u64) -> Result<(), BoundsError> {
+        let end = first.checked_add(count);
+        if end.is_some_and(|end| self.contains(&(first..end))) {
+            Ok(())
+        } else {
+            Err(BoundsError::NotMapped {
+                arena: arena.to_owned(),
+                first,
+                count,
+                mapped: self.clone(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for PageSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ranges.is_empty() {
+            return f.write_str("no pages");
+        }
+        f.write_str("pages ")?;
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}..{}", r.start, r.end)?;
+        }
+        Ok(())
+    }
+}
+
+/// The BPF object whose programs' arguments the lab knows
+/// (`guest-images/bpf/arena_ops.bpf.c`).
+pub const ARENA_OPS_OBJECT: &str = "arena_ops.bpf.o";
+/// `MAX_ITEMS` of arena_ops.bpf.c: its loops silently stop there.
+pub const ARENA_OPS_MAX_ITEMS: u64 = 4096;
+
+/// Which `args` of an arena_ops program are a page, a page count and a byte
+/// offset.
+struct PageArgs {
+    page: usize,
+    count: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// Programs that access pages they are told to. `alloc_pages` and
+/// `free_pages` are left out on purpose: the kernel's own range checks are
+/// what scenarios probe with them (an out-of-range page must give NULL).
+fn arena_ops_page_args(program: &str) -> Option<PageArgs> {
+    let (page, count, offset) = match program {
+        "write_pages" => (0, Some(1), Some(3)),
+        "read_page" => (0, None, Some(1)),
+        "count_allocated" => (0, Some(1), None),
+        _ => return None,
+    };
+    Some(PageArgs {
+        page,
+        count,
+        offset,
+    })
+}
+
+/// Check the page, count and offset arguments of `program` in `object`
+/// against `arena` of `pages` pages (`None`: size unknown, only offsets and
+/// counts are checked). The programs wrap page numbers at 4 GiB, mask
+/// offsets to the page and cap loops, so a bad value would silently access a
+/// different page. On error: the index in `args` and why.
+pub fn check_bpf_page_args(
+    object: &str,
+    program: &str,
+    args: &[u64],
+    arena: &str,
+    pages: Option<u64>,
+) -> Result<(), (usize, BoundsError)> {
+    if object != ARENA_OPS_OBJECT {
+        return Ok(());
+    }
+    let Some(p) = arena_ops_page_args(program) else {
+        return Ok(());
+    };
+    // Missing arguments are 0 (the context is zero-filled).
+    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    if let Some(i) = p.offset {
+        check_page_offset(arg(i)).map_err(|e| (i, e))?;
+    }
+    let count = match p.count {
+        Some(i) if arg(i) > ARENA_OPS_MAX_ITEMS => {
+            return Err((
+                i,
+                BoundsError::TooMany {
+                    what: "count",
+                    value: arg(i),
+                    max: ARENA_OPS_MAX_ITEMS,
+                    why: ": the program's loop stops there (MAX_ITEMS)",
+                },
+            ))
+        }
+        Some(i) => arg(i),
+        None => 1,
+    };
+    if let Some(pages) = pages {
+        arena_range(arena, pages, arg(p.page), count).map_err(|e| {
+            // Blame the count only when the first page itself is inside.
+            let at = match p.count {
+                Some(i) if arg(p.page) < pages => i,
+                _ => p.page,
+            };
+            (at, e)
+        })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +991,89 @@ mod tests {
     fn pattern_differs_per_page() {
         assert_ne!(page_pattern(0), page_pattern(1));
         assert_ne!(page_pattern(1), 0);
+    }
+
+    #[test]
+    fn arena_range_bounds() {
+        assert_eq!(arena_range("a", 32, 0, 32), Ok(0..32));
+        assert_eq!(arena_range("a", 32, 31, 1), Ok(31..32));
+        assert_eq!(arena_range("a", 32, 32, 0), Ok(32..32));
+        let e = arena_range("a", 32, 100, 1).unwrap_err();
+        assert_eq!(e.to_string(), "page 100 is outside arena `a` (32 pages)");
+        let e = arena_range("a", 32, 32, 1).unwrap_err();
+        assert_eq!(e.to_string(), "page 32 is outside arena `a` (32 pages)");
+        let e = arena_range("a", 32, 30, 4).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pages 30..34 run past the end of arena `a` (32 pages)"
+        );
+        let e = arena_range("a", 32, 40, 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pages 40..42 are outside arena `a` (32 pages)"
+        );
+        // No overflow, in the check or in the message.
+        let e = arena_range("a", 32, u64::MAX, 2).unwrap_err();
+        assert!(e.to_string().contains("18446744073709551617"), "{e}");
+        assert!(arena_range("a", 32, 1, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn page_offsets_fit_an_8_byte_access() {
+        assert!(check_page_offset(0).is_ok());
+        assert!(check_page_offset(0xff8).is_ok());
+        assert!(check_page_offset(0x1000).is_err());
+        assert!(check_page_offset(0xffc).is_err());
+        assert!(check_page_offset(4).is_err());
+        assert!(check_page_offset(u64::MAX).is_err());
+        assert_eq!(pages_to_bytes("pages", 2), Ok(8192));
+        assert!(pages_to_bytes("pages", u64::MAX / 4096 + 1).is_err());
+    }
+
+    #[test]
+    fn page_set_tracks_holes() {
+        let mut s = PageSet::prefix(32);
+        assert!(s.contains(&(0..32)));
+        assert!(!s.contains(&(31..33)));
+        s.remove(8..12);
+        assert_eq!(s.ranges(), &[0..8, 12..32]);
+        assert!(!s.contains(&(7..9)));
+        assert!(s.contains(&(12..13)));
+        assert_eq!(s.holes(&(4..14)), vec![8..12]);
+        assert_eq!(s.holes(&(30..40)), vec![32..40]);
+        assert_eq!(s.to_string(), "pages 0..8, 12..32");
+        s.insert(8..12);
+        assert_eq!(s, PageSet::prefix(32));
+        s.remove(0..32);
+        assert!(s.is_empty());
+        assert_eq!(s.end(), 0);
+        assert_eq!(s.to_string(), "no pages");
+        let e = PageSet::prefix(16).check_mapped("a", 20, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "page 20 of arena `a` is not mapped in this process (mapped: pages 0..16)"
+        );
+        assert!(PageSet::prefix(16).check_mapped("a", 15, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn bpf_page_args() {
+        let ok =
+            |p: &str, args: &[u64]| check_bpf_page_args(ARENA_OPS_OBJECT, p, args, "a", Some(32));
+        assert!(ok("write_pages", &[0, 32, 7, 0xff8]).is_ok());
+        assert_eq!(ok("write_pages", &[30, 4, 7, 0]).unwrap_err().0, 1);
+        assert_eq!(ok("write_pages", &[40, 1, 7, 0]).unwrap_err().0, 0);
+        assert_eq!(ok("write_pages", &[0, 1, 7, 0x1000]).unwrap_err().0, 3);
+        assert_eq!(ok("read_page", &[32, 0]).unwrap_err().0, 0);
+        assert_eq!(ok("read_page", &[3, 0x1008]).unwrap_err().0, 1);
+        assert_eq!(ok("count_allocated", &[0, 33]).unwrap_err().0, 1);
+        assert_eq!(ok("count_allocated", &[0, 5000]).unwrap_err().0, 1);
+        // The kernel's own range checks are what these probe.
+        assert!(ok("alloc_pages", &[15, 200]).is_ok());
+        assert!(ok("free_pages", &[100, 1]).is_ok());
+        // Other objects are not known; unknown sizes only check offsets.
+        assert!(check_bpf_page_args("x.bpf.o", "read_page", &[99, 3], "a", Some(1)).is_ok());
+        assert!(check_bpf_page_args(ARENA_OPS_OBJECT, "read_page", &[999, 8], "a", None).is_ok());
     }
 
     #[test]

@@ -5,19 +5,29 @@
 //! - QEMU microvm with the lab's own initramfs, from spawn to the agent's
 //!   hello on the virtio console (the VM is then killed).
 //!
+//! Where hardware KVM runs Linux (directly, or inside `lab nested`), it also
+//! measures in the same run the own VMM against QEMU with `-accel kvm`:
+//! spawn to the agent's hello, the whole one-step scenario (`lab run`), the
+//! VMM's start to first guest instruction, its RSS beyond guest RAM, and its
+//! exits per device.
+//!
 //! Reports medians and ratios; asserts nothing about wall-clock time.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 use std::time::Instant;
 
 use arena_images::cpio::CpioWriter;
 
+use crate::backend::kvm::OwnVmm;
 use crate::backend::qemu::{Accel, Qemu};
 use crate::backend::{Backend, Console, VmSpec};
 use crate::{exit, infra, plan, KernelArgs, LabError};
+use arena_protocol::framing::write_message;
+use arena_protocol::HostMessage;
 
 /// `lab bench` options.
 #[derive(clap::Args, Debug)]
@@ -77,6 +87,171 @@ fn raw_to_hello(qemu: &Qemu, spec: &VmSpec, sock: &Path) -> anyhow::Result<f64> 
     Ok(elapsed)
 }
 
+/// The own VMM against QEMU `-accel kvm` on the same host, alternating, with
+/// the same kernel, image and command line.
+fn own_vmm_vs_qemu(
+    args: &BenchArgs,
+    qemu: &Qemu,
+    spec: &VmSpec,
+    dir: &Path,
+    lab_with: &dyn Fn(&Path, &str) -> Command,
+) -> anyhow::Result<()> {
+    let own = OwnVmm::locate().map_err(|e| anyhow::anyhow!(e))?;
+    // The own backend boots at a lower console log level; give QEMU the same.
+    let spec = VmSpec {
+        cmdline: format!("{} {}", crate::backend::kvm::BOOT_LOGLEVEL, spec.cmdline),
+        ..spec.clone()
+    };
+    let (mut q_hello, mut o_hello, mut q_run, mut o_run) = (vec![], vec![], vec![], vec![]);
+    let (mut first, mut rss, mut exits) = (vec![], vec![], None);
+    for round in 0..args.rounds.max(1) {
+        let q = boot_once(qemu, &spec, dir)?;
+        q_hello.push(q.hello_s);
+        let o = boot_once(&own, &spec, dir)?;
+        o_hello.push(o.hello_s);
+        first.extend(o.first_entry_ms);
+        rss.extend(o.rss_overhead_kib.map(|k| k as f64 / 1024.0));
+        exits = o.exits.or(exits);
+        for (backend, times) in [("qemu", &mut q_run), ("kvm", &mut o_run)] {
+            let t = Instant::now();
+            let st = lab_with(&dir.join(format!("{backend}-{round}")), backend).status()?;
+            anyhow::ensure!(st.success(), "lab run --backend {backend} failed ({st})");
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let (qh, oh, qr, or) = (
+        median(&mut q_hello),
+        median(&mut o_hello),
+        median(&mut q_run),
+        median(&mut o_run),
+    );
+    println!(
+        "own VMM vs QEMU -accel kvm, same kernel, image and command line ({} rounds):",
+        args.rounds.max(1)
+    );
+    println!(
+        "  spawn to agent hello: own VMM {oh:.3} s, QEMU {qh:.3} s, ratio {:.3}",
+        oh / qh
+    );
+    println!(
+        "  lab run, one-step scenario: own VMM {or:.3} s, QEMU {qr:.3} s, ratio {:.3}",
+        or / qr
+    );
+    if !first.is_empty() {
+        println!(
+            "  own VMM process start to first guest instruction: median {:.2} ms",
+            median(&mut first)
+        );
+    }
+    if !rss.is_empty() {
+        println!(
+            "  own VMM RSS beyond guest RAM at hello: median {:.2} MiB",
+            median(&mut rss)
+        );
+    }
+    if let Some(e) = exits {
+        println!("  own VMM exits, one boot plus scenario: {e}");
+    }
+    Ok(())
+}
+
+/// One boot of the lab's image measured through its whole life.
+struct Boot {
+    /// Spawn → the agent's hello.
+    hello_s: f64,
+    /// VM process RSS beyond guest RAM at hello (KiB), own VMM only.
+    rss_overhead_kib: Option<u64>,
+    /// `arena-vmm`'s own "first guest entry … after process start" (ms).
+    first_entry_ms: Option<f64>,
+    /// `arena-vmm`'s exit-count line.
+    exits: Option<String>,
+}
+
+/// Spawns `backend`'s VM on `spec`, times it to the agent's hello, samples
+/// its memory, then lets the agent run a one-step scenario and power off so
+/// the VMM reports its own figures on stderr.
+fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> anyhow::Result<Boot> {
+    let sock = dir.join("boot.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)?;
+    let mut spec = spec.clone();
+    spec.channel = Some(sock.clone());
+    let stderr_path = dir.join("vm-stderr.log");
+    let t = Instant::now();
+    let mut child = backend
+        .command(&spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .spawn()?;
+    let (stream, _) = listener.accept()?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let hello_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        line.contains("\"hello\""),
+        "expected the agent's hello, got {line:?}"
+    );
+    let rss_overhead_kib = (backend.name() == "kvm")
+        .then(|| rss_beyond_guest_ram(child.id(), spec.memory_mib))
+        .flatten();
+    write_message(
+        &mut writer,
+        &HostMessage::Run {
+            scenario: crate::run::trivial_scenario(),
+            seed: 1,
+        },
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the VM did not power off after the trivial scenario");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let first_entry_ms = err
+        .lines()
+        .find_map(|l| l.split_once("ms after the VM was built, "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+    let exits = err
+        .lines()
+        .find(|l| l.contains("I/O exits"))
+        .map(|l| l.trim_start_matches("arena-vmm: ").to_owned());
+    Ok(Boot {
+        hello_s,
+        rss_overhead_kib,
+        first_entry_ms,
+        exits,
+    })
+}
+
+/// Resident memory of process `pid` outside its guest-RAM mappings (the
+/// anonymous mappings at least as large as the smallest RAM region, 16 MiB).
+fn rss_beyond_guest_ram(pid: u32, memory_mib: u32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut total, mut guest) = (0u64, 0u64);
+    let mut size_kib = 0u64;
+    for l in smaps.lines() {
+        let mut f = l.split_whitespace();
+        match f.next() {
+            Some("Size:") => size_kib = f.next()?.parse().ok()?,
+            Some("Rss:") => {
+                let rss: u64 = f.next()?.parse().ok()?;
+                total += rss;
+                if size_kib >= 16 * 1024 && size_kib <= u64::from(memory_mib) * 1024 {
+                    guest += rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(total.saturating_sub(guest))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -115,13 +290,13 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         ..raw_spec.clone()
     };
     let exe = std::env::current_exe().map_err(infra)?;
-    let lab = |results: &Path| {
+    let lab_with = |results: &Path, backend: &str| {
         let mut c = Command::new(&exe);
         c.arg("run")
             .arg("--results")
             .arg(results)
             .arg("--backend")
-            .arg("qemu");
+            .arg(backend);
         if let Some(k) = &args.kernel.kernel {
             c.arg("--kernel").arg(k);
         }
@@ -131,6 +306,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         c.arg(&yaml).stdout(Stdio::null()).stderr(Stdio::null());
         c
     };
+    let lab = |results: &Path| lab_with(results, "qemu");
     // Warm-up: builds/caches the agent and image, not measured.
     let warm = lab(&dir.join("warm")).status().map_err(infra)?;
     if !warm.success() {
@@ -181,6 +357,9 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         "ratio lab/raw to hello (median): {:.3}",
         lab_med / hello_med
     );
+    if accel == Accel::Kvm {
+        own_vmm_vs_qemu(&args, &qemu, &hello_spec, &dir, &lab_with).map_err(infra)?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(exit::PASS)
 }

@@ -4,6 +4,7 @@
 
 mod backend;
 mod bench;
+mod nested;
 mod plan;
 mod results;
 mod run;
@@ -37,15 +38,25 @@ pub enum LabError {
     /// The user's input is wrong.
     #[error(transparent)]
     Invalid(#[from] scenario_file::ScenarioError),
+    /// A file named by a command-line option is missing: invalid input too.
+    #[error("{option} {}: {source}", path.display())]
+    MissingFile {
+        /// The option, e.g. `--kernel`.
+        option: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        source: std::io::Error,
+    },
     /// The lab could not do its job.
-    #[error("{0:#}")]
+    #[error("{}", error_text(.0))]
     Infra(anyhow::Error),
 }
 
 impl LabError {
     fn code(&self) -> u8 {
         match self {
-            LabError::Invalid(_) => exit::INVALID,
+            LabError::Invalid(_) | LabError::MissingFile { .. } => exit::INVALID,
             LabError::Infra(_) => exit::INFRA,
         }
     }
@@ -54,6 +65,22 @@ impl LabError {
 /// Infrastructure errors from anything else.
 pub fn infra<E: Into<anyhow::Error>>(e: E) -> LabError {
     LabError::Infra(e.into())
+}
+
+/// An error and its causes on one line, each text once: errors that already
+/// show their cause (`{path}: {source}`) would otherwise print it twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 #[derive(Parser)]
@@ -80,6 +107,28 @@ pub struct KernelArgs {
     /// Debian's matching linux-source package).
     #[arg(long)]
     pub kernel_src: Option<PathBuf>,
+}
+
+impl KernelArgs {
+    /// The files these options name exist: a missing one is invalid input
+    /// (exit 2), reported before anything is fetched, built or booted.
+    pub fn check(&self) -> Result<(), LabError> {
+        let given = [
+            ("--kernel", &self.kernel),
+            ("--modules", &self.modules),
+            ("--kernel-src", &self.kernel_src),
+        ];
+        for (option, path) in given {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|source| LabError::MissingFile {
+                    option,
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -122,6 +171,9 @@ enum Command {
     },
     /// Compare `lab run` of a trivial scenario with a raw QEMU boot.
     Bench(bench::BenchArgs),
+    /// Run `lab ARGS...` inside an L1 Linux guest with real KVM (nested SVM
+    /// under QEMU/TCG): exercises the own VMM where the host has no hardware KVM.
+    Nested(nested::NestedArgs),
 }
 
 #[derive(Subcommand)]
@@ -172,6 +224,7 @@ fn real_main() -> Result<u8, LabError> {
             Ok(exit::PASS)
         }
         Command::Kernel(KernelCommand::Info { kernel }) => {
+            kernel.check()?;
             let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
             println!(
                 "{}",
@@ -180,6 +233,7 @@ fn real_main() -> Result<u8, LabError> {
             Ok(exit::PASS)
         }
         Command::Image { kernel } => {
+            kernel.check()?;
             let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
             let p = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
             let image = plan::image(&p, &run::trivial_scenario()).map_err(infra)?;
@@ -193,6 +247,7 @@ fn real_main() -> Result<u8, LabError> {
             append,
         } => run::boot(&kernel, backend, timeout, &append.join(" ")),
         Command::Bench(args) => bench::bench(args),
+        Command::Nested(args) => nested::nested(args),
     }
 }
 

@@ -1,8 +1,8 @@
 //! `lab run` and `lab boot`: prepare once, then run each scenario in its own
 //! VM (up to `-j` at a time), judge it and record the results.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,11 +10,11 @@ use arena_protocol::scenario::{SleepStep, Step, VmSpec as ScenarioVm};
 use arena_protocol::Scenario;
 
 use crate::backend::{self, Backend, BackendChoice, Console, VmSpec};
-use crate::results::{now_rfc3339, RunDir, ScenarioSummary, Summary};
+use crate::results::{Abort, RunDir, ScenarioSummary, Summary};
 use crate::scenario_file::{self, ScenarioFile};
 use crate::session::{self, Limits};
-use crate::verdict::{self, Verdict};
-use crate::{exit, infra, plan, KernelArgs, LabError};
+use crate::verdict::{self, Judgement, SessionEnd, Verdict};
+use crate::{error_text, exit, infra, plan, KernelArgs, LabError};
 
 /// `lab run` options.
 #[derive(clap::Args, Debug)]
@@ -80,15 +80,32 @@ fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Lab
 }
 
 /// `lab run`.
+///
+/// Invalid input (scenarios, missing files) is refused before a run folder
+/// exists (exit 2). From then on every planned scenario is in the results:
+/// an infrastructure error (kernel, backend, agent, a guest image, a VM
+/// that never says hello) aborts the run, judges what cannot be judged as
+/// `not_run` with the reason, and exits 3.
 pub fn run(args: RunArgs) -> Result<u8, LabError> {
     let t0 = Instant::now();
     let scenarios = scenario_file::load_paths(&args.paths)?;
-    let kernel =
-        plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
-    let (backend, backend_reason) = pick_backend(args.backend)?;
-    let prepared = plan::prepare(kernel, args.kernel.kernel_src.clone()).map_err(infra)?;
+    args.kernel.check()?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let run_dir = RunDir::create(&args.results).map_err(infra)?;
+    let planned = scenarios
+        .iter()
+        .map(|f| ScenarioSummary::pending(&f.scenario.name, &f.path, &f.scenario.tags, seed))
+        .collect();
+    let mut summary = Summary::new(&run_dir.id, seed, planned);
+    run_dir.write(&summary).map_err(infra)?;
+    let Ready {
+        backend,
+        prepared,
+        images,
+    } = match prepare_run(&args, &scenarios, &mut summary) {
+        Ok(ready) => ready,
+        Err(abort) => return aborted(&run_dir, summary, t0, abort),
+    };
     eprintln!(
         "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
         prepared.kernel.release,
@@ -96,28 +113,10 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
         scenarios.len(),
         run_dir.path.display()
     );
-    let summary = Mutex::new(Summary {
-        run_id: run_dir.id.clone(),
-        started: now_rfc3339(),
-        complete: false,
-        kernel: prepared.kernel.clone(),
-        backend: backend.name().into(),
-        accelerator: backend.accelerator().into(),
-        backend_reason,
-        seed,
-        planned: scenarios.len(),
-        passed: 0,
-        failed: 0,
-        errors: 0,
-        timeouts: 0,
-        wall_s: 0.0,
-        scenarios: Vec::new(),
-    });
-    run_dir
-        .write(&summary.lock().expect("lock"))
-        .map_err(infra)?;
+    run_dir.write(&summary).map_err(infra)?;
+    let summary = Mutex::new(summary);
     let next = AtomicUsize::new(0);
-    let infra_failure = Mutex::new(None::<String>);
+    let stop = AtomicBool::new(false);
     let ctx = RunCtx {
         backend: backend.as_ref(),
         prepared: &prepared,
@@ -131,60 +130,144 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
     std::thread::scope(|scope| {
         for _ in 0..args.jobs.clamp(1, 16) {
             scope.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(file) = scenarios.get(i) else { return };
-                match run_one(&ctx, file) {
-                    Ok(s) => {
-                        print_line(&s);
-                        let mut sum = summary.lock().expect("lock");
-                        if s.judgement.infra {
-                            *infra_failure.lock().expect("lock") = Some(s.judgement.reason.clone());
-                        }
-                        sum.scenarios.push(s);
-                        sum.recount();
-                        sum.wall_s = t0.elapsed().as_secs_f64();
-                        if let Err(e) = run_dir.write(&sum) {
-                            eprintln!("lab: writing results: {e}");
-                        }
-                    }
+                let s = match run_one(&ctx, file, &images[i]) {
+                    Ok(s) => s,
                     Err(e) => {
-                        eprintln!("lab: {}: {e:#}", file.scenario.name);
-                        *infra_failure.lock().expect("lock") = Some(format!("{e:#}"));
+                        let mut s = summary.lock().expect("lock").scenarios[i].clone();
+                        s.judgement = Judgement::infra_error(error_text(&e));
+                        s
                     }
+                };
+                print_line(&s);
+                let mut sum = summary.lock().expect("lock");
+                if s.judgement.infra {
+                    // Later scenarios would most likely meet the same fate
+                    // (each after a boot timeout): stop starting them.
+                    stop.store(true, Ordering::SeqCst);
+                    let reason = format!("{}: {}", s.name, s.judgement.reason);
+                    sum.abort(&reason, Some(&s.name));
+                }
+                sum.scenarios[i] = s;
+                sum.recount();
+                sum.wall_s = t0.elapsed().as_secs_f64();
+                if let Err(e) = run_dir.write(&sum) {
+                    eprintln!("lab: writing results: {e}");
                 }
             });
         }
     });
-    let mut sum = summary.into_inner().expect("lock");
-    sum.complete = sum.scenarios.len() == sum.planned;
-    sum.wall_s = t0.elapsed().as_secs_f64();
-    // Keep the file order in the final summary, whatever -j did.
-    sum.scenarios
-        .sort_by_key(|s| scenarios.iter().position(|f| f.scenario.name == s.name));
-    run_dir.write(&sum).map_err(infra)?;
-    println!(
-        "{} passed, {} failed{}",
-        sum.passed,
-        sum.failed + sum.errors + sum.timeouts,
-        if sum.timeouts > 0 {
-            format!(" ({} timed out)", sum.timeouts)
-        } else {
-            String::new()
+    let sum = summary.into_inner().expect("lock");
+    if let Some(abort) = sum.aborted.clone() {
+        return aborted(&run_dir, sum, t0, abort);
+    }
+    finish(&run_dir, sum, t0)
+}
+
+/// What the scenarios of a run need before the first VM.
+struct Ready {
+    backend: Box<dyn Backend>,
+    prepared: plan::Prepared,
+    /// Guest image of each scenario, in plan order.
+    images: Vec<PathBuf>,
+}
+
+/// The kernel, the backend, the agent and BPF objects, and every scenario's
+/// guest image (so a missing selftest source stops the run before any VM
+/// boots). Fills the summary as it goes; a failure comes back as the abort,
+/// with the failing scenario's own verdict already recorded.
+fn prepare_run(
+    args: &RunArgs,
+    scenarios: &[ScenarioFile],
+    summary: &mut Summary,
+) -> Result<Ready, Abort> {
+    let stage = |what: &str, e: anyhow::Error| Abort {
+        reason: format!("{what}: {}", error_text(&e)),
+        scenario: None,
+    };
+    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref())
+        .map_err(|e| stage("kernel", e))?;
+    summary.kernel = Some(kernel.clone());
+    let (backend, why) = pick_backend(args.backend).map_err(|e| match e {
+        LabError::Infra(e) => stage("backend", e),
+        other => Abort {
+            reason: format!("backend: {other}"),
+            scenario: None,
+        },
+    })?;
+    summary.backend = Some(backend.name().into());
+    summary.accelerator = Some(backend.accelerator().into());
+    summary.backend_reason = Some(why);
+    let mut prepared = plan::prepare(kernel, args.kernel.kernel_src.clone())
+        .map_err(|e| stage("preparing the guest", e))?;
+    prepared.kernel.boot_image = backend
+        .boot_file(&prepared.kernel)
+        .map_err(|e| stage("kernel", anyhow::anyhow!(e)))?;
+    let mut images = Vec::with_capacity(scenarios.len());
+    for (i, f) in scenarios.iter().enumerate() {
+        match plan::image(&prepared, &f.scenario) {
+            Ok(image) => images.push(image),
+            Err(e) => {
+                let reason = format!("guest image: {}", error_text(&e));
+                summary.scenarios[i].judgement = Judgement::infra_error(reason.clone());
+                print_line(&summary.scenarios[i]);
+                let name = &f.scenario.name;
+                return Err(Abort {
+                    reason: format!("{name}: {reason}"),
+                    scenario: Some(name.clone()),
+                });
+            }
         }
+    }
+    Ok(Ready {
+        backend,
+        prepared,
+        images,
+    })
+}
+
+/// End an aborted run: every scenario not judged becomes `not_run` with the
+/// reason, the results say so, and the exit is an infrastructure error.
+fn aborted(run_dir: &RunDir, mut sum: Summary, t0: Instant, abort: Abort) -> Result<u8, LabError> {
+    sum.abort(&abort.reason, abort.scenario.as_deref());
+    finish(run_dir, sum, t0)?;
+    Err(infra(anyhow::anyhow!("run aborted: {}", abort.reason)))
+}
+
+/// Write the final results, print the totals, and give the exit code of a
+/// run that was not aborted.
+fn finish(run_dir: &RunDir, mut sum: Summary, t0: Instant) -> Result<u8, LabError> {
+    sum.finish(t0.elapsed().as_secs_f64());
+    for s in sum
+        .scenarios
+        .iter()
+        .filter(|s| s.judgement.verdict == Verdict::NotRun)
+    {
+        println!("NOT RUN {}", s.name);
+    }
+    run_dir.write(&sum).map_err(infra)?;
+    let mut totals = format!(
+        "{} passed, {} failed",
+        sum.passed,
+        sum.failed + sum.errors + sum.timeouts
     );
+    if sum.timeouts > 0 {
+        totals.push_str(&format!(" ({} timed out)", sum.timeouts));
+    }
+    if sum.not_run > 0 {
+        totals.push_str(&format!(", {} not run", sum.not_run));
+    }
+    println!("{totals}");
     eprintln!(
         "lab: wall time {:.2} s; results {}",
         sum.wall_s,
         run_dir.path.display()
     );
-    if let Some(why) = infra_failure.into_inner().expect("lock") {
-        return Err(infra(anyhow::anyhow!("infrastructure failure: {why}")));
-    }
-    Ok(if sum.passed == sum.planned {
-        exit::PASS
-    } else {
-        exit::FAIL
-    })
+    Ok(if sum.green() { exit::PASS } else { exit::FAIL })
 }
 
 fn print_line(s: &ScenarioSummary) {
@@ -193,6 +276,7 @@ fn print_line(s: &ScenarioSummary) {
         Verdict::Fail => "FAIL",
         Verdict::Error => "ERROR",
         Verdict::Timeout => "TIMEOUT",
+        Verdict::NotRun => "NOT RUN",
     };
     let boot = s
         .boot_s
@@ -215,14 +299,13 @@ struct RunCtx<'a> {
     cmdline: String,
 }
 
-fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary> {
+fn run_one(ctx: &RunCtx, file: &ScenarioFile, image: &Path) -> anyhow::Result<ScenarioSummary> {
     let s = &file.scenario;
     let dir = ctx.run_dir.scenario_dir(&s.name)?;
-    let image = plan::image(ctx.prepared, s)?;
     let console_log = dir.join("console.log");
     let spec = VmSpec {
         kernel: ctx.prepared.kernel.boot_image.clone(),
-        initrd: Some(image),
+        initrd: Some(image.to_owned()),
         cmdline: ctx.cmdline.clone(),
         vcpus: s.vm.vcpus,
         memory_mib: s.vm.memory_mib,
@@ -251,7 +334,7 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
             "lab: {}: the VM died before the agent's hello; booting once more (first attempt kept as attempt1-*)",
             s.name
         );
-        retried_after = Some(format!("{:?}", record.end));
+        retried_after = Some(SessionEnd::from(&record.end));
         record = boot(spec);
     }
     save_outputs(&dir, &record);
@@ -259,16 +342,13 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile) -> anyhow::Result<ScenarioSummary>
         String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
     let judgement = verdict::judge(&record, &console);
     Ok(ScenarioSummary {
-        name: s.name.clone(),
-        file: file.path.clone(),
-        tags: s.tags.clone(),
-        seed: ctx.seed,
         judgement,
         boot_s: record.boot_s,
         duration_s: record.total_s,
-        vm_exit: record.vm_exit,
+        vm_exit: Some(record.vm_exit),
         guest: record.hello,
         retried_after,
+        ..ScenarioSummary::pending(&s.name, &file.path, &s.tags, ctx.seed)
     })
 }
 
@@ -315,13 +395,17 @@ pub fn boot(
     timeout: u64,
     append: &str,
 ) -> Result<u8, LabError> {
+    kernel.check()?;
     let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
     let (backend, _) = pick_backend(choice)?;
     let prepared = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
     let scenario = trivial_scenario();
     let image = plan::image(&prepared, &scenario).map_err(infra)?;
+    let boot_file = backend
+        .boot_file(&prepared.kernel)
+        .map_err(|e| infra(anyhow::anyhow!(e)))?;
     let spec = VmSpec {
-        kernel: prepared.kernel.boot_image.clone(),
+        kernel: boot_file,
         initrd: Some(image),
         cmdline: cmdline(append),
         vcpus: scenario.vm.vcpus,
@@ -344,15 +428,20 @@ pub fn boot(
     );
     let vmm_log = std::fs::read_to_string(scratch.join("vmm.log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&scratch);
-    eprintln!("\nlab: {:?}; VM {}", record.end, record.vm_exit);
+    eprintln!(
+        "\nlab: {}; VM {}",
+        SessionEnd::from(&record.end),
+        record.vm_exit
+    );
     if !vmm_log.trim().is_empty() {
         eprintln!("lab: backend stderr:\n{}", vmm_log.trim_end());
     }
     Ok(match record.hello {
         Some(h) => {
             eprintln!(
-                "lab: agent hello after {:.2} s: {h:?}",
-                record.boot_s.unwrap_or(0.0)
+                "lab: agent hello after {:.2} s: {}",
+                record.boot_s.unwrap_or(0.0),
+                serde_json::to_string(&h).expect("serialisable")
             );
             exit::PASS
         }

@@ -1,11 +1,19 @@
 //! Loading scenario files: strict YAML into the typed model, then semantic
-//! checks. Every error names `file:line:column` and the field.
+//! checks, bounds included (every page, count, offset and length that is
+//! static is checked against its arena and the mapping the steps before it
+//! leave). Every error names `file:line:column` and the field; every error of
+//! every file is reported, not only the first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use arena_protocol::scenario::{Step, TouchExpect};
+use arena_protocol::scenario::{
+    arena_range, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp, PageSet, Step,
+    TouchExpect, MAX_ARENA_PAGES,
+};
 use arena_protocol::Scenario;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// A scenario with the file it came from.
 #[derive(Debug, Clone)]
@@ -40,12 +48,15 @@ pub enum ScenarioError {
         message: String,
     },
     /// The YAML is well formed but means something impossible.
-    #[error("{path}:{line}: {field}: {message}")]
+    #[error("{path}:{line}:{column}: {field}: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// 1-based line (best effort: the step's line).
+        /// 1-based line of the field's value (or of the nearest enclosing
+        /// node when the field is left at its default).
         line: usize,
+        /// 1-based column of the same.
+        column: usize,
         /// Field path, e.g. `steps[2].touch.arena`.
         field: String,
         /// What is wrong.
@@ -54,22 +65,68 @@ pub enum ScenarioError {
     /// No scenario files under the given paths.
     #[error("{0}: no scenario files (*.yaml) found")]
     Empty(String),
+    /// Several of the above, one per line, in file order.
+    #[error("{}", Lines(.0))]
+    Many(Vec<ScenarioError>),
+}
+
+/// Display helper: one error per line.
+struct Lines<'a>(&'a [ScenarioError]);
+
+impl fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ScenarioError {
+    /// One error, or all of them as [`ScenarioError::Many`]; `None` if empty.
+    fn combine(mut errors: Vec<ScenarioError>) -> Option<ScenarioError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(ScenarioError::Many(
+                errors
+                    .into_iter()
+                    .flat_map(|e| match e {
+                        ScenarioError::Many(v) => v,
+                        e => vec![e],
+                    })
+                    .collect(),
+            )),
+        }
+    }
 }
 
 /// Load every scenario named by `paths` (files, or directories searched
-/// recursively for `*.yaml`/`*.yml`), in a stable order.
+/// recursively for `*.yaml`/`*.yml`), in a stable order. Every problem in
+/// every file is reported.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<ScenarioFile>, ScenarioError> {
+    let mut errors = Vec::new();
     let mut files = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|source| ScenarioError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let meta = match std::fs::metadata(p) {
+            Ok(m) => m,
+            Err(source) => {
+                errors.push(ScenarioError::Io {
+                    path: p.clone(),
+                    source,
+                });
+                continue;
+            }
+        };
         if meta.is_dir() {
             let before = files.len();
-            collect_yaml(p, &mut files)?;
-            if files.len() == before {
-                return Err(ScenarioError::Empty(p.display().to_string()));
+            if let Err(e) = collect_yaml(p, &mut files) {
+                errors.push(e);
+            } else if files.len() == before {
+                errors.push(ScenarioError::Empty(p.display().to_string()));
             }
         } else {
             files.push(p.clone());
@@ -78,18 +135,31 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<ScenarioFile>, ScenarioError>
     let mut out = Vec::new();
     let mut names = HashSet::new();
     for f in files {
-        let s = load_file(&f)?;
+        let s = match load_file(&f) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         if !names.insert(s.scenario.name.clone()) {
-            return Err(ScenarioError::Invalid {
-                line: line_of_key(&std::fs::read_to_string(&f).unwrap_or_default(), "name"),
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let (line, column) = locate(&text, "name");
+            errors.push(ScenarioError::Invalid {
+                line,
+                column,
                 path: f,
                 field: "name".into(),
                 message: format!("duplicate scenario name `{}`", s.scenario.name),
             });
+            continue;
         }
         out.push(s);
     }
-    Ok(out)
+    match ScenarioError::combine(errors) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScenarioError> {
@@ -126,7 +196,7 @@ pub fn load_file(path: &Path) -> Result<ScenarioFile, ScenarioError> {
     })
 }
 
-/// Parse YAML text and check it.
+/// Parse YAML text and check it; all semantic problems are reported.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     // Steps are written as one-key maps (`- touch: {...}`), not YAML tags.
     let de = serde_yaml::Deserializer::from_str(text);
@@ -149,234 +219,534 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 message,
             }
         })?;
-    check(&scenario).map_err(|(field, step, message)| ScenarioError::Invalid {
-        path: path.to_owned(),
-        line: step
-            .and_then(|i| line_of_step(text, i))
-            .unwrap_or_else(|| line_of_key(text, field.split(['.', '[']).next().unwrap_or(""))),
-        field,
-        message,
-    })?;
-    Ok(scenario)
+    let errors = check(&scenario)
+        .into_iter()
+        .map(|(field, message)| {
+            let (line, column) = locate(text, &field);
+            ScenarioError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                field,
+                message,
+            }
+        })
+        .collect();
+    match ScenarioError::combine(errors) {
+        Some(e) => Err(e),
+        None => Ok(scenario),
+    }
 }
 
-/// A semantic problem: (field path, top-level step index, message).
-type Problem = (String, Option<usize>, String);
+/// One step of a field path such as `steps[1].touch.page`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
 
-fn check(s: &Scenario) -> Result<(), Problem> {
+fn parse_field(field: &str) -> Vec<Seg> {
+    let mut out = Vec::new();
+    for part in field.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            out.push(Seg::Key(rest[..i].to_owned()));
+            rest = &rest[i..];
+            while let Some(r) = rest.strip_prefix('[') {
+                let Some(close) = r.find(']') else { break };
+                if let Ok(n) = r[..close].parse() {
+                    out.push(Seg::Index(n));
+                }
+                rest = &r[close + 1..];
+            }
+        } else {
+            out.push(Seg::Key(rest.to_owned()));
+        }
+    }
+    out
+}
+
+/// 1-based (line, column) where the value of `field` starts in `text`, or of
+/// the deepest node on its path that exists (a field left at its default).
+/// It walks the YAML with a visitor that stops with an error at the target:
+/// serde_yaml stamps such an error with the position of the node it was
+/// deserializing, the only position information it exposes.
+fn locate(text: &str, field: &str) -> (usize, usize) {
+    let path = parse_field(field);
+    let de = serde_yaml::Deserializer::from_str(text);
+    match Locator(&path).deserialize(de) {
+        Err(e) => e.location().map_or((1, 1), |l| (l.line(), l.column())),
+        Ok(()) => (1, 1),
+    }
+}
+
+struct Locator<'a>(&'a [Seg]);
+
+impl<'de> DeserializeSeed<'de> for Locator<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Every `visit_*` not written here defaults to an error, which is what
+/// marks the target when the path ends at a scalar.
+impl<'de> Visitor<'de> for Locator<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the located node")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if let [Seg::Key(want), rest @ ..] = self.0 {
+            while let Some(key) = map.next_key::<String>()? {
+                if &key == want {
+                    return map.next_value_seed(Locator(rest));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Err(de::Error::custom("here"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let [Seg::Index(want), rest @ ..] = self.0 {
+            for _ in 0..*want {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Err(de::Error::custom("here"));
+                }
+            }
+            if seq.next_element_seed(Locator(rest))?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(de::Error::custom("here"))
+    }
+}
+
+/// A semantic problem: (field path, message).
+type Problem = (String, String);
+
+/// What validation knows statically about one arena, in the process that
+/// runs the step being checked.
+#[derive(Debug, Clone, PartialEq)]
+struct ArenaModel {
+    /// Size in pages; `None` when only the run knows (an arena libbpf creates).
+    pages: Option<u64>,
+    /// Pages mapped; `None` when unknown.
+    mapped: Option<PageSet>,
+}
+
+/// Ids the steps so far defined, as a process running them sees them.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Model {
+    arenas: HashMap<String, ArenaModel>,
+    /// `bpf_load` id → (object file, arena id its programs use).
+    objects: HashMap<String, (String, Option<String>)>,
+}
+
+/// Where a step list runs.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    /// Directly in `steps:` (only there may `selftest` run).
+    top: bool,
+    /// Inside `threads:`: the mapping is shared with the other threads.
+    threads: bool,
+}
+
+/// Collects problems, one per field (a loop body checked twice would
+/// otherwise report the same field twice).
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn report(&mut self, field: String, message: impl Into<String>) {
+        if !self.problems.iter().any(|(f, _)| *f == field) {
+            self.problems.push((field, message.into()));
+        }
+    }
+}
+
+fn check(s: &Scenario) -> Vec<Problem> {
+    let mut c = Checker::default();
     let valid_name = !s.name.is_empty()
         && s.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && !s.name.starts_with('.');
     if !valid_name {
-        return Err((
+        c.report(
             "name".into(),
-            None,
             format!(
                 "`{}` must be non-empty and use only A-Z a-z 0-9 - _ .",
                 s.name
             ),
-        ));
+        );
     }
     if !(1..=64).contains(&s.vm.vcpus) {
-        return Err(("vm.vcpus".into(), None, "must be 1..=64".into()));
+        c.report("vm.vcpus".into(), "must be 1..=64");
     }
     if s.vm.memory_mib < 128 {
-        return Err(("vm.memory_mib".into(), None, "must be at least 128".into()));
+        c.report("vm.memory_mib".into(), "must be at least 128");
     }
     if s.timeout_s == 0 {
-        return Err(("timeout_s".into(), None, "must be positive".into()));
+        c.report("timeout_s".into(), "must be positive");
     }
     if s.steps.is_empty() {
-        return Err((
-            "steps".into(),
-            None,
-            "a scenario needs at least one step".into(),
-        ));
+        c.report("steps".into(), "a scenario needs at least one step");
     }
-    let mut arenas = HashSet::new();
-    let mut objects = HashSet::new();
-    for (i, step) in s.steps.iter().enumerate() {
-        check_step(
-            step,
-            &format!("steps[{i}]"),
-            &mut arenas,
-            &mut objects,
-            true,
-        )
-        .map_err(|(f, m)| (f, Some(i), m))?;
-    }
-    Ok(())
+    let scope = Scope {
+        top: true,
+        threads: false,
+    };
+    c.block(&s.steps, "steps", &mut Model::default(), scope);
+    c.problems
 }
 
-fn check_step(
-    step: &Step,
-    at: &str,
-    arenas: &mut HashSet<String>,
-    objects: &mut HashSet<String>,
-    top: bool,
-) -> Result<(), (String, String)> {
-    let kind = step.kind();
-    let field = |f: &str| format!("{at}.{kind}.{f}");
-    let need_arena = |id: &str, arenas: &HashSet<String>| {
-        if arenas.contains(id) {
-            Ok(())
-        } else {
-            Err((
-                field("arena"),
-                format!("no earlier arena step has id `{id}`"),
-            ))
+impl Checker {
+    fn block(&mut self, steps: &[Step], at: &str, model: &mut Model, scope: Scope) {
+        for (i, step) in steps.iter().enumerate() {
+            self.step(step, &format!("{at}[{i}]"), model, scope);
         }
-    };
-    match step {
-        Step::Arena(a) => {
-            if a.expect.errno.is_none() && !arenas.insert(a.id.clone()) {
-                return Err((field("id"), format!("arena `{}` is defined twice", a.id)));
-            }
-        }
-        Step::Mmap(m) => need_arena(&m.arena, arenas)?,
-        Step::Munmap(m) => need_arena(&m.arena, arenas)?,
-        Step::Mremap(m) => need_arena(&m.arena, arenas)?,
-        Step::Madvise(m) => need_arena(&m.arena, arenas)?,
-        Step::Touch(t) => {
-            need_arena(&t.arena, arenas)?;
-            if t.count == 0 {
-                return Err((field("count"), "must be at least 1".into()));
-            }
-            if t.offset % 8 != 0 || t.offset >= arena_protocol::scenario::PAGE_SIZE {
-                return Err((
-                    field("offset"),
-                    "must be 8-byte aligned and below 4096".into(),
-                ));
-            }
-            let TouchExpect {
-                signal,
-                value,
-                zero,
-                pattern,
-            } = &t.expect;
-            let set = [signal.is_some(), value.is_some(), *zero, *pattern]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            if set > 1 {
-                return Err((
-                    field("expect"),
-                    "set at most one of signal, value, zero, pattern".into(),
-                ));
-            }
-        }
-        Step::BpfLoad(b) => {
-            if let Some(r) = &b.reuse_arena {
-                need_arena(r, arenas).map_err(|(_, m)| (field("reuse_arena"), m))?;
-            }
-            if let Some(id) = &b.arena_id {
-                arenas.insert(id.clone());
-            }
-            objects.insert(b.id.clone());
-        }
-        Step::BpfRun(r) => {
-            if !objects.contains(&r.object) {
-                return Err((
-                    field("object"),
-                    format!("no earlier bpf_load step has id `{}`", r.object),
-                ));
-            }
-            if r.args.len() > 4 || r.expect_out.len() > 4 {
-                return Err((
-                    field("args"),
-                    "at most 4 args and 4 expect_out values".into(),
-                ));
-            }
-        }
-        Step::UserWalk(w) => need_arena(&w.arena, arenas)?,
-        Step::ReadPointer(r) => {
-            need_arena(&r.arena, arenas)?;
-            if r.out > 3 {
-                return Err((field("out"), "must be 0..=3".into()));
-            }
-        }
-        Step::Processes(p) | Step::Threads(p) => {
-            if p.count == 0 || p.count > 256 {
-                return Err((field("count"), "must be 1..=256".into()));
-            }
-            if p.iterations == 0 {
-                return Err((field("iterations"), "must be at least 1".into()));
-            }
-        }
-        Step::Repeat(r) => {
-            if r.times == 0 {
-                return Err((field("times"), "must be at least 1".into()));
-            }
-        }
-        Step::ExpectKernelLog(k) => {
-            for (name, list) in [("contains", &k.contains), ("not_contains", &k.not_contains)] {
-                for p in list {
-                    regex::Regex::new(p).map_err(|e| (field(name), format!("bad regex: {e}")))?;
+    }
+
+    /// A block run `times` times with the same state: checked once, and
+    /// once more from where the first run leaves the mappings if that
+    /// differs (the second iteration starts there); what still differs is
+    /// then unknown.
+    fn looped(&mut self, steps: &[Step], at: &str, model: &mut Model, scope: Scope, times: u64) {
+        let start = model.clone();
+        self.block(steps, at, model, scope);
+        if times > 1 && *model != start {
+            let mut again = model.clone();
+            self.block(steps, at, &mut again, scope);
+            for (id, a) in again.arenas.iter_mut() {
+                if model.arenas.get(id) != Some(a) {
+                    a.mapped = None;
                 }
             }
+            *model = again;
         }
-        Step::Selftest(_) if !top => {
-            return Err((
-                format!("{at}.selftest"),
-                "selftest steps are only allowed at the top level".into(),
-            ));
-        }
-        Step::Sysctl(c) => {
-            if c.file().is_none() {
-                return Err((
-                    field("path"),
-                    format!("{:?} is not a path below /proc/sys", c.path),
-                ));
-            }
-        }
-        Step::Selftest(_) | Step::Sleep(_) => {}
     }
-    for (j, child) in step.children().iter().enumerate() {
-        check_step(
-            child,
-            &format!("{at}.{kind}.steps[{j}]"),
-            arenas,
-            objects,
-            false,
-        )?;
-    }
-    Ok(())
-}
 
-/// 1-based line of the first line starting with `key:` (fallback 1).
-fn line_of_key(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
-        .map(|i| i + 1)
-        .unwrap_or(1)
-}
+    /// The arena `id`, or a problem at `field` if no earlier step defines it.
+    fn arena<'m>(
+        &mut self,
+        model: &'m mut Model,
+        id: &str,
+        field: String,
+    ) -> Option<&'m mut ArenaModel> {
+        let found = model.arenas.get_mut(id);
+        if found.is_none() {
+            self.report(field, format!("no earlier arena step has id `{id}`"));
+        }
+        found
+    }
 
-/// 1-based line of the `index`-th item of the top-level `steps:` list.
-fn line_of_step(text: &str, index: usize) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.iter().position(|l| l.starts_with("steps:"))?;
-    let mut item_indent = None;
-    let mut seen = 0;
-    for (i, l) in lines.iter().enumerate().skip(start + 1) {
-        let trimmed = l.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let indent = l.len() - trimmed.len();
-        if indent == 0 && !trimmed.starts_with('-') {
-            break;
-        }
-        if trimmed.starts_with('-') && item_indent.is_none_or(|ii| ii == indent) {
-            item_indent = Some(indent);
-            if seen == index {
-                return Some(i + 1);
+    fn step(&mut self, step: &Step, at: &str, model: &mut Model, scope: Scope) {
+        let kind = step.kind();
+        let field = |f: &str| format!("{at}.{kind}.{f}");
+        // Which of (page, count) to blame for a range outside the arena: the
+        // count only when the first page itself is inside.
+        let blame = |first: u64, pages: u64, page_f: &str, count_f: &str| {
+            field(if first < pages { count_f } else { page_f })
+        };
+        let not_mapped = |arena: &str| {
+            format!("arena `{arena}` is not mapped in the process running this step (mmap it first; a forked process does not inherit mappings)")
+        };
+        match step {
+            Step::Arena(a) => {
+                if a.expect.errno.is_none() {
+                    if model.arenas.contains_key(&a.id) {
+                        self.report(field("id"), format!("arena `{}` is defined twice", a.id));
+                    }
+                    if !(1..=MAX_ARENA_PAGES).contains(&a.pages) {
+                        self.report(
+                            field("pages"),
+                            format!("an arena has 1..={MAX_ARENA_PAGES} pages (4 GiB); the kernel refuses {} (say so with expect: {{ errno: ... }})", a.pages),
+                        );
+                    }
+                    model.arenas.insert(
+                        a.id.clone(),
+                        ArenaModel {
+                            pages: Some(a.pages),
+                            mapped: Some(PageSet::new()),
+                        },
+                    );
+                }
             }
-            seen += 1;
+            Step::Mmap(m) => {
+                let Some(a) = self.arena(model, &m.arena, field("arena")) else {
+                    return;
+                };
+                let len = m.pages.or(a.pages);
+                for (f, v) in [("pages", m.pages), ("offset_pages", Some(m.offset_pages))] {
+                    if let Some(Err(e)) = v.map(|v| pages_to_bytes(f, v)) {
+                        self.report(field(f), e.to_string());
+                    }
+                }
+                if m.expect.errno.is_some() {
+                    // A probe of the kernel's checks: any length or offset.
+                    return;
+                }
+                if m.offset_pages != 0 {
+                    self.report(field("offset_pages"), "must be 0 unless the step expects an errno: the kernel maps only offset 0, and page numbers count from the arena's start");
+                }
+                if let (Some(len), Some(pages)) = (len, a.pages) {
+                    if len == 0 {
+                        self.report(
+                            field("pages"),
+                            "must be at least 1 unless the step expects an errno",
+                        );
+                    } else if len > pages {
+                        self.report(field("pages"), format!("{len} pages is longer than arena `{}` ({pages} pages); only a step that expects an errno may ask for more", m.arena));
+                    }
+                }
+                a.mapped = len.map(PageSet::prefix);
+            }
+            Step::Munmap(u) => {
+                if scope.threads {
+                    self.report(format!("{at}.munmap"), "not allowed inside threads: it would unmap the arena under the other threads of the process");
+                }
+                let Some(a) = self.arena(model, &u.arena, field("arena")) else {
+                    return;
+                };
+                if a.mapped.as_ref().is_some_and(PageSet::is_empty) {
+                    self.report(field("arena"), not_mapped(&u.arena));
+                    return;
+                }
+                // Default: from `page` to the end of the mapping.
+                let count = u.pages.or_else(|| {
+                    a.mapped
+                        .as_ref()
+                        .map(PageSet::end)
+                        .or(a.pages)
+                        .map(|end| end.saturating_sub(u.page))
+                });
+                let (Some(count), Some(pages)) = (count, a.pages) else {
+                    return;
+                };
+                match arena_range(&u.arena, pages, u.page, count) {
+                    Err(e) => {
+                        let f = if u.pages.is_some() {
+                            blame(u.page, pages, "page", "pages")
+                        } else {
+                            field("page")
+                        };
+                        self.report(f, e.to_string());
+                    }
+                    Ok(r) if u.expect.errno.is_none() => {
+                        if let Some(m) = a.mapped.as_mut() {
+                            m.remove(r);
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            Step::Mremap(r) => {
+                if scope.threads {
+                    self.report(format!("{at}.mremap"), "not allowed inside threads: it would move or shrink the arena under the other threads of the process");
+                }
+                let Some(a) = self.arena(model, &r.arena, field("arena")) else {
+                    return;
+                };
+                if a.mapped.as_ref().is_some_and(PageSet::is_empty) {
+                    self.report(field("arena"), not_mapped(&r.arena));
+                    return;
+                }
+                if let Err(e) = pages_to_bytes("pages", r.pages) {
+                    self.report(field("pages"), e.to_string());
+                } else if r.expect.errno.is_none() {
+                    if let Some(pages) = a.pages.filter(|p| r.pages == 0 || r.pages > *p) {
+                        self.report(field("pages"), format!("must be 1..={pages} (the size of arena `{}`) unless the step expects an errno", r.arena));
+                    }
+                    a.mapped = Some(PageSet::prefix(r.pages));
+                }
+            }
+            Step::Madvise(m) => {
+                let Some(a) = self.arena(model, &m.arena, field("arena")) else {
+                    return;
+                };
+                if a.mapped.as_ref().is_some_and(PageSet::is_empty) {
+                    self.report(field("arena"), not_mapped(&m.arena));
+                    return;
+                }
+                if let Some(pages) = a.pages {
+                    if let Err(e) = arena_range(&m.arena, pages, m.page, m.pages) {
+                        self.report(blame(m.page, pages, "page", "pages"), e.to_string());
+                        return;
+                    }
+                }
+                if let (None, Some(mapped)) = (m.expect.errno, &a.mapped) {
+                    if let Err(e) = mapped.check_mapped(&m.arena, m.page, m.pages) {
+                        self.report(field("page"), format!("{e}; madvise fails there with ENOMEM (say so with expect: {{ errno: ENOMEM }})"));
+                    }
+                }
+            }
+            Step::Touch(t) => {
+                if t.count == 0 {
+                    self.report(field("count"), "must be at least 1");
+                }
+                if let Err(e) = check_page_offset(t.offset) {
+                    self.report(field("offset"), e.to_string());
+                }
+                let TouchExpect {
+                    signal,
+                    value,
+                    zero,
+                    pattern,
+                } = &t.expect;
+                let set = [signal.is_some(), value.is_some(), *zero, *pattern]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if set > 1 {
+                    self.report(
+                        field("expect"),
+                        "set at most one of signal, value, zero, pattern",
+                    );
+                } else if t.op == AccessOp::Write && set == 1 && signal.is_none() {
+                    self.report(field("expect"), "a write cannot expect a read value");
+                }
+                let Some(a) = self.arena(model, &t.arena, field("arena")) else {
+                    return;
+                };
+                if let Some(pages) = a.pages {
+                    if let Err(e) = arena_range(&t.arena, pages, t.page, t.count) {
+                        self.report(blame(t.page, pages, "page", "count"), e.to_string());
+                        return;
+                    }
+                }
+                // Unmapped pages inside the arena: only a fault probe.
+                if let (None, Some(mapped)) = (signal, &a.mapped) {
+                    if let Err(e) = mapped.check_mapped(&t.arena, t.page, t.count) {
+                        self.report(
+                            field("page"),
+                            format!("{e}; only a touch that expects a signal may access it"),
+                        );
+                    }
+                }
+            }
+            Step::BpfLoad(b) => {
+                let mut pages = None;
+                if let Some(r) = &b.reuse_arena {
+                    pages = self
+                        .arena(model, r, field("reuse_arena"))
+                        .and_then(|a| a.pages);
+                }
+                if let Some(id) = &b.arena_id {
+                    // libbpf creates (or reuses) and maps it: the run knows.
+                    model.arenas.insert(
+                        id.clone(),
+                        ArenaModel {
+                            pages,
+                            mapped: None,
+                        },
+                    );
+                }
+                let arena = b.arena_id.clone().or_else(|| b.reuse_arena.clone());
+                model
+                    .objects
+                    .insert(b.id.clone(), (b.object.clone(), arena));
+            }
+            Step::BpfRun(r) => {
+                let Some((object, arena)) = model.objects.get(&r.object) else {
+                    self.report(
+                        field("object"),
+                        format!("no earlier bpf_load step has id `{}`", r.object),
+                    );
+                    return;
+                };
+                if r.args.len() > 4 || r.expect_out.len() > 4 {
+                    self.report(field("args"), "at most 4 args and 4 expect_out values");
+                    return;
+                }
+                let arena = arena.clone().unwrap_or_default();
+                let pages = model.arenas.get(&arena).and_then(|a| a.pages);
+                if let Err((i, e)) = check_bpf_page_args(object, &r.program, &r.args, &arena, pages)
+                {
+                    self.report(field(&format!("args[{i}]")), format!("{}: {e}", r.program));
+                }
+            }
+            Step::UserWalk(w) => {
+                if let Some(a) = self.arena(model, &w.arena, field("arena")) {
+                    if a.mapped.as_ref().is_some_and(PageSet::is_empty) {
+                        self.report(field("arena"), not_mapped(&w.arena));
+                    }
+                }
+            }
+            Step::ReadPointer(r) => {
+                if let Some(a) = self.arena(model, &r.arena, field("arena")) {
+                    if a.mapped.as_ref().is_some_and(PageSet::is_empty) {
+                        self.report(field("arena"), not_mapped(&r.arena));
+                    }
+                }
+                if r.out > 3 {
+                    self.report(field("out"), "must be 0..=3");
+                }
+            }
+            Step::Processes(p) | Step::Threads(p) => {
+                if p.count == 0 || p.count > 256 {
+                    self.report(field("count"), "must be 1..=256");
+                }
+                if p.iterations == 0 {
+                    self.report(field("iterations"), "must be at least 1");
+                }
+                // Workers start from a copy of the state and hand nothing
+                // back; forked ones inherit no mapping (VM_DONTCOPY).
+                let mut inner = model.clone();
+                let threads = matches!(step, Step::Threads(_));
+                if !threads {
+                    for a in inner.arenas.values_mut() {
+                        a.mapped = Some(PageSet::new());
+                    }
+                }
+                // A forked process has its own mm; threads share theirs.
+                let scope = Scope {
+                    top: false,
+                    threads,
+                };
+                self.looped(&p.steps, &field("steps"), &mut inner, scope, p.iterations);
+            }
+            Step::Repeat(r) => {
+                if r.times == 0 {
+                    self.report(field("times"), "must be at least 1");
+                }
+                let scope = Scope {
+                    top: false,
+                    ..scope
+                };
+                self.looped(&r.steps, &field("steps"), model, scope, r.times);
+            }
+            Step::ExpectKernelLog(k) => {
+                for (name, list) in [("contains", &k.contains), ("not_contains", &k.not_contains)] {
+                    for (i, p) in list.iter().enumerate() {
+                        if let Err(e) = regex::Regex::new(p) {
+                            self.report(field(&format!("{name}[{i}]")), format!("bad regex: {e}"));
+                        }
+                    }
+                }
+            }
+            Step::Selftest(_) if !scope.top => {
+                self.report(
+                    format!("{at}.selftest"),
+                    "selftest steps are only allowed at the top level",
+                );
+            }
+            Step::Sysctl(c) => {
+                if c.file().is_none() {
+                    self.report(
+                        field("path"),
+                        format!("{:?} is not a path below /proc/sys", c.path),
+                    );
+                }
+            }
+            Step::Selftest(_) | Step::Sleep(_) | Step::Crash(_) => {}
         }
     }
-    None
 }
 
 #[cfg(test)]
@@ -397,6 +767,24 @@ steps:
 
     fn p(text: &str) -> Result<Scenario, ScenarioError> {
         parse(Path::new("s.yaml"), text)
+    }
+
+    /// The error lines for a scenario whose steps follow a 32-page arena `a`
+    /// that is mapped (the arena is on line 3, the mmap on line 4).
+    fn errors(steps: &str) -> Vec<String> {
+        let text = format!(
+            "name: x\nsteps:\n  - arena: {{ id: a, pages: 32 }}\n  - mmap: {{ arena: a }}\n{steps}"
+        );
+        match p(&text) {
+            Ok(_) => vec![],
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    fn one_error(steps: &str) -> String {
+        let e = errors(steps);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        e[0].clone()
     }
 
     #[test]
@@ -433,12 +821,12 @@ steps:
     }
 
     #[test]
-    fn undefined_arena_points_at_the_step_line() {
+    fn undefined_arena_points_at_the_field() {
         let text = "name: x\nsteps:\n  - arena: { id: a, pages: 1 }\n  - mmap: { arena: b }\n";
         let e = p(text).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "s.yaml:4: steps[1].mmap.arena: no earlier arena step has id `b`"
+            "s.yaml:4:20: steps[1].mmap.arena: no earlier arena step has id `b`"
         );
     }
 
@@ -446,7 +834,10 @@ steps:
     fn conflicting_touch_expectations() {
         let text = "name: x\nsteps:\n  - arena: { id: a, pages: 1 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 0, op: read, expect: { zero: true, value: 3 } }\n";
         let msg = p(text).unwrap_err().to_string();
-        assert!(msg.starts_with("s.yaml:5: steps[2].touch.expect"), "{msg}");
+        assert!(
+            msg.starts_with("s.yaml:5:51: steps[2].touch.expect"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -458,7 +849,7 @@ steps:
         let msg = p("name: a\nvm: { vcpus: 0 }\nsteps: [ {sleep: {ms: 1}} ]\n")
             .unwrap_err()
             .to_string();
-        assert!(msg.starts_with("s.yaml:2: vm.vcpus"), "{msg}");
+        assert!(msg.starts_with("s.yaml:2:14: vm.vcpus"), "{msg}");
     }
 
     #[test]
@@ -469,15 +860,274 @@ steps:
             msg.contains("steps[1].processes.steps[0].touch.arena"),
             "{msg}"
         );
-        assert!(msg.starts_with("s.yaml:4:"), "{msg}");
+        assert!(msg.starts_with("s.yaml:7:27:"), "{msg}");
     }
 
     #[test]
-    fn step_line_locator() {
-        let text = "name: x\nsteps:\n  # c\n  - a: 1\n  - b:\n      - c: 2\n  - d: 3\n";
-        assert_eq!(line_of_step(text, 0), Some(4));
-        assert_eq!(line_of_step(text, 1), Some(5));
-        assert_eq!(line_of_step(text, 2), Some(7));
-        assert_eq!(line_of_step(text, 3), None);
+    fn field_paths_are_located() {
+        let text =
+            "name: x\nsteps:\n  # c\n  - a: 1\n  - b:\n      - c: 2\n      - d: { e: [5, 6] }\n";
+        assert_eq!(locate(text, "name"), (1, 7));
+        assert_eq!(locate(text, "steps[0].a"), (4, 8));
+        assert_eq!(locate(text, "steps[1].b[1].d.e[1]"), (7, 21));
+        // Absent: the nearest enclosing node.
+        assert_eq!(locate(text, "steps[1].b[1].d.zzz"), (7, 12));
+        assert_eq!(locate(text, "steps[9].a"), (4, 3));
+        assert_eq!(
+            parse_field("steps[1].bpf_run.args[0]"),
+            vec![
+                Seg::Key("steps".into()),
+                Seg::Index(1),
+                Seg::Key("bpf_run".into()),
+                Seg::Key("args".into()),
+                Seg::Index(0),
+            ]
+        );
+    }
+
+    // The false PASS of issue 10: page 100 of a 32-page arena was written
+    // into the agent's own memory and read back.
+    #[test]
+    fn touch_page_outside_the_arena_names_line_and_field() {
+        let e = errors(
+            "  - touch: { arena: a, page: 100, op: write }\n  - touch: { arena: a, page: 100, op: read, expect: { pattern: true } }\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "s.yaml:5:30: steps[2].touch.page: page 100 is outside arena `a` (32 pages)",
+                "s.yaml:6:30: steps[3].touch.page: page 100 is outside arena `a` (32 pages)",
+            ]
+        );
+        let e = one_error("  - touch: { arena: a, page: 32, op: read }\n");
+        assert!(
+            e.ends_with("steps[2].touch.page: page 32 is outside arena `a` (32 pages)"),
+            "{e}"
+        );
+        assert!(errors("  - touch: { arena: a, page: 31, op: read }\n").is_empty());
+    }
+
+    #[test]
+    fn touch_count_running_past_the_end() {
+        let e = one_error("  - touch: { arena: a, page: 30, count: 4, op: write }\n");
+        assert_eq!(
+            e,
+            "s.yaml:5:41: steps[2].touch.count: pages 30..34 run past the end of arena `a` (32 pages)"
+        );
+        assert!(errors("  - touch: { arena: a, page: 28, count: 4, op: write }\n").is_empty());
+        // No overflow on hostile values.
+        let e =
+            one_error("  - touch: { arena: a, page: 1, count: 18446744073709551615, op: write }\n");
+        assert!(e.contains("steps[2].touch.count"), "{e}");
+    }
+
+    #[test]
+    fn touch_offset_must_fit_the_page() {
+        let e = one_error("  - touch: { arena: a, page: 0, offset: 4096, op: read }\n");
+        assert!(
+            e.starts_with("s.yaml:5:41: steps[2].touch.offset: offset 0x1000"),
+            "{e}"
+        );
+        let e = one_error("  - touch: { arena: a, page: 0, offset: 0xffc, op: read }\n");
+        assert!(e.contains("touch.offset"), "{e}");
+        assert!(errors("  - touch: { arena: a, page: 0, offset: 0xff8, op: read }\n").is_empty());
+    }
+
+    #[test]
+    fn munmap_and_madvise_ranges_past_the_end() {
+        let e = one_error("  - munmap: { arena: a, page: 16, pages: 17 }\n");
+        assert_eq!(
+            e,
+            "s.yaml:5:42: steps[2].munmap.pages: pages 16..33 run past the end of arena `a` (32 pages)"
+        );
+        let e = one_error("  - munmap: { arena: a, page: 40, pages: 1 }\n");
+        assert!(
+            e.contains("steps[2].munmap.page: page 40 is outside"),
+            "{e}"
+        );
+        let e = one_error("  - munmap: { arena: a, page: 33 }\n");
+        assert!(e.contains("steps[2].munmap.page"), "{e}");
+        let e = one_error("  - madvise: { arena: a, page: 31, pages: 2, advice: dontneed }\n");
+        assert!(
+            e.starts_with("s.yaml:5:43: steps[2].madvise.pages: pages 31..33 run past"),
+            "{e}"
+        );
+        let e = one_error("  - madvise: { arena: a, page: 32, advice: dontneed }\n");
+        assert!(
+            e.contains("steps[2].madvise.page: page 32 is outside"),
+            "{e}"
+        );
+        // Out-of-range probes of the kernel's own checks stay allowed when
+        // they stay inside the arena.
+        assert!(
+            errors("  - munmap: { arena: a, page: 2, pages: 1, expect: { errno: EINVAL } }\n")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn mapping_lengths() {
+        let e = one_error("  - mremap: { arena: a, pages: 64 }\n");
+        assert!(e.contains("steps[2].mremap.pages: must be 1..=32"), "{e}");
+        assert!(errors(
+            "  - mremap: { arena: a, pages: 64, may_move: true, expect: { errno: EFAULT } }\n"
+        )
+        .is_empty());
+        let e = one_error(
+            "  - mremap: { arena: a, pages: 18446744073709551615, expect: { errno: EFAULT } }\n",
+        );
+        assert!(
+            e.contains("mremap.pages: pages 18446744073709551615 is too large"),
+            "{e}"
+        );
+        let text = "name: x\nsteps:\n  - arena: { id: a, pages: 8 }\n  - mmap: { arena: a, pages: 9 }\n  - mmap: { arena: a, offset_pages: 1 }\n  - mmap: { arena: a, pages: 9, offset_pages: 1, expect: { errno: EINVAL } }\n";
+        let e = p(text).unwrap_err().to_string();
+        let lines: Vec<_> = e.lines().collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(
+            lines[0].starts_with(
+                "s.yaml:4:30: steps[1].mmap.pages: 9 pages is longer than arena `a` (8 pages)"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("s.yaml:5:37: steps[2].mmap.offset_pages: must be 0"),
+            "{e}"
+        );
+        let e = p("name: x\nsteps:\n  - arena: { id: a, pages: 0 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.yaml:3:28: steps[0].arena.pages: an arena has 1..=1048576 pages"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pages_outside_a_shorter_mapping_need_a_signal() {
+        let text = "name: x\nsteps:\n  - arena: { id: a, pages: 32 }\n  - mmap: { arena: a, pages: 16 }\n  - touch: { arena: a, page: 20, op: write }\n  - touch: { arena: a, page: 20, op: write, expect: { signal: SIGSEGV } }\n  - touch: { arena: a, page: 15, op: write }\n";
+        let e = p(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "s.yaml:5:30: steps[2].touch.page: page 20 of arena `a` is not mapped in this process (mapped: pages 0..16); only a touch that expects a signal may access it"
+        );
+        // After munmap nothing is mapped; a touch without a signal is refused.
+        let e = one_error("  - munmap: { arena: a }\n  - touch: { arena: a, page: 0, op: read }\n  - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }\n");
+        assert!(
+            e.contains("steps[3].touch.page: page 0 of arena `a` is not mapped"),
+            "{e}"
+        );
+        let e = errors("  - munmap: { arena: a }\n  - madvise: { arena: a, advice: dontneed }\n  - munmap: { arena: a }\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].contains("steps[3].madvise.arena: arena `a` is not mapped"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn nested_in_processes_threads_and_repeat() {
+        let e = one_error("  - processes:\n      count: 2\n      steps:\n        - mmap: { arena: a, same_address: true }\n        - touch: { arena: a, page: 100, op: write }\n");
+        assert!(
+            e.starts_with("s.yaml:9:36: steps[2].processes.steps[1].touch.page: page 100 is outside arena `a` (32 pages)"),
+            "{e}"
+        );
+        let e = one_error("  - repeat:\n      times: 3\n      steps:\n        - touch: { arena: a, page: 0, count: 33, op: write }\n");
+        assert!(
+            e.starts_with("s.yaml:8:46: steps[2].repeat.steps[0].touch.count"),
+            "{e}"
+        );
+        // A forked process has no mapping until it maps the arena itself.
+        let e = one_error("  - processes:\n      count: 1\n      steps:\n        - touch: { arena: a, page: 0, op: read }\n");
+        assert!(
+            e.contains("steps[2].processes.steps[0].touch.page: page 0 of arena `a` is not mapped"),
+            "{e}"
+        );
+        assert!(errors("  - processes:\n      count: 1\n      steps:\n        - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }\n").is_empty());
+        // Threads share the mapping; they must not take it away.
+        let e = errors("  - threads:\n      count: 2\n      steps:\n        - touch: { arena: a, page: 0, count: 32, op: read }\n        - munmap: { arena: a }\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("steps[2].threads.steps[1].munmap: not allowed inside threads"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn loops_are_checked_from_where_the_last_iteration_left() {
+        // The second iteration touches and unmaps an unmapped arena.
+        let e = errors("  - repeat:\n      times: 2\n      steps:\n        - touch: { arena: a, page: 0, op: read }\n        - munmap: { arena: a }\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].contains("steps[2].repeat.steps[0].touch.page: page 0 of arena `a` is not mapped"),
+            "{e:#?}"
+        );
+        assert!(
+            e[1].contains("steps[2].repeat.steps[1].munmap.arena: arena `a` is not mapped"),
+            "{e:#?}"
+        );
+        // Map, use, unmap per iteration is fine.
+        assert!(errors("  - munmap: { arena: a }\n  - processes:\n      count: 2\n      iterations: 10\n      steps:\n        - mmap: { arena: a, same_address: true }\n        - touch: { arena: a, page: 0, count: 32, op: write }\n        - munmap: { arena: a }\n").is_empty());
+    }
+
+    #[test]
+    fn bpf_run_page_arguments() {
+        let e = one_error("  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - bpf_run: { object: p, program: read_page, args: [32, 0] }\n  - bpf_run: { object: p, program: alloc_pages, args: [40, 2], expect_retval: 1 }\n");
+        assert_eq!(
+            e,
+            "s.yaml:6:54: steps[3].bpf_run.args[0]: read_page: page 32 is outside arena `a` (32 pages)"
+        );
+        let e = one_error("  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - bpf_run: { object: p, program: write_pages, args: [0, 1, 7, 0x1000] }\n");
+        assert!(
+            e.contains("steps[3].bpf_run.args[3]: write_pages: offset 0x1000"),
+            "{e}"
+        );
+        // A libbpf-created arena's size is only known at run time; offsets are static.
+        assert!(errors("  - bpf_load: { id: q, object: arena_ops.bpf.o, arena_id: b }\n  - bpf_run: { object: q, program: read_page, args: [1000, 8] }\n  - touch: { arena: b, page: 1023, op: read }\n").is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = errors("  - touch: { arena: a, page: 100, op: write }\n  - touch: { arena: a, page: 0, offset: 3, op: write }\n  - munmap: { arena: b }\n");
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(e[0].contains("steps[2].touch.page"));
+        assert!(e[1].contains("steps[3].touch.offset"));
+        assert!(e[2].contains("steps[4].munmap.arena"));
+    }
+
+    #[test]
+    fn every_file_is_reported() {
+        let dir = std::env::temp_dir().join(format!("arena-sf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = "name: NAME\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 4, op: read }\n";
+        std::fs::write(dir.join("a.yaml"), bad.replace("NAME", "one")).unwrap();
+        std::fs::write(dir.join("b.yaml"), bad.replace("NAME", "two")).unwrap();
+        std::fs::write(dir.join("c.yaml"), GOOD).unwrap();
+        let e = load_paths(std::slice::from_ref(&dir))
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<_> = e.lines().collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(
+            lines[0].ends_with(
+                "a.yaml:5:30: steps[2].touch.page: page 4 is outside arena `a` (4 pages)"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines[1].ends_with(
+                "b.yaml:5:30: steps[2].touch.page: page 4 is outside arena `a` (4 pages)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_catalogue_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let all = load_paths(&[root]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(all.len() > 20);
     }
 }

@@ -263,8 +263,12 @@ fn drive(
             *boot_s = Some(at);
             *hello = Some(h);
         }
+        Ok(Event::Message(GuestMessage::Fatal { reason })) => {
+            return End::NoHello(format!("the agent gave up before hello: {reason}"))
+        }
         Ok(Event::Message(other)) => {
-            return End::NoHello(format!("expected hello, the guest sent {other:?}"))
+            let sent = serde_json::to_string(&other).unwrap_or_default();
+            return End::NoHello(format!("expected hello, the guest sent {sent}"));
         }
         Ok(Event::Bad(why)) => return End::NoHello(format!("garbage before hello: {why}")),
         Ok(Event::Eof) => {
@@ -301,6 +305,10 @@ fn drive(
                     GuestMessage::Done { status, reason } => Some(End::Done {
                         status: *status,
                         reason: reason.clone(),
+                    }),
+                    GuestMessage::Fatal { reason } => Some(End::Done {
+                        status: StepStatus::Error,
+                        reason: format!("the agent gave up: {reason}"),
                     }),
                     _ => None,
                 };

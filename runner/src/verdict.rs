@@ -1,11 +1,25 @@
 //! From what a session observed (and the console log) to a scenario verdict.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use arena_protocol::{GuestMessage, StepStatus};
 
 use crate::session::{End, Record};
 use crate::splat::{self, Splat};
+
+/// Console lines kept with a scenario that did not pass (summary
+/// `console_tail`, JUnit `<system-out>`).
+pub const CONSOLE_TAIL_LINES: usize = 50;
+/// Longest console line kept in a tail or a splat text: the guest is
+/// untrusted and a line without newline could be megabytes.
+const MAX_LINE_CHARS: usize = 1000;
+/// Lines kept from a splat's first line on (when no end-of-trace marker
+/// comes first).
+const SPLAT_TEXT_LINES: usize = 40;
+/// Splats whose text is kept; a flood of warnings would bloat the summary.
+const SPLAT_TEXTS: usize = 3;
 
 /// A scenario's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +33,117 @@ pub enum Verdict {
     Error,
     /// It ran out of time.
     Timeout,
+    /// The run never got to it (aborted, killed, or still in progress); the
+    /// reason says which. Never green.
+    NotRun,
+}
+
+impl Verdict {
+    /// The summary/JSON spelling (`pass`, ..., `not_run`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Error => "error",
+            Verdict::Timeout => "timeout",
+            Verdict::NotRun => "not_run",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The wire spelling of a step status (`pass`, `fail`, `error`, `timeout`, `skip`).
+pub fn status_str(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pass => "pass",
+        StepStatus::Fail => "fail",
+        StepStatus::Error => "error",
+        StepStatus::Timeout => "timeout",
+        StepStatus::Skip => "skip",
+    }
+}
+
+/// How a VM session ended, as data (the summary's `retried_after`): never
+/// the runner's internal representation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// The agent reported the scenario done.
+    Done {
+        /// Overall step status.
+        status: StepStatus,
+        /// The agent's reason ("" on pass).
+        reason: String,
+    },
+    /// The VM never got to the agent's hello.
+    NoHello {
+        /// What was seen instead.
+        reason: String,
+    },
+    /// The scenario outlived its time; the VM was killed.
+    HostTimeout {
+        /// The host-side limit (s).
+        limit_s: u64,
+    },
+    /// The VM exited after hello without the agent saying done.
+    VmExited {
+        /// How the VM process ended.
+        status: String,
+    },
+    /// The guest broke the results protocol.
+    Protocol {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl From<&End> for SessionEnd {
+    fn from(end: &End) -> Self {
+        match end {
+            End::Done { status, reason } => SessionEnd::Done {
+                status: *status,
+                reason: reason.clone(),
+            },
+            End::NoHello(reason) => SessionEnd::NoHello {
+                reason: reason.clone(),
+            },
+            End::HostTimeout(limit) => SessionEnd::HostTimeout {
+                limit_s: limit.as_secs(),
+            },
+            End::VmExited(status) => SessionEnd::VmExited {
+                status: status.clone(),
+            },
+            End::Protocol(reason) => SessionEnd::Protocol {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEnd::Done { status, reason } if reason.is_empty() => {
+                write!(f, "agent done: {}", status_str(*status))
+            }
+            SessionEnd::Done { status, reason } => {
+                write!(f, "agent done: {}: {reason}", status_str(*status))
+            }
+            SessionEnd::NoHello { reason } => write!(f, "no agent hello: {reason}"),
+            SessionEnd::HostTimeout { limit_s } => {
+                write!(f, "no result within {limit_s} s; VM killed")
+            }
+            SessionEnd::VmExited { status } => {
+                write!(f, "the VM exited ({status}) before the agent finished")
+            }
+            SessionEnd::Protocol { reason } => write!(f, "results channel: {reason}"),
+        }
+    }
 }
 
 /// One step's reported outcome.
@@ -50,6 +175,25 @@ pub struct TestcaseRecord {
     pub status: StepStatus,
     /// Log lines (failure text).
     pub log: String,
+    /// Host-observed seconds since the previous result of the same run of
+    /// `test_progs` (or its step's start): approximate, as guest output may
+    /// arrive in bursts.
+    #[serde(default)]
+    pub duration_s: f64,
+}
+
+/// A kernel splat found in the console log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplatRecord {
+    /// 1-based line in `console.log`.
+    pub line: usize,
+    /// Which detector matched (`bug`, `warning`, `kasan`, ...).
+    pub kind: String,
+    /// The line itself without its timestamp: the failure title.
+    pub title: String,
+    /// The splat's lines (up to the end-of-trace marker, at most 40), for
+    /// the first three splats only; `None` for the rest.
+    pub text: Option<String>,
 }
 
 /// The judged outcome of one scenario.
@@ -57,21 +201,80 @@ pub struct TestcaseRecord {
 pub struct Judgement {
     /// Verdict.
     pub verdict: Verdict,
-    /// Why, when not pass (the failure title first).
+    /// Why, when not pass (the failure title first); "" on pass.
     pub reason: String,
-    /// The VM or agent never came up: an infrastructure error.
+    /// The VM or agent never came up, or the scenario could not be
+    /// prepared: an infrastructure error (it aborts the run).
     pub infra: bool,
     /// Steps as reported.
     pub steps: Vec<StepRecord>,
     /// Selftest results.
     pub testcases: Vec<TestcaseRecord>,
-    /// Splats found in the console log: (line, title).
-    pub splats: Vec<(usize, String)>,
+    /// Splats found in the console log.
+    pub splats: Vec<SplatRecord>,
+    /// The last console lines when the verdict is not pass and a console
+    /// exists; `None` otherwise.
+    pub console_tail: Option<String>,
 }
 
-fn tail(console: &str, n: usize) -> String {
+impl Judgement {
+    /// A scenario the run never got to.
+    pub fn not_run(reason: impl Into<String>) -> Judgement {
+        Judgement::without_vm(Verdict::NotRun, reason, false)
+    }
+
+    /// A scenario that could not be prepared (no VM ran): an infrastructure error.
+    pub fn infra_error(reason: impl Into<String>) -> Judgement {
+        Judgement::without_vm(Verdict::Error, reason, true)
+    }
+
+    fn without_vm(verdict: Verdict, reason: impl Into<String>, infra: bool) -> Judgement {
+        Judgement {
+            verdict,
+            reason: reason.into(),
+            infra,
+            steps: Vec::new(),
+            testcases: Vec::new(),
+            splats: Vec::new(),
+            console_tail: None,
+        }
+    }
+}
+
+/// At most `MAX_LINE_CHARS` of a console line, without its `\r`.
+fn clip(line: &str) -> &str {
+    let line = line.trim_end_matches('\r');
+    match line.char_indices().nth(MAX_LINE_CHARS) {
+        Some((i, _)) => &line[..i],
+        None => line,
+    }
+}
+
+/// The last `n` console lines, each clipped.
+pub fn tail(console: &str, n: usize) -> String {
     let lines: Vec<&str> = console.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| clip(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The text of a splat starting at 1-based `line`: up to and including an
+/// end-of-trace marker, at most `SPLAT_TEXT_LINES` lines.
+fn splat_text(console: &str, line: usize) -> String {
+    let mut out = Vec::new();
+    for l in console
+        .lines()
+        .skip(line.saturating_sub(1))
+        .take(SPLAT_TEXT_LINES)
+    {
+        out.push(clip(l));
+        if l.contains("---[ end ") {
+            break;
+        }
+    }
+    out.join("\n")
 }
 
 /// Judge a session.
@@ -79,10 +282,14 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     let mut steps = Vec::new();
     let mut testcases = Vec::new();
     let mut open_step: Option<(String, String)> = None;
+    // Arrival of the last step start or selftest result: a result's time
+    // is measured from there.
+    let mut mark = 0.0;
     for r in &record.messages {
         match &r.message {
             GuestMessage::StepStarted { path, kind } => {
-                open_step = Some((path.clone(), kind.clone()))
+                open_step = Some((path.clone(), kind.clone()));
+                mark = r.at;
             }
             GuestMessage::StepEnded {
                 path,
@@ -103,11 +310,15 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
                     data: data.clone(),
                 });
             }
-            GuestMessage::Testcase { name, status, log } => testcases.push(TestcaseRecord {
-                name: name.clone(),
-                status: *status,
-                log: log.clone(),
-            }),
+            GuestMessage::Testcase { name, status, log } => {
+                testcases.push(TestcaseRecord {
+                    name: name.clone(),
+                    status: *status,
+                    log: log.clone(),
+                    duration_s: (r.at - mark).max(0.0),
+                });
+                mark = r.at;
+            }
             _ => {}
         }
     }
@@ -115,7 +326,8 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         .as_ref()
         .map(|(p, k)| format!(" during step {p} ({k})"))
         .unwrap_or_default();
-    let last_lines = || format!("; last console lines:\n{}", tail(console, 15));
+    // On lines of their own, so a reason's first line stays a one-line title.
+    let last_lines = || format!("\nlast console lines:\n{}", tail(console, 15));
     let (mut verdict, mut reason, infra) = match &record.end {
         End::Done { status, reason } => {
             let v = match status {
@@ -131,7 +343,22 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             };
             (v, reason, false)
         }
-        End::NoHello(why) => (Verdict::Error, format!("{why}{}", last_lines()), true),
+        End::NoHello(why) => {
+            // The agent says why it gave up (e.g. no virtio driver): that
+            // belongs in the title, not only in the console lines.
+            let gave_up = console
+                .lines()
+                .find_map(|l| l.split_once("arena-agent: FATAL: "))
+                .map(|(_, fatal)| clip(fatal))
+                .filter(|fatal| !why.contains(fatal) && !why.contains("agent gave up"))
+                .map(|fatal| format!("; the agent gave up: {fatal}"))
+                .unwrap_or_default();
+            (
+                Verdict::Error,
+                format!("{why}{gave_up}{}", last_lines()),
+                true,
+            )
+        }
         End::HostTimeout(limit) => (
             Verdict::Timeout,
             format!(
@@ -165,13 +392,26 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             }
         }
     }
+    let splats = splats
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| SplatRecord {
+            text: (i < SPLAT_TEXTS).then(|| splat_text(console, s.line)),
+            line: s.line,
+            kind: s.kind.to_owned(),
+            title: s.title,
+        })
+        .collect();
+    let console_tail = (verdict != Verdict::Pass && !console.is_empty())
+        .then(|| tail(console, CONSOLE_TAIL_LINES));
     Judgement {
         verdict,
         reason,
         infra,
         steps,
         testcases,
-        splats: splats.into_iter().map(|s| (s.line, s.title)).collect(),
+        splats,
+        console_tail,
     }
 }
 
@@ -238,7 +478,17 @@ mod tests {
         let j = judge(&record(End::NoHello("no hello".into()), vec![]), "a\nb\n");
         assert_eq!(j.verdict, Verdict::Error);
         assert!(j.infra);
-        assert!(j.reason.contains("last console lines:\na\nb"));
+        assert_eq!(j.reason, "no hello\nlast console lines:\na\nb");
+        let console = "x\narena-agent: FATAL: no results channel: no VIRTIO_MMIO\r\n";
+        let j = judge(&record(End::NoHello("closed".into()), vec![]), console);
+        assert_eq!(
+            j.reason.lines().next(),
+            Some("closed; the agent gave up: no results channel: no VIRTIO_MMIO")
+        );
+        // Said once when the session already reports it.
+        let why = "the agent gave up before hello: no results channel: no VIRTIO_MMIO";
+        let j = judge(&record(End::NoHello(why.into()), vec![]), console);
+        assert_eq!(j.reason.lines().next(), Some(why));
     }
 
     #[test]
@@ -258,6 +508,78 @@ mod tests {
             "{}",
             j.reason
         );
+    }
+
+    #[test]
+    fn a_failing_scenario_keeps_the_console_tail_and_splat_text() {
+        let mut console: String = (1..=60).map(|i| format!("line {i}\r\n")).collect();
+        console.push_str("[ 3.2] BUG: kernel NULL pointer dereference\r\n");
+        console.push_str("Call Trace:\n f+0x1\n---[ end trace 0000000000000000 ]---\nafter\n");
+        let j = judge(&record(done(StepStatus::Pass), vec![]), &console);
+        assert_eq!(j.verdict, Verdict::Fail);
+        let tail = j.console_tail.unwrap();
+        assert_eq!(tail.lines().count(), CONSOLE_TAIL_LINES);
+        assert!(tail.ends_with("---[ end trace 0000000000000000 ]---\nafter"));
+        assert!(!tail.contains('\r'));
+        assert_eq!(j.splats.len(), 1);
+        assert_eq!(j.splats[0].kind, "bug");
+        assert_eq!(j.splats[0].line, 61);
+        assert_eq!(
+            j.splats[0].text.as_deref(),
+            Some(
+                "[ 3.2] BUG: kernel NULL pointer dereference\nCall Trace:\n f+0x1\n---[ end trace 0000000000000000 ]---"
+            )
+        );
+        let pass = judge(&record(done(StepStatus::Pass), vec![]), "clean\n");
+        assert!(pass.console_tail.is_none());
+    }
+
+    #[test]
+    fn session_ends_are_data_and_plain_text() {
+        let end = SessionEnd::from(&End::NoHello("results channel closed before hello".into()));
+        assert_eq!(
+            serde_json::to_value(&end).unwrap(),
+            serde_json::json!({"kind": "no_hello", "reason": "results channel closed before hello"})
+        );
+        assert_eq!(
+            end.to_string(),
+            "no agent hello: results channel closed before hello"
+        );
+        let done = SessionEnd::from(&End::Done {
+            status: StepStatus::Pass,
+            reason: String::new(),
+        });
+        assert_eq!(done.to_string(), "agent done: pass");
+        let timeout = SessionEnd::from(&End::HostTimeout(std::time::Duration::from_secs(40)));
+        assert_eq!(
+            serde_json::to_value(&timeout).unwrap(),
+            serde_json::json!({"kind": "host_timeout", "limit_s": 40})
+        );
+    }
+
+    #[test]
+    fn testcases_are_timed_from_their_predecessor() {
+        let at = |at: f64, message| Received { at, message };
+        let tc = |name: &str| GuestMessage::Testcase {
+            name: name.into(),
+            status: StepStatus::Pass,
+            log: String::new(),
+        };
+        let mut r = record(done(StepStatus::Pass), vec![]);
+        r.messages = vec![
+            at(
+                2.0,
+                GuestMessage::StepStarted {
+                    path: "0".into(),
+                    kind: "selftest".into(),
+                },
+            ),
+            at(2.5, tc("a/1")),
+            at(4.0, tc("a/2")),
+        ];
+        let j = judge(&r, "");
+        let times: Vec<f64> = j.testcases.iter().map(|t| t.duration_s).collect();
+        assert_eq!(times, [0.5, 1.5]);
     }
 
     #[test]

@@ -17,9 +17,7 @@ use crate::arch::x86_64::{acpi, cpuid, mptable, regs};
 use crate::bridge::SocketBridge;
 use crate::devices::acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
-use crate::devices::legacy::{
-    LegacyAt, LegacyDevice, CMOS_INDEX_PORT, FAST_A20_PORT, PORT_B, POST_PORT,
-};
+use crate::devices::legacy;
 use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_IRQ, COM1_PORT, UART_PORT_LEN};
 use crate::devices::{self, Bus, SharedDevice};
 use crate::memory::{self, GuestMem};
@@ -46,7 +44,7 @@ impl Vm {
         Ok(Self {
             _kvm: kvm,
             vm,
-            mem,
+            _mem: mem,
             pio: Arc::new(devs.pio),
             mmio: Arc::new(devs.mmio),
             vcpus,
@@ -195,19 +193,7 @@ fn create_devices(
     );
     pio.insert(Arc::new(Mutex::new(pm)), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
 
-    let legacy = Arc::new(Mutex::new(LegacyDevice::new()));
-    for (base, len) in [
-        (POST_PORT, 1),
-        (PORT_B, 1),
-        (CMOS_INDEX_PORT, 2),
-        (FAST_A20_PORT, 1),
-    ] {
-        let dev: SharedDevice = Arc::new(Mutex::new(LegacyAt {
-            base,
-            dev: legacy.clone(),
-        }));
-        pio.insert(dev, base, len)?;
-    }
+    legacy::register(&mut pio)?;
 
     // 0x61 (port B) sits inside the i8042 range, so the controller gets 0x60
     // and 0x62..=0x64.
@@ -217,10 +203,7 @@ fn create_devices(
     )))));
     pio.insert(i8042.clone(), I8042_DATA_PORT, 1)?;
     pio.insert(
-        Arc::new(Mutex::new(devices::Offset {
-            dev: i8042,
-            offset: 2,
-        })),
+        devices::Offset::shared(i8042, 2),
         I8042_DATA_PORT + 2,
         I8042_PORT_LEN - 2,
     )?;

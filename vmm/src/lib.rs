@@ -22,6 +22,7 @@ pub mod arch;
 pub mod bridge;
 mod builder;
 pub mod devices;
+pub mod exit_stats;
 pub mod loader;
 pub mod memory;
 pub mod probe;
@@ -291,13 +292,18 @@ pub struct RunReport {
     pub time_to_first_entry: Option<Duration>,
     /// Total time spent in [`Vm::run`].
     pub run_time: Duration,
+    /// When the boot vCPU first entered the guest.
+    pub first_entry_at: Option<Instant>,
+    /// Port-I/O and MMIO exits per device, all vCPUs.
+    pub exits: exit_stats::ExitStats,
 }
 
 /// A fully built VM, ready to [`run`](Vm::run).
 pub struct Vm {
     _kvm: Kvm,
     vm: VmFd,
-    mem: Arc<GuestMem>,
+    /// Guest RAM, mapped into the VM: dropped after `vm` (field order).
+    _mem: Arc<GuestMem>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     vcpus: Vec<Vcpu>,
@@ -310,16 +316,6 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Guest memory (for inspection by tests and tools).
-    pub fn memory(&self) -> &GuestMem {
-        &self.mem
-    }
-
-    /// The KVM VM fd.
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
-    }
-
     /// The virtio-console transport (host side).
     pub fn console(&self) -> &ConsoleTransport {
         &self.console
@@ -335,6 +331,7 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let boot_started = Arc::new(std::sync::OnceLock::new());
+        let stats = Arc::new(Mutex::new(exit_stats::ExitStats::default()));
         for v in self.vcpus.drain(..) {
             let started = if v.id == 0 {
                 boot_started.clone()
@@ -347,6 +344,7 @@ impl Vm {
                 exit_tx: self.exit_tx.clone(),
                 stop: stop.clone(),
                 started,
+                stats: stats.clone(),
             };
             let id = v.id;
             let h = std::thread::Builder::new()
@@ -391,10 +389,13 @@ impl Vm {
         if let Some(b) = &mut self.console_bridge {
             b.stop();
         }
+        let exits = std::mem::take(&mut *devices::lock(&stats));
         Ok(RunReport {
             exit,
             time_to_first_entry: boot_started.get().map(|t| t.duration_since(start)),
             run_time: start.elapsed(),
+            first_entry_at: boot_started.get().copied(),
+            exits,
         })
     }
 }

@@ -3,11 +3,14 @@
 //! Two kernel formats are accepted, detected by magic:
 //! * ELF `vmlinux` with a PVH note: booted through its 32-bit PVH entry with
 //!   an `hvm_start_info` (cmdline, memmap, modlist = initrd, RSDP).
+//! * ELF `vmlinux` without one (no `CONFIG_PVH`): entered at `e_entry`
+//!   (`startup_64`) in long mode with a zero page, as Firecracker does.
 //! * bzImage: booted through the 64-bit boot protocol entry
 //!   (`startup_64` = load address + 0x200) with a zero page.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::mem::size_of;
 use std::path::Path;
 
 use linux_loader::cmdline::Cmdline;
@@ -107,13 +110,16 @@ pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<LoadedKernel, LoadErro
     let mut f = File::open(path).map_err(|e| LoadError::Io(name.clone(), e))?;
     if is_elf(&mut f).map_err(|e| LoadError::Io(name.clone(), e))? {
         let result = Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START)))?;
-        match result.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => Ok(LoadedKernel {
-                entry: BootEntry::Pvh { entry: addr.0 },
-                result,
-            }),
-            _ => Err(LoadError::NoPvhEntry),
-        }
+        let entry = match result.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => BootEntry::Pvh { entry: addr.0 },
+            // Kernels built without CONFIG_PVH: `e_entry` is the physical
+            // address of `startup_64`, entered in long mode with a zero page
+            // (the 64-bit boot protocol, as for a bzImage's payload).
+            _ => BootEntry::Linux64 {
+                entry: result.kernel_load.0,
+            },
+        };
+        Ok(LoadedKernel { entry, result })
     } else {
         let result = BzImage::load(
             mem,
@@ -192,12 +198,6 @@ pub fn memory_map(mem: &GuestMem) -> Vec<(u64, u64, u32)> {
     map
 }
 
-fn as_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: only used with the repr(C) plain-old-data boot structures from
-    // linux-loader, which have no padding-sensitive invariants.
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
-}
-
 /// Writes the PVH `hvm_start_info`, memmap and modlist.
 pub fn write_pvh_info(
     mem: &GuestMem,
@@ -215,7 +215,8 @@ pub fn write_pvh_info(
             type_: *ty,
             reserved: 0,
         };
-        mem.write_slice(as_bytes(&e), GuestAddress(PVH_MEMMAP_START + 24 * i as u64))
+        let at = PVH_MEMMAP_START + (i * size_of::<hvm_memmap_table_entry>()) as u64;
+        mem.write_obj(e, GuestAddress(at))
             .map_err(|_| LoadError::GuestMemory("PVH memmap"))?;
     }
     let mut info = hvm_start_info {
@@ -233,12 +234,12 @@ pub fn write_pvh_info(
             size: rd.size,
             ..Default::default()
         };
-        mem.write_slice(as_bytes(&m), GuestAddress(PVH_MODLIST_START))
+        mem.write_obj(m, GuestAddress(PVH_MODLIST_START))
             .map_err(|_| LoadError::GuestMemory("PVH modlist"))?;
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST_START;
     }
-    mem.write_slice(as_bytes(&info), GuestAddress(PVH_INFO_START))
+    mem.write_obj(info, GuestAddress(PVH_INFO_START))
         .map_err(|_| LoadError::GuestMemory("PVH start info"))
 }
 
@@ -338,20 +339,62 @@ mod tests {
             size: 42,
         };
         write_pvh_info(&m, Some(rd), Some(ACPI_START)).unwrap();
-        let info: [u32; 4] = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
-        assert_eq!(info[0], XEN_HVM_START_MAGIC_VALUE);
-        assert_eq!(info[3], 1);
+        let map = memory_map(&m);
+        let info: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(info.version, 1);
+        assert_eq!(info.flags, 0);
+        assert_eq!(info.nr_modules, 1);
+        assert_eq!(info.modlist_paddr, PVH_MODLIST_START);
+        assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(info.rsdp_paddr, ACPI_START);
+        assert_eq!(info.memmap_paddr, PVH_MEMMAP_START);
+        assert_eq!(info.memmap_entries as usize, map.len());
+        assert_eq!(info.reserved, 0);
+        // The raw layout the kernel reads (xen/include/public/arch-x86/hvm/start_info.h).
+        let raw: [u32; 4] = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(raw, [XEN_HVM_START_MAGIC_VALUE, 1, 0, 1]);
         let entries: u32 = m.read_obj(GuestAddress(PVH_INFO_START + 48)).unwrap();
-        assert_eq!(entries as usize, memory_map(&m).len());
-        let last_ram: [u64; 2] = m
-            .read_obj(GuestAddress(PVH_MEMMAP_START + 24 * (entries as u64 - 1)))
-            .unwrap();
-        assert_eq!(last_ram, [HIMEM_START, (64 << 20) - HIMEM_START]);
-        let modaddr: u64 = m.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
-        assert_eq!(modaddr, 0x300_0000);
+        assert_eq!(entries as usize, map.len());
+        for (i, (addr, size, ty)) in map.iter().enumerate() {
+            let at = PVH_MEMMAP_START + (i * size_of::<hvm_memmap_table_entry>()) as u64;
+            let e: hvm_memmap_table_entry = m.read_obj(GuestAddress(at)).unwrap();
+            assert_eq!(
+                (e.addr, e.size, e.type_, e.reserved),
+                (*addr, *size, *ty, 0)
+            );
+        }
+        assert_eq!(
+            map.last(),
+            Some(&(HIMEM_START, (64 << 20) - HIMEM_START, E820_RAM))
+        );
+        let module: hvm_modlist_entry = m.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
+        assert_eq!(
+            (
+                module.paddr,
+                module.size,
+                module.cmdline_paddr,
+                module.reserved
+            ),
+            (0x300_0000, 42, 0, 0)
+        );
         let mut cl = [0u8; 14];
         m.read_slice(&mut cl, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&cl, b"console=ttyS0\0");
+    }
+
+    #[test]
+    fn pvh_info_without_initrd_or_rsdp() {
+        let m = create_guest_memory(32).unwrap();
+        // Garbage where the modlist would go must not be referenced.
+        m.write_obj([0xffu8; 32], GuestAddress(PVH_MODLIST_START))
+            .unwrap();
+        write_pvh_info(&m, None, None).unwrap();
+        let info: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+        assert_eq!(info.rsdp_paddr, 0);
+        assert_eq!(info.memmap_entries as usize, memory_map(&m).len());
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
 }
 
 fn main() -> ExitCode {
+    let process_start = std::time::Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("probe") {
         let p = vmm::probe::probe();
@@ -83,6 +84,17 @@ fn main() -> ExitCode {
     };
     match vmm::run_vm(&cfg) {
         Ok(report) => {
+            // Where the time went, for `vmm.log` and `lab bench`.
+            if let Some(t) = report.time_to_first_entry {
+                eprintln!(
+                    "arena-vmm: first guest entry {:.3} ms after the VM was built, {:.3} ms after process start",
+                    t.as_secs_f64() * 1e3,
+                    report
+                        .first_entry_at
+                        .map_or(f64::NAN, |at| (at - process_start).as_secs_f64() * 1e3)
+                );
+            }
+            eprintln!("arena-vmm: {}", report.exits);
             eprintln!("arena-vmm: {}", report.exit);
             ExitCode::from(report.exit.exit_code() as u8)
         }

@@ -9,6 +9,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::arch::x86_64::{cpuid, msr, regs, ArchError};
 use crate::devices::Bus;
+use crate::exit_stats::{ExitKind, ExitStats};
 use crate::ExitReason;
 
 /// Signal used to kick vCPU threads out of `KVM_RUN`.
@@ -53,6 +54,8 @@ pub struct VcpuContext {
     pub stop: Arc<AtomicBool>,
     /// Set by the vCPU just before it enters the guest for the first time.
     pub started: Arc<std::sync::OnceLock<std::time::Instant>>,
+    /// Where this vCPU adds its exit counts when it stops.
+    pub stats: Arc<std::sync::Mutex<ExitStats>>,
 }
 
 impl Vcpu {
@@ -81,13 +84,14 @@ impl Vcpu {
     /// Runs until the guest exits for good or the VMM asks to stop.
     pub fn run(mut self, ctx: VcpuContext) {
         let mut first = true;
+        let mut stats = ExitStats::default();
         while !ctx.stop.load(Ordering::Acquire) {
             if first {
                 let _ = ctx.started.set(std::time::Instant::now());
                 first = false;
             }
             let outcome = match self.fd.run() {
-                Ok(exit) => handle_exit(exit, &ctx),
+                Ok(exit) => handle_exit(exit, &ctx, &mut stats),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
                 Err(e) => Some(ExitReason::VcpuError(format!("KVM_RUN: {e}"))),
             };
@@ -101,6 +105,7 @@ impl Vcpu {
             let _ = ctx.exit_tx.send(reason.with_location(self.id, rip));
             break;
         }
+        crate::devices::lock(&ctx.stats).merge(&stats);
         if trace_enabled() {
             if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
                 eprintln!(
@@ -113,28 +118,32 @@ impl Vcpu {
 }
 
 /// Handles one exit; returns a reason when the VM must stop.
-fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<ExitReason> {
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext, stats: &mut ExitStats) -> Option<ExitReason> {
     if trace_enabled() {
         eprintln!("arena-vmm trace: {exit:?}");
     }
     match exit {
         VcpuExit::IoIn(port, data) => {
+            stats.record(ExitKind::Io, &ctx.pio, u64::from(port));
             if !ctx.pio.read(u64::from(port), data) {
                 data.fill(0xff);
             }
             None
         }
         VcpuExit::IoOut(port, data) => {
+            stats.record(ExitKind::Io, &ctx.pio, u64::from(port));
             ctx.pio.write(u64::from(port), data);
             None
         }
         VcpuExit::MmioRead(addr, data) => {
+            stats.record(ExitKind::Mmio, &ctx.mmio, addr);
             if !ctx.mmio.read(addr, data) {
                 data.fill(0xff);
             }
             None
         }
         VcpuExit::MmioWrite(addr, data) => {
+            stats.record(ExitKind::Mmio, &ctx.mmio, addr);
             ctx.mmio.write(addr, data);
             None
         }
@@ -187,6 +196,7 @@ mod tests {
                 exit_tx,
                 stop: Arc::new(AtomicBool::new(false)),
                 started: Arc::new(std::sync::OnceLock::new()),
+                stats: Arc::default(),
             },
             log,
         )
@@ -196,25 +206,49 @@ mod tests {
     fn io_and_mmio_exits_are_dispatched() {
         let (c, log) = ctx();
         let mut d = [0u8; 2];
-        assert_eq!(handle_exit(VcpuExit::IoIn(0x3fa, &mut d), &c), None);
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x3fa, &mut d), &c, &mut ExitStats::default()),
+            None
+        );
         assert_eq!(d, [3, 3]);
-        assert_eq!(handle_exit(VcpuExit::IoIn(0x80, &mut d), &c), None);
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x80, &mut d), &c, &mut ExitStats::default()),
+            None
+        );
         assert_eq!(d, [0xff, 0xff], "unclaimed ports read as all ones");
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, b"x"), &c), None);
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x1234, &[1]), &c), None);
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x3f8, b"x"), &c, &mut ExitStats::default()),
+            None
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x1234, &[1]), &c, &mut ExitStats::default()),
+            None
+        );
         let mut m = [0u8; 4];
         assert_eq!(
-            handle_exit(VcpuExit::MmioRead(0xd000_0010, &mut m), &c),
+            handle_exit(
+                VcpuExit::MmioRead(0xd000_0010, &mut m),
+                &c,
+                &mut ExitStats::default()
+            ),
             None
         );
         assert_eq!(m, [0x11; 4]);
         assert_eq!(
-            handle_exit(VcpuExit::MmioRead(0xfeed_0000, &mut m), &c),
+            handle_exit(
+                VcpuExit::MmioRead(0xfeed_0000, &mut m),
+                &c,
+                &mut ExitStats::default()
+            ),
             None
         );
         assert_eq!(m, [0xff; 4]);
         assert_eq!(
-            handle_exit(VcpuExit::MmioWrite(0xd000_0070, &[1, 0, 0, 0]), &c),
+            handle_exit(
+                VcpuExit::MmioWrite(0xd000_0070, &[1, 0, 0, 0]),
+                &c,
+                &mut ExitStats::default()
+            ),
             None
         );
         assert_eq!(
@@ -227,29 +261,40 @@ mod tests {
     fn fatal_exits_map_to_reasons() {
         let (c, _) = ctx();
         assert!(matches!(
-            handle_exit(VcpuExit::Shutdown, &c),
+            handle_exit(VcpuExit::Shutdown, &c, &mut ExitStats::default()),
             Some(ExitReason::TripleFault { .. })
         ));
         assert!(matches!(
-            handle_exit(VcpuExit::InternalError, &c),
+            handle_exit(VcpuExit::InternalError, &c, &mut ExitStats::default()),
             Some(ExitReason::InternalError { .. })
         ));
         assert_eq!(
-            handle_exit(VcpuExit::FailEntry(7, 1), &c),
+            handle_exit(VcpuExit::FailEntry(7, 1), &c, &mut ExitStats::default()),
             Some(ExitReason::FailEntry { reason: 7, cpu: 1 })
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &c),
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                &c,
+                &mut ExitStats::default()
+            ),
             Some(ExitReason::Reset)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &c),
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &c,
+                &mut ExitStats::default()
+            ),
             Some(ExitReason::PowerOff)
         );
         assert!(matches!(
-            handle_exit(VcpuExit::Hlt, &c),
+            handle_exit(VcpuExit::Hlt, &c, &mut ExitStats::default()),
             Some(ExitReason::Unexpected(_))
         ));
-        assert_eq!(handle_exit(VcpuExit::Intr, &c), None);
+        assert_eq!(
+            handle_exit(VcpuExit::Intr, &c, &mut ExitStats::default()),
+            None
+        );
     }
 }

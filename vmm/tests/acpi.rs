@@ -39,6 +39,13 @@ fn iasl_disassembles_every_table_without_errors() {
             assert!(dsl.contains("\"LNRO0005\""), "{dsl}");
             assert!(dsl.contains("0xD0000000"), "{dsl}");
             assert!(dsl.contains("0xD0001000"), "{dsl}");
+            // COM1 must be an ACPI device: a hardware-reduced platform has no
+            // legacy IRQs, and without it user-space console writes fail.
+            assert!(dsl.contains("EisaId (\"PNP0501\")"), "{dsl}");
+            assert!(
+                dsl.contains("0x03F8,             // Range Minimum"),
+                "{dsl}"
+            );
             assert!(
                 dsl.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"),
                 "{dsl}"

@@ -8,9 +8,7 @@ use vmm::ExitReason;
 
 #[test]
 fn pvh_guest_prints_and_resets_cleanly() {
-    if !kvm_or_skip("pvh_guest_prints_and_resets_cleanly") {
-        return;
-    }
+    require_kvm("pvh_guest_prints_and_resets_cleanly");
     let (cfg, buf) = config(&build_pvh("hello_pvh"));
     let (report, out) = run(&cfg, &buf);
     assert_eq!(out, "hello from pvh\n");
@@ -20,9 +18,7 @@ fn pvh_guest_prints_and_resets_cleanly() {
 
 #[test]
 fn pvh_guest_reads_start_info() {
-    if !kvm_or_skip("pvh_guest_reads_start_info") {
-        return;
-    }
+    require_kvm("pvh_guest_reads_start_info");
     let (mut cfg, buf) = config(&build_pvh("bootinfo_pvh"));
     cfg.cmdline = "console=ttyS0 arena=pvh".into();
     cfg.initrd = Some(write_file("pvh-initrd.img", b"INITRD-PVH-CONTENT"));
@@ -54,9 +50,7 @@ fn pvh_guest_reads_start_info() {
 
 #[test]
 fn bzimage_guest_enters_64bit_and_reads_zero_page() {
-    if !kvm_or_skip("bzimage_guest_enters_64bit_and_reads_zero_page") {
-        return;
-    }
+    require_kvm("bzimage_guest_enters_64bit_and_reads_zero_page");
     let (mut cfg, buf) = config(&build_bzimage("bzimage64"));
     cfg.cmdline = "console=ttyS0 arena=bzimage".into();
     cfg.initrd = Some(write_file("bz-initrd.img", b"INITRD-BZ"));
@@ -87,10 +81,29 @@ fn bzimage_guest_enters_64bit_and_reads_zero_page() {
 }
 
 #[test]
+fn elf_without_pvh_note_boots_through_the_64bit_entry_with_a_zero_page() {
+    require_kvm("elf_without_pvh_note_boots_through_the_64bit_entry_with_a_zero_page");
+    let (mut cfg, buf) = config(&build_elf_without_pvh("bzimage64"));
+    cfg.cmdline = "console=ttyS0 arena=elf64".into();
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(report.exit, ExitReason::Reset, "{out}");
+    assert!(
+        out.starts_with(
+            "mode=64\ncs_ds=00000010 00000018\nhdr=53726448\ntype_of_loader=000000FF\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("cmdline=console=ttyS0 arena=elf64 virtio_mmio.device=4K@0xd0000000:5\n"),
+        "{out}"
+    );
+    assert!(out.contains("e820_entries=00000004\n"), "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
+}
+
+#[test]
 fn bzimage_guest_with_more_ram_than_the_gap() {
-    if !kvm_or_skip("bzimage_guest_with_more_ram_than_the_gap") {
-        return;
-    }
+    require_kvm("bzimage_guest_with_more_ram_than_the_gap");
     let (mut cfg, buf) = config(&build_bzimage("bzimage64"));
     cfg.mem_mib = 4096 + 512;
     let (report, out) = run(&cfg, &buf);
@@ -108,9 +121,7 @@ fn bzimage_guest_with_more_ram_than_the_gap() {
 
 #[test]
 fn triple_fault_is_reported() {
-    if !kvm_or_skip("triple_fault_is_reported") {
-        return;
-    }
+    require_kvm("triple_fault_is_reported");
     let (cfg, buf) = config(&build_pvh("triple_fault_pvh"));
     let (report, out) = run(&cfg, &buf);
     assert_eq!(out, "about to fault\n");
@@ -124,9 +135,7 @@ fn triple_fault_is_reported() {
 
 #[test]
 fn int3_without_idt_fails_like_the_host_should() {
-    if !kvm_or_skip("int3_without_idt_fails_like_the_host_should") {
-        return;
-    }
+    require_kvm("int3_without_idt_fails_like_the_host_should");
     let (cfg, buf) = config(&build_pvh("int3_pvh"));
     let (report, _) = run(&cfg, &buf);
     if vmm::probe::host_is_pvm() {
@@ -143,9 +152,7 @@ fn int3_without_idt_fails_like_the_host_should() {
 
 #[test]
 fn host_timeout_stops_a_spinning_guest() {
-    if !kvm_or_skip("host_timeout_stops_a_spinning_guest") {
-        return;
-    }
+    require_kvm("host_timeout_stops_a_spinning_guest");
     let (mut cfg, buf) = config(&build_pvh("spin_pvh"));
     cfg.timeout = Some(std::time::Duration::from_millis(500));
     let (report, out) = run(&cfg, &buf);
@@ -156,9 +163,7 @@ fn host_timeout_stops_a_spinning_guest() {
 
 #[test]
 fn smp_guest_wakes_every_vcpu_with_init_sipi() {
-    if !kvm_or_skip("smp_guest_wakes_every_vcpu_with_init_sipi") {
-        return;
-    }
+    require_kvm("smp_guest_wakes_every_vcpu_with_init_sipi");
     let kernel = build_pvh("smp_pvh");
     for n in [1u8, 2, 4] {
         let (mut cfg, buf) = config(&kernel);
@@ -173,9 +178,7 @@ fn smp_guest_wakes_every_vcpu_with_init_sipi() {
 
 #[test]
 fn acpi_sleep_register_powers_off_cleanly() {
-    if !kvm_or_skip("acpi_sleep_register_powers_off_cleanly") {
-        return;
-    }
+    require_kvm("acpi_sleep_register_powers_off_cleanly");
     let (cfg, buf) = config(&build_pvh("poweroff_pvh"));
     let (report, out) = run(&cfg, &buf);
     assert_eq!(out, "powering off\n");

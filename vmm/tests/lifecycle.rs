@@ -15,9 +15,7 @@ fn count(dir: &str) -> usize {
 
 #[test]
 fn no_fd_or_thread_leak_across_vm_lifetimes() {
-    if !kvm_or_skip("no_fd_or_thread_leak_across_vm_lifetimes") {
-        return;
-    }
+    require_kvm("no_fd_or_thread_leak_across_vm_lifetimes");
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = build_pvh("hello_pvh");
     let (mut cfg, buf) = config(&kernel);
@@ -37,9 +35,7 @@ fn no_fd_or_thread_leak_across_vm_lifetimes() {
 
 #[test]
 fn no_leak_with_console_socket_and_smp() {
-    if !kvm_or_skip("no_leak_with_console_socket_and_smp") {
-        return;
-    }
+    require_kvm("no_leak_with_console_socket_and_smp");
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use std::os::unix::net::UnixListener;
     let kernel = build_pvh("virtio_console_pvh");

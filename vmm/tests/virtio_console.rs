@@ -12,9 +12,7 @@ use vmm::ExitReason;
 
 #[test]
 fn guest_driver_talks_to_host_socket_with_interrupts() {
-    if !kvm_or_skip("guest_driver_talks_to_host_socket_with_interrupts") {
-        return;
-    }
+    require_kvm("guest_driver_talks_to_host_socket_with_interrupts");
     let kernel = build_pvh("virtio_console_pvh");
     let sock = out_dir().join(format!("console-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
@@ -51,9 +49,7 @@ fn guest_driver_talks_to_host_socket_with_interrupts() {
 
 #[test]
 fn console_socket_that_does_not_exist_is_a_setup_error() {
-    if !kvm_or_skip("console_socket_that_does_not_exist_is_a_setup_error") {
-        return;
-    }
+    require_kvm("console_socket_that_does_not_exist_is_a_setup_error");
     let (mut cfg, _) = config(&build_pvh("hello_pvh"));
     cfg.console_socket = Some("/nonexistent/console.sock".into());
     assert!(matches!(vmm::run_vm(&cfg), Err(vmm::Error::Io(..))));

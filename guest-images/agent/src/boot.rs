@@ -11,9 +11,68 @@ const MODULE_LIST: &str = "/etc/arena/modules";
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 
-/// Log a line on the kernel console (captured as `console.log`).
+/// Kernel log priority of the agent's ordinary lines: debug, so they sit in
+/// the kernel's ring buffer without being printed twice on the console.
+const KMSG_LOG_PRIORITY: u8 = 7;
+/// Kernel log priority of a fatal line: critical, printed on the console by
+/// printk itself even when the console tty is broken.
+const KMSG_FATAL_PRIORITY: u8 = 2;
+
+/// Writes `line` to stderr (the console tty) and to `/dev/kmsg` at
+/// `priority`. Never panics: under a broken VMM or kernel, writes to the
+/// console tty fail with EIO, and `eprintln!` turned that into a silent
+/// exit 101 of PID 1 (the first cause of issue 8's dead agent).
+fn emit(line: &str, priority: u8) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        // One write is one record; keep it within the kernel's record limit.
+        let text: String = line.chars().take(900).collect();
+        let _ = kmsg.write_all(format!("<{priority}>{text}\n").as_bytes());
+    }
+}
+
+/// Log a line on the kernel console (captured as `console.log`) and in the
+/// kernel log.
 pub fn log(msg: &str) {
-    eprintln!("arena-agent: {msg}");
+    emit(&format!("arena-agent: {msg}"), KMSG_LOG_PRIORITY);
+}
+
+/// The results channel once open, so a dying PID 1 can say why on it.
+static CHANNEL: std::sync::OnceLock<&'static crate::channel::Channel> = std::sync::OnceLock::new();
+
+/// Makes `channel` the one [`fatal`] reports on.
+pub fn set_channel(channel: &'static crate::channel::Channel) {
+    let _ = CHANNEL.set(channel);
+}
+
+/// PID 1 cannot go on: say why on the console (critical, so printk prints
+/// it whatever the tty does), on the results channel if it is open, then
+/// power off. Never returns and never exits.
+pub fn fatal(msg: &str) -> ! {
+    emit(&format!("arena-agent: FATAL: {msg}"), KMSG_FATAL_PRIORITY);
+    if let Some(c) = CHANNEL.get() {
+        c.send(&arena_protocol::GuestMessage::Fatal {
+            reason: msg.to_owned(),
+        });
+        c.drain();
+    }
+    power_off()
+}
+
+/// A panic anywhere in PID 1 becomes [`fatal`] (the VM powers off with the
+/// reason on record) instead of the kernel's "Attempted to kill init!". In a
+/// forked worker the message goes to the kernel log and the worker ends;
+/// PID 1 reports how it ended.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("panic: {info}");
+        // SAFETY: getpid has no preconditions.
+        if unsafe { libc::getpid() } == 1 {
+            fatal(&msg);
+        }
+        emit(&format!("arena-agent worker: {msg}"), KMSG_FATAL_PRIORITY);
+    }));
 }
 
 fn mount(source: &str, target: &str, fstype: &str) {
@@ -41,8 +100,10 @@ pub fn mount_filesystems() {
     mount("tmpfs", "/tmp", "tmpfs");
 }
 
-/// Boot runs `quiet`; once up, let every warning reach the console so the
-/// host's splat detector sees it.
+/// Let every warning reach the console, where the host's splat detector
+/// reads it. The lab's command line already logs the boot in full (no
+/// `quiet`); this also covers a kernel built with a lower default console
+/// level or booted with `quiet`/`loglevel=` by the user.
 pub fn set_console_loglevel(level: u32) {
     let _ = std::fs::write("/proc/sys/kernel/printk", format!("{level}"));
 }
@@ -129,5 +190,62 @@ pub fn power_off() -> ! {
     // reboot only returns on error; PID 1 must not exit.
     loop {
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child whose stderr is a pipe nobody reads (every
+    /// write fails with EPIPE, as console writes failed with EIO); returns
+    /// the child's exit status.
+    fn with_broken_stderr(f: fn()) -> i32 {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only redirects fd 2, runs `f` and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: plain descriptor juggling in the child.
+            unsafe {
+                libc::close(fds[0]);
+                libc::dup2(fds[1], 2);
+            }
+            let ok = std::panic::catch_unwind(f).is_ok();
+            // SAFETY: leave the child without running the harness's exit code.
+            unsafe { libc::_exit(if ok { 0 } else { 101 }) };
+        }
+        // SAFETY: closing our copies and reaping our own child.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -libc::WTERMSIG(status)
+        }
+    }
+
+    #[test]
+    fn logging_survives_a_console_that_fails_every_write() {
+        assert_eq!(with_broken_stderr(|| log("still alive")), 0);
+    }
+
+    #[test]
+    fn the_broken_console_harness_can_fail() {
+        // What PID 1 did before: `eprintln!` panics when the write fails
+        // (spelled out, since the test harness captures `eprintln!`).
+        assert_eq!(
+            with_broken_stderr(|| {
+                use std::io::Write;
+                writeln!(std::io::stderr(), "dies").expect("failed printing to stderr");
+            }),
+            101
+        );
     }
 }

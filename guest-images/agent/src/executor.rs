@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arena_protocol::scenario::Step;
+use arena_protocol::scenario::{PageSet, Step, PAGE_SIZE};
 use arena_protocol::{GuestMessage, Scenario, StepStatus};
 
 use crate::channel::Channel;
@@ -89,10 +89,29 @@ pub struct ArenaState {
     pub flags: u32,
     /// The arena's user address, once known (mapped here or in an ancestor).
     pub addr: Option<u64>,
-    /// Length of the mapping in pages.
+    /// Length in pages of the mapping as the last mmap or mremap made it:
+    /// what a forked child maps again (the kernel wants every mapping of an
+    /// arena to have the same length).
     pub mapped_pages: u64,
-    /// Whether this process currently has it mapped.
-    pub mapped: bool,
+    /// Pages this process has mapped now, relative to `addr`. Every user
+    /// access is checked against it: an address outside it is not arena
+    /// memory here and may be the agent's own.
+    pub mapped: PageSet,
+}
+
+impl ArenaState {
+    /// Whether this process has any of the arena mapped.
+    pub fn is_mapped(&self) -> bool {
+        !self.mapped.is_empty()
+    }
+
+    /// The user address of byte `offset` of `page`, if the arena has an
+    /// address and the sum does not overflow.
+    pub fn addr_of(&self, page: u64, offset: u64) -> Option<u64> {
+        page.checked_mul(PAGE_SIZE)?
+            .checked_add(offset)?
+            .checked_add(self.addr?)
+    }
 }
 
 /// Per-process execution state.
@@ -107,6 +126,10 @@ pub struct Ctx {
     pub deadline: Instant,
     /// `out` words of the last `bpf_run` (roots for `user_walk`).
     pub last_out: [u64; 4],
+    /// Running in a `threads:` worker: the other threads use the same
+    /// mappings (with their own copy of this state), so this one must not
+    /// unmap or move them.
+    pub shared_mm: bool,
 }
 
 impl Ctx {
@@ -124,11 +147,13 @@ impl Ctx {
             .ok_or_else(|| StepError::Error(format!("unknown arena `{id}`")))
     }
 
-    /// After fork: mappings are not inherited (arena VMAs are `VM_DONTCOPY`).
+    /// After fork: mappings are not inherited (arena VMAs are `VM_DONTCOPY`),
+    /// and the new process's mm is its own (even when forked from a thread).
     pub fn forget_mappings(&mut self) {
         for a in self.arenas.values_mut() {
-            a.mapped = false;
+            a.mapped = PageSet::new();
         }
+        self.shared_mm = false;
     }
 
     /// A copy for a thread of the same process (same mm, same fds).
@@ -139,6 +164,7 @@ impl Ctx {
             seed,
             deadline: self.deadline,
             last_out: self.last_out,
+            shared_mm: true,
         }
     }
 }
@@ -170,6 +196,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         seed,
         deadline,
         last_out: [0; 4],
+        shared_mm: false,
     };
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();

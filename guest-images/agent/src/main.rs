@@ -24,27 +24,23 @@ use crate::channel::Channel;
 const WORKER_GRACE: Duration = Duration::from_secs(5);
 
 fn main() {
+    boot::install_panic_hook();
     boot::log("starting");
     boot::mount_filesystems();
     boot::set_console_loglevel(7);
     boot::load_modules();
     let channel: &'static Channel = match Channel::open_hvc() {
         Ok(c) => Box::leak(Box::new(c)),
-        Err(e) => {
-            boot::log(&format!(
-                "FATAL: no results channel: {e}. The kernel needs VIRTIO_CONSOLE and \
-                 VIRTIO_MMIO (built in, or as modules passed with --modules)"
-            ));
-            boot::power_off();
-        }
+        Err(e) => boot::fatal(&format!(
+            "no results channel: {e}. The kernel needs VIRTIO_CONSOLE and \
+             VIRTIO_MMIO (built in, or as modules passed with --modules)"
+        )),
     };
+    boot::set_channel(channel);
     channel.send(&GuestMessage::Hello(boot::hello()));
     let (scenario, seed) = match channel.receive() {
         Some(HostMessage::Run { scenario, seed }) => (scenario, seed),
-        None => {
-            boot::log("FATAL: host closed the results channel before sending a scenario");
-            boot::power_off();
-        }
+        None => boot::fatal("host closed the results channel before sending a scenario"),
     };
     boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
     let deadline = Instant::now() + Duration::from_secs(scenario.timeout_s) + WORKER_GRACE;
@@ -73,8 +69,18 @@ fn read_verdict(fd: i32) -> Option<GuestMessage> {
 /// Run `work` in a forked worker and report how it ended if it did not say
 /// `done` itself (crash, kill, or no end by `deadline`).
 fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) {
-    let (crash_rx, crash_tx) = sys::pipe().expect("pipe");
-    let (verdict_rx, verdict_tx) = sys::pipe().expect("pipe");
+    // No pipes, no worker: report it; the caller powers off.
+    let ((crash_rx, crash_tx), (verdict_rx, verdict_tx)) =
+        match sys::pipe().and_then(|crash| sys::pipe().map(|verdict| (crash, verdict))) {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                channel.send(&GuestMessage::Done {
+                    status: StepStatus::Error,
+                    reason: format!("cannot create the worker's pipes: {e}"),
+                });
+                return;
+            }
+        };
     // SAFETY: fork in a single-threaded PID 1; the child only runs `work` and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {

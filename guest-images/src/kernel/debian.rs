@@ -158,6 +158,7 @@ fn unpack(package: &str, release: &str, dest: &Path) -> Result<Kernel> {
             version,
         },
         boot_image: final_path(if has_pvh { "vmlinux" } else { "vmlinuz" }),
+        elf_without_pvh: false,
         bzimage: Some(final_path("vmlinuz")),
         vmlinux: Some(final_path("vmlinux")),
         modules: Some(final_path("modules")),

@@ -35,8 +35,13 @@ pub enum KernelOrigin {
 pub struct Kernel {
     /// Where it came from.
     pub origin: KernelOrigin,
-    /// The file handed to the VMM (vmlinux with a PVH entry, else the bzImage).
+    /// The file handed to the VMM: a vmlinux (with a PVH entry, or the
+    /// user's own without one), else the bzImage.
     pub boot_image: PathBuf,
+    /// `boot_image` is a vmlinux without a PVH note (no `CONFIG_PVH`): the
+    /// own VMM enters it at `startup_64`; QEMU cannot, and boots `bzimage`.
+    #[serde(default)]
+    pub elf_without_pvh: bool,
     /// The bzImage, when there is one.
     pub bzimage: Option<PathBuf>,
     /// The uncompressed ELF vmlinux (carries `.BTF`), when there is one.
@@ -61,20 +66,28 @@ impl Kernel {
             path: path.to_owned(),
             why: why.to_owned(),
         };
-        let (boot_image, bzimage, vmlinux, version) = if elf::is_elf(&bytes) {
+        let (boot_image, bzimage, vmlinux, version, elf_without_pvh) = if elf::is_elf(&bytes) {
             let banner = elf::linux_banner(&bytes)
                 .ok_or_else(|| not_a_kernel("ELF file without a \"Linux version\" banner"))?;
-            if elf::pvh_entry(&bytes).is_none() {
-                return Err(not_a_kernel(
-                    "vmlinux has no PVH entry note (CONFIG_PVH=y needed); pass the bzImage instead",
-                ));
-            }
-            (path.to_owned(), None, Some(path.to_owned()), banner)
+            // Without CONFIG_PVH the own VMM enters it at startup_64; QEMU
+            // needs the tree's bzImage, found beside it when it is there.
+            let pvh = elf::pvh_entry(&bytes).is_some();
+            let tree_bz = path
+                .parent()
+                .map(|d| d.join("arch/x86/boot/bzImage"))
+                .filter(|b| b.is_file());
+            (
+                path.to_owned(),
+                tree_bz,
+                Some(path.to_owned()),
+                banner,
+                !pvh,
+            )
         } else {
             let bz = bzimage::parse(&bytes).map_err(|why| not_a_kernel(&why))?;
             let vmlinux = extract_cached(&bytes, &bz, &sha256)?;
             let boot = vmlinux.clone().unwrap_or_else(|| path.to_owned());
-            (boot, Some(path.to_owned()), vmlinux, bz.version)
+            (boot, Some(path.to_owned()), vmlinux, bz.version, false)
         };
         let release = release_of(&version).ok_or_else(|| not_a_kernel("no release in banner"))?;
         if let Some(m) = modules {
@@ -93,6 +106,7 @@ impl Kernel {
                 path: path.to_owned(),
             },
             boot_image,
+            elf_without_pvh,
             bzimage,
             vmlinux,
             modules: modules.map(Path::to_owned),

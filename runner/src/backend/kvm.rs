@@ -6,6 +6,14 @@ use std::process::Command;
 
 use super::{Backend, Console, VmSpec};
 
+/// Console log level while booting under the own VMM (the agent raises it to
+/// 7 once up): warnings, oopses and worse still reach `console.log`, the
+/// info chatter does not. Every console byte costs two VM exits (LSR poll,
+/// THR write), and under KVM exits are the cost of a boot: measured in
+/// `lab nested`, replaying the full boot log took 8.4 s of a 19.8 s boot.
+/// Placed first, so a user's `--append loglevel=N` still wins.
+pub const BOOT_LOGLEVEL: &str = "loglevel=5";
+
 /// The own-VMM backend.
 pub struct OwnVmm {
     binary: PathBuf,
@@ -45,7 +53,7 @@ impl Backend for OwnVmm {
         let mut c = Command::new(&self.binary);
         c.arg("--kernel")
             .arg(&spec.kernel)
-            .args(["--cmdline", &spec.cmdline])
+            .args(["--cmdline", &format!("{BOOT_LOGLEVEL} {}", spec.cmdline)])
             .args(["--vcpus", &spec.vcpus.to_string()])
             .args(["--mem-mib", &spec.memory_mib.to_string()]);
         if let Some(initrd) = &spec.initrd {

@@ -57,6 +57,10 @@ pub trait Backend: Send + Sync {
     fn accelerator(&self) -> &'static str;
     /// The command that runs the VM described by `spec`.
     fn command(&self, spec: &VmSpec) -> Command;
+    /// The file of `kernel` this backend boots, or why it cannot boot it.
+    fn boot_file(&self, kernel: &arena_images::kernel::Kernel) -> Result<PathBuf, String> {
+        Ok(kernel.boot_image.clone())
+    }
 }
 
 /// The backend for `choice`, with the one-line reason for the pick.

@@ -1,6 +1,7 @@
 //! QEMU `microvm` backend: virtio-mmio devices discovered through ACPI, the
 //! kernel log on the 8250 UART, the results channel on a virtconsole.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -69,10 +70,13 @@ pub fn host_tsc_khz() -> Option<u64> {
     })
 }
 
+/// Plausible TSC frequencies (kHz): a sample outside means it went wrong
+/// (e.g. the thread migrated between CPUs with unsynchronised TSCs).
+const TSC_KHZ_RANGE: std::ops::Range<u64> = 100_000..20_000_000;
+
 fn measure_tsc_khz() -> Option<u64> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
-    if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+    if !has_invariant_tsc(&cpuinfo) {
         return None;
     }
     // SAFETY: rdtsc has no preconditions on x86_64.
@@ -80,8 +84,21 @@ fn measure_tsc_khz() -> Option<u64> {
     std::thread::sleep(TSC_SAMPLE);
     // SAFETY: as above.
     let (c1, dt) = (unsafe { std::arch::x86_64::_rdtsc() }, t0.elapsed());
-    let khz = (c1.wrapping_sub(c0) as f64 / dt.as_secs_f64() / 1000.0) as u64;
-    (100_000..20_000_000).contains(&khz).then_some(khz)
+    tsc_khz(c1.wrapping_sub(c0), dt)
+}
+
+/// Whether `/proc/cpuinfo` flags the TSC as invariant (`constant_tsc`).
+fn has_invariant_tsc(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|f| f.split_whitespace().any(|f| f == "constant_tsc"))
+}
+
+/// The TSC frequency from `cycles` counted over `elapsed`, if plausible.
+fn tsc_khz(cycles: u64, elapsed: Duration) -> Option<u64> {
+    let khz = u64::try_from(u128::from(cycles) * 1000 / elapsed.as_micros().max(1)).ok()?;
+    TSC_KHZ_RANGE.contains(&khz).then_some(khz)
 }
 
 impl Backend for Qemu {
@@ -93,6 +110,30 @@ impl Backend for Qemu {
         match self.accel {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
+        }
+    }
+
+    /// QEMU boots an ELF only through its PVH note: a vmlinux built without
+    /// `CONFIG_PVH` is replaced by the tree's bzImage (and the run says so).
+    fn boot_file(&self, kernel: &arena_images::kernel::Kernel) -> Result<PathBuf, String> {
+        if !kernel.elf_without_pvh {
+            return Ok(kernel.boot_image.clone());
+        }
+        match &kernel.bzimage {
+            Some(bz) => {
+                eprintln!(
+                    "lab: QEMU cannot boot {} (a vmlinux without a PVH note); booting {} instead",
+                    kernel.boot_image.display(),
+                    bz.display()
+                );
+                Ok(bz.clone())
+            }
+            None => Err(format!(
+                "QEMU cannot boot {} (a vmlinux without a PVH note, no CONFIG_PVH) and no \
+                 arch/x86/boot/bzImage was found beside it: pass the bzImage with --kernel, \
+                 or use --backend kvm (the own VMM boots it through its 64-bit entry)",
+                kernel.boot_image.display()
+            )),
         }
     }
 
@@ -173,9 +214,31 @@ mod tests {
     }
 
     #[test]
-    fn tsc_frequency_is_plausible() {
-        if let Some(khz) = host_tsc_khz() {
-            assert!((100_000..20_000_000).contains(&khz));
-        }
+    fn invariant_tsc_comes_from_the_flags_line() {
+        assert!(has_invariant_tsc(
+            "processor\t: 0\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\n"
+        ));
+        assert!(!has_invariant_tsc("flags\t\t: fpu tsc nonstop_tsc\n"));
+        assert!(!has_invariant_tsc(
+            "processor\t: 0\nbugs\t\t: constant_tsc\n"
+        ));
+        assert!(!has_invariant_tsc(""));
+    }
+
+    #[test]
+    fn tsc_khz_keeps_only_plausible_samples() {
+        let ms = Duration::from_millis;
+        // 3 GHz: 150 M cycles in 50 ms.
+        assert_eq!(tsc_khz(150_000_000, ms(50)), Some(3_000_000));
+        assert_eq!(tsc_khz(2_496_000, ms(1)), Some(2_496_000));
+        // Too slow, too fast, a TSC that went backwards (wraps to huge), no time.
+        assert_eq!(tsc_khz(4_000_000, ms(50)), None);
+        assert_eq!(tsc_khz(1_000_000_000_000, ms(50)), None);
+        assert_eq!(tsc_khz(5u64.wrapping_sub(10), ms(50)), None);
+        assert_eq!(tsc_khz(150_000_000, Duration::ZERO), None);
+        // The edges of the range.
+        assert_eq!(tsc_khz(5_000_000, ms(50)), Some(100_000));
+        assert_eq!(tsc_khz(999_999_950, ms(50)), Some(19_999_999));
+        assert_eq!(tsc_khz(1_000_000_000, ms(50)), None);
     }
 }

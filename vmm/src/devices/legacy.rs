@@ -1,9 +1,13 @@
 //! "Ignore but answer" legacy ports: POST code (0x80), port B (0x61),
-//! CMOS/RTC (0x70/0x71), fast A20 (0x92), PCI config (0xcf8..0xcff), other
-//! COM ports and anything else a kernel pokes at during boot. Reads return
-//! "nothing here" values, writes are dropped, and nothing ever fails.
+//! CMOS/RTC (0x70/0x71), fast A20 (0x92) and PCI configuration
+//! (0xcf8..0xcff: all-ones, so the kernel's PCI probes find no host bridge).
+//! Reads return "nothing here" values, writes are dropped, and nothing ever
+//! fails. Ports no device claims (other COM ports...) read as all-ones in
+//! the vCPU exit handler.
 
-use super::BusDevice;
+use std::sync::{Arc, Mutex};
+
+use super::{Bus, BusDevice, BusError, Offset, SharedDevice};
 
 /// POST diagnostic port, also used as an I/O delay.
 pub const POST_PORT: u64 = 0x80;
@@ -13,8 +17,19 @@ pub const PORT_B: u64 = 0x61;
 pub const CMOS_INDEX_PORT: u64 = 0x70;
 /// Fast A20 / reset port.
 pub const FAST_A20_PORT: u64 = 0x92;
-/// PCI configuration address port (0xcf8..0xcff).
+/// PCI configuration mechanism #1: address port 0xcf8, data ports 0xcfc..0xcff.
 pub const PCI_CONFIG_PORT: u64 = 0xcf8;
+/// Length of the PCI configuration port range.
+pub const PCI_CONFIG_LEN: u64 = 8;
+
+/// The port ranges the device answers, as (base, length).
+pub const PORTS: &[(u64, u64)] = &[
+    (POST_PORT, 1),
+    (PORT_B, 1),
+    (CMOS_INDEX_PORT, 2),
+    (FAST_A20_PORT, 1),
+    (PCI_CONFIG_PORT, PCI_CONFIG_LEN),
+];
 
 /// CMOS status register A (bit 7: update in progress, kept clear).
 const CMOS_STATUS_A: u8 = 0x0a;
@@ -82,21 +97,24 @@ impl LegacyDevice {
     }
 }
 
-/// Bus adapter: the legacy device registered at a fixed base port.
-pub struct LegacyAt {
-    /// Base port of this registration.
-    pub base: u64,
-    /// Shared state.
-    pub dev: std::sync::Arc<std::sync::Mutex<LegacyDevice>>,
+/// Offsets are absolute ports: [`register`] maps each range through an
+/// [`Offset`] of its base.
+impl BusDevice for LegacyDevice {
+    fn read(&mut self, port: u64, data: &mut [u8]) {
+        self.read_port(port, data)
+    }
+    fn write(&mut self, port: u64, data: &[u8]) {
+        self.write_port(port, data)
+    }
 }
 
-impl BusDevice for LegacyAt {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        super::lock(&self.dev).read_port(self.base.wrapping_add(offset), data)
+/// Registers one legacy device on every range of [`PORTS`].
+pub fn register(bus: &mut Bus) -> Result<(), BusError> {
+    let dev: SharedDevice = Arc::new(Mutex::new(LegacyDevice::new()));
+    for &(base, len) in PORTS {
+        bus.insert(Offset::shared(dev.clone(), base), base, len)?;
     }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        super::lock(&self.dev).write_port(self.base.wrapping_add(offset), data)
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,6 +142,33 @@ mod tests {
         d.write_port(CMOS_INDEX_PORT, &[0x80 | CMOS_STATUS_D]); // NMI-disable bit set
         d.read_port(CMOS_INDEX_PORT + 1, &mut b);
         assert_eq!(b[0], CMOS_D_VALUE);
+    }
+
+    #[test]
+    fn registered_ports_answer_with_absolute_port_numbers() {
+        let mut bus = Bus::new();
+        register(&mut bus).unwrap();
+        // No PCI: a type-1 probe reads back all-ones, not the address written.
+        let mut b = [0u8; 4];
+        assert!(bus.write(PCI_CONFIG_PORT, &0x8000_0000u32.to_le_bytes()));
+        assert!(bus.read(PCI_CONFIG_PORT, &mut b));
+        assert_eq!(b, [0xff; 4]);
+        for port in PCI_CONFIG_PORT..PCI_CONFIG_PORT + PCI_CONFIG_LEN {
+            let mut one = [0u8];
+            assert!(bus.read(port, &mut one), "{port:#x} unclaimed");
+            assert_eq!(one[0], 0xff, "{port:#x}");
+        }
+        assert!(!bus.read(PCI_CONFIG_PORT + PCI_CONFIG_LEN, &mut b));
+        // CMOS through the bus: offsets arrive as absolute ports.
+        let mut one = [0u8];
+        assert!(bus.write(CMOS_INDEX_PORT, &[CMOS_STATUS_B]));
+        assert!(bus.read(CMOS_INDEX_PORT + 1, &mut one));
+        assert_eq!(one[0], CMOS_B_VALUE);
+        assert!(bus.read(FAST_A20_PORT, &mut one));
+        assert_eq!(one[0], 0x02);
+        // The i8042 owns 0x60 and 0x62..=0x64 around port B.
+        assert!(!bus.read(PORT_B - 1, &mut one));
+        assert!(!bus.read(PORT_B + 1, &mut one));
     }
 
     #[test]

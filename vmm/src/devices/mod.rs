@@ -106,12 +106,20 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Adapter that forwards to `dev` with `offset` added, so one device can be
-/// registered on two disjoint ranges (the i8042 around port 0x61).
+/// registered on several disjoint ranges and still see its own offsets (the
+/// i8042 around port 0x61; the legacy ports, which see absolute ports).
 pub struct Offset {
     /// Target device.
     pub dev: SharedDevice,
     /// Added to every offset.
     pub offset: u64,
+}
+
+impl Offset {
+    /// `dev` behind an offset, ready to insert on a bus.
+    pub fn shared(dev: SharedDevice, offset: u64) -> SharedDevice {
+        Arc::new(Mutex::new(Offset { dev, offset }))
+    }
 }
 
 impl BusDevice for Offset {
@@ -157,5 +165,21 @@ mod tests {
         assert!(!bus.read(0x400, &mut b));
         assert!(!bus.read(0x3f7, &mut b));
         assert!(bus.write(0x3f8, &[7]));
+    }
+
+    #[test]
+    fn offset_adapter_shifts_offsets() {
+        let echo = Arc::new(Mutex::new(Echo(vec![])));
+        let mut bus = Bus::new();
+        bus.insert(echo.clone(), 0x60, 1).unwrap();
+        bus.insert(Offset::shared(echo.clone(), 2), 0x62, 3)
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x64, &mut b));
+        assert_eq!(b[0], 4);
+        assert!(bus.write(0x62, &[9]));
+        assert!(bus.write(0x60, &[8]));
+        assert_eq!(lock(&echo).0, [(2, 9), (0, 8)]);
+        assert!(!bus.read(0x61, &mut b));
     }
 }

@@ -137,6 +137,25 @@ mod tests {
     }
 
     #[test]
+    fn enabling_thre_interrupt_raises_it_at_once() {
+        // Linux's 8250 driver starts a user-space write by enabling THRI in
+        // IER and waits for the interrupt: an idle UART must assert it then.
+        const IER: u64 = 1;
+        const IIR: u64 = 2;
+        const IER_THRI: u8 = 0x02;
+        const IIR_THRI: u8 = 0x02;
+        let (mut d, _, evt) = dev();
+        d.write(IER, &[IER_THRI]);
+        assert_eq!(evt.read().unwrap(), 1);
+        let mut iir = [0u8];
+        d.read(IIR, &mut iir);
+        assert_eq!(iir[0] & 0x0f, IIR_THRI, "IIR {:#x}", iir[0]);
+        // Each byte written re-asserts it once the previous one was seen.
+        d.write(0, b"x");
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
     fn odd_accesses_do_not_panic() {
         let (mut d, _, _) = dev();
         d.write(0x1_0000, &[1]);

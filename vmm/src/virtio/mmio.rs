@@ -272,33 +272,31 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     q.set_ready(v == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH if cfg_ok => {
-                let high = offset == reg::QUEUE_DESC_HIGH;
-                if let Some(q) = self.selected_queue() {
-                    if high {
-                        q.set_desc_table_address(None, Some(v));
-                    } else {
-                        q.set_desc_table_address(Some(v), None);
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_AVAIL_LOW
+            | reg::QUEUE_AVAIL_HIGH
+            | reg::QUEUE_USED_LOW
+            | reg::QUEUE_USED_HIGH
+                if cfg_ok =>
+            {
+                // virtio-queue's setters take the address as (low, high)
+                // halves, either of which may be left as it is.
+                let (lo, hi) = match offset {
+                    reg::QUEUE_DESC_HIGH | reg::QUEUE_AVAIL_HIGH | reg::QUEUE_USED_HIGH => {
+                        (None, Some(v))
                     }
-                }
-            }
-            reg::QUEUE_AVAIL_LOW | reg::QUEUE_AVAIL_HIGH if cfg_ok => {
-                let high = offset == reg::QUEUE_AVAIL_HIGH;
+                    _ => (Some(v), None),
+                };
                 if let Some(q) = self.selected_queue() {
-                    if high {
-                        q.set_avail_ring_address(None, Some(v));
-                    } else {
-                        q.set_avail_ring_address(Some(v), None);
-                    }
-                }
-            }
-            reg::QUEUE_USED_LOW | reg::QUEUE_USED_HIGH if cfg_ok => {
-                let high = offset == reg::QUEUE_USED_HIGH;
-                if let Some(q) = self.selected_queue() {
-                    if high {
-                        q.set_used_ring_address(None, Some(v));
-                    } else {
-                        q.set_used_ring_address(Some(v), None);
+                    match offset {
+                        reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => {
+                            q.set_desc_table_address(lo, hi)
+                        }
+                        reg::QUEUE_AVAIL_LOW | reg::QUEUE_AVAIL_HIGH => {
+                            q.set_avail_ring_address(lo, hi)
+                        }
+                        _ => q.set_used_ring_address(lo, hi),
                     }
                 }
             }
@@ -503,6 +501,28 @@ mod tests {
         setup_queue(&mut t, &tq);
         w(&mut t, reg::STATUS, ALL);
         assert_ne!(t.status() & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn queue_addresses_combine_low_and_high_halves() {
+        let (mut t, _, _) = setup();
+        negotiate(&mut t, 1);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        for (lo, hi, base) in [
+            (reg::QUEUE_DESC_LOW, reg::QUEUE_DESC_HIGH, 0x1_0000_1000u64),
+            (reg::QUEUE_AVAIL_LOW, reg::QUEUE_AVAIL_HIGH, 0x2_0000_2000),
+            (reg::QUEUE_USED_LOW, reg::QUEUE_USED_HIGH, 0x3_0000_3000),
+        ] {
+            w(&mut t, hi, (base >> 32) as u32);
+            w(&mut t, lo, base as u32);
+        }
+        // Rewriting one half keeps the other.
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x4000);
+        w(&mut t, reg::QUEUE_USED_HIGH, 7);
+        let q = &t.queues[0];
+        assert_eq!(q.desc_table(), 0x1_0000_4000);
+        assert_eq!(q.avail_ring(), 0x2_0000_2000);
+        assert_eq!(q.used_ring(), 0x7_0000_3000);
     }
 
     #[test]

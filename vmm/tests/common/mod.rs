@@ -23,14 +23,13 @@ pub fn out_dir() -> PathBuf {
     d
 }
 
-/// True when /dev/kvm exists; otherwise prints why the test is skipped.
-pub fn kvm_or_skip(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        true
-    } else {
-        eprintln!("SKIP {test}: /dev/kvm is absent on this host");
-        false
-    }
+/// Fails `test` when /dev/kvm is absent: these guests run under any KVM,
+/// PVM included, so a missing device is a broken test host, not a skip.
+pub fn require_kvm(test: &str) {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "{test} needs /dev/kvm (any KVM, PVM included), which this host lacks"
+    );
 }
 
 fn run_tool(cmd: &mut Command) {
@@ -77,6 +76,22 @@ pub fn build_pvh(name: &str) -> PathBuf {
         Command::new("ld")
             .args(["-m", "elf_x86_64", "--no-warn-rwx-segments", "-T"])
             .arg(guest_src_dir().join("pvh.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj),
+    );
+    elf
+}
+
+/// Builds `tests/guests/<name>.S` into an ELF without a PVH note, entered
+/// at `startup_64` (a vmlinux built without `CONFIG_PVH`).
+pub fn build_elf_without_pvh(name: &str) -> PathBuf {
+    let obj = assemble(name);
+    let elf = obj.with_extension("nopvh.elf");
+    run_tool(
+        Command::new("ld")
+            .args(["-m", "elf_x86_64", "--no-warn-rwx-segments", "-T"])
+            .arg(guest_src_dir().join("elf64.ld"))
             .arg("-o")
             .arg(&elf)
             .arg(&obj),

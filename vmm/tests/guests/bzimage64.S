@@ -44,6 +44,7 @@ pm_start:
 
     .org 1024 + 0x200
     .code64
+    .globl startup_64
 startup_64:
     mov %rsi, %rbp          /* RSI = zero page */
     lea m_mode(%rip), %rsi

@@ -1,6 +1,6 @@
 //! `arena:` create a `BPF_MAP_TYPE_ARENA` map.
 
-use arena_protocol::scenario::{ArenaFlag, ArenaStep};
+use arena_protocol::scenario::{ArenaFlag, ArenaStep, PageSet};
 
 use super::check_errno;
 use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
@@ -58,7 +58,7 @@ pub fn create(ctx: &mut Ctx, s: &ArenaStep) -> StepResult {
                     flags,
                     addr: (s.map_extra != 0).then_some(s.map_extra),
                     mapped_pages: 0,
-                    mapped: false,
+                    mapped: PageSet::new(),
                 },
             );
             Ok(Outcome::said(format!("{what}: fd {fd}")))

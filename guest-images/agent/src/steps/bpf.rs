@@ -6,7 +6,8 @@ use std::ffi::CString;
 use std::sync::Arc;
 
 use arena_protocol::scenario::{
-    BpfLoadStep, BpfRunStep, ReadPointerStep, Structure, UserWalkStep, PAGE_SIZE,
+    check_bpf_page_args, BpfLoadStep, BpfRunStep, PageSet, ReadPointerStep, Structure,
+    UserWalkStep, PAGE_SIZE,
 };
 use libbpf_sys as bpf;
 
@@ -50,6 +51,9 @@ impl Drop for ObjectHandle {
 #[derive(Clone)]
 pub struct LoadedObject {
     handle: Arc<ObjectHandle>,
+    /// The object file, e.g. `arena_ops.bpf.o` (its programs' arguments are
+    /// bounds-checked when the lab knows them).
+    object: String,
     /// Arena id of the object's arena map, if registered or reused.
     arena: Option<String>,
 }
@@ -128,7 +132,11 @@ pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
                 flags,
                 addr: (addr != 0).then_some(addr),
                 mapped_pages: if addr != 0 { pages } else { 0 },
-                mapped: addr != 0,
+                mapped: if addr != 0 {
+                    PageSet::prefix(pages)
+                } else {
+                    PageSet::new()
+                },
             },
         );
         detail.push_str(&format!(
@@ -136,9 +144,24 @@ pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
         ));
         arena = Some(id.clone());
     }
-    ctx.objects
-        .insert(s.id.clone(), LoadedObject { handle, arena });
+    ctx.objects.insert(
+        s.id.clone(),
+        LoadedObject {
+            handle,
+            object: s.object.clone(),
+            arena,
+        },
+    );
     Ok(Outcome::said(detail))
+}
+
+/// Check the page, count and offset arguments a known program is given
+/// against its arena (the programs would silently wrap, mask or cap them).
+fn check_page_args(ctx: &Ctx, obj: &LoadedObject, s: &BpfRunStep) -> Result<(), StepError> {
+    let arena = obj.arena.as_deref().unwrap_or_default();
+    let pages = ctx.arenas.get(arena).map(|a| a.pages);
+    check_bpf_page_args(&obj.object, &s.program, &s.args, arena, pages)
+        .map_err(|(i, e)| StepError::Error(format!("{}: args[{i}]: {e}", s.program)))
 }
 
 /// `bpf_run:` step.
@@ -148,6 +171,7 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
         .get(&s.object)
         .ok_or_else(|| StepError::Error(format!("unknown object `{}`", s.object)))?
         .clone();
+    check_page_args(ctx, &obj, s)?;
     let name = CString::new(s.program.clone()).map_err(|e| StepError::Error(e.to_string()))?;
     // SAFETY: looking up a program in a loaded object.
     let prog = unsafe { bpf::bpf_object__find_program_by_name(obj.handle.0, name.as_ptr()) };
@@ -166,14 +190,16 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
     for (i, a) in s.args.iter().take(4).enumerate() {
         args.arg[i] = *a;
     }
+    // Syscall programs get their context copied back to `ctx_in` (the kernel
+    // refuses `ctx_out` for them), so the pointer must allow writes.
     let mut opts = bpf::bpf_test_run_opts {
         sz: std::mem::size_of::<bpf::bpf_test_run_opts>() as _,
-        ctx_in: (&args as *const ProgArgs).cast(),
+        ctx_in: std::ptr::addr_of_mut!(args).cast_const().cast(),
         ctx_size_in: std::mem::size_of::<ProgArgs>() as u32,
         ..Default::default()
     };
-    // SAFETY: opts points at live memory of the declared sizes; the kernel
-    // writes the context back into `args`.
+    // SAFETY: ctx_in is a mutable pointer to `args`, live and of the declared
+    // size for the whole call; the kernel writes the context back through it.
     let rc = unsafe { bpf::bpf_prog_test_run_opts(fd, &mut opts) };
     if rc != 0 {
         return Err(StepError::Error(format!(
@@ -181,9 +207,6 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
             s.program
         )));
     }
-    // SAFETY: the kernel updated args in place; read it back without assuming
-    // the compiler saw the write.
-    let args: ProgArgs = unsafe { std::ptr::read_volatile(&args) };
     let retval = opts.retval as i32 as i64;
     ctx.last_out = args.out;
     let what = format!(
@@ -209,22 +232,48 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
     Ok(Outcome::said(what))
 }
 
-/// Read a u64 at a user address inside the arena mapping.
-fn read_u64(a: &ArenaState, addr: u64) -> Result<u64, StepError> {
-    let start = a.addr.unwrap_or(0);
-    let end = start + a.mapped_pages * PAGE_SIZE;
-    if !a.mapped || addr < start || addr + 8 > end || !addr.is_multiple_of(8) {
-        return Err(StepError::Fail(format!(
-            "pointer {addr:#x} is outside the arena mapping {start:#x}..{end:#x}"
-        )));
-    }
+/// Read a u64 at a user address inside the arena and this process's
+/// mapping of it; anything else (a corrupt or foreign pointer) fails the
+/// step instead of reading the agent's memory.
+fn read_u64(id: &str, a: &ArenaState, addr: u64) -> Result<u64, StepError> {
+    check_pointer(id, a, addr).map_err(StepError::Fail)?;
     // SAFETY: inside the mapped arena and aligned (checked above).
     Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
+}
+
+/// Whether an aligned u64 at `addr` lies in a page of the arena that this
+/// process has mapped; the reason if not.
+pub fn check_pointer(id: &str, a: &ArenaState, addr: u64) -> Result<(), String> {
+    let outside = |why: &str| format!("pointer {addr:#x} {why}");
+    let (true, Some(start)) = (a.is_mapped(), a.addr) else {
+        return Err(outside(&format!(
+            "cannot be read: arena `{id}` is not mapped in this process"
+        )));
+    };
+    if !addr.is_multiple_of(8) {
+        return Err(outside("is not 8-byte aligned"));
+    }
+    let Some(page) = addr.checked_sub(start).map(|off| off / PAGE_SIZE) else {
+        return Err(outside(&format!(
+            "is below arena `{id}` (at {start:#x}, {} pages)",
+            a.pages
+        )));
+    };
+    if page >= a.pages {
+        return Err(outside(&format!(
+            "is past the end of arena `{id}` (at {start:#x}, {} pages; it points into page {page})",
+            a.pages
+        )));
+    }
+    a.mapped
+        .check_mapped(id, page, 1)
+        .map_err(|e| outside(&format!("points into {e}")))
 }
 
 /// Follow a `next`-linked chain from `head`; (count, sum of the word at
 /// `value_off`).
 fn walk_chain(
+    id: &str,
     a: &ArenaState,
     mut node: u64,
     value_off: u64,
@@ -238,9 +287,12 @@ fn walk_chain(
             )));
         }
         *budget -= 1;
-        sum = sum.wrapping_add(read_u64(a, node + value_off)?);
+        let value = node
+            .checked_add(value_off)
+            .ok_or_else(|| StepError::Fail(format!("node pointer {node:#x} wraps around")))?;
+        sum = sum.wrapping_add(read_u64(id, a, value)?);
         count += 1;
-        node = read_u64(a, node)?;
+        node = read_u64(id, a, node)?;
     }
     Ok((count, sum))
 }
@@ -251,12 +303,15 @@ pub fn walk(ctx: &mut Ctx, s: &UserWalkStep) -> StepResult {
     let root = ctx.last_out[0];
     let mut budget = WALK_LIMIT;
     let (count, sum) = match s.structure {
-        Structure::List => walk_chain(&a, root, 8, &mut budget)?,
+        Structure::List => walk_chain(&s.arena, &a, root, 8, &mut budget)?,
         Structure::Htab => {
             let (mut count, mut sum) = (0, 0u64);
             for b in 0..HTAB_BUCKETS {
-                let head = read_u64(&a, root + b * 8)?;
-                let (c, v) = walk_chain(&a, head, 16, &mut budget)?;
+                let bucket = root.checked_add(b * 8).ok_or_else(|| {
+                    StepError::Fail(format!("table pointer {root:#x} wraps around"))
+                })?;
+                let head = read_u64(&s.arena, &a, bucket)?;
+                let (c, v) = walk_chain(&s.arena, &a, head, 16, &mut budget)?;
                 count += c;
                 sum = sum.wrapping_add(v);
             }
@@ -283,7 +338,7 @@ pub fn read_pointer(ctx: &mut Ctx, s: &ReadPointerStep) -> StepResult {
         .last_out
         .get(s.out)
         .ok_or_else(|| StepError::Error(format!("out[{}] does not exist", s.out)))?;
-    let got = read_u64(&a, addr)?;
+    let got = read_u64(&s.arena, &a, addr)?;
     let what = format!("*out[{}] = *{addr:#x} = {got:#x}", s.out);
     if got != s.expect_value {
         return Err(StepError::Fail(format!(
@@ -292,4 +347,43 @@ pub fn read_pointer(ctx: &mut Ctx, s: &ReadPointerStep) -> StepResult {
         )));
     }
     Ok(Outcome::said(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena(mapped: PageSet) -> ArenaState {
+        ArenaState {
+            fd: -1,
+            pages: 32,
+            flags: 0,
+            addr: Some(0x1_0000_0000),
+            mapped_pages: 32,
+            mapped,
+        }
+    }
+
+    #[test]
+    fn pointers_must_be_in_mapped_arena_pages() {
+        let a = arena(PageSet::prefix(32));
+        assert!(check_pointer("a", &a, 0x1_0000_0000).is_ok());
+        assert!(check_pointer("a", &a, 0x1_0001_fff8).is_ok());
+        let e = check_pointer("a", &a, 0x1_0002_0000).unwrap_err();
+        assert!(e.contains("past the end of arena `a`"), "{e}");
+        assert!(e.contains("page 32"), "{e}");
+        assert!(check_pointer("a", &a, 0xffff_fff8)
+            .unwrap_err()
+            .contains("below"));
+        assert!(check_pointer("a", &a, 0x1_0000_0004)
+            .unwrap_err()
+            .contains("aligned"));
+        assert!(check_pointer("a", &a, u64::MAX - 7).is_err());
+        let mut holed = PageSet::prefix(32);
+        holed.remove(3..4);
+        let e = check_pointer("a", &arena(holed), 0x1_0000_3008).unwrap_err();
+        assert!(e.contains("page 3 of arena `a` is not mapped"), "{e}");
+        let e = check_pointer("a", &arena(PageSet::new()), 0x1_0000_0000).unwrap_err();
+        assert!(e.contains("not mapped in this process"), "{e}");
+    }
 }

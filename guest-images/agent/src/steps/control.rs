@@ -1,9 +1,9 @@
-//! `sleep:`, `repeat:` and `expect_kernel_log:`.
+//! `sleep:`, `sysctl:`, `repeat:`, `expect_kernel_log:` and `crash:`.
 
 use std::io::Read;
 use std::time::Duration;
 
-use arena_protocol::scenario::{KernelLogStep, RepeatStep, SleepStep, SysctlStep};
+use arena_protocol::scenario::{CrashStep, KernelLogStep, RepeatStep, SleepStep, SysctlStep};
 
 use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
 
@@ -11,6 +11,21 @@ use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
 pub fn sleep(s: &SleepStep) -> StepResult {
     std::thread::sleep(Duration::from_millis(s.ms));
     Ok(Outcome::said(format!("slept {} ms", s.ms)))
+}
+
+/// `crash:` the worker dies of `signal` (the default action: no handler of
+/// the agent's catches it). Only returns if the signal did not end it.
+pub fn crash(s: &CrashStep) -> StepResult {
+    let sig = s.signal.number();
+    // SAFETY: resetting the disposition and raising a signal at ourselves.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+    Err(StepError::Error(format!(
+        "the worker survived raising {:?}",
+        s.signal
+    )))
 }
 
 /// `sysctl:` step.

@@ -1,6 +1,7 @@
 //! One module per step kind; [`run`] dispatches a step to its module.
 
 pub mod arena;
+pub mod bounds;
 pub mod bpf;
 pub mod control;
 pub mod mapping;
@@ -32,6 +33,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::Sleep(s) => control::sleep(s),
         Step::Repeat(s) => control::repeat(ctx, s),
         Step::ExpectKernelLog(s) => control::kernel_log_step(s),
+        Step::Crash(s) => control::crash(s),
         Step::Selftest(_) => Err(StepError::Error(
             "selftest steps stream their own results and are only allowed at the top level".into(),
         )),

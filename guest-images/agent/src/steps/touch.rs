@@ -2,9 +2,22 @@
 //! kill the process run in a forked child, which maps the arena again at the
 //! same address when this process has it mapped (arena mappings are
 //! `VM_DONTCOPY`, so a fork does not inherit them).
+//!
+//! Bounds: every page must be inside the arena (else a step error). A page
+//! inside the arena that this process does not have mapped (never mapped, a
+//! forked worker, unmapped, beyond a shorter mmap) is accessed only by a
+//! touch that expects a signal, as a fault probe, and only while nothing
+//! else of the agent's lives at its address; any other touch of it is a
+//! step error. So no access ever lands in the agent's own memory.
 
-use arena_protocol::scenario::{page_pattern, AccessOp, TouchExpect, TouchStep, PAGE_SIZE};
+use std::ops::Range;
 
+use arena_protocol::scenario::{
+    arena_range, check_page_offset, page_pattern, AccessOp, PageSet, TouchExpect, TouchStep,
+    PAGE_SIZE,
+};
+
+use super::bounds;
 use super::mapping::map;
 use crate::crash;
 use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
@@ -14,6 +27,9 @@ use crate::sys;
 const CHILD_MISMATCH: i32 = 1;
 /// Exit code of a touch child that could not map the arena again.
 const CHILD_REMAP_FAILED: i32 = 100;
+/// Exit code of a touch child that found other memory where it was to probe
+/// an unmapped arena page.
+const CHILD_NOT_FREE: i32 = 101;
 
 /// The value a write stores into `page`.
 fn write_value(s: &TouchStep, page: u64) -> u64 {
@@ -33,15 +49,22 @@ fn expected_read(e: &TouchExpect, page: u64) -> Option<u64> {
     }
 }
 
-/// Do the accesses; returns the first mismatch as text.
+/// The address of the u64 `touch` accesses in `page` (checked by [`plan`]).
+fn slot(base: u64, page: u64, offset: u64) -> u64 {
+    base + page * PAGE_SIZE + offset
+}
+
+/// Do the accesses; returns the first mismatch as text. [`plan`] has
+/// checked every address.
 fn access(s: &TouchStep, base: u64) -> Result<String, String> {
     let mut last = 0;
     for page in s.page..s.page + s.count {
-        let ptr = (base + page * PAGE_SIZE + s.offset) as *mut u64;
+        let ptr = slot(base, page, s.offset) as *mut u64;
         match s.op {
             AccessOp::Write => {
-                // SAFETY: the address is inside the arena mapping (checked by the
-                // caller); a fault is the behaviour under test and is caught by
+                // SAFETY: `plan` checked the page is inside the arena and,
+                // unless this is a fault probe in a forked child, mapped
+                // here; a fault is the behaviour under test and is caught by
                 // the crash reporter or the forked child.
                 unsafe { std::ptr::write_volatile(ptr, write_value(s, page)) };
             }
@@ -69,36 +92,104 @@ fn access(s: &TouchStep, base: u64) -> Result<String, String> {
     })
 }
 
-/// `touch:` step.
-pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
-    if s.offset >= PAGE_SIZE || !s.offset.is_multiple_of(8) {
-        return Err(StepError::Error(format!(
-            "offset {:#x} must be 8-byte aligned and inside the page",
-            s.offset
-        )));
+/// How a touch runs, once its bounds are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The arena's user address.
+    pub base: u64,
+    /// The pages accessed.
+    pub pages: Range<u64>,
+    /// In a forked child that survives a fault (expected signal,
+    /// `segv_on_fault` arena, pages not mapped here); else in this process.
+    pub in_child: bool,
+    /// Accessed pages not mapped here: fault probes, which need free
+    /// addresses.
+    pub unmapped: Vec<Range<u64>>,
+}
+
+/// Check a touch against its arena and this process's mapping, and decide
+/// how it runs. Every problem is a step error naming the value and the
+/// bound; nothing has been accessed yet.
+pub fn plan(s: &TouchStep, a: &ArenaState) -> Result<Plan, StepError> {
+    check_page_offset(s.offset).map_err(bounds::error)?;
+    if s.count == 0 {
+        return Err(StepError::Error("count must be at least 1".into()));
     }
     if s.op == AccessOp::Write && expected_read(&s.expect, 0).is_some() {
         return Err(StepError::Error(
             "a write cannot expect a read value".into(),
         ));
     }
-    let a = ctx.arena(&s.arena)?.clone();
+    let pages = arena_range(&s.arena, a.pages, s.page, s.count).map_err(bounds::error)?;
     let base = a.addr.ok_or_else(|| {
         StepError::Error(format!(
             "arena `{}` has no user address (mmap it first)",
             s.arena
         ))
     })?;
-    // Where a fault is the point of the step or plausible (segv_on_fault
-    // arenas, or no mapping here), touch from a child that survives it.
-    if s.expect.signal.is_some() || a.flags & sys::BPF_F_SEGV_ON_FAULT != 0 || !a.mapped {
-        return touch_in_child(ctx, s, &a, base);
+    // The last byte accessed must have an address (no wrap-around).
+    if a.addr_of(pages.end - 1, s.offset + 8).is_none() {
+        return Err(StepError::Error(format!(
+            "page {} of arena `{}` at {base:#x} is beyond the address space",
+            pages.end - 1,
+            s.arena
+        )));
     }
-    access(s, base).map(Outcome::said).map_err(StepError::Fail)
+    let unmapped = a.mapped.holes(&pages);
+    if !unmapped.is_empty() && s.expect.signal.is_none() {
+        let e = a
+            .mapped
+            .check_mapped(&s.arena, s.page, s.count)
+            .expect_err("holes mean unmapped pages");
+        return Err(StepError::Error(format!(
+            "{e}; only a touch that expects a signal may access it"
+        )));
+    }
+    let in_child = s.expect.signal.is_some()
+        || a.flags & sys::BPF_F_SEGV_ON_FAULT != 0
+        || !unmapped.is_empty();
+    Ok(Plan {
+        base,
+        pages,
+        in_child,
+        unmapped,
+    })
 }
 
-fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, base: u64) -> StepResult {
-    let first = base + s.page * PAGE_SIZE + s.offset;
+/// `touch:` step.
+pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
+    let a = ctx.arena(&s.arena)?.clone();
+    let plan = plan(s, &a)?;
+    if plan.in_child {
+        return touch_in_child(ctx, s, &a, &plan);
+    }
+    access(s, plan.base)
+        .map(Outcome::said)
+        .map_err(StepError::Fail)
+}
+
+fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, plan: &Plan) -> StepResult {
+    let base = plan.base;
+    let first = slot(base, s.page, s.offset);
+    // What the child maps again: the mapping's whole length, then the holes
+    // this process has in it are unmapped again so the child sees the same.
+    let remap = if a.is_mapped() {
+        let len = a.mapped_pages.checked_mul(PAGE_SIZE).ok_or_else(|| {
+            StepError::Error(format!("mapping of {} pages overflows", a.mapped_pages))
+        })?;
+        let holes = a.mapped.holes(&(0..a.mapped_pages));
+        bounds::check_free(
+            &s.arena,
+            a,
+            &holes,
+            "touch (mapping the arena again in a child)",
+        )?;
+        Some((len, holes))
+    } else {
+        None
+    };
+    // The probed pages must hold nothing else (checked again in the child).
+    bounds::check_free(&s.arena, a, &plan.unmapped, "touch")?;
     let err = |e: std::io::Error| StepError::Error(e.to_string());
     let (crash_rx, crash_tx) = sys::pipe().map_err(err)?;
     let (text_rx, text_tx) = sys::pipe().map_err(err)?;
@@ -108,11 +199,28 @@ fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, base: u64) -> StepRe
         sys::close(crash_rx);
         sys::close(text_rx);
         crash::install(crash_tx);
-        if a.mapped {
+        if let Some((len, holes)) = &remap {
             let flags = libc::MAP_SHARED | libc::MAP_FIXED;
-            if map(a.fd, base, a.mapped_pages * PAGE_SIZE, flags, 0).is_err() {
+            let mut ok = map(a.fd, base, *len, flags, 0).is_ok();
+            for h in holes {
+                // SAFETY: unmapping part of the mapping this child just made.
+                ok &= unsafe {
+                    libc::munmap(
+                        slot(base, h.start, 0) as *mut libc::c_void,
+                        ((h.end - h.start) * PAGE_SIZE) as usize,
+                    )
+                } == 0;
+            }
+            if !ok {
                 // SAFETY: exiting the child.
                 unsafe { libc::_exit(CHILD_REMAP_FAILED) };
+            }
+        }
+        // Last check before a probe: its pages must still be free.
+        for page in plan.unmapped.iter().flat_map(Clone::clone) {
+            if !bounds::page_unmapped(slot(base, page, 0)) {
+                // SAFETY: exiting the child.
+                unsafe { libc::_exit(CHILD_NOT_FREE) };
             }
         }
         let (code, text) = match access(s, base) {
@@ -144,6 +252,16 @@ fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, base: u64) -> StepRe
             "the access at {first:#x} did not finish in time"
         )));
     };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == CHILD_NOT_FREE {
+        return Err(StepError::Error(format!(
+            "touch: an unmapped page of arena `{}` in {} was taken by other memory of the agent before the probe; refusing to access it",
+            s.arena,
+            plan.unmapped.iter().fold(PageSet::new(), |mut set, r| {
+                set.insert(r.clone());
+                set
+            })
+        )));
+    }
     let killed_by = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let fault_text = |sig: i32| {
         let at = fault.map(|f| format!(" at {f:#x}")).unwrap_or_default();
@@ -200,4 +318,174 @@ fn read_all(fd: i32) -> String {
     // SAFETY: we own fd; File closes it.
     let _ = unsafe { std::fs::File::from_raw_fd(fd) }.read_to_string(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::bounds::testing::{backing, fake_arena, ID};
+    use arena_protocol::scenario::{PageSet, Signal};
+
+    fn step(page: u64, count: u64, op: AccessOp) -> TouchStep {
+        TouchStep {
+            arena: ID.into(),
+            page,
+            count,
+            offset: 0,
+            op,
+            value: None,
+            expect: TouchExpect::default(),
+        }
+    }
+
+    fn probe(page: u64) -> TouchStep {
+        let mut s = step(page, 1, AccessOp::Read);
+        s.expect.signal = Some(Signal::SIGSEGV);
+        s
+    }
+
+    fn arena(pages: u64, mapped: PageSet) -> ArenaState {
+        ArenaState {
+            fd: -1,
+            pages,
+            flags: 0,
+            addr: Some(0x1_0000_0000),
+            mapped_pages: mapped.end(),
+            mapped,
+        }
+    }
+
+    fn error_text(r: Result<impl std::fmt::Debug, StepError>) -> String {
+        match r {
+            Err(StepError::Error(t)) => t,
+            other => panic!("expected a step error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_refuses_pages_outside_the_arena() {
+        let a = arena(32, PageSet::prefix(32));
+        let e = error_text(plan(&step(100, 1, AccessOp::Write), &a));
+        assert_eq!(e, "page 100 is outside arena `a` (32 pages)");
+        let e = error_text(plan(&step(32, 1, AccessOp::Write), &a));
+        assert_eq!(e, "page 32 is outside arena `a` (32 pages)");
+        let e = error_text(plan(&step(30, 4, AccessOp::Read), &a));
+        assert_eq!(e, "pages 30..34 run past the end of arena `a` (32 pages)");
+        // Even as a fault probe: outside the arena is never arena memory.
+        let e = error_text(plan(&probe(32), &a));
+        assert!(e.contains("outside arena"), "{e}");
+        assert!(plan(&step(1, u64::MAX, AccessOp::Read), &a).is_err());
+        assert!(plan(&step(u64::MAX, 2, AccessOp::Read), &a).is_err());
+        let ok = plan(&step(28, 4, AccessOp::Write), &a).unwrap();
+        assert_eq!(ok.pages, 28..32);
+        assert!(!ok.in_child);
+    }
+
+    #[test]
+    fn plan_checks_offset_count_and_address() {
+        let a = arena(32, PageSet::prefix(32));
+        let mut s = step(0, 1, AccessOp::Read);
+        s.offset = 0x1000;
+        assert!(error_text(plan(&s, &a)).contains("offset 0x1000"));
+        s.offset = 0xffc;
+        assert!(plan(&s, &a).is_err());
+        s.offset = 0xff8;
+        assert!(plan(&s, &a).is_ok());
+        assert!(error_text(plan(&step(0, 0, AccessOp::Read), &a)).contains("count"));
+        let mut far = a.clone();
+        far.addr = Some(!(PAGE_SIZE - 1));
+        assert!(error_text(plan(&step(1, 1, AccessOp::Read), &far)).contains("address space"));
+        let mut none = a;
+        none.addr = None;
+        assert!(error_text(plan(&step(1, 1, AccessOp::Read), &none)).contains("no user address"));
+    }
+
+    #[test]
+    fn unmapped_pages_inside_the_arena_are_only_fault_probes() {
+        // mmap of 16 pages of a 32-page arena, then pages 8..10 unmapped.
+        let mut mapped = PageSet::prefix(16);
+        mapped.remove(8..10);
+        let a = arena(32, mapped);
+        let e = error_text(plan(&step(20, 1, AccessOp::Write), &a));
+        assert_eq!(
+            e,
+            "page 20 of arena `a` is not mapped in this process (mapped: pages 0..8, 10..16); only a touch that expects a signal may access it"
+        );
+        assert!(plan(&step(7, 2, AccessOp::Read), &a).is_err());
+        let p = plan(&probe(20), &a).unwrap();
+        assert!(p.in_child);
+        assert_eq!(p.unmapped, vec![20..21]);
+        let p = plan(&probe(9), &a).unwrap();
+        assert_eq!(p.unmapped, vec![9..10]);
+        // Nothing mapped here (a forked worker): still a probe.
+        let p = plan(&probe(0), &arena(32, PageSet::new())).unwrap();
+        assert_eq!(p.unmapped, vec![0..1]);
+    }
+
+    // The issue-10 false PASS, end to end on a memfd standing in for the
+    // arena: page 100 of 32 is refused and nothing is written anywhere.
+    #[test]
+    fn touch_outside_the_arena_is_an_error_not_a_stray_write() {
+        let (mut ctx, base) = fake_arena(0, 32, 32);
+        let e = error_text(touch(&mut ctx, &step(100, 1, AccessOp::Write)));
+        assert_eq!(e, "page 100 is outside arena `a` (32 pages)");
+        assert!(bounds::page_unmapped(slot(base, 100, 0)));
+        // In bounds: written through the mapping, seen in the backing file.
+        touch(&mut ctx, &step(31, 1, AccessOp::Write)).unwrap();
+        assert_eq!(backing(&ctx, 31, 0), page_pattern(31));
+        let mut read = step(31, 1, AccessOp::Read);
+        read.expect.pattern = true;
+        touch(&mut ctx, &read).unwrap();
+    }
+
+    #[test]
+    fn shorter_mapping_and_holes_fault_in_a_child() {
+        let (mut ctx, base) = fake_arena(1, 32, 16);
+        // Beyond the 16 mapped pages but inside the arena.
+        let e = error_text(touch(&mut ctx, &step(20, 1, AccessOp::Write)));
+        assert!(e.contains("not mapped in this process"), "{e}");
+        let ok = touch(&mut ctx, &probe(20)).unwrap();
+        assert!(ok.detail.contains("SIGSEGV"), "{}", ok.detail);
+        // A hole punched into the mapping: the child reproduces it.
+        // SAFETY: unmapping part of the test's own mapping.
+        assert_eq!(
+            unsafe { libc::munmap(slot(base, 8, 0) as *mut libc::c_void, 2 * 4096) },
+            0
+        );
+        ctx.arenas.get_mut(ID).unwrap().mapped.remove(8..10);
+        assert!(touch(&mut ctx, &step(9, 1, AccessOp::Read)).is_err());
+        let ok = touch(&mut ctx, &probe(9)).unwrap();
+        assert!(ok.detail.contains("SIGSEGV"), "{}", ok.detail);
+        // Mapped pages around the hole still work, in a child too.
+        let mut s = step(10, 1, AccessOp::Write);
+        s.value = Some(0x5ca1ab1e);
+        touch(&mut ctx, &s).unwrap();
+        assert_eq!(backing(&ctx, 10, 0), 0x5ca1ab1e);
+        let mut s = probe(7);
+        s.op = AccessOp::Read;
+        let e = touch(&mut ctx, &s).unwrap_err();
+        assert!(e.text().contains("but the access succeeded"), "{e:?}");
+    }
+
+    #[test]
+    fn a_probe_never_lands_in_other_memory() {
+        let (mut ctx, base) = fake_arena(2, 32, 16);
+        // Something else of the process's now lives at page 24's address.
+        // SAFETY: a fresh mapping at a free address of the test region.
+        let p = unsafe {
+            libc::mmap(
+                slot(base, 24, 0) as *mut libc::c_void,
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(p as u64, slot(base, 24, 0));
+        let e = error_text(touch(&mut ctx, &probe(24)));
+        assert!(e.contains("other memory of the agent"), "{e}");
+        // The probe of a free page next to it still works.
+        assert!(touch(&mut ctx, &probe(25)).is_ok());
+    }
 }

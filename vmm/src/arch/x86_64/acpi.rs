@@ -4,7 +4,9 @@
 //! with its register window and interrupt, which is how kernels without
 //! `VIRTIO_MMIO_CMDLINE_DEVICES` discover virtio-mmio devices.
 
-use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate};
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, IO,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -16,11 +18,12 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::mptable::ioapic_id;
+use super::mptable::{checksum, ioapic_id};
 use super::ArchError;
 use crate::devices::acpi_pm::{
     ACPI_PM_PORT, RESET_REG, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL, SLEEP_STATUS,
 };
+use crate::devices::serial::{COM1_IRQ, COM1_PORT, UART_PORT_LEN};
 use crate::memory::{GuestMem, ACPI_START, APIC_START, BIOS_END, IOAPIC_START};
 use crate::VirtioSlot;
 
@@ -32,6 +35,8 @@ pub const OEM_TABLE_ID: [u8; 8] = *b"ARENAVMM";
 pub const OEM_REVISION: u32 = 1;
 /// virtio-mmio ACPI hardware ID.
 pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// PNP ID of a 16550-compatible UART.
+pub const UART_PNP_ID: &str = "PNP0501";
 /// MADT flag: the platform also has dual 8259 PICs.
 const MADT_PCAT_COMPAT: u32 = 1;
 /// Offset of the MADT flags field.
@@ -40,13 +45,6 @@ const MADT_FLAGS_OFFSET: usize = 40;
 const SDT_CHECKSUM_OFFSET: usize = 9;
 /// Table alignment inside the ACPI area.
 const TABLE_ALIGN: u64 = 16;
-
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes
-        .iter()
-        .fold(0u8, |a, b| a.wrapping_add(*b))
-        .wrapping_neg()
-}
 
 fn to_bytes(t: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
@@ -61,6 +59,7 @@ pub fn build_dsdt(slots: &[VirtioSlot]) -> Vec<u8> {
     let (s5, zero) = (S5_SLEEP_TYPE, 0u8);
     let s5_pkg = Package::new(vec![&s5, &zero, &zero, &zero]);
     dsdt.append_slice(&to_bytes(&Name::new("_S5_".into(), &s5_pkg)));
+    dsdt.append_slice(&com1_device());
     for (i, s) in slots.iter().enumerate() {
         let path = format!("_SB_.VR{i:02X}");
         let hid = Name::new("_HID".into(), &VIRTIO_MMIO_HID);
@@ -73,6 +72,25 @@ pub fn build_dsdt(slots: &[VirtioSlot]) -> Vec<u8> {
         dsdt.append_slice(&to_bytes(&dev));
     }
     dsdt.as_slice().to_vec()
+}
+
+/// COM1 as an ACPI device (`PNP0501`, its ports and IRQ 4).
+///
+/// The FADT is hardware-reduced, so Linux installs no legacy PIC and
+/// preallocates no ISA interrupts: the 8250 driver's built-in COM1 (irq 4)
+/// then cannot request its interrupt, the port's startup fails, and every
+/// user-space write to the console returns EIO (the agent's first `eprintln!`
+/// panicked, exit 101). Described here, the port is found by PnP ACPI and its
+/// interrupt is mapped through the IOAPIC, as on QEMU's microvm.
+fn com1_device() -> Vec<u8> {
+    let port = COM1_PORT as u16;
+    let io = IO::new(port, port, 1, UART_PORT_LEN as u8);
+    let irq = Interrupt::new(true, true, false, false, COM1_IRQ);
+    let crs_t = ResourceTemplate::new(vec![&io, &irq]);
+    let crs = Name::new("_CRS".into(), &crs_t);
+    let hid = Name::new("_HID".into(), &EISAName::new(UART_PNP_ID));
+    let uid = Name::new("_UID".into(), &0u32);
+    to_bytes(&Device::new(Path::new("_SB_.COM1"), vec![&hid, &uid, &crs]))
 }
 
 /// Builds the MADT for `num_cpus` vCPUs (APIC IDs 0..n) and the IOAPIC.

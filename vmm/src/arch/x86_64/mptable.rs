@@ -39,7 +39,9 @@ pub fn ioapic_id(num_cpus: u8) -> u8 {
     num_cpus
 }
 
-fn checksum(bytes: &[u8]) -> u8 {
+/// The byte that makes `bytes` sum to zero (mod 256): the MP spec and ACPI
+/// checksum rule alike.
+pub(super) fn checksum(bytes: &[u8]) -> u8 {
     bytes
         .iter()
         .fold(0u8, |a, b| a.wrapping_add(*b))
