@@ -1,11 +1,12 @@
 //! Shared between the runner (host) and the guest agent (PID 1), so the two
 //! ends cannot drift: the typed scenario model ([`scenario`]), the messages
 //! exchanged over the virtio console ([`message`]) and their framing
-//! ([`framing`]).
+//! ([`framing`]), and the seed derivation both ends share ([`seed`]).
 
 pub mod framing;
 pub mod message;
 pub mod scenario;
+pub mod seed;
 
 pub use framing::{FrameError, LineReader, MAX_LINE_BYTES};
 pub use message::{GuestMessage, Hello, HostMessage, StepStatus};

@@ -325,9 +325,25 @@ pub struct TouchStep {
     /// Value to write; default the deterministic pattern of each page.
     #[serde(default)]
     pub value: Option<u64>,
+    /// Order the pages are accessed in; `shuffled` draws a permutation from
+    /// the seed (recorded in the step's data, so it replays).
+    #[serde(default)]
+    pub order: PageOrder,
     /// Expected outcome; default: the access succeeds.
     #[serde(default)]
     pub expect: TouchExpect,
+}
+
+/// Order in which a multi-page step visits its pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageOrder {
+    /// `page`, `page + 1`, ...
+    #[default]
+    Sequential,
+    /// A permutation drawn from the process's seed, new on every run of the
+    /// step (each iteration of a worker draws again).
+    Shuffled,
 }
 
 /// What a touch must observe. At most one of the fields may be set.
@@ -443,8 +459,8 @@ pub struct ParallelStep {
     /// Stop iterating after this long even if iterations remain.
     #[serde(default)]
     pub duration_ms: Option<u64>,
-    /// Shuffle each iteration's page order / jitter with this seed
-    /// (default: the run's seed).
+    /// Seed of the workers' choices (start order, jitter, shuffled touches);
+    /// default: drawn from the scenario's seed.
     #[serde(default)]
     pub seed: Option<u64>,
     /// Random sleep of up to this many microseconds between iterations.

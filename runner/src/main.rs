@@ -2,14 +2,21 @@
 //! place: 0 all passed, 1 a scenario failed or timed out, 2 invalid input,
 //! 3 infrastructure error.
 
+mod attempts;
 mod backend;
 mod bench;
+mod compare;
+mod ktap;
 mod nested;
 mod plan;
+mod progress;
+mod repro;
 mod results;
 mod run;
 mod scenario_file;
+mod selection;
 mod session;
+mod shard;
 mod splat;
 mod verdict;
 
@@ -30,6 +37,8 @@ pub mod exit {
     pub const INVALID: u8 = 2;
     /// Infrastructure: kernel not fetchable or bootable, VM died before hello.
     pub const INFRA: u8 = 3;
+    /// SIGINT or SIGTERM stopped the run (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// A failure of the tool itself, classified for the exit code.
@@ -48,6 +57,10 @@ pub enum LabError {
         /// Why it cannot be used.
         source: std::io::Error,
     },
+    /// A command-line value that cannot be used (`--history`, `--timeout-scale`,
+    /// `lab compare` input): invalid input too.
+    #[error("{0}")]
+    BadArgs(String),
     /// The lab could not do its job.
     #[error("{}", error_text(.0))]
     Infra(anyhow::Error),
@@ -56,7 +69,9 @@ pub enum LabError {
 impl LabError {
     fn code(&self) -> u8 {
         match self {
-            LabError::Invalid(_) | LabError::MissingFile { .. } => exit::INVALID,
+            LabError::Invalid(_) | LabError::MissingFile { .. } | LabError::BadArgs(_) => {
+                exit::INVALID
+            }
             LabError::Infra(_) => exit::INFRA,
         }
     }
@@ -97,7 +112,9 @@ struct Cli {
 /// Options that pick the kernel.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct KernelArgs {
-    /// Kernel to boot (bzImage or vmlinux); default: Debian's newest 6.12.
+    /// Kernel to boot: a bzImage or vmlinux, or `debian:6.12`, `debian:7.2`,
+    /// `debian:newest` (Debian's newest of that series, or sid's newest);
+    /// default: debian:6.12.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// lib/modules/<release> of --kernel (with modules.dep), if it is modular.
@@ -118,8 +135,18 @@ impl KernelArgs {
             ("--modules", &self.modules),
             ("--kernel-src", &self.kernel_src),
         ];
+        if let Some(Some(Err(e))) = self.kernel.as_deref().map(plan::debian_channel) {
+            return Err(LabError::MissingFile {
+                option: "--kernel",
+                path: self.kernel.clone().unwrap_or_default(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            });
+        }
         for (option, path) in given {
             if let Some(path) = path {
+                if option == "--kernel" && plan::debian_channel(path).is_some() {
+                    continue;
+                }
                 std::fs::metadata(path).map_err(|source| LabError::MissingFile {
                     option,
                     path: path.clone(),
@@ -131,6 +158,8 @@ impl KernelArgs {
     }
 }
 
+// Parsed once per process: the size of `run`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run scenario files or directories of them.
@@ -146,6 +175,29 @@ enum Command {
         /// Scenario files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        shard: shard::ShardArgs,
+        #[command(flatten)]
+        select: selection::SelectArgs,
+    },
+    /// Re-run one scenario of an earlier run exactly: its kernel, its copy
+    /// of the scenario file, its seed and VM shape.
+    Repro(repro::ReproArgs),
+    /// Compare two runs: regressions, fixes, new/removed scenarios, flaky
+    /// ones, duration changes. Exit 1 only on regressions.
+    Compare {
+        /// BASE and NEW run folders (`results/<run-id>`).
+        #[arg(num_args = 0..=2)]
+        runs: Vec<PathBuf>,
+        /// Compare the last two runs under this results root instead.
+        #[arg(long, conflicts_with = "runs")]
+        history: Option<PathBuf>,
+        /// Where compare.json and compare.md go (default: NEW's folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// List scenarios whose wall time changed by more than this.
+        #[arg(long, default_value = "50%")]
+        duration_threshold: String,
     },
     /// Kernel management.
     #[command(subcommand)]
@@ -178,8 +230,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KernelCommand {
-    /// Fetch the newest (or a given) Debian 6.12 kernel into the cache.
+    /// Fetch the newest (or a given) Debian kernel of a series into the cache.
     Fetch {
+        /// Series: 6.12 (default; the host's apt), 7.2 or newest (sid, through
+        /// the lab's own apt state under the cache directory).
+        #[arg(long, default_value = "6.12")]
+        series: arena_images::kernel::debian::Channel,
         /// Patch level, e.g. 117 for 6.12.117.
         #[arg(long)]
         patch: Option<u32>,
@@ -191,13 +247,25 @@ enum KernelCommand {
     },
 }
 
-fn validate(paths: &[PathBuf], list: bool) -> Result<u8, LabError> {
+fn validate(
+    paths: &[PathBuf],
+    list: bool,
+    shard: &shard::ShardArgs,
+    select: &selection::SelectArgs,
+) -> Result<u8, LabError> {
     let scenarios = scenario_file::load_paths(paths)?;
+    let scenarios = select
+        .apply(scenarios)
+        .map_err(|e| LabError::BadArgs(e.to_string()))?;
+    let scenarios = shard
+        .apply(scenarios, |f| f.scenario.name.as_str())
+        .map_err(|e| LabError::BadArgs(e.to_string()))?;
     for s in &scenarios {
         if list {
             println!(
-                "{:<40} [{}] {}",
+                "{:<40} {:<50} [{}] {}",
                 s.scenario.name,
+                s.path.display(),
                 s.scenario.tags.join(","),
                 s.scenario.description.lines().next().unwrap_or("")
             );
@@ -213,10 +281,34 @@ fn real_main() -> Result<u8, LabError> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Validate { paths } => validate(&paths, false),
-        Command::List { paths } => validate(&paths, true),
-        Command::Kernel(KernelCommand::Fetch { patch }) => {
-            let k = arena_images::kernel::debian::fetch(patch).map_err(infra)?;
+        Command::Validate { paths } => {
+            validate(&paths, false, &Default::default(), &Default::default())
+        }
+        Command::List {
+            paths,
+            shard,
+            select,
+        } => validate(&paths, true, &shard, &select),
+        Command::Repro(args) => repro::repro(args),
+        Command::Compare {
+            runs,
+            history,
+            out,
+            duration_threshold,
+        } => {
+            let req = compare::Request {
+                runs: &runs,
+                history: history.as_deref(),
+                out: out.as_deref(),
+                threshold: &duration_threshold,
+            };
+            let (c, dir) = compare::compare(&req).map_err(|e| LabError::BadArgs(e.to_string()))?;
+            print!("{}", compare::markdown(&c));
+            eprintln!("lab: compare.json and compare.md in {}", dir.display());
+            Ok(c.exit_code())
+        }
+        Command::Kernel(KernelCommand::Fetch { series, patch }) => {
+            let k = arena_images::kernel::debian::fetch_with(series, patch, true).map_err(infra)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&k).expect("serialisable")

@@ -17,9 +17,11 @@ const GUEST_MODULES: &[&str] = &["virtio_mmio"];
 
 /// Base kernel command line: the full kernel log on the serial console (so
 /// boot-time warnings reach the splat detector; measured: no slower than
-/// `quiet` under TCG), reboot at once on panic (the VMMs turn a reboot into
-/// VM exit), keyboard-controller reset.
-pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=k";
+/// `quiet` under TCG), an oops is a panic and a panic reboots at once (the
+/// VMMs turn a reboot into VM exit), so a fatal splat ends the scenario
+/// within seconds instead of at its timeout (WARNINGs do not panic), and
+/// keyboard-controller reset.
+pub const BASE_CMDLINE: &str = "console=ttyS0 oops=panic panic=-1 reboot=k";
 
 /// Everything shared by the scenarios of a run.
 pub struct Prepared {
@@ -36,20 +38,31 @@ pub struct Prepared {
     pub kernel_src: Option<PathBuf>,
 }
 
-/// Which kernel to use.
+/// `--kernel debian:<channel>` (`6.12`, `7.2`, `newest`): one of Debian's
+/// kernels instead of a file. `None` for anything else (a path); an unknown
+/// channel is an error.
+pub fn debian_channel(
+    spec: &std::path::Path,
+) -> Option<Result<debian::Channel, debian::BadChannel>> {
+    let channel = spec.to_str()?.strip_prefix("debian:")?;
+    Some(channel.parse())
+}
+
+/// Which kernel to use: a file, a `debian:<channel>` spec, or the default
+/// (Debian's newest 6.12).
 pub fn kernel(user: Option<&PathBuf>, modules: Option<&PathBuf>) -> anyhow::Result<Kernel> {
-    Ok(match user {
-        Some(p) => Kernel::from_user_file(p, modules.map(PathBuf::as_path))?,
-        None => {
-            if debian::cached().is_none() {
-                eprintln!(
-                    "lab: fetching Debian's newest {} kernel (first run)",
-                    debian::SERIES
-                );
-            }
-            debian::default_kernel()?
+    let channel = match user.map(|p| debian_channel(p)) {
+        Some(Some(c)) => c?,
+        Some(None) => {
+            let p = user.expect("given");
+            return Ok(Kernel::from_user_file(p, modules.map(PathBuf::as_path))?);
         }
-    })
+        None => debian::DEFAULT,
+    };
+    if matches!(channel, debian::Channel::Newest) || debian::cached(channel).is_none() {
+        eprintln!("lab: resolving Debian's {channel} kernel (fetched once, then cached)");
+    }
+    Ok(debian::kernel_for(channel)?)
 }
 
 /// Build the agent, resolve modules and compile BPF objects.

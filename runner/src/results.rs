@@ -30,6 +30,12 @@ pub const SCHEMA: u32 = 1;
 /// Reason of a scenario the run has not got to yet: what a killed runner leaves.
 pub const PENDING: &str = "pending: the run has not got to it (still running, or killed)";
 
+/// Reason of the scenarios a signal kept from running (or killed).
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Reason of the scenarios `--fail-fast` did not start after a failure.
+pub const FAIL_FAST: &str = "fail-fast: not started after an earlier scenario failed";
+
 /// Why a run stopped early.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Abort {
@@ -68,6 +74,16 @@ pub struct ScenarioSummary {
     /// Set when the first boot died before the agent's hello and the VM was
     /// booted again: how the first attempt ended (its logs: `attempt1-*`).
     pub retried_after: Option<SessionEnd>,
+    /// 1-based attempt number (`--repeat`, `--until-fail`; else 1).
+    pub attempt: u64,
+    /// The attempt's run seed: `lab run --seed <it>` replays it.
+    pub run_seed: u64,
+    /// Its results folder relative to the run (`<name>` or `<name>/attempt-<k>`).
+    pub dir: String,
+    /// The command that replays it, when it did not pass (and ran).
+    pub reproduce: Option<String>,
+    /// The VM it ran in (after `--vcpus`/`--memory-mib`): `lab repro` uses it.
+    pub vm: arena_protocol::scenario::VmSpec,
 }
 
 impl ScenarioSummary {
@@ -85,6 +101,11 @@ impl ScenarioSummary {
             vm_exit: None,
             guest: None,
             retried_after: None,
+            attempt: 1,
+            run_seed: seed,
+            dir: name.to_owned(),
+            reproduce: None,
+            vm: Default::default(),
         }
     }
 }
@@ -110,8 +131,13 @@ pub struct Summary {
     /// True only once the run has finished normally: every planned scenario
     /// judged and no abort.
     pub complete: bool,
-    /// Set when an infrastructure error stopped the run early.
+    /// Set when an infrastructure error stopped the run early, or a signal
+    /// (then `interrupted` is true too).
     pub aborted: Option<Abort>,
+    /// SIGINT/SIGTERM stopped the run (`aborted` says after how many).
+    pub interrupted: bool,
+    /// `--shard i/N` this run was, `None` for a whole run.
+    pub shard: Option<String>,
     /// Kernel that ran; `None` until (or if never) resolved.
     pub kernel: Option<Kernel>,
     /// Backend name; `None` until picked.
@@ -138,6 +164,8 @@ pub struct Summary {
     pub wall_s: f64,
     /// Every planned scenario, in plan order.
     pub scenarios: Vec<ScenarioSummary>,
+    /// Per scenario name: attempts, failures, failure rate, failing seeds.
+    pub per_scenario: Vec<crate::attempts::PerScenario>,
 }
 
 impl Summary {
@@ -149,6 +177,8 @@ impl Summary {
             started: now_rfc3339(),
             complete: false,
             aborted: None,
+            interrupted: false,
+            shard: None,
             kernel: None,
             backend: None,
             accelerator: None,
@@ -162,6 +192,7 @@ impl Summary {
             not_run: 0,
             wall_s: 0.0,
             scenarios,
+            per_scenario: Vec::new(),
         };
         s.recount();
         s
@@ -181,6 +212,7 @@ impl Summary {
         self.timeouts = count(Verdict::Timeout);
         self.not_run = count(Verdict::NotRun);
         self.planned = self.scenarios.len();
+        self.per_scenario = crate::attempts::per_scenario(&self.scenarios);
     }
 
     /// Record that an infrastructure error stops the run: every scenario
@@ -198,6 +230,33 @@ impl Summary {
         for s in &mut self.scenarios {
             if s.judgement.verdict == Verdict::NotRun {
                 s.judgement.reason = reason.clone();
+            }
+        }
+        self.recount();
+    }
+
+    /// A signal stops the run: abort with `interrupted (SIG...) after n/N`,
+    /// and every scenario not judged is `not_run` with the reason `interrupted`.
+    pub fn interrupt(&mut self, signal: &str) {
+        self.recount();
+        let judged = self.planned - self.not_run;
+        self.interrupted = true;
+        self.abort(
+            &format!(
+                "interrupted ({signal}) after {judged}/{} scenario(s)",
+                self.planned
+            ),
+            None,
+        );
+        self.skip_rest(INTERRUPTED);
+    }
+
+    /// Every scenario not judged yet becomes `not_run` with `reason` (e.g.
+    /// [`FAIL_FAST`]); the run stays incomplete.
+    pub fn skip_rest(&mut self, reason: &str) {
+        for s in &mut self.scenarios {
+            if s.judgement.verdict == Verdict::NotRun {
+                s.judgement.reason = reason.to_owned();
             }
         }
         self.recount();
@@ -296,10 +355,14 @@ impl RunDir {
         Ok(p)
     }
 
-    /// Write summary.json and junit.xml, each atomically.
+    /// Write summary.json, junit.xml and results.ktap, each atomically.
     pub fn write(&self, summary: &Summary) -> arena_images::Result<()> {
         let json = serde_json::to_vec_pretty(summary).expect("serialisable");
         write_atomic(&self.path.join("junit.xml"), junit(summary).as_bytes())?;
+        write_atomic(
+            &self.path.join("results.ktap"),
+            crate::ktap::ktap(summary).as_bytes(),
+        )?;
         write_atomic(&self.path.join("summary.json"), &json)
     }
 }
@@ -626,6 +689,20 @@ pub fn junit(summary: &Summary) -> String {
                     a.reason, summary.planned, summary.not_run
                 ),
             ),
+            None if summary
+                .scenarios
+                .iter()
+                .any(|s| s.judgement.reason == FAIL_FAST) =>
+            {
+                (
+                    "lab-run-incomplete",
+                    "fail-fast",
+                    format!(
+                        "--fail-fast stopped the run after a failure: {judged} of {} scenario(s) judged",
+                        summary.planned
+                    ),
+                )
+            }
             None => (
                 "lab-run-incomplete",
                 "incomplete",

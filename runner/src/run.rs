@@ -1,6 +1,7 @@
 //! `lab run` and `lab boot`: prepare once, then run each scenario in its own
 //! VM (up to `-j` at a time), judge it and record the results.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 use arena_protocol::scenario::{SleepStep, Step, VmSpec as ScenarioVm};
 use arena_protocol::Scenario;
 
+use crate::attempts::{self, plan_attempts, reproduce_line, Attempt, RepeatArgs, SCENARIO_COPY};
 use crate::backend::{self, Backend, BackendChoice, Console, VmSpec};
-use crate::results::{Abort, RunDir, ScenarioSummary, Summary};
+use crate::progress::{self, Progress, Verbosity};
+use crate::results::{self, Abort, RunDir, ScenarioSummary, Summary};
 use crate::scenario_file::{self, ScenarioFile};
 use crate::session::{self, Limits};
 use crate::verdict::{self, Judgement, SessionEnd, Verdict};
@@ -39,6 +42,30 @@ pub struct RunArgs {
     /// Extra kernel command line.
     #[arg(long, default_value = "")]
     append: String,
+    #[command(flatten)]
+    shard: crate::shard::ShardArgs,
+    /// Stop starting scenarios after the first failure (the rest: `not_run`).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Multiply every scenario's timeout and the boot timeout (slow hosts).
+    #[arg(long, value_name = "X")]
+    timeout_scale: Option<f64>,
+    /// vCPUs of every scenario's VM, instead of each scenario's own.
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// RAM (MiB) of every scenario's VM, instead of each scenario's own.
+    #[arg(long, value_name = "M")]
+    memory_mib: Option<u32>,
+    /// Print only failures and the final line.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Stream each running scenario's serial console.
+    #[arg(short, long)]
+    verbose: bool,
+    #[command(flatten)]
+    select: crate::selection::SelectArgs,
+    #[command(flatten)]
+    repeat: RepeatArgs,
     /// Scenario files or directories.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -86,17 +113,37 @@ fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Lab
 /// an infrastructure error (kernel, backend, agent, a guest image, a VM
 /// that never says hello) aborts the run, judges what cannot be judged as
 /// `not_run` with the reason, and exits 3.
-pub fn run(args: RunArgs) -> Result<u8, LabError> {
+pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let t0 = Instant::now();
     let scenarios = scenario_file::load_paths(&args.paths)?;
+    let scenarios = args
+        .select
+        .apply(scenarios)
+        .map_err(|e| LabError::BadArgs(e.to_string()))?;
+    let scenarios = args
+        .shard
+        .apply(scenarios, |f| f.scenario.name.as_str())
+        .map_err(|e| LabError::BadArgs(e.to_string()))?;
+    let scenarios = apply_overrides(&mut args, scenarios)?;
     args.kernel.check()?;
+    let verbosity = if args.quiet {
+        Verbosity::Quiet
+    } else if args.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    progress::install_signal_handlers();
     let seed = args.seed.unwrap_or_else(random_seed);
     let run_dir = RunDir::create(&args.results).map_err(infra)?;
-    let planned = scenarios
+    let queue = plan_attempts(&scenarios, &args.repeat, seed);
+    let planned = queue
         .iter()
-        .map(|f| ScenarioSummary::pending(&f.scenario.name, &f.path, &f.scenario.tags, seed))
+        .map(|a| attempts::pending(&scenarios[a.scenario], a))
         .collect();
+    let queue = Mutex::new(VecDeque::from(queue));
     let mut summary = Summary::new(&run_dir.id, seed, planned);
+    summary.shard = args.shard.shard.map(|s| s.to_string());
     run_dir.write(&summary).map_err(infra)?;
     let Ready {
         backend,
@@ -106,66 +153,160 @@ pub fn run(args: RunArgs) -> Result<u8, LabError> {
         Ok(ready) => ready,
         Err(abort) => return aborted(&run_dir, summary, t0, abort),
     };
-    eprintln!(
-        "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
-        prepared.kernel.release,
-        prepared.kernel.boot_image.display(),
-        scenarios.len(),
-        run_dir.path.display()
-    );
+    if verbosity != Verbosity::Quiet {
+        eprintln!(
+            "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
+            prepared.kernel.release,
+            prepared.kernel.boot_image.display(),
+            scenarios.len(),
+            run_dir.path.display()
+        );
+    }
     run_dir.write(&summary).map_err(infra)?;
     let summary = Mutex::new(summary);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    let failed_fast = AtomicBool::new(false);
+    let progress = Progress::new(summary.lock().expect("lock").planned, verbosity);
+    let started = Instant::now();
     let ctx = RunCtx {
         backend: backend.as_ref(),
         prepared: &prepared,
         run_dir: &run_dir,
-        seed,
         limits: Limits {
             boot: Duration::from_secs(args.boot_timeout),
         },
         cmdline: cmdline(&args.append),
     };
+    let watching = AtomicBool::new(true);
     std::thread::scope(|scope| {
-        for _ in 0..args.jobs.clamp(1, 16) {
-            scope.spawn(|| loop {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(file) = scenarios.get(i) else { return };
-                let s = match run_one(&ctx, file, &images[i]) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let mut s = summary.lock().expect("lock").scenarios[i].clone();
-                        s.judgement = Judgement::infra_error(error_text(&e));
-                        s
+        scope.spawn(|| progress.watch(&watching));
+        let workers: Vec<_> = (0..args.jobs.clamp(1, 16))
+            .map(|_| {
+                scope.spawn(|| loop {
+                    if stop.load(Ordering::SeqCst) || progress::interrupted().is_some() {
+                        return;
                     }
-                };
-                print_line(&s);
-                let mut sum = summary.lock().expect("lock");
-                if s.judgement.infra {
-                    // Later scenarios would most likely meet the same fate
-                    // (each after a boot timeout): stop starting them.
-                    stop.store(true, Ordering::SeqCst);
-                    let reason = format!("{}: {}", s.name, s.judgement.reason);
-                    sum.abort(&reason, Some(&s.name));
-                }
-                sum.scenarios[i] = s;
-                sum.recount();
-                sum.wall_s = t0.elapsed().as_secs_f64();
-                if let Err(e) = run_dir.write(&sum) {
-                    eprintln!("lab: writing results: {e}");
-                }
-            });
+                    let Some(a) = queue.lock().expect("lock").pop_front() else {
+                        return;
+                    };
+                    // A key for the display only: summary indices move.
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let file = &scenarios[a.scenario];
+                    progress.started(i, &file.scenario.name, &run_dir.path.join(&a.dir));
+                    let mut s = match run_one(&ctx, file, &images[a.scenario], &a) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let mut s = attempts::pending(file, &a);
+                            s.judgement = Judgement::infra_error(error_text(&e));
+                            s
+                        }
+                    };
+                    if progress::interrupted().is_some() {
+                        // Its VM was killed by the interrupt: not a verdict.
+                        s.judgement = Judgement::not_run(results::INTERRUPTED);
+                    }
+                    let failed = matches!(
+                        s.judgement.verdict,
+                        Verdict::Fail | Verdict::Error | Verdict::Timeout
+                    );
+                    if failed {
+                        let line = reproduce_line(&args.kernel, a.run_seed, &s.name, &file.path);
+                        s.reproduce = Some(line);
+                    }
+                    progress.ended(i, &s);
+                    if let Some(line) = &s.reproduce {
+                        progress.println(&format!("reproduce: {line}"));
+                    }
+                    let mut sum = summary.lock().expect("lock");
+                    if args.fail_fast && failed {
+                        stop.store(true, Ordering::SeqCst);
+                        failed_fast.store(true, Ordering::SeqCst);
+                    }
+                    if s.judgement.infra {
+                        // Later scenarios would most likely meet the same fate
+                        // (each after a boot timeout): stop starting them.
+                        stop.store(true, Ordering::SeqCst);
+                        let reason = format!("{}: {}", s.name, s.judgement.reason);
+                        sum.abort(&reason, Some(&s.name));
+                    }
+                    let name = s.name.clone();
+                    let at = attempts::slot(&mut sum.scenarios, &s);
+                    sum.scenarios[at] = s;
+                    let next_attempt = args.repeat.next(seed, &name, &a, !failed, started);
+                    if let Some(n) = next_attempt.filter(|_| !stop.load(Ordering::SeqCst)) {
+                        attempts::slot(&mut sum.scenarios, &attempts::pending(file, &n));
+                        queue.lock().expect("lock").push_back(n);
+                    }
+                    sum.recount();
+                    sum.wall_s = t0.elapsed().as_secs_f64();
+                    if let Err(e) = run_dir.write(&sum) {
+                        eprintln!("lab: writing results: {e}");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        watching.store(false, Ordering::SeqCst);
     });
-    let sum = summary.into_inner().expect("lock");
+    progress.finish();
+    let mut sum = summary.into_inner().expect("lock");
+    if let Some(signal) = progress::interrupted() {
+        sum.interrupt(signal);
+        println!(
+            "interrupted after {}/{}",
+            sum.planned - sum.not_run,
+            sum.planned
+        );
+        finish(&run_dir, sum, t0, verbosity)?;
+        return Ok(exit::INTERRUPTED);
+    }
     if let Some(abort) = sum.aborted.clone() {
         return aborted(&run_dir, sum, t0, abort);
     }
-    finish(&run_dir, sum, t0)
+    if failed_fast.load(Ordering::SeqCst) {
+        sum.skip_rest(results::FAIL_FAST);
+    }
+    finish(&run_dir, sum, t0, verbosity)
+}
+
+/// `--shard` done; now `--vcpus`, `--memory-mib` and `--timeout-scale`
+/// override every scenario's VM shape and limits (and the boot timeout), so
+/// a nightly on a slower or smaller host can adapt without editing files.
+fn apply_overrides(
+    args: &mut RunArgs,
+    mut scenarios: Vec<ScenarioFile>,
+) -> Result<Vec<ScenarioFile>, LabError> {
+    if let Some(x) = args.timeout_scale {
+        if !(x.is_finite() && x > 0.0) {
+            return Err(LabError::BadArgs(format!(
+                "--timeout-scale {x}: expected a positive number"
+            )));
+        }
+        let scale = |s: u64| ((s as f64) * x).ceil().max(1.0) as u64;
+        args.boot_timeout = scale(args.boot_timeout);
+        for f in &mut scenarios {
+            f.scenario.timeout_s = scale(f.scenario.timeout_s);
+        }
+    }
+    for (option, value) in [("--vcpus", args.vcpus), ("--memory-mib", args.memory_mib)] {
+        if value == Some(0) {
+            return Err(LabError::BadArgs(format!(
+                "{option} 0: expected at least 1"
+            )));
+        }
+    }
+    for f in &mut scenarios {
+        if let Some(v) = args.vcpus {
+            f.scenario.vm.vcpus = v;
+        }
+        if let Some(m) = args.memory_mib {
+            f.scenario.vm.memory_mib = m;
+        }
+    }
+    Ok(scenarios)
 }
 
 /// What the scenarios of a run need before the first VM.
@@ -213,9 +354,15 @@ fn prepare_run(
             Ok(image) => images.push(image),
             Err(e) => {
                 let reason = format!("guest image: {}", error_text(&e));
+                let name = &f.scenario.name;
+                // Its first attempt carries the verdict.
+                let i = summary
+                    .scenarios
+                    .iter()
+                    .position(|s| &s.name == name)
+                    .unwrap_or(i);
                 summary.scenarios[i].judgement = Judgement::infra_error(reason.clone());
                 print_line(&summary.scenarios[i]);
-                let name = &f.scenario.name;
                 return Err(Abort {
                     reason: format!("{name}: {reason}"),
                     scenario: Some(name.clone()),
@@ -234,13 +381,18 @@ fn prepare_run(
 /// reason, the results say so, and the exit is an infrastructure error.
 fn aborted(run_dir: &RunDir, mut sum: Summary, t0: Instant, abort: Abort) -> Result<u8, LabError> {
     sum.abort(&abort.reason, abort.scenario.as_deref());
-    finish(run_dir, sum, t0)?;
+    finish(run_dir, sum, t0, Verbosity::Normal)?;
     Err(infra(anyhow::anyhow!("run aborted: {}", abort.reason)))
 }
 
 /// Write the final results, print the totals, and give the exit code of a
 /// run that was not aborted.
-fn finish(run_dir: &RunDir, mut sum: Summary, t0: Instant) -> Result<u8, LabError> {
+fn finish(
+    run_dir: &RunDir,
+    mut sum: Summary,
+    t0: Instant,
+    verbosity: Verbosity,
+) -> Result<u8, LabError> {
     sum.finish(t0.elapsed().as_secs_f64());
     for s in sum
         .scenarios
@@ -262,46 +414,38 @@ fn finish(run_dir: &RunDir, mut sum: Summary, t0: Instant) -> Result<u8, LabErro
         totals.push_str(&format!(", {} not run", sum.not_run));
     }
     println!("{totals}");
-    eprintln!(
-        "lab: wall time {:.2} s; results {}",
-        sum.wall_s,
-        run_dir.path.display()
-    );
+    if verbosity != Verbosity::Quiet {
+        eprintln!(
+            "lab: wall time {:.2} s; results {}",
+            sum.wall_s,
+            run_dir.path.display()
+        );
+    }
     Ok(if sum.green() { exit::PASS } else { exit::FAIL })
 }
 
 fn print_line(s: &ScenarioSummary) {
-    let v = match s.judgement.verdict {
-        Verdict::Pass => "PASS",
-        Verdict::Fail => "FAIL",
-        Verdict::Error => "ERROR",
-        Verdict::Timeout => "TIMEOUT",
-        Verdict::NotRun => "NOT RUN",
-    };
-    let boot = s
-        .boot_s
-        .map(|b| format!("boot {b:.2} s, "))
-        .unwrap_or_default();
-    println!("{v:<7} {} ({boot}total {:.2} s)", s.name, s.duration_s);
-    if s.judgement.verdict != Verdict::Pass {
-        for line in s.judgement.reason.lines().take(20) {
-            println!("        {line}");
-        }
-    }
+    println!("{}", progress::result_lines(s));
 }
 
 struct RunCtx<'a> {
     backend: &'a dyn Backend,
     prepared: &'a plan::Prepared,
     run_dir: &'a RunDir,
-    seed: u64,
     limits: Limits,
     cmdline: String,
 }
 
-fn run_one(ctx: &RunCtx, file: &ScenarioFile, image: &Path) -> anyhow::Result<ScenarioSummary> {
+fn run_one(
+    ctx: &RunCtx,
+    file: &ScenarioFile,
+    image: &Path,
+    attempt: &Attempt,
+) -> anyhow::Result<ScenarioSummary> {
     let s = &file.scenario;
-    let dir = ctx.run_dir.scenario_dir(&s.name)?;
+    let dir = ctx.run_dir.scenario_dir(&attempt.dir)?;
+    // `lab repro` runs this copy: the file may change or go afterwards.
+    std::fs::copy(&file.path, dir.join(SCENARIO_COPY))?;
     let console_log = dir.join("console.log");
     let spec = VmSpec {
         kernel: ctx.prepared.kernel.boot_image.clone(),
@@ -317,7 +461,7 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile, image: &Path) -> anyhow::Result<Sc
             ctx.backend,
             spec,
             s,
-            ctx.seed,
+            attempt.seed,
             ctx.limits,
             &dir.join("events.jsonl"),
             &dir.join("vmm.log"),
@@ -325,7 +469,7 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile, image: &Path) -> anyhow::Result<Sc
     };
     let mut record = boot(spec.clone());
     let mut retried_after = None;
-    if died_before_hello(&record, &console_log) {
+    if died_before_hello(&record, &console_log) && progress::interrupted().is_none() {
         // One more boot, keeping the first attempt's files beside the new ones.
         for f in ["console.log", "events.jsonl", "vmm.log"] {
             let _ = std::fs::rename(dir.join(f), dir.join(format!("attempt1-{f}")));
@@ -348,7 +492,7 @@ fn run_one(ctx: &RunCtx, file: &ScenarioFile, image: &Path) -> anyhow::Result<Sc
         vm_exit: Some(record.vm_exit),
         guest: record.hello,
         retried_after,
-        ..ScenarioSummary::pending(&s.name, &file.path, &s.tags, ctx.seed)
+        ..attempts::pending(file, attempt)
     })
 }
 

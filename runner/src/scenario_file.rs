@@ -134,7 +134,13 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<ScenarioFile>, ScenarioError>
     }
     let mut out = Vec::new();
     let mut names = HashSet::new();
+    let mut seen = HashSet::new();
     for f in files {
+        // The same file named twice (`dir dir/x.yaml`, or twice for
+        // `--repeat`) is one scenario, not a clash of names.
+        if !seen.insert(std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone())) {
+            continue;
+        }
         let s = match load_file(&f) {
             Ok(s) => s,
             Err(e) => {

@@ -154,6 +154,7 @@ pub fn run(
             return record;
         }
     };
+    crate::progress::vm_started(child.id());
     let boot_deadline = started + limits.boot;
     record.end = drive(
         &mut child,
@@ -173,6 +174,7 @@ pub fn run(
         &mut child,
         matches!(record.end, End::Done { .. } | End::VmExited(_)),
     );
+    crate::progress::vm_ended(child.id());
     record.total_s = started.elapsed().as_secs_f64();
     record
 }

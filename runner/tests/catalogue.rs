@@ -39,7 +39,13 @@ fn arena_catalogue_passes_and_covers_every_family() {
         .find(|st| st["kind"] == "processes")
         .unwrap();
     assert_eq!(step["data"]["workers"].as_array().unwrap().len(), 4);
-    assert_eq!(step["data"]["seed"], s["seed"]);
+    // The step's seed is the first draw of the scenario's seed stream.
+    let mut stream = race["seed"].as_u64().unwrap();
+    assert_eq!(
+        step["data"]["seed"],
+        arena_protocol::seed::draw(&mut stream)
+    );
+    assert_eq!(step["data"]["choices"][0]["seed"], step["data"]["seed"]);
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\""));
 }
@@ -90,7 +96,15 @@ fn seed_is_recorded_and_reused() {
         .find(|st| st["kind"] == "processes")
         .unwrap()
         .clone();
-    assert_eq!(step["data"]["seed"], 4242);
+    // The scenario's seed comes from the run seed and its name; the step's
+    // is the first draw of the scenario's stream.
+    let name = "race-munmap-exit-while-faulting";
+    let mut stream = arena_protocol::seed::scenario_seed(4242, name);
+    assert_eq!(s["scenarios"][0]["seed"], stream);
+    assert_eq!(
+        step["data"]["seed"],
+        arena_protocol::seed::draw(&mut stream)
+    );
     assert_eq!(step["data"]["iterations"], 600);
 }
 

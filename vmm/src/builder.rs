@@ -58,6 +58,12 @@ impl Vm {
     }
 }
 
+/// Appended unless the command line already says `pci=`: the machine has no
+/// PCI, and without it Linux's early quirks scan every bus through the
+/// 0xcf8/0xcfc ports anyway. Measured in `lab nested`: 33,213 of a boot's
+/// 35,088 I/O exits, 3.6 s of a 9.6 s scenario.
+pub const NO_PCI_PARAM: &str = "pci=off";
+
 /// Rejects configurations the platform tables cannot describe.
 fn validate(cfg: &VmConfig) -> Result<(), Error> {
     if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
@@ -127,11 +133,15 @@ fn load_guest(mem: &GuestMem, cfg: &VmConfig, slots: &[VirtioSlot]) -> Result<Bo
     };
     let rsdp = Some(acpi::setup_acpi(mem, cfg.vcpus, slots)?);
     let mut cmdline = cfg.cmdline.trim().to_string();
-    for s in slots {
+    let mut params: Vec<String> = slots.iter().map(VirtioSlot::cmdline_param).collect();
+    if !cmdline.split_whitespace().any(|p| p.starts_with("pci=")) {
+        params.push(NO_PCI_PARAM.into());
+    }
+    for p in params {
         if !cmdline.is_empty() {
             cmdline.push(' ');
         }
-        cmdline.push_str(&s.cmdline_param());
+        cmdline.push_str(&p);
     }
     let cmdline_len = loader::write_cmdline(mem, &cmdline)?;
     regs::write_boot_tables(mem)?;

@@ -29,6 +29,7 @@ pub mod probe;
 pub mod vcpu;
 pub mod virtio;
 
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -283,6 +284,109 @@ impl VmConfig {
     }
 }
 
+impl VmConfig {
+    /// The `arena-vmm` command line describing this config: the one argv
+    /// format, shared by the runner (which spawns `arena-vmm`) and the
+    /// VMM's own parser ([`VmConfig::from_args`]), so the two cannot drift.
+    /// Defaults are left out; `SerialOutput::Sink` and `Buffer` (in-process
+    /// only) give no `--serial`, i.e. output dropped.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["--kernel".into(), self.kernel.clone().into()];
+        if let Some(i) = &self.initrd {
+            a.extend(["--initrd".into(), i.clone().into()]);
+        }
+        if !self.cmdline.is_empty() {
+            a.extend(["--cmdline".into(), self.cmdline.clone().into()]);
+        }
+        if self.vcpus != DEFAULT_VCPUS {
+            a.extend(["--vcpus".into(), self.vcpus.to_string().into()]);
+        }
+        if self.mem_mib != DEFAULT_MEM_MIB {
+            a.extend(["--mem-mib".into(), self.mem_mib.to_string().into()]);
+        }
+        match &self.serial {
+            SerialOutput::Stdout => a.extend(["--serial".into(), "-".into()]),
+            SerialOutput::File(p) => a.extend(["--serial".into(), p.clone().into()]),
+            SerialOutput::Buffer(_) | SerialOutput::Sink => {}
+        }
+        if let Some(s) = &self.console_socket {
+            a.extend(["--console-socket".into(), s.clone().into()]);
+        }
+        if let Some(t) = self.timeout {
+            // Whole nanoseconds, so the round trip is exact.
+            let s = format!("{}.{:09}", t.as_secs(), t.subsec_nanos());
+            a.extend(["--timeout-s".into(), s.into()]);
+        }
+        a
+    }
+
+    /// Parses an `arena-vmm` command line (program name excluded); the
+    /// inverse of [`VmConfig::to_args`]. Paths are taken as raw `OsStr`s.
+    pub fn from_args<S: AsRef<OsStr>>(args: &[S]) -> Result<VmConfig, String> {
+        let mut cfg = VmConfig::new("");
+        let mut kernel = None;
+        let mut it = args.iter().map(AsRef::as_ref);
+        while let Some(flag) = it.next() {
+            let flag = flag.to_string_lossy();
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            let mut text = || {
+                value()?
+                    .to_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{flag}: not UTF-8"))
+            };
+            match &*flag {
+                "--kernel" => kernel = Some(PathBuf::from(value()?)),
+                "--initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
+                "--cmdline" => cfg.cmdline = text()?,
+                "--vcpus" => cfg.vcpus = text()?.parse().map_err(|e| format!("--vcpus: {e}"))?,
+                "--mem-mib" => {
+                    cfg.mem_mib = text()?.parse().map_err(|e| format!("--mem-mib: {e}"))?
+                }
+                "--serial" => {
+                    let v = value()?;
+                    cfg.serial = if v == "-" {
+                        SerialOutput::Stdout
+                    } else {
+                        SerialOutput::File(v.into())
+                    };
+                }
+                "--console-socket" => cfg.console_socket = Some(PathBuf::from(value()?)),
+                "--timeout-s" => cfg.timeout = Some(parse_seconds(&text()?)?),
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        cfg.kernel = kernel.ok_or("--kernel is required")?;
+        Ok(cfg)
+    }
+}
+
+/// A positive number of seconds; `S.NNNNNNNNN` is read exactly (what
+/// [`VmConfig::to_args`] writes), anything else through `f64`.
+fn parse_seconds(v: &str) -> Result<Duration, String> {
+    let exact = v.split_once('.').and_then(|(s, f)| {
+        let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        (digits(s) && digits(f) && f.len() <= 9).then(|| {
+            let nanos: u32 = format!("{f:0<9}").parse().ok()?;
+            Some(Duration::new(s.parse().ok()?, nanos))
+        })?
+    });
+    let d = match exact {
+        Some(d) => d,
+        None => {
+            let s: f64 = v.parse().map_err(|e| format!("--timeout-s: {e}"))?;
+            if !(s > 0.0 && s.is_finite()) {
+                return Err("--timeout-s must be positive".into());
+            }
+            Duration::try_from_secs_f64(s).map_err(|e| format!("--timeout-s: {e}"))?
+        }
+    };
+    if d.is_zero() {
+        return Err("--timeout-s must be positive".into());
+    }
+    Ok(d)
+}
+
 /// Measurements of one VM lifetime.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -435,6 +539,93 @@ pub fn run_vm(cfg: &VmConfig) -> Result<RunReport, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_full_command_line() {
+        let c = VmConfig::from_args(&args(&[
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--vcpus",
+            "2",
+            "--mem-mib",
+            "256",
+            "--serial",
+            "-",
+            "--console-socket",
+            "/s",
+            "--timeout-s",
+            "1.5",
+        ]))
+        .unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(c.cmdline, "console=ttyS0 quiet");
+        assert_eq!((c.vcpus, c.mem_mib), (2, 256));
+        assert!(matches!(c.serial, SerialOutput::Stdout));
+        assert_eq!(c.console_socket, Some(PathBuf::from("/s")));
+        assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let parse = |a: &[&str]| VmConfig::from_args(&args(a));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--kernel"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--vcpus", "x"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--timeout-s", "-1"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--timeout-s", "0.000000000"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--timeout-s", "1e300"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--bogus"]).is_err());
+        let c = parse(&["--kernel", "/k", "--serial", "/tmp/out"]).unwrap();
+        assert!(matches!(c.serial, SerialOutput::File(_)));
+    }
+
+    /// `to_args` then `from_args` gives the same config back, for defaults
+    /// and for every field set (paths with spaces and non-UTF-8 bytes too).
+    #[test]
+    fn args_round_trip() {
+        use std::os::unix::ffi::OsStrExt;
+        fn same(a: &VmConfig, b: &VmConfig) -> bool {
+            let serial = |s: &SerialOutput| match s {
+                SerialOutput::Stdout => "-".into(),
+                SerialOutput::File(p) => p.display().to_string(),
+                _ => String::new(),
+            };
+            a.kernel == b.kernel
+                && a.initrd == b.initrd
+                && a.cmdline == b.cmdline
+                && a.vcpus == b.vcpus
+                && a.mem_mib == b.mem_mib
+                && serial(&a.serial) == serial(&b.serial)
+                && a.console_socket == b.console_socket
+                && a.timeout == b.timeout
+        }
+        let plain = VmConfig::new("/boot/vmlinux");
+        assert_eq!(plain.to_args(), ["--kernel", "/boot/vmlinux"]);
+        let mut full = VmConfig::new(OsStr::from_bytes(b"/odd dir/k\xff"));
+        full.initrd = Some("/i n/initrd.cpio".into());
+        full.cmdline = "loglevel=5 console=ttyS0 arena.x=\"a b\"".into();
+        full.vcpus = 4;
+        full.mem_mib = 1024;
+        full.serial = SerialOutput::File("/r/console.log".into());
+        full.console_socket = Some("/r/chan.sock".into());
+        full.timeout = Some(Duration::new(7, 123_456_789));
+        let mut stdout = plain.clone();
+        stdout.serial = SerialOutput::Stdout;
+        stdout.timeout = Some(Duration::from_millis(1));
+        for c in [plain, full, stdout] {
+            let back = VmConfig::from_args(&c.to_args()).unwrap();
+            assert!(same(&c, &back), "{:?} did not round-trip", c.to_args());
+        }
+    }
 
     #[test]
     fn exit_codes_are_distinct() {

@@ -26,7 +26,9 @@ fn pvh_guest_reads_start_info() {
     assert_eq!(report.exit, ExitReason::Reset, "{out}");
     assert!(out.contains("magic=336EC578\n"), "{out}");
     assert!(
-        out.contains("cmdline=console=ttyS0 arena=pvh virtio_mmio.device=4K@0xd0000000:5\n"),
+        out.contains(
+            "cmdline=console=ttyS0 arena=pvh virtio_mmio.device=4K@0xd0000000:5 pci=off\n"
+        ),
         "{out}"
     );
     assert!(out.contains("memmap_entries=00000004\n"), "{out}");
@@ -63,7 +65,9 @@ fn bzimage_guest_enters_64bit_and_reads_zero_page() {
         "{out}"
     );
     assert!(
-        out.contains("cmdline=console=ttyS0 arena=bzimage virtio_mmio.device=4K@0xd0000000:5\n"),
+        out.contains(
+            "cmdline=console=ttyS0 arena=bzimage virtio_mmio.device=4K@0xd0000000:5 pci=off\n"
+        ),
         "{out}"
     );
     assert!(out.contains("e820_entries=00000004\n"), "{out}");
@@ -94,7 +98,9 @@ fn elf_without_pvh_note_boots_through_the_64bit_entry_with_a_zero_page() {
         "{out}"
     );
     assert!(
-        out.contains("cmdline=console=ttyS0 arena=elf64 virtio_mmio.device=4K@0xd0000000:5\n"),
+        out.contains(
+            "cmdline=console=ttyS0 arena=elf64 virtio_mmio.device=4K@0xd0000000:5 pci=off\n"
+        ),
         "{out}"
     );
     assert!(out.contains("e820_entries=00000004\n"), "{out}");

@@ -48,6 +48,22 @@ impl Outcome {
             data: serde_json::Value::Null,
         }
     }
+
+    /// Move the choices the step made into its data (`choices`), where the
+    /// host records them in events.jsonl and the summary.
+    pub fn with_choices(mut self, ctx: &mut Ctx) -> Self {
+        if ctx.choices.is_empty() {
+            return self;
+        }
+        let choices = serde_json::Value::Array(std::mem::take(&mut ctx.choices));
+        match &mut self.data {
+            serde_json::Value::Object(m) => {
+                m.insert("choices".into(), choices);
+            }
+            d => *d = serde_json::json!({ "choices": choices }),
+        }
+        self
+    }
 }
 
 /// Why a step did not pass.
@@ -130,6 +146,10 @@ pub struct Ctx {
     /// mappings (with their own copy of this state), so this one must not
     /// unmap or move them.
     pub shared_mm: bool,
+    /// Random choices made since the last report (shuffled page orders),
+    /// recorded in the step's data so a run with the same seed can be
+    /// checked to have made the same ones.
+    pub choices: Vec<serde_json::Value>,
 }
 
 impl Ctx {
@@ -156,6 +176,12 @@ impl Ctx {
         self.shared_mm = false;
     }
 
+    /// The next seed of this process's stream: each randomised step draws
+    /// one, so every step and every iteration chooses anew, reproducibly.
+    pub fn draw(&mut self) -> u64 {
+        arena_protocol::seed::draw(&mut self.seed)
+    }
+
     /// A copy for a thread of the same process (same mm, same fds).
     pub fn clone_for_thread(&self, seed: u64) -> Ctx {
         Ctx {
@@ -165,6 +191,7 @@ impl Ctx {
             deadline: self.deadline,
             last_out: self.last_out,
             shared_mm: true,
+            choices: Vec::new(),
         }
     }
 }
@@ -197,6 +224,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         deadline,
         last_out: [0; 4],
         shared_mm: false,
+        choices: Vec::new(),
     };
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();
@@ -207,7 +235,8 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
             path: path.clone(),
             kind: kind.into(),
         });
-        let result = steps::run_top_level(&mut ctx, step, channel);
+        let result =
+            steps::run_top_level(&mut ctx, step, channel).map(|o| o.with_choices(&mut ctx));
         let duration_ms = t0.elapsed().as_millis() as u64;
         let mut p = progress.lock().expect("lock");
         p.current = None;
@@ -228,7 +257,8 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
                     status: e.status(),
                     detail: e.text().to_owned(),
                     duration_ms,
-                    data: serde_json::Value::Null,
+                    // A failing step's choices are what a replay must see.
+                    data: Outcome::said("").with_choices(&mut ctx).data,
                 });
                 verdict(e.status(), format!("step {path} ({kind}): {}", e.text()));
                 return false;

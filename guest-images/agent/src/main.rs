@@ -12,6 +12,7 @@ mod crash;
 mod executor;
 mod steps;
 mod sys;
+mod worker;
 
 use std::time::{Duration, Instant};
 
@@ -51,17 +52,9 @@ fn main() {
     boot::power_off();
 }
 
-/// The `done` message the worker left in the verdict pipe, if any.
-fn read_verdict(fd: i32) -> Option<GuestMessage> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let mut bytes = Vec::new();
-    // SAFETY: we own fd. Non-blocking: a wedged worker may still hold the
-    // write end; whatever it wrote is already in the pipe.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-    // SAFETY: as above; File closes fd.
-    let _ = unsafe { std::fs::File::from_raw_fd(fd) }.read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes)
+/// The `done` message the worker left in its verdict pipe, if any.
+fn read_verdict(w: &worker::Worker) -> Option<GuestMessage> {
+    String::from_utf8_lossy(&w.output())
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())
 }
@@ -69,41 +62,25 @@ fn read_verdict(fd: i32) -> Option<GuestMessage> {
 /// Run `work` in a forked worker and report how it ended if it did not say
 /// `done` itself (crash, kill, or no end by `deadline`).
 fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) {
-    // No pipes, no worker: report it; the caller powers off.
-    let ((crash_rx, crash_tx), (verdict_rx, verdict_tx)) =
-        match sys::pipe().and_then(|crash| sys::pipe().map(|verdict| (crash, verdict))) {
-            Ok(pipes) => pipes,
-            Err(e) => {
-                channel.send(&GuestMessage::Done {
-                    status: StepStatus::Error,
-                    reason: format!("cannot create the worker's pipes: {e}"),
-                });
-                return;
-            }
-        };
-    // SAFETY: fork in a single-threaded PID 1; the child only runs `work` and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        sys::close(crash_rx);
-        sys::close(verdict_rx);
-        crash::install(crash_tx);
+    // No pipes or no fork, no worker: report it; the caller powers off.
+    let w = match worker::spawn(|verdict_tx| {
         executor::set_verdict_fd(verdict_tx);
-        let passed = work();
-        // SAFETY: plain exit of the worker.
-        unsafe { libc::_exit(if passed { 0 } else { 1 }) };
-    }
-    sys::close(crash_tx);
-    sys::close(verdict_tx);
-    if pid < 0 {
-        channel.send(&GuestMessage::Done {
-            status: StepStatus::Error,
-            reason: format!(
-                "fork of the worker failed: {}",
-                std::io::Error::last_os_error()
-            ),
-        });
-        return;
-    }
+        if work() {
+            0
+        } else {
+            1
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            channel.send(&GuestMessage::Done {
+                status: StepStatus::Error,
+                reason: format!("cannot start the agent worker: {e}"),
+            });
+            return;
+        }
+    };
+    let pid = w.pid;
     let status = loop {
         match sys::reap_children_until(pid, deadline) {
             Some(status) => break Some(status),
@@ -115,7 +92,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
         Some(st) if libc::WIFEXITED(st) => {
             // The worker is gone, and with it its maps and mappings: only now
             // is the scenario over (teardown splats land before `done`).
-            let done = read_verdict(verdict_rx).unwrap_or_else(|| GuestMessage::Done {
+            let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Error,
                 reason: format!(
                     "agent worker exited ({}) without a verdict",
@@ -126,7 +103,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
         }
         Some(st) => {
             let sig = libc::WTERMSIG(st);
-            let fault = crash::read_report(crash_rx);
+            let fault = w.fault();
             let at = fault
                 .map(|a| format!(" at address {a:#x}"))
                 .unwrap_or_default();
@@ -142,7 +119,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             // SAFETY: killing our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             // Its watchdog may have said which step hung before it got stuck.
-            let done = read_verdict(verdict_rx).unwrap_or_else(|| GuestMessage::Done {
+            let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Timeout,
                 reason: "worker did not finish within the scenario timeout".into(),
             });

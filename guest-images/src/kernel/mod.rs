@@ -1,7 +1,8 @@
-//! The kernel a run boots: Debian's default 6.12 kernel ([`debian`]) or the
+//! The kernel a run boots: one of Debian's kernels ([`debian`]) or the
 //! user's own (`--kernel`), identified and prepared for the fastest boot
 //! (the uncompressed vmlinux through its PVH entry when it has one).
 
+pub mod apt;
 pub mod bzimage;
 pub mod debian;
 pub mod elf;
@@ -18,10 +19,18 @@ use crate::{cache, io_err, sha256_hex, write_atomic, ImageError, Result};
 pub enum KernelOrigin {
     /// Debian's package, fetched into the cache.
     Debian {
-        /// Package name.
+        /// The package holding the kernel (`linux-image-*`, or 7.2's `linux-binary-*`).
         package: String,
         /// Exact package version.
         version: String,
+        /// The other packages unpacked with it (7.2's `linux-modules-*`
+        /// and `linux-base-*`, which has the config), all at `version`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        other_packages: Vec<String>,
+        /// The suite of the lab's own apt state it came from (`sid`);
+        /// absent: the host's apt sources. Its source package is fetched alike.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        suite: Option<String>,
     },
     /// A file the user passed.
     User {

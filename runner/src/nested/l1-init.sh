@@ -33,7 +33,8 @@ for d in proc sys dev tmp run; do $B mkdir -p /newroot/$d; done
 $B mount -t proc proc /newroot/proc
 $B mount -t sysfs sysfs /newroot/sys
 $B mount -t devtmpfs devtmpfs /newroot/dev
-$B mount -t tmpfs tmpfs /newroot/tmp
+# /tmp stays the host's (read-only below, tmpfs above): files a caller
+# wrote there, e.g. scenario files, must be visible to the inner lab.
 $B mount -t tmpfs tmpfs /newroot/run
 $B mkdir -p /newroot/run/arena-nested
 $B mount --bind /ctl /newroot/run/arena-nested

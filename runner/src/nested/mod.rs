@@ -219,12 +219,17 @@ impl InnerRun {
     /// in L1's throw-away overlay: the kernel, agent, BPF objects and every
     /// scenario's image (the selftests among them).
     fn warm_caches(&self) -> Result<(), LabError> {
-        if self.args.first().map(String::as_str) != Some("run") {
-            return Ok(());
-        }
         let kernel = flag_value(&self.args, "--kernel").map(PathBuf::from);
         let modules = flag_value(&self.args, "--modules").map(PathBuf::from);
         let src = flag_value(&self.args, "--kernel-src").map(PathBuf::from);
+        if self.args.first().map(String::as_str) != Some("run") {
+            // `boot`, `bench`, `image`: the agent and the one-step image.
+            if let Ok(k) = plan::kernel(kernel.as_ref(), modules.as_ref()) {
+                let prepared = plan::prepare(k, src).map_err(infra)?;
+                let _ = plan::image(&prepared, &crate::run::trivial_scenario());
+            }
+            return Ok(());
+        }
         let paths: Vec<PathBuf> = positional_paths(&self.args[1..])
             .into_iter()
             .map(PathBuf::from)
@@ -310,6 +315,10 @@ impl ControlDir {
             if k.starts_with(PASSED_ENV_PREFIX) || ["HOME", "PATH", "TERM"].contains(&k.as_str()) {
                 script.push_str(&format!("export {k}={}\n", shell_quote(&v)));
             }
+        }
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // L1's console is a tty; our caller is not: no live display.
+            script.push_str(&format!("export {}=plain\n", crate::progress::PLAIN_ENV));
         }
         script.push_str(&format!(
             "cd {} || exit {}\nexec {}",

@@ -181,6 +181,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.reset();
             return;
         }
+        // NEEDS_RESET belongs to the device: a driver write can neither set
+        // it (which would stop the device with no `last_error` to say why)
+        // nor clear it short of a reset.
+        let v = (v & !STATUS_NEEDS_RESET) | (self.status & STATUS_NEEDS_RESET);
         // Bits may only be added (FAILED is always accepted).
         if v & self.status != self.status {
             return;
@@ -551,6 +555,14 @@ mod tests {
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
         );
         assert_eq!(t.status(), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    }
+
+    #[test]
+    fn driver_cannot_set_needs_reset() {
+        let (mut t, _, _) = setup();
+        w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_NEEDS_RESET);
+        assert_eq!(t.status(), STATUS_ACKNOWLEDGE);
+        assert!(t.last_error.is_none());
     }
 
     /// Random register traffic and random queue memory: the transport and

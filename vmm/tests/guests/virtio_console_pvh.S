@@ -5,28 +5,7 @@
  * interrupt routed IOAPIC pin 5 -> vector 0x30 before printing what it got. */
     .include "pvh_head.inc"
 
-    .set VIRTIO, 0xd0000000
-    .set R_MAGIC, 0x000
-    .set R_VERSION, 0x004
-    .set R_DEVICE_ID, 0x008
-    .set R_DEV_FEATURES, 0x010
-    .set R_DEV_FEATURES_SEL, 0x014
-    .set R_DRV_FEATURES, 0x020
-    .set R_DRV_FEATURES_SEL, 0x024
-    .set R_QUEUE_SEL, 0x030
-    .set R_QUEUE_NUM_MAX, 0x034
-    .set R_QUEUE_NUM, 0x038
-    .set R_QUEUE_READY, 0x044
-    .set R_QUEUE_NOTIFY, 0x050
-    .set R_INT_STATUS, 0x060
-    .set R_INT_ACK, 0x064
-    .set R_STATUS, 0x070
-    .set R_DESC_LO, 0x080
-    .set R_DESC_HI, 0x084
-    .set R_AVAIL_LO, 0x090
-    .set R_AVAIL_HI, 0x094
-    .set R_USED_LO, 0x0a0
-    .set R_USED_HI, 0x0a4
+    .include "virtio_mmio.inc"
     .set QSIZE, 8
     /* Queue memory: RX at 0x200000, TX at 0x210000 (desc, +0x1000 avail, +0x2000 used). */
     .set RXQ, 0x200000
@@ -89,25 +68,7 @@ pvh_start:
     PRINT "features ok\n"
 
     /* Queues 0 (RX) and 1 (TX). */
-    xor %ecx, %ecx
-    mov $RXQ, %edi
-1:  mov %ecx, VIRTIO + R_QUEUE_SEL
-    cmpl $QSIZE, VIRTIO + R_QUEUE_NUM_MAX
-    jb fail
-    movl $QSIZE, VIRTIO + R_QUEUE_NUM
-    mov %edi, VIRTIO + R_DESC_LO
-    movl $0, VIRTIO + R_DESC_HI
-    lea 0x1000(%edi), %eax
-    mov %eax, VIRTIO + R_AVAIL_LO
-    movl $0, VIRTIO + R_AVAIL_HI
-    lea 0x2000(%edi), %eax
-    mov %eax, VIRTIO + R_USED_LO
-    movl $0, VIRTIO + R_USED_HI
-    movl $1, VIRTIO + R_QUEUE_READY
-    add $0x10000, %edi
-    inc %ecx
-    cmp $2, %ecx
-    jne 1b
+    SETUP_QUEUES RXQ, fail
     movl $0xf, VIRTIO + R_STATUS   /* DRIVER_OK */
     cmpl $0xf, VIRTIO + R_STATUS
     jne fail

@@ -265,6 +265,7 @@ pub mod testing {
             deadline: Instant::now() + Duration::from_secs(30),
             last_out: [0; 4],
             shared_mm: false,
+            choices: Vec::new(),
         };
         (ctx, base)
     }

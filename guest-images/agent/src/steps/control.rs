@@ -58,8 +58,18 @@ pub fn repeat(ctx: &mut Ctx, s: &RepeatStep) -> StepResult {
     )))
 }
 
-/// Every message in the kernel's ring buffer, one per line, without the
-/// `/dev/kmsg` record prefix.
+/// The first line of a `/dev/kmsg` record (`prio,seq,usec,flags;text`)
+/// written by the kernel; `None` for records user space wrote (facility
+/// other than `LOG_KERN`, e.g. the agent's own diagnostics), which are not
+/// what a scenario's kernel-log expectations are about.
+fn kernel_record_text(rec: &str) -> Option<&str> {
+    let (head, msg) = rec.split_once(';').unwrap_or(("0", rec));
+    let prio: u32 = head.split(',').next()?.trim().parse().unwrap_or(0);
+    (prio >> 3 == 0).then(|| msg.lines().next().unwrap_or(""))
+}
+
+/// Every message the kernel put in its ring buffer, one per line, without
+/// the `/dev/kmsg` record prefix.
 pub fn kernel_log() -> std::io::Result<Vec<String>> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -72,8 +82,9 @@ pub fn kernel_log() -> std::io::Result<Vec<String>> {
             Ok(0) => break,
             Ok(n) => {
                 let rec = String::from_utf8_lossy(&buf[..n]);
-                let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or(&rec);
-                lines.push(msg.lines().next().unwrap_or("").to_owned());
+                if let Some(line) = kernel_record_text(&rec) {
+                    lines.push(line.to_owned());
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             // A record overwritten while reading: skip it.
@@ -134,6 +145,20 @@ pub fn kernel_log_step(s: &KernelLogStep) -> StepResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_space_records_are_not_kernel_log() {
+        assert_eq!(
+            kernel_record_text("4,120,5000,-;WARNING: CPU: 0\n SUBSYSTEM=x"),
+            Some("WARNING: CPU: 0")
+        );
+        // LOG_USER (facility 1) at debug level: what the agent writes.
+        assert_eq!(kernel_record_text("15,121,5001,-;arena-agent: hi"), None);
+        assert_eq!(
+            kernel_record_text("10,122,5002,-;arena-agent: FATAL: x"),
+            None
+        );
+    }
 
     #[test]
     fn log_patterns() {

@@ -16,6 +16,8 @@ use crate::executor::{Outcome, StepError, StepResult};
 
 /// Where the image puts `test_progs`.
 pub const TEST_PROGS: &str = "/selftests/test_progs";
+/// Arena tests the host could not build: `name<TAB>reason` lines.
+pub const NOT_BUILT: &str = "/selftests/not_built.tsv";
 /// Log lines kept per test (the tail).
 const MAX_LOG_LINES: usize = 200;
 /// Bytes of raw `test_progs` output sent to the host (`test_progs.log`).
@@ -187,7 +189,25 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
         name: "test_progs.log".into(),
         text: output,
     });
-    let summary = format!("{passed} passed, {failed} failed, {skipped} skipped");
+    // Tests the host could not build are errors, never silently missing.
+    let not_built = std::fs::read_to_string(NOT_BUILT).unwrap_or_default();
+    let mut errors = 0;
+    for (name, reason) in not_built.lines().filter_map(|l| l.split_once('\t')) {
+        if selected(s, name) {
+            errors += 1;
+            channel.send(&GuestMessage::Testcase {
+                name: name.to_owned(),
+                status: StepStatus::Error,
+                log: format!("not built: {reason}"),
+            });
+        }
+    }
+    let summary = format!("{passed} passed, {failed} failed, {skipped} skipped")
+        + &if errors > 0 {
+            format!(", {errors} not built")
+        } else {
+            String::new()
+        };
     let tail = parser.tail.join("\n");
     if timed_out {
         return Err(StepError::Fail(format!(
@@ -200,7 +220,7 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
             "test_progs ran no test ({status}); last output:\n{tail}"
         )));
     }
-    if failed > 0 || !status.success() {
+    if failed > 0 || errors > 0 || !status.success() {
         return Err(StepError::Fail(format!(
             "{summary}; test_progs {status}; last output:\n{tail}"
         )));
@@ -208,9 +228,50 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     Ok(Outcome::said(summary))
 }
 
+/// Whether `test_progs` with the step's filters would run `name`: `-t` is a
+/// substring, `-a`/`-d` are globs (`*`); no `-t`/`-a` selects everything.
+pub fn selected(s: &SelftestStep, name: &str) -> bool {
+    let allowed = (s.tests.is_empty() && s.allow.is_empty())
+        || s.tests.iter().any(|t| name.contains(t.as_str()))
+        || s.allow.iter().any(|a| glob(a, name));
+    allowed && !s.deny.iter().any(|d| glob(d, name))
+}
+
+/// `*`-only glob match.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(after) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=after.len()).any(|i| after.is_char_boundary(i) && glob(rest, &after[i..]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_built_tests_selected_like_test_progs() {
+        let step = |t: &[&str], a: &[&str], d: &[&str]| SelftestStep {
+            tests: t.iter().map(|s| s.to_string()).collect(),
+            allow: a.iter().map(|s| s.to_string()).collect(),
+            deny: d.iter().map(|s| s.to_string()).collect(),
+            timeout_s: 1,
+        };
+        let arena = step(&["arena"], &[], &["verifier_arena*"]);
+        assert!(selected(&arena, "libarena"));
+        assert!(selected(&arena, "libarena_asan"));
+        assert!(!selected(&arena, "verifier_arena_large"));
+        let verifier = step(&[], &["verifier_arena*"], &[]);
+        assert!(!selected(&verifier, "libarena"));
+        assert!(selected(&verifier, "verifier_arena_globals1"));
+        assert!(selected(&step(&[], &[], &[]), "x"));
+        assert!(glob("a*b*c", "aXXbYc") && !glob("a*b", "ab_"));
+    }
 
     fn parse_all(text: &str) -> Vec<TestResult> {
         let mut p = Parser::default();

@@ -13,15 +13,16 @@
 use std::ops::Range;
 
 use arena_protocol::scenario::{
-    arena_range, check_page_offset, page_pattern, AccessOp, PageSet, TouchExpect, TouchStep,
-    PAGE_SIZE,
+    arena_range, check_page_offset, page_pattern, AccessOp, PageOrder, PageSet, TouchExpect,
+    TouchStep, PAGE_SIZE,
 };
+use arena_protocol::seed;
 
 use super::bounds;
 use super::mapping::map;
-use crate::crash;
 use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys;
+use crate::worker;
 
 /// Exit code of a touch child whose values did not match.
 const CHILD_MISMATCH: i32 = 1;
@@ -54,11 +55,48 @@ fn slot(base: u64, page: u64, offset: u64) -> u64 {
     base + page * PAGE_SIZE + offset
 }
 
-/// Do the accesses; returns the first mismatch as text. [`plan`] has
-/// checked every address.
-fn access(s: &TouchStep, base: u64) -> Result<String, String> {
+/// Most pages of a shuffled order recorded in the step's data (the seed
+/// regenerates the rest): keeps events and worker reports small.
+const RECORDED_PAGES: usize = 256;
+
+/// The pages in the order a touch visits them: `shuffled` (non-empty) as
+/// drawn, else `page..page + count`.
+fn visit<'a>(s: &TouchStep, shuffled: &'a [u64]) -> impl Iterator<Item = u64> + 'a {
+    let sequential = if shuffled.is_empty() {
+        s.page..s.page + s.count
+    } else {
+        0..0
+    };
+    shuffled.iter().copied().chain(sequential)
+}
+
+/// Draw the page order of a `shuffled` touch from the process's seed and
+/// record it in `ctx.choices`; empty for a sequential touch. Called after
+/// [`plan`] has checked `page..page + count`.
+fn draw_order(ctx: &mut Ctx, s: &TouchStep) -> Vec<u64> {
+    if s.order != PageOrder::Shuffled {
+        return Vec::new();
+    }
+    let seed = ctx.draw();
+    let order: Vec<u64> = seed::permutation(seed, s.count as usize)
+        .into_iter()
+        .map(|i| s.page + i as u64)
+        .collect();
+    ctx.choices.push(serde_json::json!({
+        "step": "touch",
+        "arena": s.arena,
+        "seed": seed,
+        "order": &order[..order.len().min(RECORDED_PAGES)],
+        "pages": s.count,
+    }));
+    order
+}
+
+/// Do the accesses in `order` (see [`visit`]); returns the first mismatch as
+/// text. [`plan`] has checked every address.
+fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<String, String> {
     let mut last = 0;
-    for page in s.page..s.page + s.count {
+    for page in visit(s, order) {
         let ptr = slot(base, page, s.offset) as *mut u64;
         match s.op {
             AccessOp::Write => {
@@ -160,17 +198,26 @@ pub fn plan(s: &TouchStep, a: &ArenaState) -> Result<Plan, StepError> {
 pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
     let a = ctx.arena(&s.arena)?.clone();
     let plan = plan(s, &a)?;
+    let order = draw_order(ctx, s);
     if plan.in_child {
-        return touch_in_child(ctx, s, &a, &plan);
+        return touch_in_child(ctx, s, &a, &plan, &order);
     }
-    access(s, plan.base)
+    access(s, plan.base, &order)
         .map(Outcome::said)
         .map_err(StepError::Fail)
 }
 
-fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, plan: &Plan) -> StepResult {
+fn touch_in_child(
+    ctx: &Ctx,
+    s: &TouchStep,
+    a: &ArenaState,
+    plan: &Plan,
+    order: &[u64],
+) -> StepResult {
     let base = plan.base;
-    let first = slot(base, s.page, s.offset);
+    // An expected signal must come from the first access, in visiting order.
+    let first_page = visit(s, order).next().unwrap_or(s.page);
+    let first = slot(base, first_page, s.offset);
     // What the child maps again: the mapping's whole length, then the holes
     // this process has in it are unmapped again so the child sees the same.
     let remap = if a.is_mapped() {
@@ -190,15 +237,8 @@ fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, plan: &Plan) -> Step
     };
     // The probed pages must hold nothing else (checked again in the child).
     bounds::check_free(&s.arena, a, &plan.unmapped, "touch")?;
-    let err = |e: std::io::Error| StepError::Error(e.to_string());
-    let (crash_rx, crash_tx) = sys::pipe().map_err(err)?;
-    let (text_rx, text_tx) = sys::pipe().map_err(err)?;
-    // SAFETY: the child only maps, touches, reports and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        sys::close(crash_rx);
-        sys::close(text_rx);
-        crash::install(crash_tx);
+    // The child only maps, touches, reports and exits.
+    let child = worker::spawn(|text_tx| {
         if let Some((len, holes)) = &remap {
             let flags = libc::MAP_SHARED | libc::MAP_FIXED;
             let mut ok = map(a.fd, base, *len, flags, 0).is_ok();
@@ -223,30 +263,18 @@ fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, plan: &Plan) -> Step
                 unsafe { libc::_exit(CHILD_NOT_FREE) };
             }
         }
-        let (code, text) = match access(s, base) {
+        let (code, text) = match access(s, base, order) {
             Ok(t) => (0, t),
             Err(t) => (CHILD_MISMATCH, t),
         };
-        // SAFETY: writing a local buffer to our pipe, then exiting.
-        unsafe {
-            libc::write(text_tx, text.as_ptr().cast(), text.len());
-            libc::_exit(code);
-        }
-    }
-    sys::close(crash_tx);
-    sys::close(text_tx);
-    if pid < 0 {
-        sys::close(crash_rx);
-        sys::close(text_rx);
-        return Err(StepError::Error(format!(
-            "fork: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let status = sys::wait_child(pid, ctx.deadline);
-    let fault = crash::read_report(crash_rx);
-    sys::close(crash_rx);
-    let text = read_all(text_rx);
+        // SAFETY: writing a local buffer to our pipe.
+        unsafe { libc::write(text_tx, text.as_ptr().cast(), text.len()) };
+        code
+    })
+    .map_err(|e| StepError::Error(format!("fork: {e}")))?;
+    let status = sys::wait_child(child.pid, ctx.deadline);
+    let fault = child.fault();
+    let text = String::from_utf8_lossy(&child.output()).into_owned();
     let Some(status) = status else {
         return Err(StepError::Fail(format!(
             "the access at {first:#x} did not finish in time"
@@ -267,16 +295,21 @@ fn touch_in_child(ctx: &Ctx, s: &TouchStep, a: &ArenaState, plan: &Plan) -> Step
         let at = fault.map(|f| format!(" at {f:#x}")).unwrap_or_default();
         format!("{}{at}", sys::signal_name(sig))
     };
+    // Which page came first matters to an expected fault: say when drawn.
+    let drawn = if order.is_empty() {
+        String::new()
+    } else {
+        format!(" (page {first_page}, first in the shuffled order)")
+    };
     match (s.expect.signal, killed_by) {
         (Some(want), Some(got)) if got == want.number() => match fault {
             Some(addr) if addr != first => Err(StepError::Fail(format!(
-                "expected {} at {first:#x}, got it at {addr:#x}",
+                "expected {} at {first:#x}{drawn}, got it at {addr:#x}",
                 sys::signal_name(got)
             ))),
             _ => Ok(Outcome::said(format!(
-                "{} (page {}) as expected",
+                "{} (page {first_page}) as expected",
                 fault_text(got),
-                s.page
             ))),
         },
         (Some(want), _) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => {
@@ -311,15 +344,6 @@ fn describe(status: i32, text: &str) -> String {
     }
 }
 
-fn read_all(fd: i32) -> String {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let mut out = String::new();
-    // SAFETY: we own fd; File closes it.
-    let _ = unsafe { std::fs::File::from_raw_fd(fd) }.read_to_string(&mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +358,7 @@ mod tests {
             offset: 0,
             op,
             value: None,
+            order: PageOrder::Sequential,
             expect: TouchExpect::default(),
         }
     }
@@ -465,6 +490,33 @@ mod tests {
         s.op = AccessOp::Read;
         let e = touch(&mut ctx, &s).unwrap_err();
         assert!(e.text().contains("but the access succeeded"), "{e:?}");
+    }
+
+    #[test]
+    fn shuffled_order_replays_from_the_seed_and_is_recorded() {
+        let (mut ctx, _) = fake_arena(3, 32, 32);
+        let mut s = step(4, 8, AccessOp::Write);
+        s.order = PageOrder::Shuffled;
+        touch(&mut ctx, &s).unwrap();
+        let first = ctx.choices.clone();
+        assert_eq!(first.len(), 1);
+        let order: Vec<u64> = serde_json::from_value(first[0]["order"].clone()).unwrap();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (4..12).collect::<Vec<_>>());
+        for p in 4..12 {
+            assert_eq!(backing(&ctx, p, 0), page_pattern(p));
+        }
+        // The same seed draws the same order; the next draw a new seed.
+        let (mut again, _) = fake_arena(4, 32, 32);
+        touch(&mut again, &s).unwrap();
+        assert_eq!(again.choices, first);
+        touch(&mut again, &s).unwrap();
+        assert_ne!(again.choices[1]["seed"], first[0]["seed"]);
+        // Sequential touches record nothing.
+        let (mut seq, _) = fake_arena(5, 32, 32);
+        touch(&mut seq, &step(0, 4, AccessOp::Write)).unwrap();
+        assert!(seq.choices.is_empty());
     }
 
     #[test]

@@ -1,0 +1,414 @@
+//! Attempts: `--repeat N`, `--until-fail [--max-time D]`, `--same-seed`.
+//! Each selected scenario runs one or more times; every attempt has its own
+//! seed, results folder and summary entry, and a failing one prints the
+//! command line that replays it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arena_protocol::seed;
+use serde::Serialize;
+
+use crate::results::ScenarioSummary;
+use crate::scenario_file::ScenarioFile;
+use crate::verdict::Verdict;
+use crate::KernelArgs;
+
+/// The scenario file each attempt's folder keeps: `lab repro` runs it.
+pub const SCENARIO_COPY: &str = "scenario.yaml";
+
+/// Repetition options of `lab run`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RepeatArgs {
+    /// Run each selected scenario N times (with --until-fail: at most N).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: Option<u64>,
+    /// Run each selected scenario again and again until its first failure.
+    #[arg(long)]
+    pub until_fail: bool,
+    /// With --until-fail: start no attempt after this long (`90s`, `10m`, `1h`).
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "until_fail")]
+    pub max_time: Option<Duration>,
+    /// Give every attempt the run's seed instead of a fresh one per attempt.
+    #[arg(long)]
+    pub same_seed: bool,
+}
+
+/// `90`, `90s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration such as 60s, 10m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    };
+    secs.map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}`: expected a duration such as 60s, 10m or 1h"))
+}
+
+/// One run of one scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Index of the scenario in the selected files.
+    pub scenario: usize,
+    /// 1-based attempt number.
+    pub number: u64,
+    /// Run seed of this attempt: `lab run --seed <it>` replays it as attempt 1.
+    pub run_seed: u64,
+    /// The seed the agent gets.
+    pub seed: u64,
+    /// Results folder, relative to the run folder.
+    pub dir: String,
+}
+
+impl RepeatArgs {
+    /// More than one attempt per scenario may run: attempts get their own
+    /// folders (`<name>/attempt-<k>`).
+    pub fn repeated(&self) -> bool {
+        self.repeat.is_some_and(|n| n > 1) || self.until_fail
+    }
+
+    /// Attempt `number` of scenario `scenario` (named `name`).
+    pub fn attempt(&self, run_seed: u64, scenario: usize, name: &str, number: u64) -> Attempt {
+        let run_seed = if self.same_seed {
+            run_seed
+        } else {
+            seed::attempt_seed(run_seed, number)
+        };
+        Attempt {
+            scenario,
+            number,
+            run_seed,
+            seed: seed::scenario_seed(run_seed, name),
+            dir: if self.repeated() {
+                format!("{name}/attempt-{number}")
+            } else {
+                name.to_owned()
+            },
+        }
+    }
+
+    /// After `done` finished, the attempt that follows it, if any: with
+    /// `--until-fail` one at a time (none after a failure, none once the
+    /// time budget from `started` is spent, at most `--repeat`).
+    /// `--repeat` alone plans every attempt up front ([`plan_attempts`]).
+    pub fn next(
+        &self,
+        run_seed: u64,
+        name: &str,
+        done: &Attempt,
+        passed: bool,
+        started: Instant,
+    ) -> Option<Attempt> {
+        let more = self.until_fail
+            && passed
+            && self.repeat.is_none_or(|n| done.number < n)
+            && self.max_time.is_none_or(|d| started.elapsed() < d);
+        more.then(|| self.attempt(run_seed, done.scenario, name, done.number + 1))
+    }
+}
+
+/// The attempts known before the run starts, in plan order (each scenario's
+/// attempts together): every `--repeat` attempt, or the first of each
+/// scenario with `--until-fail` (the rest come from [`RepeatArgs::next`]).
+pub fn plan_attempts(files: &[ScenarioFile], args: &RepeatArgs, run_seed: u64) -> Vec<Attempt> {
+    let per = if args.until_fail {
+        1
+    } else {
+        args.repeat.unwrap_or(1)
+    };
+    files
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| (1..=per).map(move |k| args.attempt(run_seed, i, &f.scenario.name, k)))
+        .collect()
+}
+
+/// The summary entry of an attempt not judged yet.
+pub fn pending(file: &ScenarioFile, a: &Attempt) -> ScenarioSummary {
+    let s = &file.scenario;
+    let mut e = ScenarioSummary::pending(&s.name, &file.path, &s.tags, a.seed);
+    e.attempt = a.number;
+    e.run_seed = a.run_seed;
+    e.dir = a.dir.clone();
+    e.vm = s.vm;
+    e
+}
+
+/// The index of `entry`'s attempt in `entries`, inserting it after the
+/// scenario's other attempts if it is new (`--until-fail` adds attempts as
+/// it goes, so indices move: look them up, never keep them).
+pub fn slot(entries: &mut Vec<ScenarioSummary>, entry: &ScenarioSummary) -> usize {
+    let same = |e: &ScenarioSummary| e.name == entry.name;
+    if let Some(i) = entries
+        .iter()
+        .position(|e| same(e) && e.attempt == entry.attempt)
+    {
+        return i;
+    }
+    let at = entries
+        .iter()
+        .rposition(same)
+        .map_or(entries.len(), |i| i + 1);
+    entries.insert(at, entry.clone());
+    at
+}
+
+/// Per-scenario totals over its attempts (`per_scenario` in summary.json).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PerScenario {
+    /// Scenario name.
+    pub name: String,
+    /// Attempts judged (`not_run` ones are not counted).
+    pub attempts: u64,
+    /// Attempts that failed, errored or timed out.
+    pub failures: u64,
+    /// `failures / attempts` (0 when nothing ran).
+    pub failure_rate: f64,
+    /// The seeds of the failing attempts (`seed` of their entries).
+    pub failing_seeds: Vec<u64>,
+    /// Their attempt numbers.
+    pub failing_attempts: Vec<u64>,
+}
+
+/// Totals per scenario name, in order of first appearance.
+pub fn per_scenario(entries: &[ScenarioSummary]) -> Vec<PerScenario> {
+    let mut out: Vec<PerScenario> = Vec::new();
+    for e in entries {
+        let i = match out.iter().position(|p| p.name == e.name) {
+            Some(i) => i,
+            None => {
+                out.push(PerScenario {
+                    name: e.name.clone(),
+                    attempts: 0,
+                    failures: 0,
+                    failure_rate: 0.0,
+                    failing_seeds: Vec::new(),
+                    failing_attempts: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let p = &mut out[i];
+        match e.judgement.verdict {
+            Verdict::NotRun => {}
+            Verdict::Pass => p.attempts += 1,
+            Verdict::Fail | Verdict::Error | Verdict::Timeout => {
+                p.attempts += 1;
+                p.failures += 1;
+                p.failing_seeds.push(e.seed);
+                p.failing_attempts.push(e.attempt);
+            }
+        }
+    }
+    for p in &mut out {
+        if p.attempts > 0 {
+            p.failure_rate = p.failures as f64 / p.attempts as f64;
+        }
+    }
+    out
+}
+
+/// Quote `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The command that replays one attempt as a run of its own:
+/// `lab run [--kernel K ...] --seed S --only NAME FILE` (the default kernel
+/// needs no option).
+pub fn reproduce_line(kernel: &KernelArgs, run_seed: u64, name: &str, file: &Path) -> String {
+    let mut words = vec!["lab".to_owned(), "run".to_owned()];
+    for (option, path) in [
+        ("--kernel", &kernel.kernel),
+        ("--modules", &kernel.modules),
+        ("--kernel-src", &kernel.kernel_src),
+    ] {
+        if let Some(p) = path {
+            words.push(option.to_owned());
+            words.push(shell_quote(&p.to_string_lossy()));
+        }
+    }
+    words.extend([
+        "--seed".to_owned(),
+        run_seed.to_string(),
+        "--only".to_owned(),
+        shell_quote(name),
+        shell_quote(&file.to_string_lossy()),
+    ]);
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::trivial_scenario;
+
+    fn files(names: &[&str]) -> Vec<ScenarioFile> {
+        names
+            .iter()
+            .map(|n| {
+                let mut scenario = trivial_scenario();
+                scenario.name = (*n).into();
+                ScenarioFile {
+                    path: format!("{n}.yaml").into(),
+                    scenario,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_single_run_keeps_the_old_layout_and_seeds_by_name() {
+        let plan = plan_attempts(&files(&["a", "b"]), &RepeatArgs::default(), 7);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0].dir, "a");
+        assert_eq!(plan[0].run_seed, 7);
+        assert_eq!(plan[0].seed, seed::scenario_seed(7, "a"));
+        assert_ne!(plan[0].seed, plan[1].seed);
+        // Selection does not change a scenario's seed.
+        let only_b = plan_attempts(&files(&["b"]), &RepeatArgs::default(), 7);
+        assert_eq!(only_b[0].seed, plan[1].seed);
+    }
+
+    #[test]
+    fn repeats_get_fresh_reproducible_seeds() {
+        let args = RepeatArgs {
+            repeat: Some(3),
+            ..Default::default()
+        };
+        let plan = plan_attempts(&files(&["a", "b"]), &args, 7);
+        let a: Vec<_> = plan.iter().filter(|p| p.scenario == 0).collect();
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[2].dir, "a/attempt-3");
+        assert_ne!(a[0].seed, a[1].seed);
+        assert_ne!(a[1].seed, a[2].seed);
+        assert_eq!(plan, plan_attempts(&files(&["a", "b"]), &args, 7));
+        // Attempt 2 replayed as a run of its own (`--seed <its run seed>`).
+        let replay = plan_attempts(&files(&["a"]), &RepeatArgs::default(), a[1].run_seed);
+        assert_eq!(replay[0].seed, a[1].seed);
+        // --same-seed: every attempt the same.
+        let same = RepeatArgs {
+            same_seed: true,
+            ..args
+        };
+        let plan = plan_attempts(&files(&["a"]), &same, 7);
+        assert!(plan
+            .iter()
+            .all(|p| p.seed == plan[0].seed && p.run_seed == 7));
+    }
+
+    #[test]
+    fn until_fail_stops_at_failure_budget_or_cap() {
+        let args = RepeatArgs {
+            until_fail: true,
+            repeat: Some(3),
+            ..Default::default()
+        };
+        let plan = plan_attempts(&files(&["a"]), &args, 1);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].dir, "a/attempt-1");
+        let t = Instant::now();
+        let second = args.next(1, "a", &plan[0], true, t).unwrap();
+        assert_eq!(second.number, 2);
+        assert!(args.next(1, "a", &plan[0], false, t).is_none());
+        let third = args.next(1, "a", &second, true, t).unwrap();
+        assert!(args.next(1, "a", &third, true, t).is_none());
+        let timed = RepeatArgs {
+            until_fail: true,
+            max_time: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert!(timed.next(1, "a", &plan[0], true, t).is_none());
+        // --repeat alone plans everything up front.
+        let rep = RepeatArgs {
+            repeat: Some(2),
+            ..Default::default()
+        };
+        assert!(rep.next(1, "a", &plan[0], true, t).is_none());
+    }
+
+    #[test]
+    fn new_attempts_go_after_their_scenario() {
+        let f = files(&["a", "b"]);
+        let args = RepeatArgs {
+            until_fail: true,
+            ..Default::default()
+        };
+        let plan = plan_attempts(&f, &args, 3);
+        let mut entries: Vec<_> = plan.iter().map(|a| pending(&f[a.scenario], a)).collect();
+        let second = args.next(3, "a", &plan[0], true, Instant::now()).unwrap();
+        let e = pending(&f[0], &second);
+        assert_eq!(slot(&mut entries, &e), 1);
+        assert_eq!(slot(&mut entries, &e), 1);
+        let order: Vec<_> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.attempt))
+            .collect();
+        assert_eq!(order, [("a", 1), ("a", 2), ("b", 1)]);
+        assert_eq!(entries[1].dir, "a/attempt-2");
+        assert_eq!(entries[1].seed, second.seed);
+    }
+
+    #[test]
+    fn per_scenario_totals() {
+        let f = files(&["a"]);
+        let mut entries = Vec::new();
+        for (k, v) in [Verdict::Pass, Verdict::Fail, Verdict::Pass, Verdict::NotRun]
+            .into_iter()
+            .enumerate()
+        {
+            let mut e = ScenarioSummary::pending("a", &f[0].path, &[], 100 + k as u64);
+            e.attempt = k as u64 + 1;
+            e.judgement.verdict = v;
+            entries.push(e);
+        }
+        let p = per_scenario(&entries);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].attempts, 3);
+        assert_eq!(p[0].failures, 1);
+        assert_eq!(p[0].failing_seeds, [101]);
+        assert_eq!(p[0].failing_attempts, [2]);
+        assert!((p[0].failure_rate - 1.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reproduce_lines_quote_and_omit_the_default_kernel() {
+        let k = KernelArgs::default();
+        assert_eq!(
+            reproduce_line(&k, 5, "a", Path::new("s/a.yaml")),
+            "lab run --seed 5 --only a s/a.yaml"
+        );
+        let k = KernelArgs {
+            kernel: Some("my dir/bzImage".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            reproduce_line(&k, 5, "a", Path::new("s/it's.yaml")),
+            r"lab run --kernel 'my dir/bzImage' --seed 5 --only a 's/it'\''s.yaml'"
+        );
+    }
+}
