@@ -142,12 +142,16 @@ impl Step {
         }
     }
 
-    /// Nested step lists (for validation that walks the tree).
-    pub fn children(&self) -> &[Step] {
+    /// Nested step lists (for validation that walks the tree), roles' too.
+    pub fn child_lists(&self) -> Vec<&[Step]> {
         match self {
-            Step::Processes(p) | Step::Threads(p) => &p.steps,
-            Step::Repeat(r) => &r.steps,
-            _ => &[],
+            Step::Processes(p) | Step::Threads(p) => p
+                .role_views()
+                .into_iter()
+                .flat_map(|r| [r.setup, r.steps])
+                .collect(),
+            Step::Repeat(r) => vec![&r.steps],
+            _ => Vec::new(),
         }
     }
 }
@@ -362,6 +366,82 @@ pub struct TouchExpect {
     /// A read must return each page's deterministic pattern.
     #[serde(default)]
     pub pattern: bool,
+    /// Each access must satisfy one of these (each sets exactly one of the
+    /// fields above): what a race may legitimately show, e.g. "my write or
+    /// a zero page", or a SIGSEGV when a page is freed under the reader.
+    #[serde(default)]
+    pub any_of: Vec<TouchExpect>,
+}
+
+impl TouchExpect {
+    /// The value a read of `page` must return under this single
+    /// expectation, if it is one on values.
+    pub fn read_value(&self, page: u64) -> Option<u64> {
+        if let Some(v) = self.value {
+            Some(v)
+        } else if self.zero {
+            Some(0)
+        } else if self.pattern {
+            Some(page_pattern(page))
+        } else {
+            None
+        }
+    }
+
+    /// Whether any expectation (itself or an alternative) is on read values.
+    pub fn expects_values(&self) -> bool {
+        self.read_value(0).is_some() || self.any_of.iter().any(|a| a.read_value(0).is_some())
+    }
+
+    /// Signals the access may die of (`signal`, or alternatives).
+    pub fn accepted_signals(&self) -> Vec<Signal> {
+        self.signal
+            .into_iter()
+            .chain(self.any_of.iter().filter_map(|a| a.signal))
+            .collect()
+    }
+
+    /// Whether a read of `page` returning `got` is accepted; `true` when
+    /// nothing is expected of values.
+    pub fn accepts_read(&self, page: u64, got: u64) -> bool {
+        if !self.any_of.is_empty() {
+            return self
+                .any_of
+                .iter()
+                .any(|a| a.read_value(page).is_some_and(|v| v == got));
+        }
+        match self.read_value(page) {
+            Some(v) => v == got,
+            None => true,
+        }
+    }
+
+    /// How many of the fields are set (`any_of` counts as one).
+    pub fn fields_set(&self) -> usize {
+        [
+            self.signal.is_some(),
+            self.value.is_some(),
+            self.zero,
+            self.pattern,
+            !self.any_of.is_empty(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    }
+
+    /// Text for a failure: `pattern 0x..`, `one of [zero, SIGSEGV]`.
+    pub fn describe(&self, page: u64) -> String {
+        if !self.any_of.is_empty() {
+            let alts: Vec<String> = self.any_of.iter().map(|a| a.describe(page)).collect();
+            return format!("one of [{}]", alts.join(", "));
+        }
+        match (self.signal, self.read_value(page)) {
+            (Some(s), _) => format!("{s:?}"),
+            (None, Some(v)) => format!("{v:#x}"),
+            (None, None) => "anything".into(),
+        }
+    }
 }
 
 /// The value `touch` writes to `page` when no value is given, and what
@@ -447,12 +527,15 @@ pub struct ReadPointerStep {
     pub expect_value: u64,
 }
 
-/// `processes:` / `threads:` run `steps` in `count` workers.
+/// `processes:` / `threads:` run workers released together. Either one
+/// implicit role (`count` and `steps`) or named `roles`, each with its own
+/// count and steps, so that "three faulters and one freer" can be written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParallelStep {
-    /// Number of workers.
-    pub count: u32,
+    /// Number of workers of the implicit role (without `roles`).
+    #[serde(default)]
+    pub count: Option<u32>,
     /// How many times each worker runs its steps.
     #[serde(default = "one")]
     pub iterations: u64,
@@ -466,8 +549,152 @@ pub struct ParallelStep {
     /// Random sleep of up to this many microseconds between iterations.
     #[serde(default)]
     pub jitter_us: u64,
+    /// Steps each worker of the implicit role runs per iteration.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Named groups of workers (instead of `count` and `steps`).
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Counts across all workers; default: every worker passes.
+    #[serde(default)]
+    pub expect: WorkersExpect,
+}
+
+/// Name of the one role of a `processes`/`threads` step without `roles`.
+pub const IMPLICIT_ROLE: &str = "worker";
+
+impl ParallelStep {
+    /// The roles to run: `roles`, or the implicit one made of `count` and
+    /// `steps` (borrowed views, so both forms run the same code).
+    pub fn role_views(&self) -> Vec<RoleView<'_>> {
+        if self.roles.is_empty() {
+            return vec![RoleView {
+                name: IMPLICIT_ROLE,
+                implicit: true,
+                count: self.count.unwrap_or(0),
+                setup: &[],
+                steps: &self.steps,
+                expect: None,
+            }];
+        }
+        self.roles
+            .iter()
+            .map(|r| RoleView {
+                name: &r.name,
+                implicit: false,
+                count: r.count,
+                setup: &r.setup,
+                steps: &r.steps,
+                expect: Some(&r.expect),
+            })
+            .collect()
+    }
+
+    /// Workers in all roles.
+    pub fn total_workers(&self) -> u64 {
+        self.role_views().iter().map(|r| u64::from(r.count)).sum()
+    }
+}
+
+/// One role as the agent runs it (see [`ParallelStep::role_views`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoleView<'a> {
+    /// Role name ([`IMPLICIT_ROLE`] for the single-list form).
+    pub name: &'a str,
+    /// The single-list form (its worker seeds are derived as before roles).
+    pub implicit: bool,
+    /// Workers.
+    pub count: u32,
+    /// Run once per worker before the release.
+    pub setup: &'a [Step],
+    /// Run every iteration.
+    pub steps: &'a [Step],
+    /// The role's own counts, if any.
+    pub expect: Option<&'a WorkersExpect>,
+}
+
+/// `roles[i]` of a `processes`/`threads` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// Unique within the step; part of each worker's seed.
+    pub name: String,
+    /// Workers in this role.
+    pub count: u32,
+    /// Steps each worker runs once before all are released (e.g. its
+    /// `mmap: { same_address: true }`), so the race starts at the barrier.
+    #[serde(default)]
+    pub setup: Vec<Step>,
     /// Steps each worker runs per iteration.
     pub steps: Vec<Step>,
+    /// Counts across this role's workers.
+    #[serde(default)]
+    pub expect: WorkersExpect,
+}
+
+/// Counts a `processes`/`threads` step (all workers) or a role (its
+/// workers) must end with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersExpect {
+    /// Workers that fail, crash or time out. Default 0 for every role,
+    /// unless the step sets it (then it bounds the total instead).
+    #[serde(default)]
+    pub failures: Option<Count>,
+    /// Signals seen: touches whose child an accepted signal killed, and
+    /// workers killed by one.
+    #[serde(default)]
+    pub signals: std::collections::BTreeMap<Signal, Count>,
+}
+
+/// A count: exactly `N`, or `{ at_least: N, at_most: M }` (either bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Count {
+    /// Exactly this many.
+    Exactly(u64),
+    /// Within bounds.
+    Range {
+        /// At least this many.
+        #[serde(default)]
+        at_least: Option<u64>,
+        /// At most this many.
+        #[serde(default)]
+        at_most: Option<u64>,
+    },
+}
+
+impl Count {
+    /// Whether `n` satisfies the count.
+    pub fn allows(&self, n: u64) -> bool {
+        match *self {
+            Count::Exactly(want) => n == want,
+            Count::Range { at_least, at_most } => {
+                n >= at_least.unwrap_or(0) && n <= at_most.unwrap_or(u64::MAX)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Count::Exactly(n) => write!(f, "exactly {n}"),
+            Count::Range {
+                at_least: Some(l),
+                at_most: Some(m),
+            } => write!(f, "{l}..={m}"),
+            Count::Range {
+                at_least: Some(l),
+                at_most: None,
+            } => write!(f, "at least {l}"),
+            Count::Range {
+                at_least: None,
+                at_most: Some(m),
+            } => write!(f, "at most {m}"),
+            Count::Range { .. } => f.write_str("any number"),
+        }
+    }
 }
 
 /// `sysctl:` write `value` to `/proc/sys/<path>` (e.g. `net/core/bpf_jit_harden`).
@@ -565,7 +792,7 @@ pub struct SyscallExpect {
 }
 
 /// Fatal signals a step can expect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Signal {
     /// Segmentation fault.
     SIGSEGV,
@@ -580,6 +807,13 @@ impl Signal {
             Signal::SIGSEGV => 11,
             Signal::SIGBUS => 7,
         }
+    }
+
+    /// The signal with this number, if it is one the model names.
+    pub fn from_number(n: i32) -> Option<Signal> {
+        [Signal::SIGSEGV, Signal::SIGBUS]
+            .into_iter()
+            .find(|s| s.number() == n)
     }
 }
 
@@ -969,6 +1203,70 @@ pub fn check_bpf_page_args(
     Ok(())
 }
 
+/// BPF object names with their syscall program names, sorted.
+pub type BpfCatalogue = Vec<(String, Vec<String>)>;
+
+/// The objects `lab` builds from `src` and the syscall programs each has,
+/// as `(name.bpf.o, [program, ...])`, sorted: what `bpf_load` and `bpf_run`
+/// may name, so `lab validate` can refuse a typo before any VM boots.
+/// `None` if `src` cannot be read (then nothing is checked).
+pub fn bpf_catalogue(src: &std::path::Path) -> Option<BpfCatalogue> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(src).ok()?.flatten() {
+        let path = entry.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".bpf.c"))
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).ok()?;
+        out.push((format!("{name}.bpf.o"), syscall_programs(&text)));
+    }
+    out.sort();
+    Some(out)
+}
+
+/// Names of the functions that follow a `SEC("syscall")` in C source: the
+/// line after it is `int name(struct arena_args *ctx)`.
+fn syscall_programs(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "SEC(\"syscall\")" {
+            continue;
+        }
+        let Some(decl) = lines.find(|l| !l.trim().is_empty()) else {
+            break;
+        };
+        let Some(before) = decl.split('(').next() else {
+            continue;
+        };
+        if let Some(name) = before.split_whitespace().last() {
+            out.push(name.trim_start_matches('*').to_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod catalogue_tests {
+    use super::*;
+
+    #[test]
+    fn syscall_programs_are_found() {
+        let src = "SEC(\".maps\") x;\nSEC(\"syscall\")\nint alloc_pages(struct arena_args *ctx)\n{\n}\n\nSEC(\"syscall\")\n\nint free_pages(struct arena_args *ctx)\n";
+        assert_eq!(syscall_programs(src), vec!["alloc_pages", "free_pages"]);
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/bpf");
+        let all = bpf_catalogue(&src).unwrap();
+        let ops = all.iter().find(|(o, _)| o == "arena_ops.bpf.o").unwrap();
+        assert!(ops.1.contains(&"count_allocated".to_owned()), "{all:?}");
+        assert_eq!(bpf_catalogue(std::path::Path::new("/nonexistent")), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1090,6 +1388,82 @@ mod tests {
         // Other objects are not known; unknown sizes only check offsets.
         assert!(check_bpf_page_args("x.bpf.o", "read_page", &[99, 3], "a", Some(1)).is_ok());
         assert!(check_bpf_page_args(ARENA_OPS_OBJECT, "read_page", &[999, 8], "a", None).is_ok());
+    }
+
+    #[test]
+    fn counts() {
+        assert!(Count::Exactly(0).allows(0));
+        assert!(!Count::Exactly(0).allows(1));
+        let r = Count::Range {
+            at_least: Some(1),
+            at_most: Some(3),
+        };
+        assert!(!r.allows(0) && r.allows(1) && r.allows(3) && !r.allows(4));
+        assert_eq!(r.to_string(), "1..=3");
+        let e: WorkersExpect =
+            serde_json::from_str(r#"{"failures": 0, "signals": {"SIGSEGV": {"at_least": 1}}}"#)
+                .unwrap();
+        assert_eq!(e.failures, Some(Count::Exactly(0)));
+        assert_eq!(e.signals[&Signal::SIGSEGV].to_string(), "at least 1");
+        // The runner sends scenarios to the agent as JSON: enum map keys too.
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<WorkersExpect>(&json).unwrap(), e);
+        assert!(serde_json::from_str::<WorkersExpect>(r#"{"signals": {"SIGFOO": 1}}"#).is_err());
+        assert_eq!(Signal::from_number(11), Some(Signal::SIGSEGV));
+        assert_eq!(Signal::from_number(9), None);
+    }
+
+    #[test]
+    fn any_of_reads() {
+        let alt = |f: fn(&mut TouchExpect)| {
+            let mut e = TouchExpect::default();
+            f(&mut e);
+            e
+        };
+        let e = TouchExpect {
+            any_of: vec![
+                alt(|e| e.pattern = true),
+                alt(|e| e.zero = true),
+                alt(|e| e.signal = Some(Signal::SIGSEGV)),
+            ],
+            ..TouchExpect::default()
+        };
+        assert!(e.accepts_read(3, page_pattern(3)));
+        assert!(e.accepts_read(3, 0));
+        assert!(!e.accepts_read(3, page_pattern(4)));
+        assert_eq!(e.accepted_signals(), vec![Signal::SIGSEGV]);
+        assert!(e.expects_values());
+        assert_eq!(e.fields_set(), 1);
+        assert_eq!(
+            e.describe(0),
+            format!("one of [{:#x}, 0x0, SIGSEGV]", page_pattern(0))
+        );
+        // Nothing expected: any value; a plain value: only it.
+        assert!(TouchExpect::default().accepts_read(1, 99));
+        assert!(!alt(|e| e.value = Some(5)).accepts_read(1, 6));
+    }
+
+    #[test]
+    fn single_list_is_one_implicit_role() {
+        let p = ParallelStep {
+            count: Some(3),
+            iterations: 1,
+            duration_ms: None,
+            seed: None,
+            jitter_us: 0,
+            steps: vec![Step::Sleep(SleepStep { ms: 1 })],
+            roles: vec![],
+            expect: WorkersExpect::default(),
+        };
+        let r = p.role_views();
+        assert_eq!(r.len(), 1);
+        assert!(r[0].implicit);
+        assert_eq!(
+            (r[0].name, r[0].count, r[0].steps.len()),
+            (IMPLICIT_ROLE, 3, 1)
+        );
+        assert_eq!(p.total_workers(), 3);
+        assert_eq!(Step::Processes(p).child_lists().len(), 2);
     }
 
     #[test]

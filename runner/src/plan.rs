@@ -95,7 +95,7 @@ pub fn prepare(kernel: Kernel, kernel_src: Option<PathBuf>) -> anyhow::Result<Pr
 fn uses_selftests(steps: &[Step]) -> bool {
     steps
         .iter()
-        .any(|s| matches!(s, Step::Selftest(_)) || uses_selftests(s.children()))
+        .any(|s| matches!(s, Step::Selftest(_)) || s.child_lists().into_iter().any(uses_selftests))
 }
 
 /// The image for `scenario` (cached by content).

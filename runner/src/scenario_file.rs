@@ -9,8 +9,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use arena_protocol::scenario::{
-    arena_range, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp, PageSet, Step,
-    TouchExpect, MAX_ARENA_PAGES,
+    arena_range, bpf_catalogue, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp,
+    BpfCatalogue, Count, PageSet, ParallelStep, Step, WorkersExpect, MAX_ARENA_PAGES,
 };
 use arena_protocol::Scenario;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -376,6 +376,31 @@ impl Checker {
     }
 }
 
+/// The tag families (scenarios/README.md): what `--tags` selects by, so a
+/// misspelt tag would silently drop a scenario from a selection.
+pub const TAG_FAMILIES: &[&str] = &[
+    "smoke",
+    "page_fault",
+    "segv_on_fault",
+    "bpf_alloc",
+    "mmap_rules",
+    "race",
+    "selftests",
+    "lab_selftest",
+];
+
+/// BPF objects and their syscall programs, read once from the source tree's
+/// `guest-images/bpf` (see [`bpf_catalogue`]; this file is also built into
+/// the fuzz crate, one level below the root as well).
+fn known_bpf() -> Option<&'static [(String, Vec<String>)]> {
+    static CATALOGUE: std::sync::OnceLock<Option<BpfCatalogue>> = std::sync::OnceLock::new();
+    CATALOGUE
+        .get_or_init(|| {
+            bpf_catalogue(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/bpf"))
+        })
+        .as_deref()
+}
+
 fn check(s: &Scenario) -> Vec<Problem> {
     let mut c = Checker::default();
     let valid_name = !s.name.is_empty()
@@ -397,6 +422,17 @@ fn check(s: &Scenario) -> Vec<Problem> {
     }
     if s.vm.memory_mib < 128 {
         c.report("vm.memory_mib".into(), "must be at least 128");
+    }
+    for (i, t) in s.tags.iter().enumerate() {
+        if !TAG_FAMILIES.contains(&t.as_str()) {
+            c.report(
+                format!("tags[{i}]"),
+                format!(
+                    "unknown tag `{t}`; the families are {}",
+                    TAG_FAMILIES.join(", ")
+                ),
+            );
+        }
     }
     if s.timeout_s == 0 {
         c.report("timeout_s".into(), "must be positive");
@@ -435,6 +471,98 @@ impl Checker {
                 }
             }
             *model = again;
+        }
+    }
+
+    /// `processes`/`threads`: the single-list form or roles, each role's
+    /// lists checked like the single list (its setup once, then its steps
+    /// as a loop), from a copy of the state; workers hand nothing back.
+    fn parallel(
+        &mut self,
+        p: &ParallelStep,
+        field: &dyn Fn(&str) -> String,
+        model: &Model,
+        threads: bool,
+    ) {
+        if p.iterations == 0 {
+            self.report(field("iterations"), "must be at least 1");
+        }
+        if p.roles.is_empty() {
+            if !p.count.is_some_and(|c| (1..=256).contains(&c)) {
+                self.report(field("count"), "must be 1..=256 (or give `roles`)");
+            }
+        } else {
+            if p.count.is_some() || !p.steps.is_empty() {
+                self.report(
+                    field("roles"),
+                    "give either `count` and `steps` (one role) or `roles`, not both",
+                );
+            }
+            let mut names = HashSet::new();
+            for (i, r) in p.roles.iter().enumerate() {
+                if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                    self.report(
+                        field(&format!("roles[{i}].name")),
+                        format!("`{}` must be non-empty and unique in the step", r.name),
+                    );
+                }
+                if !(1..=256).contains(&r.count) {
+                    self.report(field(&format!("roles[{i}].count")), "must be 1..=256");
+                }
+                self.counts(&r.expect, &field(&format!("roles[{i}].expect")));
+            }
+            if p.total_workers() > 256 {
+                self.report(field("roles"), "at most 256 workers in all roles");
+            }
+        }
+        self.counts(&p.expect, &field("expect"));
+        // A forked process has its own mm (VM_DONTCOPY: nothing mapped);
+        // threads share theirs.
+        let mut start = model.clone();
+        if !threads {
+            for a in start.arenas.values_mut() {
+                a.mapped = Some(PageSet::new());
+            }
+        }
+        let scope = Scope {
+            top: false,
+            threads,
+        };
+        for (i, r) in p.role_views().iter().enumerate() {
+            let at = |list: &str| {
+                if r.implicit {
+                    field(list)
+                } else {
+                    field(&format!("roles[{i}].{list}"))
+                }
+            };
+            let mut inner = start.clone();
+            self.block(r.setup, &at("setup"), &mut inner, scope);
+            self.looped(r.steps, &at("steps"), &mut inner, scope, p.iterations);
+        }
+    }
+
+    /// Bounds of a `{ at_least, at_most }` count must make sense.
+    fn counts(&mut self, e: &WorkersExpect, at: &str) {
+        let all = e
+            .failures
+            .iter()
+            .map(|c| ("failures".to_owned(), c))
+            .chain(e.signals.iter().map(|(s, c)| (format!("signals.{s:?}"), c)));
+        let mut bad = Vec::new();
+        for (f, c) in all {
+            if let Count::Range {
+                at_least: Some(l),
+                at_most: Some(m),
+            } = c
+            {
+                if l > m {
+                    bad.push(format!("{at}.{f}"));
+                }
+            }
+        }
+        for f in bad {
+            self.report(f, "at_least is above at_most: no count satisfies it");
         }
     }
 
@@ -599,24 +727,25 @@ impl Checker {
                 if let Err(e) = check_page_offset(t.offset) {
                     self.report(field("offset"), e.to_string());
                 }
-                let TouchExpect {
-                    signal,
-                    value,
-                    zero,
-                    pattern,
-                } = &t.expect;
-                let set = [signal.is_some(), value.is_some(), *zero, *pattern]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
-                if set > 1 {
+                let e = &t.expect;
+                if e.fields_set() > 1 {
                     self.report(
                         field("expect"),
-                        "set at most one of signal, value, zero, pattern",
+                        "set at most one of signal, value, zero, pattern, any_of",
                     );
-                } else if t.op == AccessOp::Write && set == 1 && signal.is_none() {
+                } else if e
+                    .any_of
+                    .iter()
+                    .any(|a| a.fields_set() != 1 || !a.any_of.is_empty())
+                {
+                    self.report(
+                        field("expect.any_of"),
+                        "each alternative sets exactly one of signal, value, zero, pattern",
+                    );
+                } else if t.op == AccessOp::Write && e.expects_values() {
                     self.report(field("expect"), "a write cannot expect a read value");
                 }
+                let no_signal = e.accepted_signals().is_empty();
                 let Some(a) = self.arena(model, &t.arena, field("arena")) else {
                     return;
                 };
@@ -627,11 +756,13 @@ impl Checker {
                     }
                 }
                 // Unmapped pages inside the arena: only a fault probe.
-                if let (None, Some(mapped)) = (signal, &a.mapped) {
+                if let (true, Some(mapped)) = (no_signal, &a.mapped) {
                     if let Err(e) = mapped.check_mapped(&t.arena, t.page, t.count) {
                         self.report(
                             field("page"),
-                            format!("{e}; only a touch that expects a signal may access it"),
+                            format!(
+                                "{e}; only a touch that expects (or accepts) a signal may access it"
+                            ),
                         );
                     }
                 }
@@ -653,6 +784,19 @@ impl Checker {
                         },
                     );
                 }
+                if let (Some(all), None) = (known_bpf(), b.expect.errno) {
+                    if !all.iter().any(|(o, _)| *o == b.object) {
+                        let names: Vec<&str> = all.iter().map(|(o, _)| o.as_str()).collect();
+                        self.report(
+                            field("object"),
+                            format!(
+                                "no BPF object `{}` (built from guest-images/bpf/*.bpf.c): {}",
+                                b.object,
+                                names.join(", ")
+                            ),
+                        );
+                    }
+                }
                 let arena = b.arena_id.clone().or_else(|| b.reuse_arena.clone());
                 model
                     .objects
@@ -666,6 +810,21 @@ impl Checker {
                     );
                     return;
                 };
+                let programs = known_bpf()
+                    .and_then(|all| all.iter().find(|(o, _)| o == object))
+                    .map(|(_, p)| p);
+                if let Some(programs) = programs {
+                    if !programs.contains(&r.program) {
+                        self.report(
+                            field("program"),
+                            format!(
+                                "no syscall program `{}` in {object}: {}",
+                                r.program,
+                                programs.join(", ")
+                            ),
+                        );
+                    }
+                }
                 if r.args.len() > 4 || r.expect_out.len() > 4 {
                     self.report(field("args"), "at most 4 args and 4 expect_out values");
                     return;
@@ -695,27 +854,7 @@ impl Checker {
                 }
             }
             Step::Processes(p) | Step::Threads(p) => {
-                if p.count == 0 || p.count > 256 {
-                    self.report(field("count"), "must be 1..=256");
-                }
-                if p.iterations == 0 {
-                    self.report(field("iterations"), "must be at least 1");
-                }
-                // Workers start from a copy of the state and hand nothing
-                // back; forked ones inherit no mapping (VM_DONTCOPY).
-                let mut inner = model.clone();
-                let threads = matches!(step, Step::Threads(_));
-                if !threads {
-                    for a in inner.arenas.values_mut() {
-                        a.mapped = Some(PageSet::new());
-                    }
-                }
-                // A forked process has its own mm; threads share theirs.
-                let scope = Scope {
-                    top: false,
-                    threads,
-                };
-                self.looped(&p.steps, &field("steps"), &mut inner, scope, p.iterations);
+                self.parallel(p, &field, model, matches!(step, Step::Threads(_)));
             }
             Step::Repeat(r) => {
                 if r.times == 0 {
@@ -1015,7 +1154,7 @@ steps:
         let e = p(text).unwrap_err().to_string();
         assert_eq!(
             e,
-            "s.yaml:5:30: steps[2].touch.page: page 20 of arena `a` is not mapped in this process (mapped: pages 0..16); only a touch that expects a signal may access it"
+            "s.yaml:5:30: steps[2].touch.page: page 20 of arena `a` is not mapped in this process (mapped: pages 0..16); only a touch that expects (or accepts) a signal may access it"
         );
         // After munmap nothing is mapped; a touch without a signal is refused.
         let e = one_error("  - munmap: { arena: a }\n  - touch: { arena: a, page: 0, op: read }\n  - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }\n");
@@ -1057,6 +1196,95 @@ steps:
             e[0].contains("steps[2].threads.steps[1].munmap: not allowed inside threads"),
             "{e:#?}"
         );
+    }
+
+    #[test]
+    fn roles_are_checked_like_the_worker_list() {
+        let roles = "  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - processes:\n      iterations: 5\n      roles:\n        - name: faulter\n          count: 3\n          setup:\n            - mmap: { arena: a, same_address: true }\n          steps:\n            - touch: { arena: a, page: 0, count: 8, op: read, expect: { any_of: [ { pattern: true }, { zero: true } ] } }\n          expect: { failures: 0 }\n        - name: freer\n          count: 1\n          steps:\n            - bpf_run: { object: p, program: free_pages, args: [0, 8] }\n      expect: { signals: { SIGSEGV: { at_most: 0 } } }\n";
+        assert_eq!(errors(roles), Vec::<String>::new());
+        // Each role starts unmapped (forked) and is checked on its own.
+        let e = errors(&roles.replace("page: 0, count: 8", "page: 30, count: 8"));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains(
+                "steps[3].processes.roles[0].steps[0].touch.count: pages 30..38 run past"
+            ),
+            "{e:#?}"
+        );
+        let e = errors(&roles.replace(
+            "          setup:\n            - mmap: { arena: a, same_address: true }\n",
+            "",
+        ));
+        assert!(
+            e[0].contains("roles[0].steps[0].touch.page: pages 0..8 of arena `a` are not mapped"),
+            "{e:#?}"
+        );
+        // Names unique, counts sane, one form only.
+        let e = errors(&roles.replace("name: freer", "name: faulter"));
+        assert!(
+            e[0].contains("roles[1].name: `faulter` must be non-empty and unique"),
+            "{e:#?}"
+        );
+        let e = errors(&roles.replace("iterations: 5", "iterations: 5\n      count: 2"));
+        assert!(
+            e[0].contains("processes.roles: give either `count` and `steps`"),
+            "{e:#?}"
+        );
+        let e = errors(&roles.replace("count: 1\n", "count: 0\n"));
+        assert!(e[0].contains("roles[1].count: must be 1..=256"), "{e:#?}");
+        let e = errors(&roles.replace("{ at_most: 0 }", "{ at_least: 2, at_most: 1 }"));
+        assert!(
+            e[0].contains("processes.expect.signals.SIGSEGV: at_least is above"),
+            "{e:#?}"
+        );
+        let e = errors("  - processes:\n      steps:\n        - sleep: { ms: 1 }\n");
+        assert!(
+            e[0].contains("processes.count: must be 1..=256 (or give `roles`)"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn bpf_objects_programs_and_tags_are_known() {
+        let e = one_error("  - bpf_load: { id: p, object: arena_opz.bpf.o, reuse_arena: a }\n");
+        assert!(
+            e.contains("steps[2].bpf_load.object: no BPF object `arena_opz.bpf.o` (built from guest-images/bpf/*.bpf.c): arena_ops.bpf.o"),
+            "{e}"
+        );
+        let e = one_error("  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - bpf_run: { object: p, program: free_page, args: [0, 1] }\n");
+        assert!(
+            e.contains("steps[3].bpf_run.program: no syscall program `free_page` in arena_ops.bpf.o: alloc_pages, bump_global, count_allocated, free_pages,"),
+            "{e}"
+        );
+        let e = p("name: x\ntags: [race, races]\nsteps: [ {sleep: {ms: 1}} ]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.yaml:2:14: tags[1]: unknown tag `races`; the families are smoke,"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn any_of_alternatives() {
+        let e = one_error("  - touch: { arena: a, page: 0, op: read, expect: { any_of: [ { pattern: true, zero: true } ] } }\n");
+        assert!(
+            e.contains("steps[2].touch.expect.any_of: each alternative sets exactly one"),
+            "{e}"
+        );
+        let e = one_error("  - touch: { arena: a, page: 0, op: read, expect: { zero: true, any_of: [ { pattern: true } ] } }\n");
+        assert!(
+            e.contains("set at most one of signal, value, zero, pattern, any_of"),
+            "{e}"
+        );
+        let e = one_error(
+            "  - touch: { arena: a, page: 0, op: write, expect: { any_of: [ { zero: true } ] } }\n",
+        );
+        assert!(e.contains("a write cannot expect a read value"), "{e}");
+        // A write that may fault; unmapped pages only with an accepted signal.
+        assert!(errors("  - munmap: { arena: a }\n  - touch: { arena: a, page: 0, op: write, expect: { any_of: [ { signal: SIGSEGV } ] } }\n").is_empty());
+        let e = one_error("  - munmap: { arena: a }\n  - touch: { arena: a, page: 0, op: read, expect: { any_of: [ { zero: true } ] } }\n");
+        assert!(e.contains("not mapped"), "{e}");
     }
 
     #[test]

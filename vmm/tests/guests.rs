@@ -50,61 +50,44 @@ fn pvh_guest_reads_start_info() {
     assert!(out.ends_with("done\n"), "{out}");
 }
 
+/// Boots the `bzimage64` guest as `kernel` (a bzImage or an ELF without a
+/// PVH note: both enter `startup_64` with a zero page) and checks what it
+/// reports of its zero page.
+fn check_64bit_entry(kernel: &std::path::Path, tag: &str) -> String {
+    let (mut cfg, buf) = config(kernel);
+    cfg.cmdline = format!("console=ttyS0 arena={tag}");
+    cfg.initrd = Some(write_file(&format!("{tag}-initrd.img"), b"INITRD-BZ"));
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(report.exit, ExitReason::Reset, "{out}");
+    let expected_prefix =
+        "mode=64\ncs_ds=00000010 00000018\nhdr=53726448\ntype_of_loader=000000FF\n";
+    assert!(out.starts_with(expected_prefix), "{out}");
+    let cmdline =
+        format!("cmdline=console=ttyS0 arena={tag} virtio_mmio.device=4K@0xd0000000:5 pci=off\n");
+    for line in [
+        cmdline.as_str(),
+        "e820_entries=00000004\n",
+        "e820=000000000009FC00 0000000000000400 00000002\n",
+        "e820=0000000000100000 0000000003F00000 00000001\n",
+        "initrd_head=54494E49\n",
+    ] {
+        assert!(out.contains(line), "{line:?} missing in {out}");
+    }
+    assert!(out.ends_with("done\n"), "{out}");
+    out
+}
+
 #[test]
 fn bzimage_guest_enters_64bit_and_reads_zero_page() {
     require_kvm("bzimage_guest_enters_64bit_and_reads_zero_page");
-    let (mut cfg, buf) = config(&build_bzimage("bzimage64"));
-    cfg.cmdline = "console=ttyS0 arena=bzimage".into();
-    cfg.initrd = Some(write_file("bz-initrd.img", b"INITRD-BZ"));
-    let (report, out) = run(&cfg, &buf);
-    assert_eq!(report.exit, ExitReason::Reset, "{out}");
-    assert!(
-        out.starts_with(
-            "mode=64\ncs_ds=00000010 00000018\nhdr=53726448\ntype_of_loader=000000FF\n"
-        ),
-        "{out}"
-    );
-    assert!(
-        out.contains(
-            "cmdline=console=ttyS0 arena=bzimage virtio_mmio.device=4K@0xd0000000:5 pci=off\n"
-        ),
-        "{out}"
-    );
-    assert!(out.contains("e820_entries=00000004\n"), "{out}");
-    assert!(
-        out.contains("e820=000000000009FC00 0000000000000400 00000002\n"),
-        "{out}"
-    );
-    assert!(
-        out.contains("e820=0000000000100000 0000000003F00000 00000001\n"),
-        "{out}"
-    );
+    let out = check_64bit_entry(&build_bzimage("bzimage64"), "bzimage");
     assert!(out.contains("initrd=03FFF000 00000009\n"), "{out}");
-    assert!(out.contains("initrd_head=54494E49\n"), "{out}");
-    assert!(out.ends_with("done\n"), "{out}");
 }
 
 #[test]
 fn elf_without_pvh_note_boots_through_the_64bit_entry_with_a_zero_page() {
     require_kvm("elf_without_pvh_note_boots_through_the_64bit_entry_with_a_zero_page");
-    let (mut cfg, buf) = config(&build_elf_without_pvh("bzimage64"));
-    cfg.cmdline = "console=ttyS0 arena=elf64".into();
-    let (report, out) = run(&cfg, &buf);
-    assert_eq!(report.exit, ExitReason::Reset, "{out}");
-    assert!(
-        out.starts_with(
-            "mode=64\ncs_ds=00000010 00000018\nhdr=53726448\ntype_of_loader=000000FF\n"
-        ),
-        "{out}"
-    );
-    assert!(
-        out.contains(
-            "cmdline=console=ttyS0 arena=elf64 virtio_mmio.device=4K@0xd0000000:5 pci=off\n"
-        ),
-        "{out}"
-    );
-    assert!(out.contains("e820_entries=00000004\n"), "{out}");
-    assert!(out.ends_with("done\n"), "{out}");
+    check_64bit_entry(&build_elf_without_pvh("bzimage64"), "elf64");
 }
 
 #[test]

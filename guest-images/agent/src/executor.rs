@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arena_protocol::scenario::{PageSet, Step, PAGE_SIZE};
+use arena_protocol::scenario::{PageSet, Signal, Step, PAGE_SIZE};
 use arena_protocol::{GuestMessage, Scenario, StepStatus};
 
 use crate::channel::Channel;
@@ -150,6 +150,9 @@ pub struct Ctx {
     /// recorded in the step's data so a run with the same seed can be
     /// checked to have made the same ones.
     pub choices: Vec<serde_json::Value>,
+    /// Signals touches survived in a child because they were accepted
+    /// (counted for a worker's report, where races expect them).
+    pub signals: std::collections::BTreeMap<Signal, u64>,
 }
 
 impl Ctx {
@@ -192,6 +195,7 @@ impl Ctx {
             last_out: self.last_out,
             shared_mm: true,
             choices: Vec::new(),
+            signals: Default::default(),
         }
     }
 }
@@ -225,6 +229,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         last_out: [0; 4],
         shared_mm: false,
         choices: Vec::new(),
+        signals: Default::default(),
     };
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();

@@ -266,6 +266,7 @@ pub mod testing {
             last_out: [0; 4],
             shared_mm: false,
             choices: Vec::new(),
+            signals: Default::default(),
         };
         (ctx, base)
     }

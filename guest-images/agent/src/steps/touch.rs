@@ -13,8 +13,8 @@
 use std::ops::Range;
 
 use arena_protocol::scenario::{
-    arena_range, check_page_offset, page_pattern, AccessOp, PageOrder, PageSet, TouchExpect,
-    TouchStep, PAGE_SIZE,
+    arena_range, check_page_offset, page_pattern, AccessOp, PageOrder, PageSet, TouchStep,
+    PAGE_SIZE,
 };
 use arena_protocol::seed;
 
@@ -35,19 +35,6 @@ const CHILD_NOT_FREE: i32 = 101;
 /// The value a write stores into `page`.
 fn write_value(s: &TouchStep, page: u64) -> u64 {
     s.value.unwrap_or_else(|| page_pattern(page))
-}
-
-/// The value a read of `page` must return, if the step expects one.
-fn expected_read(e: &TouchExpect, page: u64) -> Option<u64> {
-    if let Some(v) = e.value {
-        Some(v)
-    } else if e.zero {
-        Some(0)
-    } else if e.pattern {
-        Some(page_pattern(page))
-    } else {
-        None
-    }
 }
 
 /// The address of the u64 `touch` accesses in `page` (checked by [`plan`]).
@@ -110,13 +97,12 @@ fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<String, String> {
                 // SAFETY: as above.
                 let got = unsafe { std::ptr::read_volatile(ptr) };
                 last = got;
-                if let Some(want) = expected_read(&s.expect, page) {
-                    if got != want {
-                        return Err(format!(
-                            "page {page} offset {:#x}: expected {want:#x}, read {got:#x}",
-                            s.offset
-                        ));
-                    }
+                if !s.expect.accepts_read(page, got) {
+                    return Err(format!(
+                        "page {page} offset {:#x}: expected {}, read {got:#x}",
+                        s.offset,
+                        s.expect.describe(page)
+                    ));
                 }
             }
         }
@@ -153,7 +139,7 @@ pub fn plan(s: &TouchStep, a: &ArenaState) -> Result<Plan, StepError> {
     if s.count == 0 {
         return Err(StepError::Error("count must be at least 1".into()));
     }
-    if s.op == AccessOp::Write && expected_read(&s.expect, 0).is_some() {
+    if s.op == AccessOp::Write && s.expect.expects_values() {
         return Err(StepError::Error(
             "a write cannot expect a read value".into(),
         ));
@@ -174,16 +160,17 @@ pub fn plan(s: &TouchStep, a: &ArenaState) -> Result<Plan, StepError> {
         )));
     }
     let unmapped = a.mapped.holes(&pages);
-    if !unmapped.is_empty() && s.expect.signal.is_none() {
+    if !unmapped.is_empty() && s.expect.accepted_signals().is_empty() {
         let e = a
             .mapped
             .check_mapped(&s.arena, s.page, s.count)
             .expect_err("holes mean unmapped pages");
         return Err(StepError::Error(format!(
-            "{e}; only a touch that expects a signal may access it"
+            "{e}; only a touch that expects (or accepts) a signal may access it"
         )));
     }
-    let in_child = s.expect.signal.is_some()
+    // A signal an `any_of` accepts is survived the same way.
+    let in_child = !s.expect.accepted_signals().is_empty()
         || a.flags & sys::BPF_F_SEGV_ON_FAULT != 0
         || !unmapped.is_empty();
     Ok(Plan {
@@ -208,7 +195,7 @@ pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
 }
 
 fn touch_in_child(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     s: &TouchStep,
     a: &ArenaState,
     plan: &Plan,
@@ -301,16 +288,33 @@ fn touch_in_child(
     } else {
         format!(" (page {first_page}, first in the shuffled order)")
     };
+    // A signal an `any_of` accepts: the race went that way; counted for
+    // the worker's report (`signals`).
+    let accepted = s
+        .expect
+        .accepted_signals()
+        .into_iter()
+        .find(|a| Some(a.number()) == killed_by);
+    if let (None, Some(sig)) = (s.expect.signal, accepted) {
+        *ctx.signals.entry(sig).or_default() += 1;
+        return Ok(Outcome::said(format!(
+            "{}, accepted by any_of",
+            fault_text(sig.number())
+        )));
+    }
     match (s.expect.signal, killed_by) {
         (Some(want), Some(got)) if got == want.number() => match fault {
             Some(addr) if addr != first => Err(StepError::Fail(format!(
                 "expected {} at {first:#x}{drawn}, got it at {addr:#x}",
                 sys::signal_name(got)
             ))),
-            _ => Ok(Outcome::said(format!(
-                "{} (page {first_page}) as expected",
-                fault_text(got),
-            ))),
+            _ => {
+                *ctx.signals.entry(want).or_default() += 1;
+                Ok(Outcome::said(format!(
+                    "{} (page {first_page}) as expected",
+                    fault_text(got),
+                )))
+            }
         },
         (Some(want), _) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => {
             Err(StepError::Fail(format!(
@@ -348,7 +352,7 @@ fn describe(status: i32, text: &str) -> String {
 mod tests {
     use super::*;
     use crate::steps::bounds::testing::{backing, fake_arena, ID};
-    use arena_protocol::scenario::{PageSet, Signal};
+    use arena_protocol::scenario::{PageSet, Signal, TouchExpect};
 
     fn step(page: u64, count: u64, op: AccessOp) -> TouchStep {
         TouchStep {
@@ -434,7 +438,7 @@ mod tests {
         let e = error_text(plan(&step(20, 1, AccessOp::Write), &a));
         assert_eq!(
             e,
-            "page 20 of arena `a` is not mapped in this process (mapped: pages 0..8, 10..16); only a touch that expects a signal may access it"
+            "page 20 of arena `a` is not mapped in this process (mapped: pages 0..8, 10..16); only a touch that expects (or accepts) a signal may access it"
         );
         assert!(plan(&step(7, 2, AccessOp::Read), &a).is_err());
         let p = plan(&probe(20), &a).unwrap();
@@ -517,6 +521,70 @@ mod tests {
         let (mut seq, _) = fake_arena(5, 32, 32);
         touch(&mut seq, &step(0, 4, AccessOp::Write)).unwrap();
         assert!(seq.choices.is_empty());
+    }
+
+    fn any_of(alts: &[TouchExpect]) -> TouchExpect {
+        TouchExpect {
+            any_of: alts.to_vec(),
+            ..TouchExpect::default()
+        }
+    }
+
+    #[test]
+    fn any_of_accepts_each_page_by_one_alternative() {
+        let (mut ctx, _) = fake_arena(6, 32, 32);
+        let pattern = TouchExpect {
+            pattern: true,
+            ..TouchExpect::default()
+        };
+        let zero = TouchExpect {
+            zero: true,
+            ..TouchExpect::default()
+        };
+        // Page 1 written, page 0 and 2 still zero: "my write or a zero page".
+        touch(&mut ctx, &step(1, 1, AccessOp::Write)).unwrap();
+        let mut read = step(0, 3, AccessOp::Read);
+        read.expect = any_of(&[pattern.clone(), zero.clone()]);
+        touch(&mut ctx, &read).unwrap();
+        // A value that is neither is a failure naming the alternatives.
+        let mut w = step(2, 1, AccessOp::Write);
+        w.value = Some(7);
+        touch(&mut ctx, &w).unwrap();
+        let e = touch(&mut ctx, &read).unwrap_err();
+        assert!(
+            matches!(&e, StepError::Fail(t) if t.contains("page 2") && t.contains("one of [")),
+            "{e:?}"
+        );
+        // A write may not expect values, even among alternatives.
+        let mut bad = step(0, 1, AccessOp::Write);
+        bad.expect = any_of(&[zero]);
+        assert!(error_text(plan(&bad, ctx.arena(ID).unwrap())).contains("a write"));
+        assert!(ctx.signals.is_empty());
+    }
+
+    #[test]
+    fn an_accepted_signal_passes_and_is_counted() {
+        let (mut ctx, _) = fake_arena(7, 32, 16);
+        let segv = TouchExpect {
+            signal: Some(Signal::SIGSEGV),
+            ..TouchExpect::default()
+        };
+        let zero = TouchExpect {
+            zero: true,
+            ..TouchExpect::default()
+        };
+        // Page 20 is not mapped: the read faults, which any_of accepts.
+        let mut s = step(20, 1, AccessOp::Read);
+        s.expect = any_of(&[zero.clone(), segv.clone()]);
+        let ok = touch(&mut ctx, &s).unwrap();
+        assert!(ok.detail.contains("accepted by any_of"), "{}", ok.detail);
+        assert_eq!(ctx.signals.get(&Signal::SIGSEGV), Some(&1));
+        // Page 3 is mapped and zero: the value alternative holds, in a child.
+        let mut s = step(3, 1, AccessOp::Read);
+        s.expect = any_of(&[zero, segv]);
+        assert!(plan(&s, ctx.arena(ID).unwrap()).unwrap().in_child);
+        touch(&mut ctx, &s).unwrap();
+        assert_eq!(ctx.signals.get(&Signal::SIGSEGV), Some(&1));
     }
 
     #[test]
