@@ -416,6 +416,18 @@ impl TouchExpect {
         }
     }
 
+    /// Whether a read of `page` returning `got` was accepted by an `any_of`
+    /// alternative other than the first: the race went the other way (e.g.
+    /// `[pattern, zero]`: the page was freed under the reader). Counted as
+    /// the observed interleavings of a race scenario.
+    pub fn raced_read(&self, page: u64, got: u64) -> bool {
+        let mut alts = self.any_of.iter().filter_map(|a| a.read_value(page));
+        match alts.next() {
+            Some(first) if first != got => alts.any(|v| v == got),
+            _ => false,
+        }
+    }
+
     /// How many of the fields are set (`any_of` counts as one).
     pub fn fields_set(&self) -> usize {
         [
@@ -1438,6 +1450,12 @@ mod tests {
             e.describe(0),
             format!("one of [{:#x}, 0x0, SIGSEGV]", page_pattern(0))
         );
+        // A read the first alternative explains is no race; one only a later
+        // alternative explains is (the page was freed under the reader).
+        assert!(!e.raced_read(3, page_pattern(3)));
+        assert!(e.raced_read(3, 0));
+        assert!(!e.raced_read(3, 7));
+        assert!(!TouchExpect::default().raced_read(3, 0));
         // Nothing expected: any value; a plain value: only it.
         assert!(TouchExpect::default().accepts_read(1, 99));
         assert!(!alt(|e| e.value = Some(5)).accepts_read(1, 6));

@@ -153,6 +153,9 @@ pub struct Ctx {
     /// Signals touches survived in a child because they were accepted
     /// (counted for a worker's report, where races expect them).
     pub signals: std::collections::BTreeMap<Signal, u64>,
+    /// Reads an `any_of` accepted through a later alternative: the race
+    /// went the other way (counted for a worker's report).
+    pub raced_reads: u64,
 }
 
 impl Ctx {
@@ -196,6 +199,7 @@ impl Ctx {
             shared_mm: true,
             choices: Vec::new(),
             signals: Default::default(),
+            raced_reads: 0,
         }
     }
 }
@@ -230,6 +234,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         shared_mm: false,
         choices: Vec::new(),
         signals: Default::default(),
+        raced_reads: 0,
     };
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();

@@ -267,6 +267,7 @@ pub mod testing {
             shared_mm: false,
             choices: Vec::new(),
             signals: Default::default(),
+            raced_reads: 0,
         };
         (ctx, base)
     }

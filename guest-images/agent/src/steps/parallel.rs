@@ -63,6 +63,9 @@ pub struct WorkerReport {
     /// Signals seen: accepted by its touches, or the one that killed it.
     #[serde(default)]
     pub signals: BTreeMap<Signal, u64>,
+    /// Reads that saw a later `any_of` alternative: interleavings observed.
+    #[serde(default)]
+    pub raced_reads: u64,
     /// The worker's seed (drives its shuffled touches).
     #[serde(default)]
     pub seed: u64,
@@ -148,6 +151,7 @@ fn work(ctx: &mut Ctx, s: &ParallelStep, w: &Worker, release: impl FnOnce()) -> 
         iterations: 0,
         detail: String::new(),
         signals: BTreeMap::new(),
+        raced_reads: 0,
         seed: ctx.seed,
         jitter_us: Vec::new(),
         choices: Vec::new(),
@@ -155,12 +159,14 @@ fn work(ctx: &mut Ctx, s: &ParallelStep, w: &Worker, release: impl FnOnce()) -> 
     };
     ctx.choices.clear();
     ctx.signals.clear();
+    ctx.raced_reads = 0;
     let setup = run_steps(ctx, w.role.setup);
     release();
     if let Err((j, e)) = setup {
         report.status = WorkerStatus::Fail;
         report.detail = format!("setup step {j} ({}): {}", w.role.setup[j].kind(), e.text());
         report.signals = std::mem::take(&mut ctx.signals);
+        report.raced_reads = std::mem::take(&mut ctx.raced_reads);
         return report;
     }
     let mut jitter = seed::derive(ctx.seed, "jitter");
@@ -201,6 +207,7 @@ fn work(ctx: &mut Ctx, s: &ParallelStep, w: &Worker, release: impl FnOnce()) -> 
         }
     }
     report.signals = std::mem::take(&mut ctx.signals);
+    report.raced_reads = std::mem::take(&mut ctx.raced_reads);
     report
 }
 
@@ -214,6 +221,7 @@ fn lost(w: &Worker, status: WorkerStatus, detail: String) -> WorkerReport {
         iterations: 0,
         detail,
         signals: BTreeMap::new(),
+        raced_reads: 0,
         seed: w.seed,
         jitter_us: Vec::new(),
         choices: Vec::new(),
@@ -229,6 +237,8 @@ struct RoleOutcome {
     iterations: u64,
     failures: u64,
     signals: BTreeMap<Signal, u64>,
+    /// Reads that saw a later `any_of` alternative (the race interleaved).
+    raced_reads: u64,
 }
 
 fn role_outcomes(roles: &[RoleView], reports: &[WorkerReport]) -> Vec<RoleOutcome> {
@@ -243,6 +253,7 @@ fn role_outcomes(roles: &[RoleView], reports: &[WorkerReport]) -> Vec<RoleOutcom
             for w in reports.iter().filter(|w| w.role == r.name) {
                 o.iterations += w.iterations;
                 o.failures += u64::from(w.status != WorkerStatus::Pass);
+                o.raced_reads += w.raced_reads;
                 for (sig, n) in &w.signals {
                     *o.signals.entry(*sig).or_default() += n;
                 }
@@ -606,6 +617,7 @@ mod tests {
             iterations: 5,
             detail: String::new(),
             signals: BTreeMap::new(),
+            raced_reads: 2,
             seed: 0,
             jitter_us: vec![],
             choices: vec![],
@@ -648,6 +660,10 @@ mod tests {
         let outcomes = role_outcomes(&s.role_views(), &reports);
         assert_eq!(outcomes[0].iterations, 10);
         assert_eq!(outcomes[0].signals.get(&Signal::SIGSEGV), Some(&3));
+        assert_eq!(
+            outcomes[0].raced_reads, 4,
+            "two faulters, two raced reads each"
+        );
         // A role may tolerate failures; the step counts signals in all.
         let tolerant = WorkersExpect {
             failures: Some(at_least(0)),

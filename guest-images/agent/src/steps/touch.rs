@@ -79,10 +79,13 @@ fn draw_order(ctx: &mut Ctx, s: &TouchStep) -> Vec<u64> {
     order
 }
 
-/// Do the accesses in `order` (see [`visit`]); returns the first mismatch as
-/// text. [`plan`] has checked every address.
-fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<String, String> {
+/// Do the accesses in `order` (see [`visit`]); returns what was done and
+/// how many reads an `any_of` accepted through a later alternative (see
+/// `TouchExpect::raced_read`), or the first mismatch as text. [`plan`] has
+/// checked every address.
+fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<(String, u64), String> {
     let mut last = 0;
+    let mut raced = 0;
     for page in visit(s, order) {
         let ptr = slot(base, page, s.offset) as *mut u64;
         match s.op {
@@ -97,6 +100,7 @@ fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<String, String> {
                 // SAFETY: as above.
                 let got = unsafe { std::ptr::read_volatile(ptr) };
                 last = got;
+                raced += u64::from(s.expect.raced_read(page, got));
                 if !s.expect.accepts_read(page, got) {
                     return Err(format!(
                         "page {page} offset {:#x}: expected {}, read {got:#x}",
@@ -107,13 +111,14 @@ fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<String, String> {
             }
         }
     }
-    Ok(match s.op {
+    let text = match s.op {
         AccessOp::Write => format!("wrote {} page(s) from page {}", s.count, s.page),
         AccessOp::Read => format!(
             "read {} page(s) from page {} (last value {last:#x})",
             s.count, s.page
         ),
-    })
+    };
+    Ok((text, raced))
 }
 
 /// How a touch runs, once its bounds are checked.
@@ -189,9 +194,9 @@ pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
     if plan.in_child {
         return touch_in_child(ctx, s, &a, &plan, &order);
     }
-    access(s, plan.base, &order)
-        .map(Outcome::said)
-        .map_err(StepError::Fail)
+    let (text, raced) = access(s, plan.base, &order).map_err(StepError::Fail)?;
+    ctx.raced_reads += raced;
+    Ok(Outcome::said(text))
 }
 
 fn touch_in_child(
@@ -250,8 +255,9 @@ fn touch_in_child(
                 unsafe { libc::_exit(CHILD_NOT_FREE) };
             }
         }
+        // Raced reads in the child are not counted (its counters die with it).
         let (code, text) = match access(s, base, order) {
-            Ok(t) => (0, t),
+            Ok((t, _)) => (0, t),
             Err(t) => (CHILD_MISMATCH, t),
         };
         // SAFETY: writing a local buffer to our pipe.
