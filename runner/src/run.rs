@@ -551,7 +551,9 @@ pub fn boot(
     let spec = VmSpec {
         kernel: boot_file,
         initrd: Some(image),
-        cmdline: cmdline(append),
+        // Debugging a boot wants the whole log, whatever a backend's boot
+        // log level (the own VMM's is 5); the user's --append still wins.
+        cmdline: cmdline(&format!("loglevel=7 {append}")),
         vcpus: scenario.vm.vcpus,
         memory_mib: scenario.vm.memory_mib,
         console: Console::Stdout,
