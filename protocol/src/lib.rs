@@ -9,5 +9,5 @@ pub mod scenario;
 pub mod seed;
 
 pub use framing::{FrameError, LineReader, MAX_LINE_BYTES};
-pub use message::{GuestMessage, Hello, HostMessage, StepStatus};
+pub use message::{GuestMessage, Hello, HostMessage, StepStatus, WorkerProgress};
 pub use scenario::Scenario;

@@ -5,6 +5,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::scenario::Scenario;
 
+/// The hard cap on a scenario's run time is this multiple of its
+/// `timeout_s`. `timeout_s` bounds a *stall* (no progress); a scenario that
+/// keeps progressing on a slow host may run longer, but never past the cap.
+/// Shared so the agent's own deadline and the host's agree.
+pub const HARD_CAP_FACTOR: u64 = 4;
+
+/// The hard cap (s) for a scenario with `timeout_s`.
+pub fn hard_cap_s(timeout_s: u64) -> u64 {
+    timeout_s.saturating_mul(HARD_CAP_FACTOR)
+}
+
+/// How far the workers of a `processes:`/`threads:` step got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerProgress {
+    /// 1-based iteration the slowest running worker is in.
+    pub iteration: u64,
+    /// Iterations each worker runs (at most; `duration_ms` may end it early).
+    pub iterations: u64,
+    /// Workers still running.
+    pub running: u32,
+    /// Workers of the step.
+    pub workers: u32,
+}
+
+impl std::fmt::Display for WorkerProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "iteration {}/{} in {} of {} workers",
+            self.iteration, self.iterations, self.running, self.workers
+        )
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Host → guest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -108,6 +146,24 @@ pub enum GuestMessage {
         /// The text.
         line: String,
     },
+    /// The step `path` is still running: sent at least once a second by
+    /// the agent's watchdog, so the host can tell a slow guest (it advances)
+    /// from a hung one (it does not).
+    Progress {
+        /// Step position.
+        path: String,
+        /// Step kind (YAML key).
+        kind: String,
+        /// Time in the step so far.
+        elapsed_ms: u64,
+        /// Nested steps finished so far in the scenario, across all workers:
+        /// grows while the guest makes progress inside a step.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        ticks: u64,
+        /// Iterations of a `processes:`/`threads:` step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workers: Option<WorkerProgress>,
+    },
     /// The scenario is over from the guest's point of view.
     Done {
         /// Overall status of the steps.
@@ -130,6 +186,46 @@ mod tests {
         let s = serde_json::to_string(&m).unwrap();
         assert_eq!(s, r#"{"type":"done","status":"fail","reason":"x"}"#);
         assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), m);
+    }
+
+    #[test]
+    fn progress_is_small_and_round_trips() {
+        let bare = GuestMessage::Progress {
+            path: "0".into(),
+            kind: "sleep".into(),
+            elapsed_ms: 1000,
+            ticks: 0,
+            workers: None,
+        };
+        let s = serde_json::to_string(&bare).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"progress","path":"0","kind":"sleep","elapsed_ms":1000}"#
+        );
+        assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), bare);
+        let w = WorkerProgress {
+            iteration: 37,
+            iterations: 200,
+            running: 3,
+            workers: 4,
+        };
+        let full = GuestMessage::Progress {
+            path: "3".into(),
+            kind: "processes".into(),
+            elapsed_ms: 61_000,
+            ticks: 1234,
+            workers: Some(w),
+        };
+        let s = serde_json::to_string(&full).unwrap();
+        assert!(s.len() < 160, "{s}");
+        assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), full);
+        assert_eq!(w.to_string(), "iteration 37/200 in 3 of 4 workers");
+    }
+
+    #[test]
+    fn hard_cap_is_a_multiple_and_saturates() {
+        assert_eq!(hard_cap_s(120), 480);
+        assert_eq!(hard_cap_s(u64::MAX), u64::MAX);
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct Scenario {
     /// The VM the scenario runs in.
     #[serde(default)]
     pub vm: VmSpec,
-    /// Wall-clock limit for the steps, boot excluded.
+    /// Longest time the steps may go without progress, boot excluded; the
+    /// whole scenario is capped at `HARD_CAP_FACTOR` times it.
     #[serde(default = "default_timeout")]
     pub timeout_s: u64,
     /// Steps run in order by the agent; the first failure ends the scenario.

@@ -10,6 +10,7 @@ mod ktap;
 mod nested;
 mod plan;
 mod progress;
+mod report;
 mod repro;
 mod results;
 mod run;
@@ -199,6 +200,15 @@ enum Command {
         #[arg(long, default_value = "50%")]
         duration_threshold: String,
     },
+    /// Write a static HTML report of every run under a results root: the
+    /// latest run's verdicts (failures first), history, flaky scenarios, trends.
+    Report {
+        /// The results root (`results`).
+        root: PathBuf,
+        /// Output folder for index.html and the trend SVGs.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Kernel management.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -306,6 +316,17 @@ fn real_main() -> Result<u8, LabError> {
             print!("{}", compare::markdown(&c));
             eprintln!("lab: compare.json and compare.md in {}", dir.display());
             Ok(c.exit_code())
+        }
+        Command::Report { root, out } => {
+            let index = report::report(&root, &out).map_err(|e| {
+                if e.is_input() {
+                    LabError::BadArgs(e.to_string())
+                } else {
+                    infra(e)
+                }
+            })?;
+            println!("{}", index.display());
+            Ok(exit::PASS)
         }
         Command::Kernel(KernelCommand::Fetch { series, patch }) => {
             let k = arena_images::kernel::debian::fetch_with(series, patch, true).map_err(infra)?;

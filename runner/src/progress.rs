@@ -331,6 +331,16 @@ fn phase_of(line: &str) -> Option<String> {
             v["path"].as_str().unwrap_or("?"),
             v["kind"].as_str().unwrap_or("?")
         )),
+        // Only parallel steps say more than `step_started` already did.
+        "progress" => {
+            let w: arena_protocol::WorkerProgress =
+                serde_json::from_value(v.get("workers")?.clone()).ok()?;
+            Some(format!(
+                "step {} {}, {w}",
+                v["path"].as_str().unwrap_or("?"),
+                v["kind"].as_str().unwrap_or("?")
+            ))
+        }
         "done" | "fatal" => Some("powering off".into()),
         _ => None,
     }
@@ -372,6 +382,16 @@ mod tests {
         assert_eq!(phase_of(r#"{"type":"hello"}"#), Some("agent up".into()));
         assert_eq!(phase_of(r#"{"type":"step_ended"}"#), None);
         assert_eq!(phase_of("garbage"), None);
+        assert_eq!(
+            phase_of(r#"{"type":"progress","path":"0","kind":"sleep","elapsed_ms":1}"#),
+            None
+        );
+        assert_eq!(
+            phase_of(
+                r#"{"type":"progress","path":"3","kind":"processes","elapsed_ms":1,"ticks":9,"workers":{"iteration":37,"iterations":200,"running":3,"workers":4}}"#
+            ),
+            Some("step 3 processes, iteration 37/200 in 3 of 4 workers".into())
+        );
     }
 
     #[test]

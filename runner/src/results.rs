@@ -84,6 +84,9 @@ pub struct ScenarioSummary {
     pub reproduce: Option<String>,
     /// The VM it ran in (after `--vcpus`/`--memory-mib`): `lab repro` uses it.
     pub vm: arena_protocol::scenario::VmSpec,
+    /// Host load average and CPU steal while its VM ran, to tell a slow host
+    /// from a slow guest; `None` when no VM ran or `/proc` was unreadable.
+    pub host_load: Option<crate::session::HostLoad>,
 }
 
 impl ScenarioSummary {
@@ -106,6 +109,7 @@ impl ScenarioSummary {
             dir: name.to_owned(),
             reproduce: None,
             vm: Default::default(),
+            host_load: None,
         }
     }
 }
@@ -1042,6 +1046,7 @@ mod tests {
             end,
             vm_exit: "exited: exit status: 0".into(),
             total_s: 2.0,
+            host_load: None,
         };
         let console = "boot\n[ 2.0] WARNING: CPU: 0 PID: 1 at kernel/bpf/arena.c:1 f\nend\n";
         let pass = judge(
@@ -1076,7 +1081,13 @@ mod tests {
             console,
         );
         let timeout = judge(
-            &record(End::HostTimeout(std::time::Duration::from_secs(3)), vec![]),
+            &record(
+                End::HostTimeout(crate::session::HostTimeout {
+                    stop: crate::session::Stop::Stalled(std::time::Duration::from_secs(3)),
+                    silent: std::time::Duration::from_secs(3),
+                }),
+                vec![],
+            ),
             console,
         );
         let exited = judge(

@@ -492,6 +492,7 @@ fn run_one(
         vm_exit: Some(record.vm_exit),
         guest: record.hello,
         retried_after,
+        host_load: record.host_load,
         ..attempts::pending(file, attempt)
     })
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use arena_protocol::{GuestMessage, StepStatus};
 
-use crate::session::{End, Record};
+use crate::session::{End, Record, Stop};
 use crate::splat::{self, Splat};
 
 /// Console lines kept with a scenario that did not pass (summary
@@ -85,10 +85,14 @@ pub enum SessionEnd {
         /// What was seen instead.
         reason: String,
     },
-    /// The scenario outlived its time; the VM was killed.
+    /// The scenario stalled or outlived its hard cap; the VM was killed.
     HostTimeout {
-        /// The host-side limit (s).
+        /// The host-side limit that was hit (s): the stall, or the hard cap.
         limit_s: u64,
+        /// Whether the hard cap was hit (the guest was still progressing);
+        /// `false`: it stalled.
+        #[serde(default)]
+        hard_cap: bool,
     },
     /// The VM exited after hello without the agent saying done.
     VmExited {
@@ -112,8 +116,9 @@ impl From<&End> for SessionEnd {
             End::NoHello(reason) => SessionEnd::NoHello {
                 reason: reason.clone(),
             },
-            End::HostTimeout(limit) => SessionEnd::HostTimeout {
-                limit_s: limit.as_secs(),
+            End::HostTimeout(t) => SessionEnd::HostTimeout {
+                limit_s: t.limit().as_secs(),
+                hard_cap: matches!(t.stop, Stop::HardCap(_)),
             },
             End::VmExited(status) => SessionEnd::VmExited {
                 status: status.clone(),
@@ -135,9 +140,14 @@ impl fmt::Display for SessionEnd {
                 write!(f, "agent done: {}: {reason}", status_str(*status))
             }
             SessionEnd::NoHello { reason } => write!(f, "no agent hello: {reason}"),
-            SessionEnd::HostTimeout { limit_s } => {
-                write!(f, "no result within {limit_s} s; VM killed")
-            }
+            SessionEnd::HostTimeout {
+                limit_s,
+                hard_cap: false,
+            } => write!(f, "no progress for {limit_s} s; VM killed"),
+            SessionEnd::HostTimeout {
+                limit_s,
+                hard_cap: true,
+            } => write!(f, "hard cap {limit_s} s reached; VM killed"),
             SessionEnd::VmExited { status } => {
                 write!(f, "the VM exited ({status}) before the agent finished")
             }
@@ -277,11 +287,53 @@ fn splat_text(console: &str, line: usize) -> String {
     out.join("\n")
 }
 
+/// The first line of a host timeout's reason: stalled or capped, where,
+/// and how far the guest got by its last `progress`.
+fn timeout_reason(
+    t: &crate::session::HostTimeout,
+    open_step: Option<&(String, String)>,
+    progress: Option<&GuestMessage>,
+) -> String {
+    let mut at = open_step
+        .map(|(p, k)| format!(" at step {p} ({k})"))
+        .unwrap_or_default();
+    if let Some(GuestMessage::Progress {
+        elapsed_ms,
+        workers,
+        ..
+    }) = progress
+    {
+        match workers {
+            Some(w) => at.push_str(&format!(", {w}")),
+            None => at.push_str(&format!(", {:.1} s into it", *elapsed_ms as f64 / 1000.0)),
+        }
+    }
+    match t.stop {
+        // Heartbeats came after the last advance: the guest runs but does
+        // not get anywhere.
+        Stop::Stalled(stalled) if t.silent < stalled => format!(
+            "stalled for {} s{at}: the guest was alive but made no progress",
+            stalled.as_secs()
+        ),
+        Stop::Stalled(stalled) => format!(
+            "stalled for {} s{at}: no message from the guest for {} s",
+            stalled.as_secs(),
+            t.silent.as_secs()
+        ),
+        Stop::HardCap(cap) => format!(
+            "hard cap {} s reached while still progressing{at}",
+            cap.as_secs()
+        ),
+    }
+}
+
 /// Judge a session.
 pub fn judge(record: &Record, console: &str) -> Judgement {
     let mut steps = Vec::new();
     let mut testcases = Vec::new();
     let mut open_step: Option<(String, String)> = None;
+    // The last `progress` of the open step: how far a timed-out guest got.
+    let mut last_progress: Option<&GuestMessage> = None;
     // Arrival of the last step start or selftest result: a result's time
     // is measured from there.
     let mut mark = 0.0;
@@ -289,8 +341,10 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         match &r.message {
             GuestMessage::StepStarted { path, kind } => {
                 open_step = Some((path.clone(), kind.clone()));
+                last_progress = None;
                 mark = r.at;
             }
+            GuestMessage::Progress { .. } => last_progress = Some(&r.message),
             GuestMessage::StepEnded {
                 path,
                 kind,
@@ -300,6 +354,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
                 data,
             } => {
                 open_step = None;
+                last_progress = None;
                 steps.push(StepRecord {
                     path: path.clone(),
                     kind: kind.clone(),
@@ -359,11 +414,11 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
                 true,
             )
         }
-        End::HostTimeout(limit) => (
+        End::HostTimeout(t) => (
             Verdict::Timeout,
             format!(
-                "no result within {} s{during}{}",
-                limit.as_secs(),
+                "{}{}",
+                timeout_reason(t, open_step.as_ref(), last_progress),
                 last_lines()
             ),
             false,
@@ -418,7 +473,8 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Received;
+    use crate::session::{HostTimeout, Received};
+    use std::time::Duration;
 
     fn record(end: End, messages: Vec<GuestMessage>) -> Record {
         Record {
@@ -431,6 +487,7 @@ mod tests {
             end,
             vm_exit: String::new(),
             total_s: 2.0,
+            host_load: None,
         }
     }
 
@@ -491,23 +548,73 @@ mod tests {
         assert_eq!(j.reason.lines().next(), Some(why));
     }
 
+    fn stalled(secs: u64, silent: u64) -> End {
+        End::HostTimeout(HostTimeout {
+            stop: Stop::Stalled(Duration::from_secs(secs)),
+            silent: Duration::from_secs(silent),
+        })
+    }
+
     #[test]
     fn host_timeout_names_the_open_step() {
-        let msgs = vec![GuestMessage::StepStarted {
-            path: "2".into(),
-            kind: "sleep".into(),
-        }];
-        let j = judge(
-            &record(End::HostTimeout(std::time::Duration::from_secs(15)), msgs),
-            "x\n",
-        );
+        let msgs = vec![
+            GuestMessage::StepStarted {
+                path: "2".into(),
+                kind: "sleep".into(),
+            },
+            GuestMessage::Progress {
+                path: "2".into(),
+                kind: "sleep".into(),
+                elapsed_ms: 14_500,
+                ticks: 0,
+                workers: None,
+            },
+        ];
+        let j = judge(&record(stalled(15, 0), msgs.clone()), "x\n");
         assert_eq!(j.verdict, Verdict::Timeout);
-        assert!(
-            j.reason
-                .starts_with("no result within 15 s during step 2 (sleep)"),
-            "{}",
-            j.reason
+        assert_eq!(
+            j.reason.lines().next(),
+            Some("stalled for 15 s at step 2 (sleep), 14.5 s into it: the guest was alive but made no progress")
         );
+        let j = judge(&record(stalled(15, 15), msgs[..1].to_vec()), "x\n");
+        assert_eq!(
+            j.reason.lines().next(),
+            Some("stalled for 15 s at step 2 (sleep): no message from the guest for 15 s")
+        );
+    }
+
+    #[test]
+    fn a_capped_timeout_says_how_far_the_workers_got() {
+        let msgs = vec![
+            GuestMessage::StepStarted {
+                path: "3".into(),
+                kind: "processes".into(),
+            },
+            GuestMessage::Progress {
+                path: "3".into(),
+                kind: "processes".into(),
+                elapsed_ms: 470_000,
+                ticks: 900,
+                workers: Some(arena_protocol::WorkerProgress {
+                    iteration: 37,
+                    iterations: 200,
+                    running: 3,
+                    workers: 4,
+                }),
+            },
+        ];
+        let end = End::HostTimeout(HostTimeout {
+            stop: Stop::HardCap(Duration::from_secs(480)),
+            silent: Duration::from_millis(300),
+        });
+        let j = judge(&record(end.clone(), msgs), "x\n");
+        assert_eq!(j.verdict, Verdict::Timeout);
+        assert_eq!(
+            j.reason.lines().next(),
+            Some("hard cap 480 s reached while still progressing at step 3 (processes), iteration 37/200 in 3 of 4 workers")
+        );
+        let end = SessionEnd::from(&end);
+        assert_eq!(end.to_string(), "hard cap 480 s reached; VM killed");
     }
 
     #[test]
@@ -550,11 +657,17 @@ mod tests {
             reason: String::new(),
         });
         assert_eq!(done.to_string(), "agent done: pass");
-        let timeout = SessionEnd::from(&End::HostTimeout(std::time::Duration::from_secs(40)));
+        let timeout = SessionEnd::from(&stalled(40, 2));
         assert_eq!(
             serde_json::to_value(&timeout).unwrap(),
-            serde_json::json!({"kind": "host_timeout", "limit_s": 40})
+            serde_json::json!({"kind": "host_timeout", "limit_s": 40, "hard_cap": false})
         );
+        assert_eq!(timeout.to_string(), "no progress for 40 s; VM killed");
+        // Summaries written before the hard cap existed still parse.
+        let old: SessionEnd =
+            serde_json::from_value(serde_json::json!({"kind": "host_timeout", "limit_s": 40}))
+                .unwrap();
+        assert_eq!(old, timeout);
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Runs a scenario's steps in order, reporting each one on the results
-//! channel, with a watchdog that reports a timeout if a step outlives the
-//! scenario's deadline.
+//! channel, with a watchdog that sends `progress` every second (the host
+//! judges stalls from it) and reports a timeout if a step outlives the
+//! scenario's hard cap.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arena_protocol::message::hard_cap_s;
 use arena_protocol::scenario::{PageSet, Signal, Step, PAGE_SIZE};
-use arena_protocol::{GuestMessage, Scenario, StepStatus};
+use arena_protocol::{GuestMessage, Scenario, StepStatus, WorkerProgress};
 
 use crate::channel::Channel;
 use crate::steps;
@@ -208,9 +210,148 @@ impl Ctx {
 pub fn run_steps(ctx: &mut Ctx, list: &[Step]) -> Result<(), (usize, StepError)> {
     for (i, step) in list.iter().enumerate() {
         steps::run(ctx, step).map_err(|e| (i, e))?;
+        if let Some(c) = counters() {
+            c.ticks.fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(())
 }
+
+/// Worker slots in the shared progress page (more workers go uncounted
+/// in the iteration display; their nested steps still tick).
+const SLOTS: usize = 500;
+/// A slot's flag: the worker is done.
+const FINISHED: u64 = 1 << 63;
+
+/// Progress counters in one `MAP_SHARED` anonymous page mapped before any
+/// fork, so forked `processes:` workers update what the watchdog reads.
+#[repr(C)]
+pub struct Counters {
+    /// Nested steps finished, by any worker (the host's progress measure).
+    ticks: AtomicU64,
+    /// 1 while a top-level `processes:`/`threads:` step owns `slots`.
+    owner: AtomicU32,
+    /// Workers of the owning step.
+    workers: AtomicU32,
+    /// Iterations per worker of the owning step.
+    iterations: AtomicU64,
+    /// Per worker: iterations done, plus [`FINISHED`].
+    slots: [AtomicU64; SLOTS],
+}
+
+const _: () = assert!(std::mem::size_of::<Counters>() <= PAGE_SIZE as usize);
+
+static COUNTERS: AtomicPtr<Counters> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The shared counters, once mapped.
+fn counters() -> Option<&'static Counters> {
+    // SAFETY: set once to a page that is never unmapped; all fields atomic.
+    unsafe { COUNTERS.load(Ordering::Acquire).as_ref() }
+}
+
+/// Map the shared counters (idempotent; without them progress shows no
+/// ticks, which only makes stalls look likelier).
+fn map_counters() {
+    if counters().is_some() {
+        return;
+    }
+    // SAFETY: a fresh anonymous shared mapping; zeroed memory is a valid
+    // `Counters` (all atomics).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE_SIZE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p != libc::MAP_FAILED {
+        COUNTERS.store(p.cast(), Ordering::Release);
+    }
+}
+
+/// Ownership of the worker slots by one parallel step; released on drop.
+pub struct WorkerCounters(&'static Counters);
+
+impl WorkerCounters {
+    /// Claim the slots for a step of `workers` × `iterations`; `None` when
+    /// an enclosing parallel step holds them (only the outermost is shown).
+    pub fn claim(workers: u32, iterations: u64) -> Option<WorkerCounters> {
+        let c = counters()?;
+        c.owner
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        for slot in &c.slots {
+            slot.store(0, Ordering::Relaxed);
+        }
+        c.iterations.store(iterations, Ordering::Relaxed);
+        c.workers.store(workers, Ordering::Release);
+        Some(WorkerCounters(c))
+    }
+
+    /// Worker `worker` finished an iteration.
+    pub fn iteration_done(&self, worker: u32) {
+        if let Some(slot) = self.0.slots.get(worker as usize) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker `worker` ended.
+    pub fn finished(&self, worker: u32) {
+        if let Some(slot) = self.0.slots.get(worker as usize) {
+            slot.fetch_or(FINISHED, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for WorkerCounters {
+    fn drop(&mut self) {
+        self.0.workers.store(0, Ordering::Release);
+        self.0.owner.store(0, Ordering::Release);
+    }
+}
+
+/// How far the workers got, from the slot words of a step with `workers`
+/// workers of `iterations` each; `None` when no parallel step runs.
+fn worker_progress(slots: &[u64], workers: u32, iterations: u64) -> Option<WorkerProgress> {
+    if workers == 0 {
+        return None;
+    }
+    let counted = &slots[..slots.len().min(workers as usize)];
+    let running: Vec<u64> = counted
+        .iter()
+        .filter(|&&w| w & FINISHED == 0)
+        .copied()
+        .collect();
+    let slowest = running.iter().min().copied().unwrap_or(iterations);
+    Some(WorkerProgress {
+        iteration: (slowest + 1).min(iterations.max(1)),
+        iterations,
+        running: running.len() as u32 + workers.saturating_sub(counted.len() as u32),
+        workers,
+    })
+}
+
+/// A snapshot of the shared counters: (ticks, worker progress).
+fn read_counters() -> (u64, Option<WorkerProgress>) {
+    let Some(c) = counters() else {
+        return (0, None);
+    };
+    let workers = c.workers.load(Ordering::Acquire);
+    let slots: Vec<u64> = c
+        .slots
+        .iter()
+        .take(workers as usize)
+        .map(|s| s.load(Ordering::Relaxed))
+        .collect();
+    let progress = worker_progress(&slots, workers, c.iterations.load(Ordering::Relaxed));
+    (c.ticks.load(Ordering::Relaxed), progress)
+}
+
+/// How often the watchdog tells the host how far the scenario got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Shared between the step loop and the watchdog.
 #[derive(Default)]
@@ -222,9 +363,14 @@ struct Progress {
 /// Run a whole scenario, streaming events; returns whether it passed.
 pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -> bool {
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(scenario.timeout_s);
+    // `timeout_s` bounds a stall, which the host judges from `progress`;
+    // the guest only enforces the hard cap, so it never kills a worker
+    // that is still progressing before the host would give up.
+    let cap_s = hard_cap_s(scenario.timeout_s);
+    let deadline = start + Duration::from_secs(cap_s);
+    map_counters();
     let progress = Arc::new(Mutex::new(Progress::default()));
-    spawn_watchdog(channel, deadline, progress.clone());
+    spawn_watchdog(channel, deadline, cap_s, progress.clone());
     let mut ctx = Ctx {
         arenas: HashMap::new(),
         objects: HashMap::new(),
@@ -280,19 +426,46 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
     true
 }
 
-fn spawn_watchdog(channel: &'static Channel, deadline: Instant, progress: Arc<Mutex<Progress>>) {
-    std::thread::spawn(move || {
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+/// Send `progress` every [`PROGRESS_EVERY`] while a step runs; at
+/// `deadline` (the hard cap) report the open step as timed out and end the
+/// worker.
+fn spawn_watchdog(
+    channel: &'static Channel,
+    deadline: Instant,
+    cap_s: u64,
+    progress: Arc<Mutex<Progress>>,
+) {
+    std::thread::spawn(move || loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(left.min(PROGRESS_EVERY));
+        // Held while sending, so no `progress` follows its step's end.
         let p = progress.lock().unwrap_or_else(|e| e.into_inner());
         if p.finished {
             return;
+        }
+        if Instant::now() < deadline {
+            if let Some((path, kind, started)) = &p.current {
+                let (ticks, workers) = read_counters();
+                channel.send(&GuestMessage::Progress {
+                    path: path.clone(),
+                    kind: (*kind).into(),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    ticks,
+                    workers,
+                });
+            }
+            continue;
         }
         let (path, kind, started) = p
             .current
             .clone()
             .unwrap_or_else(|| ("?".into(), "?", Instant::now()));
+        let at = read_counters()
+            .1
+            .map(|w| format!(", {w}"))
+            .unwrap_or_default();
         let detail = format!(
-            "still running after {:.1} s when the scenario timeout expired",
+            "hard cap {cap_s} s reached while still running{at}, {:.1} s into the step",
             started.elapsed().as_secs_f64()
         );
         channel.send(&GuestMessage::StepEnded {
@@ -311,4 +484,44 @@ fn spawn_watchdog(channel: &'static Channel, deadline: Instant, progress: Arc<Mu
         // SAFETY: ending the worker process; PID 1 powers the VM off.
         unsafe { libc::_exit(3) };
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_progress_names_the_slowest_running_worker() {
+        assert_eq!(worker_progress(&[], 0, 10), None);
+        let w = worker_progress(&[36, 40, 50, 200 | FINISHED], 4, 200).unwrap();
+        assert_eq!(w.to_string(), "iteration 37/200 in 3 of 4 workers");
+        // All done: the last iteration, none running.
+        let w = worker_progress(&[5 | FINISHED, 5 | FINISHED], 2, 5).unwrap();
+        assert_eq!(w.to_string(), "iteration 5/5 in 0 of 2 workers");
+        // Workers beyond the slots count as running.
+        let w = worker_progress(&[1], 3, 4).unwrap();
+        assert_eq!((w.iteration, w.running), (2, 3));
+    }
+
+    #[test]
+    fn a_claimed_step_shows_its_workers_and_nested_claims_do_not() {
+        map_counters();
+        let claim = WorkerCounters::claim(2, 10).unwrap();
+        assert!(WorkerCounters::claim(3, 5).is_none());
+        claim.iteration_done(0);
+        claim.iteration_done(1);
+        claim.iteration_done(1);
+        let w = read_counters().1.unwrap();
+        assert_eq!(w.to_string(), "iteration 2/10 in 2 of 2 workers");
+        claim.finished(0);
+        assert_eq!(read_counters().1.unwrap().iteration, 3);
+        drop(claim);
+        assert_eq!(read_counters().1, None);
+        assert!(WorkerCounters::claim(1, 1).is_some());
+    }
+
+    #[test]
+    fn counters_fit_a_page() {
+        assert!(std::mem::size_of::<Counters>() <= PAGE_SIZE as usize);
+    }
 }

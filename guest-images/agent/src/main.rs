@@ -20,8 +20,10 @@ use arena_protocol::{GuestMessage, HostMessage, StepStatus};
 
 use crate::channel::Channel;
 
-/// Extra time PID 1 grants the worker beyond the scenario timeout before it
-/// gives up on it (the worker's own watchdog normally reports first).
+/// Extra time PID 1 grants the worker beyond the scenario's hard cap
+/// (`HARD_CAP_FACTOR` × `timeout_s`) before it gives up on it (the worker's
+/// own watchdog normally reports first). Stalls shorter than that are the
+/// host's to judge, from the worker's `progress` messages.
 const WORKER_GRACE: Duration = Duration::from_secs(5);
 
 fn main() {
@@ -44,7 +46,9 @@ fn main() {
         None => boot::fatal("host closed the results channel before sending a scenario"),
     };
     boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
-    let deadline = Instant::now() + Duration::from_secs(scenario.timeout_s) + WORKER_GRACE;
+    let deadline = Instant::now()
+        + Duration::from_secs(arena_protocol::message::hard_cap_s(scenario.timeout_s))
+        + WORKER_GRACE;
     supervise(channel, deadline, || {
         executor::run_scenario(channel, &scenario, seed)
     });
@@ -121,7 +125,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             // Its watchdog may have said which step hung before it got stuck.
             let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Timeout,
-                reason: "worker did not finish within the scenario timeout".into(),
+                reason: "worker did not finish within the scenario's hard cap".into(),
             });
             channel.send(&done);
         }

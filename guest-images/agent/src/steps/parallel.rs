@@ -14,7 +14,7 @@ use arena_protocol::scenario::{Count, ParallelStep, RoleView, Signal, WorkersExp
 use arena_protocol::seed;
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
+use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult, WorkerCounters};
 use crate::sys;
 use crate::worker;
 
@@ -142,7 +142,28 @@ fn workers<'a>(roles: &[RoleView<'a>], seed: u64) -> Vec<Worker<'a>> {
 /// The loop every worker runs; `ctx.seed` is the worker's seed. `release`
 /// waits for the others (it must be called exactly once, also when the
 /// setup fails, or the threads' barrier would never open).
-fn work(ctx: &mut Ctx, s: &ParallelStep, w: &Worker, release: impl FnOnce()) -> WorkerReport {
+/// `counters`, when this step owns them, show its iterations to the host.
+fn work(
+    ctx: &mut Ctx,
+    s: &ParallelStep,
+    w: &Worker,
+    counters: Option<&WorkerCounters>,
+    release: impl FnOnce(),
+) -> WorkerReport {
+    let report = work_loop(ctx, s, w, counters, release);
+    if let Some(c) = counters {
+        c.finished(w.worker);
+    }
+    report
+}
+
+fn work_loop(
+    ctx: &mut Ctx,
+    s: &ParallelStep,
+    w: &Worker,
+    counters: Option<&WorkerCounters>,
+    release: impl FnOnce(),
+) -> WorkerReport {
     let mut report = WorkerReport {
         worker: w.worker,
         role: w.role.name.to_owned(),
@@ -198,6 +219,9 @@ fn work(ctx: &mut Ctx, s: &ParallelStep, w: &Worker, release: impl FnOnce()) -> 
             break;
         }
         report.iterations += 1;
+        if let Some(c) = counters {
+            c.iteration_done(w.worker);
+        }
         if s.jitter_us > 0 {
             let us = seed::below(&mut jitter, s.jitter_us);
             if report.jitter_us.len() < RECORDED_JITTER {
@@ -437,6 +461,7 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
     let all = workers(&roles, seed);
     let order = start_order(seed, all.len() as u32);
     let err = |e: std::io::Error| StepError::Error(e.to_string());
+    let counters = WorkerCounters::claim(all.len() as u32, s.iterations);
     let (go_rx, go_tx) = sys::pipe().map_err(err)?;
     let mut children = Vec::new();
     for &i in &order {
@@ -446,7 +471,7 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
             sys::close(go_tx);
             ctx.forget_mappings();
             ctx.seed = w.seed;
-            let report = work(ctx, s, w, || {
+            let report = work(ctx, s, w, counters.as_ref(), || {
                 let mut b = [0u8; 1];
                 // Blocks until the parent closes the write end: all start
                 // together.
@@ -506,6 +531,8 @@ pub fn threads(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
     let roles = s.role_views();
     let all = workers(&roles, seed);
     let order = start_order(seed, all.len() as u32);
+    let counters = WorkerCounters::claim(all.len() as u32, s.iterations);
+    let counters = counters.as_ref();
     let barrier = std::sync::Barrier::new(all.len());
     let reports = std::thread::scope(|scope| {
         let handles: Vec<_> = order
@@ -515,7 +542,7 @@ pub fn threads(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
                 let mut tctx = ctx.clone_for_thread(w.seed);
                 let barrier = &barrier;
                 scope.spawn(move || {
-                    work(&mut tctx, s, w, || {
+                    work(&mut tctx, s, w, counters, || {
                         barrier.wait();
                     })
                 })
