@@ -75,3 +75,44 @@ pub fn first_reason(results: &Path) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Kernel bugs the catalogue has found in the default kernel (Debian
+/// 6.12.117): `(scenario, text its failure reason carries)`. Such a failure
+/// is the lab doing its job, not a lab defect, so the catalogue-wide tests
+/// accept exactly it and nothing else. Seen in 1 of about 15 runs of
+/// race-fault-vs-bpf-free (3 faulters, 1 freer, 2 s): `BUG: Bad page state`
+/// with `bpf_arena_free_pages` → `free_unref_page` on the stack.
+pub const KNOWN_KERNEL_BUGS: &[(&str, &str)] = &[(
+    "race-fault-vs-bpf-free",
+    "kernel splat: BUG: Bad page state",
+)];
+
+/// Whether `scenario` ended as a known kernel bug of the default kernel.
+pub fn known_kernel_bug(scenario: &serde_json::Value) -> bool {
+    let (name, reason) = (
+        scenario["name"].as_str().unwrap_or(""),
+        scenario["reason"].as_str().unwrap_or(""),
+    );
+    let known = KNOWN_KERNEL_BUGS
+        .iter()
+        .any(|(n, r)| *n == name && reason.starts_with(r));
+    if known {
+        eprintln!("known kernel bug, not a lab failure: {name}: {reason}");
+    }
+    scenario["verdict"] == "fail" && known
+}
+
+/// Every scenario of the latest run passed, or failed only with a known
+/// kernel bug; returns how many did the latter.
+pub fn assert_passed_but_known_bugs(results: &Path) -> usize {
+    let s = summary(results);
+    let mut known = 0;
+    for sc in s["scenarios"].as_array().unwrap() {
+        if known_kernel_bug(sc) {
+            known += 1;
+        } else {
+            assert_eq!(sc["verdict"], "pass", "{}: {sc}", sc["name"]);
+        }
+    }
+    known
+}
