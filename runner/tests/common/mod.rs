@@ -79,9 +79,10 @@ pub fn first_reason(results: &Path) -> String {
 /// Kernel bugs the catalogue has found in the default kernel (Debian
 /// 6.12.117): `(scenario, text its failure reason carries)`. Such a failure
 /// is the lab doing its job, not a lab defect, so the catalogue-wide tests
-/// accept exactly it and nothing else. Seen in 1 of about 15 runs of
-/// race-fault-vs-bpf-free (3 faulters, 1 freer, 2 s): `BUG: Bad page state`
-/// with `bpf_arena_free_pages` → `free_unref_page` on the stack.
+/// accept exactly it and nothing else. race-fault-vs-bpf-free (3 faulters,
+/// 1 freer, 2 s) hits `BUG: Bad page state` with `bpf_arena_free_pages` →
+/// `free_unref_page` on the stack in about 2 of 15 runs beside another VM,
+/// none of 30 on a quiet host (docs/architecture.md).
 pub const KNOWN_KERNEL_BUGS: &[(&str, &str)] = &[(
     "race-fault-vs-bpf-free",
     "kernel splat: BUG: Bad page state",
