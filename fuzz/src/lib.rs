@@ -49,18 +49,6 @@ pub fn read_dir_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Resident set size of this process in KiB (0 if unknown).
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// FNV-1a: names reproducer files by content.
 fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -187,7 +175,7 @@ struct InFlight {
 /// Fuzzes one target for `opts.duration`, stopping at the first crash.
 pub fn fuzz(t: &'static Target, opts: &Options) -> Stats {
     quiet_panics();
-    let rss_start = rss_kib();
+    let rss_start = vmm::rss::rss_kib(None).unwrap_or(0);
     let mut seeds: Vec<Vec<u8>> = read_dir_files(&opts.root.join("corpus").join(t.name))
         .into_iter()
         .map(|(_, d)| d)
@@ -274,6 +262,6 @@ pub fn fuzz(t: &'static Target, opts: &Options) -> Stats {
     done.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
     stats.elapsed = start.elapsed();
-    stats.rss_end = rss_kib();
+    stats.rss_end = vmm::rss::rss_kib(None).unwrap_or(0);
     stats
 }

@@ -33,7 +33,7 @@ use arena_protocol::HostMessage;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    kernel: KernelArgs,
+    pub(crate) kernel: KernelArgs,
     /// Rounds (each runs both sides once, alternating).
     #[arg(short = 'n', long, default_value_t = 5)]
     rounds: usize,

@@ -317,6 +317,36 @@ struct Ready {
     images: Vec<PathBuf>,
 }
 
+impl RunArgs {
+    /// The folder run folders are created in (`--results`).
+    pub fn results_dir(&self) -> &Path {
+        &self.results
+    }
+
+    /// The scenario files and directories given.
+    #[cfg(test)]
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+}
+
+/// Builds what `args` would need before its first VM (kernel, agent, BPF
+/// objects, every scenario's image), for `lab nested`, which runs the same
+/// arguments where building would be slow and thrown away. Invalid scenarios
+/// are left for the run itself to report.
+pub fn warm_caches(args: &RunArgs) -> anyhow::Result<()> {
+    let Ok(scenarios) = scenario_file::load_paths(&args.paths) else {
+        return Ok(());
+    };
+    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref())?;
+    let prepared = plan::prepare(kernel, args.kernel.kernel_src.clone())?;
+    for f in &scenarios {
+        // A scenario whose image cannot be built fails in the run, with its verdict.
+        let _ = plan::image(&prepared, &f.scenario);
+    }
+    Ok(())
+}
+
 /// The kernel, the backend, the agent and BPF objects, and every scenario's
 /// guest image (so a missing selftest source stops the run before any VM
 /// boots). Fills the summary as it goes; a failure comes back as the abort,

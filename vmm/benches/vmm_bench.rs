@@ -53,12 +53,6 @@ fn config(kernel: &Path) -> (VmConfig, SharedBuffer) {
     (cfg, buf)
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn main() {
     if !Path::new("/dev/kvm").exists() {
         println!("SKIP: /dev/kvm is absent");
@@ -114,7 +108,7 @@ fn main() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let rss = rss_kib(child.id());
+    let rss = vmm::rss::rss_kib(Some(child.id()));
     let _ = child.wait();
     match rss {
         Some(kib) => println!(

@@ -26,6 +26,7 @@ pub mod exit_stats;
 pub mod loader;
 pub mod memory;
 pub mod probe;
+pub mod rss;
 pub mod vcpu;
 pub mod virtio;
 

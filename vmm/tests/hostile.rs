@@ -11,18 +11,6 @@ use std::time::Duration;
 use common::*;
 use vmm::ExitReason;
 
-/// Resident set size of this (test) process in KiB: the VMM runs in it.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn random_ports_and_mmio_outside_every_device() {
     require_kvm("random_ports_and_mmio_outside_every_device");
@@ -46,7 +34,7 @@ fn hostile_virtio_driver_only_breaks_its_device() {
     cfg.console_socket = Some(sock.clone());
     // The endless line runs until this host-side timeout.
     cfg.timeout = Some(Duration::from_secs(10));
-    let rss_before = rss_kib();
+    let rss_before = vmm::rss::rss_kib(None).unwrap_or(0);
     let vm = std::thread::spawn(move || run(&cfg, &buf));
 
     let mut conn = accept_with_timeout(&listener);
@@ -65,7 +53,7 @@ fn hostile_virtio_driver_only_breaks_its_device() {
                 }
                 total += n as u64;
                 if total % (16 << 20) < n as u64 {
-                    peak_rss = peak_rss.max(rss_kib());
+                    peak_rss = peak_rss.max(vmm::rss::rss_kib(None).unwrap_or(0));
                 }
             }
         }
@@ -122,12 +110,12 @@ fn endless_line_to_a_host_that_never_reads_stays_bounded() {
     let (mut cfg, buf) = config(&kernel);
     cfg.console_socket = Some(sock.clone());
     cfg.timeout = Some(Duration::from_secs(6));
-    let rss_before = rss_kib();
+    let rss_before = vmm::rss::rss_kib(None).unwrap_or(0);
     let vm = std::thread::spawn(move || run(&cfg, &buf));
     let _conn = accept_with_timeout(&listener);
     let mut peak_rss = 0;
     while !vm.is_finished() {
-        peak_rss = peak_rss.max(rss_kib());
+        peak_rss = peak_rss.max(vmm::rss::rss_kib(None).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(50));
     }
     let (report, out) = vm.join().unwrap();

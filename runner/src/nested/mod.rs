@@ -191,26 +191,33 @@ struct InnerRun {
     args: Vec<String>,
     /// Working directory (the same path inside L1).
     cwd: PathBuf,
+    /// The inner command as the lab itself parses it; `None` when it does
+    /// not parse (the inner lab reports that, with its exit code).
+    command: Option<crate::Command>,
     /// The results folder the inner command writes, exported read-write.
     results: Option<PathBuf>,
 }
 
 impl InnerRun {
+    /// Parses `args` with the lab's own command line, so every option of
+    /// every subcommand is understood exactly as the inner lab will.
     fn parse(args: &[String]) -> Result<Self, LabError> {
+        use clap::Parser;
         let cwd = std::env::current_dir().map_err(infra)?;
-        let first = args.first().map(String::as_str);
-        let results = match first {
-            Some("run") => Some(
-                flag_value(args, "--results")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("results")),
-            ),
-            _ => flag_value(args, "--results").map(PathBuf::from),
+        let command = crate::Cli::try_parse_from(
+            std::iter::once("lab").chain(args.iter().map(String::as_str)),
+        )
+        .ok()
+        .map(|c| c.command);
+        let results = match &command {
+            Some(crate::Command::Run(r)) => Some(r.results_dir().to_owned()),
+            _ => None,
         }
         .map(|r| if r.is_absolute() { r } else { cwd.join(r) });
         Ok(Self {
             args: args.to_vec(),
             cwd,
+            command,
             results,
         })
     }
@@ -219,75 +226,19 @@ impl InnerRun {
     /// in L1's throw-away overlay: the kernel, agent, BPF objects and every
     /// scenario's image (the selftests among them).
     fn warm_caches(&self) -> Result<(), LabError> {
-        let kernel = flag_value(&self.args, "--kernel").map(PathBuf::from);
-        let modules = flag_value(&self.args, "--modules").map(PathBuf::from);
-        let src = flag_value(&self.args, "--kernel-src").map(PathBuf::from);
-        if self.args.first().map(String::as_str) != Some("run") {
-            // `boot`, `bench`, `image`: the agent and the one-step image.
-            if let Ok(k) = plan::kernel(kernel.as_ref(), modules.as_ref()) {
-                let prepared = plan::prepare(k, src).map_err(infra)?;
-                let _ = plan::image(&prepared, &crate::run::trivial_scenario());
-            }
-            return Ok(());
-        }
-        let paths: Vec<PathBuf> = positional_paths(&self.args[1..])
-            .into_iter()
-            .map(PathBuf::from)
-            .collect();
-        // Invalid scenarios are the inner run's to report, with its exit code.
-        let Ok(scenarios) = crate::scenario_file::load_paths(&paths) else {
-            return Ok(());
+        let kernel = match &self.command {
+            Some(crate::Command::Run(r)) => return crate::run::warm_caches(r).map_err(infra),
+            Some(crate::Command::Boot { kernel, .. } | crate::Command::Image { kernel }) => kernel,
+            Some(crate::Command::Bench(b)) => &b.kernel,
+            _ => return Ok(()),
         };
-        let k = plan::kernel(kernel.as_ref(), modules.as_ref()).map_err(infra)?;
-        let prepared = plan::prepare(k, src).map_err(infra)?;
-        for s in &scenarios {
-            // A scenario whose image cannot be built fails inside, with its verdict.
-            let _ = plan::image(&prepared, &s.scenario);
+        // `boot`, `bench`, `image`: the agent and the one-step image.
+        if let Ok(k) = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()) {
+            let prepared = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
+            let _ = plan::image(&prepared, &crate::run::trivial_scenario());
         }
         Ok(())
     }
-}
-
-/// The value of `--flag V` or `--flag=V` (the last one wins, as in clap).
-fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    let mut found = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == flag {
-            found = it.next().map(String::as_str);
-        } else if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-            found = Some(v);
-        }
-    }
-    found
-}
-
-/// Options of `lab run` that take a value (so their value is not a path).
-const VALUE_FLAGS: &[&str] = &[
-    "--kernel",
-    "--modules",
-    "--kernel-src",
-    "--backend",
-    "--results",
-    "--seed",
-    "-j",
-    "--jobs",
-    "--boot-timeout",
-    "--append",
-];
-
-/// The positional arguments (scenario paths) of `lab run`'s arguments.
-fn positional_paths(args: &[String]) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if VALUE_FLAGS.contains(&a.as_str()) {
-            it.next();
-        } else if !a.starts_with('-') {
-            out.push(a.as_str());
-        }
-    }
-    out
 }
 
 /// The control share: a fresh host directory exported read-write.
@@ -505,29 +456,6 @@ mod tests {
     }
 
     #[test]
-    fn flag_values_in_both_spellings_last_wins() {
-        let a = strings(&["run", "--results", "/a", "--results=/b", "x"]);
-        assert_eq!(flag_value(&a, "--results"), Some("/b"));
-        assert_eq!(flag_value(&a, "--kernel"), None);
-    }
-
-    #[test]
-    fn positional_paths_skip_option_values() {
-        let a = strings(&[
-            "--backend",
-            "kvm",
-            "--results",
-            "/r",
-            "-j",
-            "2",
-            "--cold",
-            "scenarios/smoke",
-            "x.yaml",
-        ]);
-        assert_eq!(positional_paths(&a), ["scenarios/smoke", "x.yaml"]);
-    }
-
-    #[test]
     fn run_results_default_to_the_working_directory() {
         let r = InnerRun::parse(&strings(&["run", "s"])).unwrap();
         assert_eq!(
@@ -536,6 +464,29 @@ mod tests {
         );
         let r = InnerRun::parse(&strings(&["validate", "s"])).unwrap();
         assert_eq!(r.results, None);
+    }
+
+    #[test]
+    fn inner_arguments_are_parsed_as_the_lab_parses_them() {
+        // `--only NAME` takes a value: NAME is not a scenario path.
+        let r = InnerRun::parse(&strings(&[
+            "run",
+            "--only",
+            "pf-read-fault-allocates",
+            "--results=/r",
+            "scenarios/arena",
+        ]))
+        .unwrap();
+        assert_eq!(r.results, Some(PathBuf::from("/r")));
+        let Some(crate::Command::Run(run)) = &r.command else {
+            panic!("not parsed as `lab run`");
+        };
+        assert_eq!(run.paths(), [PathBuf::from("scenarios/arena")]);
+        // Not a lab command line: left for the inner lab to refuse.
+        assert!(InnerRun::parse(&strings(&["frobnicate"]))
+            .unwrap()
+            .command
+            .is_none());
     }
 
     #[test]
