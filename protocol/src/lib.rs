@@ -1,8 +1,10 @@
 //! Shared between the runner (host) and the guest agent (PID 1), so the two
 //! ends cannot drift: the typed scenario model ([`scenario`]), the messages
-//! exchanged over the virtio console ([`message`]) and their framing
+//! exchanged over the virtio console ([`message`]), the one serial-console
+//! line the runner looks for ([`console`]) and their framing
 //! ([`framing`]), and the seed derivation both ends share ([`seed`]).
 
+pub mod console;
 pub mod framing;
 pub mod message;
 pub mod scenario;

@@ -534,8 +534,8 @@ fn run_one(
 /// attempt's logs stay as `attempt1-*`. A boot that hangs is not retried,
 /// nor one where the agent itself gave up (e.g. no virtio console driver).
 fn died_before_hello(record: &session::Record, console_log: &std::path::Path) -> bool {
-    let agent_gave_up =
-        std::fs::read_to_string(console_log).is_ok_and(|c| c.contains("arena-agent: FATAL"));
+    let agent_gave_up = std::fs::read_to_string(console_log)
+        .is_ok_and(|c| arena_protocol::console::fatal_reason(&c).is_some());
     record.hello.is_none() && record.vm_exit.starts_with("exited") && !agent_gave_up
 }
 

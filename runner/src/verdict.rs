@@ -401,10 +401,8 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         End::NoHello(why) => {
             // The agent says why it gave up (e.g. no virtio driver): that
             // belongs in the title, not only in the console lines.
-            let gave_up = console
-                .lines()
-                .find_map(|l| l.split_once("arena-agent: FATAL: "))
-                .map(|(_, fatal)| clip(fatal))
+            let gave_up = arena_protocol::console::fatal_reason(console)
+                .map(clip)
                 .filter(|fatal| !why.contains(fatal) && !why.contains("agent gave up"))
                 .map(|fatal| format!("; the agent gave up: {fatal}"))
                 .unwrap_or_default();

@@ -50,7 +50,10 @@ pub fn set_channel(channel: &'static crate::channel::Channel) {
 /// it whatever the tty does), on the results channel if it is open, then
 /// power off. Never returns and never exits.
 pub fn fatal(msg: &str) -> ! {
-    emit(&format!("arena-agent: FATAL: {msg}"), KMSG_FATAL_PRIORITY);
+    emit(
+        &format!("{}{msg}", arena_protocol::console::FATAL_PREFIX),
+        KMSG_FATAL_PRIORITY,
+    );
     if let Some(c) = CHANNEL.get() {
         c.send(&arena_protocol::GuestMessage::Fatal {
             reason: msg.to_owned(),
