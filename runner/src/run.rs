@@ -16,6 +16,7 @@ use crate::progress::{self, Progress, Verbosity};
 use crate::results::{self, Abort, RunDir, ScenarioSummary, Summary};
 use crate::scenario_file::{self, ScenarioFile};
 use crate::session::{self, Limits};
+use crate::splat;
 use crate::verdict::{self, Judgement, SessionEnd, Verdict};
 use crate::{error_text, exit, infra, plan, KernelArgs, LabError};
 
@@ -499,22 +500,37 @@ fn run_one(
     };
     let mut record = boot(spec.clone());
     let mut retried_after = None;
-    if died_before_hello(&record, &console_log) && progress::interrupted().is_none() {
-        // One more boot, keeping the first attempt's files beside the new ones.
-        for f in ["console.log", "events.jsonl", "vmm.log"] {
-            let _ = std::fs::rename(dir.join(f), dir.join(format!("attempt1-{f}")));
+    let tcg = ctx.backend.accelerator() == "tcg";
+    if let Some(cause) = retry_cause(&record, &console_log, tcg) {
+        if progress::interrupted().is_none() {
+            // One more boot, keeping the first attempt's files beside the new ones.
+            for f in ["console.log", "events.jsonl", "vmm.log"] {
+                let _ = std::fs::rename(dir.join(f), dir.join(format!("attempt1-{f}")));
+            }
+            eprintln!(
+                "lab: {}: {cause}; running it once more (first attempt kept as attempt1-*)",
+                s.name
+            );
+            retried_after = Some(cause);
+            record = boot(spec);
         }
-        eprintln!(
-            "lab: {}: the VM died before the agent's hello; booting once more (first attempt kept as attempt1-*)",
-            s.name
-        );
-        retried_after = Some(SessionEnd::from(&record.end));
-        record = boot(spec);
     }
     save_outputs(&dir, &record);
     let console =
         String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
-    let judgement = verdict::judge(&record, &console);
+    let mut judgement = verdict::judge(&record, &console);
+    if let Some(fault) = tcg.then(|| splat::emulator_fault(&console)).flatten() {
+        // Twice in a row (or after another retry): still the emulator's
+        // doing as far as anyone can tell, so an error, never a kernel fail.
+        judgement.verdict = Verdict::Error;
+        judgement.reason = format!(
+            "{}; not a kernel verdict (under hardware KVM the same splat would be one)",
+            SessionEnd::EmulatorFault {
+                title: fault.title,
+                line: fault.line
+            }
+        );
+    }
     Ok(ScenarioSummary {
         judgement,
         boot_s: record.boot_s,
@@ -527,16 +543,37 @@ fn run_one(
     })
 }
 
-/// The VM ended on its own before the agent said hello: the kernel died
-/// during boot. Under multi-threaded TCG that happens now and then to stock
-/// kernels (a live text patch racing another vCPU: `Oops: int3`), so such a
-/// boot is tried once more; the summary records the retry and the first
-/// attempt's logs stay as `attempt1-*`. A boot that hangs is not retried,
-/// nor one where the agent itself gave up (e.g. no virtio console driver).
-fn died_before_hello(record: &session::Record, console_log: &std::path::Path) -> bool {
-    let agent_gave_up = std::fs::read_to_string(console_log)
-        .is_ok_and(|c| arena_protocol::console::fatal_reason(&c).is_some());
-    record.hello.is_none() && record.vm_exit.starts_with("exited") && !agent_gave_up
+/// Why a scenario's VM is worth one more run, if it is: a fault of the
+/// machinery, not a verdict on the kernel.
+///
+/// - The VM ended on its own before the agent said hello: the kernel died
+///   during boot. Under multi-threaded TCG that happens now and then to
+///   stock kernels (a live text patch racing another vCPU). A boot that
+///   hangs is not retried, nor one where the agent itself gave up (e.g. no
+///   virtio console driver).
+/// - Under TCG, the kernel hit the emulator's known splat
+///   ([`splat::emulator_fault`]) at any time, before or after the hello.
+///
+/// The summary records the cause (`retried_after`); the first attempt's
+/// logs stay as `attempt1-*`.
+fn retry_cause(
+    record: &session::Record,
+    console_log: &std::path::Path,
+    tcg: bool,
+) -> Option<SessionEnd> {
+    let console =
+        String::from_utf8_lossy(&std::fs::read(console_log).unwrap_or_default()).into_owned();
+    if tcg {
+        if let Some(fault) = splat::emulator_fault(&console) {
+            return Some(SessionEnd::EmulatorFault {
+                title: fault.title,
+                line: fault.line,
+            });
+        }
+    }
+    let agent_gave_up = arena_protocol::console::fatal_reason(&console).is_some();
+    (record.hello.is_none() && record.vm_exit.starts_with("exited") && !agent_gave_up)
+        .then(|| SessionEnd::from(&record.end))
 }
 
 /// Files the guest sent (`output` messages), written into the scenario's

@@ -104,6 +104,14 @@ pub enum SessionEnd {
         /// What was wrong.
         reason: String,
     },
+    /// The kernel hit a splat that multi-threaded TCG causes in sound
+    /// kernels ([`crate::splat::emulator_fault`]): not a kernel verdict.
+    EmulatorFault {
+        /// The splat's title (`Oops: int3: …`).
+        title: String,
+        /// 1-based line in that attempt's console log.
+        line: usize,
+    },
 }
 
 impl From<&End> for SessionEnd {
@@ -152,6 +160,10 @@ impl fmt::Display for SessionEnd {
                 write!(f, "the VM exited ({status}) before the agent finished")
             }
             SessionEnd::Protocol { reason } => write!(f, "results channel: {reason}"),
+            SessionEnd::EmulatorFault { title, line } => write!(
+                f,
+                "emulator fault under multi-threaded TCG: {title} (console line {line})"
+            ),
         }
     }
 }
