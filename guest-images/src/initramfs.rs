@@ -1,6 +1,7 @@
 //! The guest image: a `newc` initramfs holding the agent as
 //! `/init`, the kernel modules it loads (in order, listed in
-//! `/etc/arena/modules`) and any extra files (BPF objects, selftests).
+//! `/etc/arena/modules`) and any extra files (BPF objects, selftests), at
+//! the guest paths of [`arena_protocol::paths`].
 //! Built once per distinct input set and cached under `images/<key>.cpio`
 //! (or `.cpio.zst`).
 //!
@@ -12,13 +13,13 @@
 
 use std::path::{Path, PathBuf};
 
+use arena_protocol::paths;
+
 use crate::cpio::CpioWriter;
 use crate::{cache, io_err, sha256_hex, write_atomic, Result};
 
 /// Bumped whenever the image layout changes, so cached images are rebuilt.
 const LAYOUT_VERSION: &str = "arena-image-v1";
-/// Guest path of the module load list.
-pub const MODULE_LIST: &str = "etc/arena/modules";
 /// zstd level: fast to build, fast for the kernel to unpack.
 const ZSTD_LEVEL: i32 = 3;
 /// Selects the image compression (`none`, the default, or `zstd`).
@@ -51,34 +52,42 @@ pub struct ImageSpec {
     pub files: Vec<ImageFile>,
 }
 
-/// Directories every image has.
+/// Directories every image has (the agent's mount points among them).
 const DIRS: &[&str] = &[
-    "dev",
-    "proc",
-    "sys",
-    "tmp",
-    "run",
-    "etc",
-    "etc/arena",
-    "modules",
-    "bpf",
-    "selftests",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/tmp",
+    "/run",
+    "/etc",
+    paths::CONFIG_DIR,
+    paths::MODULES_DIR,
+    paths::BPF_DIR,
+    paths::SELFTESTS_DIR,
 ];
 
 impl ImageSpec {
     /// Every file of the image with its contents, in archive order.
     fn contents(&self) -> Result<Vec<(String, u32, Vec<u8>)>> {
         let read = |p: &Path| std::fs::read(p).map_err(io_err(p));
-        let mut out = vec![("init".to_owned(), 0o755, read(&self.agent)?)];
+        let mut out = vec![(
+            paths::entry(paths::INIT).to_owned(),
+            0o755,
+            read(&self.agent)?,
+        )];
         let mut list = String::new();
         for (i, m) in self.modules.iter().enumerate() {
             // Decompress on the host: in-kernel xz under TCG costs boot time.
             let (name, data) = module_file(m)?;
-            let guest = format!("modules/{i:02}-{name}");
-            list.push_str(&format!("/{guest}\n"));
-            out.push((guest, 0o644, data));
+            let guest = format!("{}/{i:02}-{name}", paths::MODULES_DIR);
+            list.push_str(&format!("{guest}\n"));
+            out.push((paths::entry(&guest).to_owned(), 0o644, data));
         }
-        out.push((MODULE_LIST.to_owned(), 0o644, list.into_bytes()));
+        out.push((
+            paths::entry(paths::MODULE_LIST).to_owned(),
+            0o644,
+            list.into_bytes(),
+        ));
         for f in &self.files {
             out.push((f.guest_path.clone(), f.mode, read(&f.host_path)?));
         }
@@ -144,9 +153,9 @@ fn unxz(path: &Path) -> Result<Vec<u8>> {
 fn write_archive(contents: &[(String, u32, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
     let mut w = CpioWriter::new(Vec::new());
     let mut made: Vec<String> = Vec::new();
-    for d in DIRS {
+    for d in DIRS.iter().map(|d| paths::entry(d)) {
         w.dir(d, 0o755)?;
-        made.push((*d).to_owned());
+        made.push(d.to_owned());
     }
     // The kernel opens /dev/console for init's stdin/stdout/stderr.
     w.chardev("dev/console", 0o600, 5, 1)?;

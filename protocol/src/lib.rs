@@ -2,11 +2,13 @@
 //! ends cannot drift: the typed scenario model ([`scenario`]), the messages
 //! exchanged over the virtio console ([`message`]), the one serial-console
 //! line the runner looks for ([`console`]) and their framing
-//! ([`framing`]), and the seed derivation both ends share ([`seed`]).
+//! ([`framing`]), the seed derivation both ends share ([`seed`]), and where
+//! the guest image puts what the agent reads ([`paths`]).
 
 pub mod console;
 pub mod framing;
 pub mod message;
+pub mod paths;
 pub mod scenario;
 pub mod seed;
 

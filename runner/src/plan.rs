@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use arena_images::initramfs::{ImageFile, ImageSpec};
 use arena_images::kernel::{debian, Kernel};
 use arena_images::modules::ModuleDeps;
+use arena_images::selftests::{self, SelftestsError};
 use arena_images::{agent, bpf};
+use arena_protocol::paths;
 use arena_protocol::scenario::Step;
 use arena_protocol::Scenario;
 
-use arena_images::selftests;
+use crate::LabError;
 
 /// Modules the guest needs for its results channel when they are not built in.
 const GUEST_MODULES: &[&str] = &["virtio_mmio"];
@@ -98,22 +100,24 @@ fn uses_selftests(steps: &[Step]) -> bool {
         .any(|s| matches!(s, Step::Selftest(_)) || s.child_lists().into_iter().any(uses_selftests))
 }
 
-/// The image for `scenario` (cached by content).
+/// The image for `scenario` (cached by content). A selftests source that
+/// cannot serve the kernel is the user's input: a [`LabError`] (exit 2)
+/// inside the error.
 pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
     let mut files: Vec<ImageFile> = p
         .bpf
         .iter()
         .map(|(name, path)| ImageFile {
-            guest_path: format!("bpf/{name}"),
+            guest_path: paths::entry_in(paths::BPF_DIR, name),
             host_path: path.clone(),
             mode: 0o644,
         })
         .collect();
     if uses_selftests(&scenario.steps) {
-        files.extend(selftests::image_files_from(
-            &p.kernel,
-            p.kernel_src.as_deref(),
-        )?);
+        files.extend(
+            selftests::image_files_from(&p.kernel, p.kernel_src.as_deref())
+                .map_err(selftests_error)?,
+        );
     }
     let spec = ImageSpec {
         agent: p.agent.clone(),
@@ -121,4 +125,34 @@ pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
         files,
     };
     Ok(spec.build()?)
+}
+
+/// The user's side of a selftests failure as invalid input, the rest as is.
+fn selftests_error(e: SelftestsError) -> anyhow::Error {
+    if e.is_invalid_input() {
+        LabError::BadArgs(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_version_mismatch_is_invalid_input() {
+        let e = selftests_error(SelftestsError::VersionMismatch {
+            makefile: "/src/Makefile".into(),
+            tree_version: "6.13.0".into(),
+            release: "6.12.117+deb12-amd64".into(),
+        });
+        let lab = e.downcast_ref::<LabError>().expect("a LabError");
+        assert_eq!(lab.code(), crate::exit::INVALID);
+        assert!(lab.to_string().contains("6.13.0"), "{lab}");
+        let infra = selftests_error(SelftestsError::Image(
+            arena_images::ImageError::NoKernelPackage("none".into()),
+        ));
+        assert!(infra.downcast_ref::<LabError>().is_none());
+    }
 }

@@ -4,10 +4,9 @@
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
+use arena_protocol::paths::MODULE_LIST;
 use arena_protocol::Hello;
 
-/// Kernel module list written by the image builder.
-const MODULE_LIST: &str = "/etc/arena/modules";
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 

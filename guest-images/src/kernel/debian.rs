@@ -328,6 +328,26 @@ pub fn fetch_with(channel: Channel, patch: Option<u32>, refresh: bool) -> Result
     unpack(&apt, &candidate, &info.version, &packaging, &dest)
 }
 
+/// Download `packages` at `version` with `apt` into the scratch directory
+/// `work` (made afresh) and unpack them into `work/root` with `dpkg-deb -x`:
+/// nothing is installed on the host. Returns the root; no `.deb` is kept.
+pub(crate) fn unpack_packages(
+    apt: &Apt,
+    packages: &[&str],
+    version: &str,
+    work: &Path,
+) -> Result<PathBuf> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).map_err(io_err(work))?;
+    let root = work.join("root");
+    for package in packages {
+        let deb = apt.download(package, version, work)?;
+        run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        std::fs::remove_file(&deb).map_err(io_err(&deb))?;
+    }
+    Ok(root)
+}
+
 /// Download and unpack into a scratch directory, then rename into place.
 fn unpack(
     apt: &Apt,
@@ -339,14 +359,7 @@ fn unpack(
     let release = candidate.release.as_str();
     let parent = dest.parent().expect("kernels dir");
     let work = parent.join(format!(".tmp-{release}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(io_err(&work))?;
-    let root = work.join("root");
-    for package in packaging.packages() {
-        let deb = apt.download(package, version, &work)?;
-        run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        std::fs::remove_file(&deb).map_err(io_err(&deb))?;
-    }
+    let root = unpack_packages(apt, &packaging.packages(), version, &work)?;
     let lay = layout(&root, release)?;
     // Debian ships no modules.dep (7.2 also no modules.builtin: depmod warns).
     run_tool(

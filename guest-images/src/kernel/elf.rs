@@ -1,8 +1,11 @@
-//! Just enough ELF64 reading to tell whether a vmlinux can be booted through
-//! its PVH entry (a `Xen` note of type `XEN_ELFNOTE_PHYS32_ENTRY`).
+//! Just enough ELF64 reading, through the program headers, to tell whether a
+//! vmlinux can be booted through its PVH entry (a `Xen` note of type
+//! `XEN_ELFNOTE_PHYS32_ENTRY`) and which dynamic loader a binary names.
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const PT_INTERP: u32 = 3;
 const PT_NOTE: u32 = 4;
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
@@ -13,37 +16,65 @@ pub fn is_elf(b: &[u8]) -> bool {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// A 64-bit ELF's program header table: offset, entry size, count.
+fn program_headers(b: &[u8]) -> Option<(usize, usize, usize)> {
+    if !is_elf(b) || *b.get(4)? != ELFCLASS64 {
+        return None;
+    }
+    Some((
+        usize::try_from(u64_at(b, 0x20)?).ok()?,
+        usize::from(u16_at(b, 0x36)?),
+        usize::from(u16_at(b, 0x38)?),
+    ))
+}
+
+/// The file contents of a 64-bit ELF's segments of type `p_type`, in
+/// program header order. The walk ends at the first program header or
+/// segment that lies outside the file.
+fn segments(b: &[u8], p_type: u32) -> impl Iterator<Item = &[u8]> {
+    let (phoff, phentsize, phnum) = program_headers(b).unwrap_or_default();
+    (0..phnum)
+        .map_while(move |i| {
+            let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            if u32_at(b, ph)? != p_type {
+                return Some(None);
+            }
+            let off = usize::try_from(u64_at(b, ph + 8)?).ok()?;
+            let size = usize::try_from(u64_at(b, ph + 32)?).ok()?;
+            b.get(off..off.checked_add(size)?).map(Some)
+        })
+        .flatten()
 }
 
 /// The PVH entry address of a 64-bit ELF, if it has one. Never panics on
 /// malformed input.
 pub fn pvh_entry(b: &[u8]) -> Option<u32> {
-    if !is_elf(b) || *b.get(4)? != ELFCLASS64 {
+    segments(b, PT_NOTE).find_map(find_pvh_note)
+}
+
+/// The dynamic loader (`PT_INTERP`) a 64-bit little-endian ELF names, if any.
+pub fn interpreter(b: &[u8]) -> Option<String> {
+    if *b.get(5)? != ELFDATA2LSB {
         return None;
     }
-    let phoff = u64_at(b, 0x20)? as usize;
-    let phentsize = u16_at(b, 0x36)? as usize;
-    let phnum = u16_at(b, 0x38)? as usize;
-    for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(b, ph)? != PT_NOTE {
-            continue;
-        }
-        let off = u64_at(b, ph + 8)? as usize;
-        let size = u64_at(b, ph + 32)? as usize;
-        let notes = b.get(off..off.checked_add(size)?)?;
-        if let Some(entry) = find_pvh_note(notes) {
-            return Some(entry);
-        }
-    }
-    None
+    let raw = segments(b, PT_INTERP).next()?;
+    let raw = raw.split(|&c| c == 0).next()?;
+    std::str::from_utf8(raw).ok().map(str::to_owned)
 }
 
 fn align4(n: usize) -> usize {
@@ -124,6 +155,19 @@ mod tests {
         b[0x48..0x50].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(pvh_entry(&b), None);
         assert_eq!(pvh_entry(b"\x7fELF"), None);
+    }
+
+    #[test]
+    fn interpreter_of_host_binary() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        let interp = interpreter(&sh).expect("/bin/sh is dynamic");
+        assert!(
+            interp.starts_with('/') && interp.contains("ld-linux"),
+            "{interp}"
+        );
+        assert_eq!(interpreter(b"not an elf"), None);
+        assert_eq!(interpreter(b"\x7fELF\x02\x01"), None);
+        assert_eq!(interpreter(&elf_with_note(18)), None);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! (the uncompressed vmlinux through its PVH entry when it has one).
 
 pub mod apt;
+pub mod build;
 pub mod bzimage;
 pub mod debian;
 pub mod elf;
+pub mod kconfig;
 
 use std::path::{Path, PathBuf};
 

@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::sync::Arc;
 
+use arena_protocol::paths::BPF_DIR;
 use arena_protocol::scenario::{
     check_bpf_page_args, BpfLoadStep, BpfRunStep, PageSet, ReadPointerStep, Structure,
     UserWalkStep, PAGE_SIZE,
@@ -15,8 +16,6 @@ use super::check_errno;
 use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys::BPF_MAP_TYPE_ARENA;
 
-/// Directory of BPF objects in the image.
-const BPF_DIR: &str = "/bpf";
 /// Nodes a walk follows before it calls the structure corrupt (a cycle).
 const WALK_LIMIT: u64 = 1 << 20;
 /// Buckets of the hash table `htab_build` makes (see arena_ops.bpf.c).

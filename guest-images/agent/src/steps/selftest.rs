@@ -8,16 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use arena_protocol::paths::{NOT_BUILT, SELFTESTS_DIR, TEST_PROGS};
 use arena_protocol::scenario::SelftestStep;
 use arena_protocol::{GuestMessage, StepStatus};
 
 use crate::channel::Channel;
 use crate::executor::{Outcome, StepError, StepResult};
 
-/// Where the image puts `test_progs`.
-pub const TEST_PROGS: &str = "/selftests/test_progs";
-/// Arena tests the host could not build: `name<TAB>reason` lines.
-pub const NOT_BUILT: &str = "/selftests/not_built.tsv";
 /// Log lines kept per test (the tail).
 const MAX_LOG_LINES: usize = 200;
 /// Bytes of raw `test_progs` output sent to the host (`test_progs.log`).
@@ -120,7 +117,7 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
         )));
     }
     let mut cmd = Command::new(TEST_PROGS);
-    cmd.current_dir("/selftests");
+    cmd.current_dir(SELFTESTS_DIR);
     for t in &s.tests {
         cmd.args(["-t", t]);
     }
