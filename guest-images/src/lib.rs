@@ -129,8 +129,14 @@ pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    // A failed write (a full disk) leaves neither half a file nor its temp.
+    let written = std::fs::write(&tmp, data)
+        .map_err(io_err(path))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err(path)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -166,7 +166,8 @@ mod tests {
             m,
             GuestMessage::Done {
                 status: StepStatus::Pass,
-                reason: String::new()
+                reason: String::new(),
+                killed: None,
             }
         );
     }

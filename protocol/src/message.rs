@@ -39,6 +39,36 @@ impl std::fmt::Display for WorkerProgress {
     }
 }
 
+/// A worker process that a signal killed, as PID 1 saw it: typed so the
+/// host can place the crash (the step it happened in) without parsing the
+/// reason text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerKilled {
+    /// The terminating signal's number.
+    pub signal: i32,
+    /// Its name (`SIGSEGV`).
+    pub signal_name: String,
+    /// The faulting address the worker's crash handler reported, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u64>,
+}
+
+/// The `done` reason users see: `agent worker killed by signal 11
+/// (SIGSEGV) at address 0x1000`.
+impl std::fmt::Display for WorkerKilled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "agent worker killed by signal {} ({})",
+            self.signal, self.signal_name
+        )?;
+        match self.addr {
+            Some(a) => write!(f, " at address {a:#x}"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -170,6 +200,10 @@ pub enum GuestMessage {
         status: StepStatus,
         /// Why, when not passed.
         reason: String,
+        /// Set when a signal killed the agent's worker (the `reason` then
+        /// says so in words); absent from agents that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        killed: Option<WorkerKilled>,
     },
 }
 
@@ -182,10 +216,57 @@ mod tests {
         let m = GuestMessage::Done {
             status: StepStatus::Fail,
             reason: "x".into(),
+            killed: None,
         };
         let s = serde_json::to_string(&m).unwrap();
         assert_eq!(s, r#"{"type":"done","status":"fail","reason":"x"}"#);
         assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), m);
+    }
+
+    #[test]
+    fn a_killed_worker_round_trips_and_reads_as_before() {
+        let killed = WorkerKilled {
+            signal: 11,
+            signal_name: "SIGSEGV".into(),
+            addr: Some(0x1000),
+        };
+        assert_eq!(
+            killed.to_string(),
+            "agent worker killed by signal 11 (SIGSEGV) at address 0x1000"
+        );
+        let m = GuestMessage::Done {
+            status: StepStatus::Fail,
+            reason: killed.to_string(),
+            killed: Some(killed),
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(
+            s.ends_with(r#""killed":{"signal":11,"signal_name":"SIGSEGV","addr":4096}}"#),
+            "{s}"
+        );
+        assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), m);
+
+        let no_addr = WorkerKilled {
+            signal: 9,
+            signal_name: "SIGKILL".into(),
+            addr: None,
+        };
+        assert_eq!(
+            no_addr.to_string(),
+            "agent worker killed by signal 9 (SIGKILL)"
+        );
+        let s = serde_json::to_string(&no_addr).unwrap();
+        assert_eq!(s, r#"{"signal":9,"signal_name":"SIGKILL"}"#);
+        assert_eq!(serde_json::from_str::<WorkerKilled>(&s).unwrap(), no_addr);
+    }
+
+    #[test]
+    fn done_from_an_older_agent_has_no_killed_worker() {
+        let s = r#"{"type":"done","status":"fail","reason":"agent worker killed by signal 11 (SIGSEGV)"}"#;
+        match serde_json::from_str::<GuestMessage>(s).unwrap() {
+            GuestMessage::Done { killed, .. } => assert_eq!(killed, None),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -40,6 +40,52 @@ pub struct Scenario {
     pub timeout_s: u64,
     /// Steps run in order by the agent; the first failure ends the scenario.
     pub steps: Vec<Step>,
+    /// Kernel bugs this scenario is known to hit, written up where the
+    /// scenario lives: a failure matching one is `known_fail`, shown but
+    /// not a regression. Host-side only; the agent ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_issues: Vec<KnownIssue>,
+}
+
+/// A documented kernel bug a scenario finds on some kernels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownIssue {
+    /// Kernel releases (`uname -r`) it applies to: a glob where `*` matches
+    /// any run of characters, e.g. `6.12.*+deb12-*`.
+    pub kernel: String,
+    /// The failure's reason starts with this, e.g.
+    /// `kernel splat: BUG: Bad page state`.
+    pub reason: String,
+    /// What is known and where it is written up.
+    pub note: String,
+}
+
+impl KnownIssue {
+    /// Whether a failure with `reason` on kernel `release` is this issue.
+    pub fn matches(&self, release: &str, reason: &str) -> bool {
+        reason.starts_with(&self.reason) && glob_match(&self.kernel, release)
+    }
+}
+
+/// `*`-only glob, anchored at both ends.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 fn default_timeout() -> u64 {
@@ -1282,6 +1328,25 @@ mod catalogue_tests {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn known_issues_match_release_globs_and_reason_prefixes() {
+        let k = KnownIssue {
+            kernel: "6.12.*+deb12-*".into(),
+            reason: "kernel splat: BUG: Bad page state".into(),
+            note: "n".into(),
+        };
+        let reason = "kernel splat: BUG: Bad page state in process init (console.log:256)";
+        assert!(k.matches("6.12.117+deb12-amd64", reason));
+        assert!(!k.matches("6.13.1+deb12-amd64", reason));
+        assert!(!k.matches("7.2.13+deb14-amd64", reason));
+        assert!(!k.matches("6.12.117+deb12-amd64", "expected 0x1, read 0x2"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("6.12.117", "6.12.117"));
+        assert!(!glob_match("6.12.117", "6.12.1170"));
+        assert!(glob_match("6.*.*-x", "6.12.3-x"));
+        assert!(!glob_match("a*b*c", "acb"));
+    }
     use super::*;
 
     #[test]
@@ -1494,6 +1559,11 @@ mod tests {
             vm: VmSpec::default(),
             timeout_s: 5,
             steps: vec![Step::Sleep(SleepStep { ms: 1 })],
+            known_issues: vec![KnownIssue {
+                kernel: "6.12.*".into(),
+                reason: "kernel splat".into(),
+                note: "n".into(),
+            }],
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Scenario>(&json).unwrap(), s);

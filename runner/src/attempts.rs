@@ -198,7 +198,9 @@ pub fn per_scenario(entries: &[ScenarioSummary]) -> Vec<PerScenario> {
         match e.judgement.verdict {
             Verdict::NotRun => {}
             Verdict::Pass => p.attempts += 1,
-            Verdict::Fail | Verdict::Error | Verdict::Timeout => {
+            // A known kernel bug reproduced is still a failing attempt:
+            // its rate is what someone chasing the race wants.
+            Verdict::Fail | Verdict::KnownFail | Verdict::Error | Verdict::Timeout => {
                 p.attempts += 1;
                 p.failures += 1;
                 p.failing_seeds.push(e.seed);
@@ -235,6 +237,8 @@ pub fn reproduce_line(kernel: &KernelArgs, run_seed: u64, name: &str, file: &Pat
         ("--kernel", &kernel.kernel),
         ("--modules", &kernel.modules),
         ("--kernel-src", &kernel.kernel_src),
+        ("--vmlinux", &kernel.vmlinux),
+        ("--kernel-tree", &kernel.kernel_tree),
     ] {
         if let Some(p) = path {
             words.push(option.to_owned());

@@ -259,8 +259,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// `lab bench`.
 pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
-    let kernel =
-        plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref()).map_err(infra)?;
+    let kernel = plan::kernel(&args.kernel).map_err(infra)?;
     let dir = std::env::temp_dir().join(format!("arena-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(infra)?;
     let raw_image = busybox_image(&dir).map_err(infra)?;
@@ -281,7 +280,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         console: Console::File(dir.join("raw-console.log")),
         channel: None,
     };
-    let prepared = plan::prepare(kernel.clone(), None).map_err(infra)?;
+    let prepared = plan::prepare(kernel.clone(), &args.kernel).map_err(infra)?;
     let lab_image = plan::image(&prepared, &crate::run::trivial_scenario()).map_err(infra)?;
     let hello_spec = VmSpec {
         initrd: Some(lab_image),
@@ -323,7 +322,9 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
             .status()
             .map_err(infra)?;
         raw_t.push(t.elapsed().as_secs_f64());
-        let marker = std::fs::read_to_string(dir.join("raw-console.log")).unwrap_or_default();
+        // The console is complete once its capture has drained the pipe.
+        let marker = crate::console_capture::read_for_verdict(&dir.join("raw-console.log"))
+            .unwrap_or_default();
         if !st.success() || !marker.contains("arena-bench-marker") {
             return Err(infra(anyhow::anyhow!("raw QEMU run {round} failed ({st})")));
         }

@@ -74,6 +74,8 @@ pub fn ktap(summary: &Summary) -> String {
         let (ok, directive) = match j.verdict {
             Verdict::Pass => (true, None),
             Verdict::Fail => (false, Some(with_reason("FAIL", &j.reason))),
+            // kselftest's expected failure: `ok N name # XFAIL reason`.
+            Verdict::KnownFail => (true, Some(with_reason("XFAIL", &j.reason))),
             Verdict::Error => (false, Some(with_reason("FAIL error:", &j.reason))),
             Verdict::Timeout => (false, Some(with_reason("FAIL timeout:", &j.reason))),
             Verdict::NotRun => (true, Some(with_reason("SKIP not run:", &j.reason))),

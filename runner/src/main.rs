@@ -5,7 +5,10 @@
 mod attempts;
 mod backend;
 mod bench;
+mod bisect;
 mod compare;
+mod console_capture;
+mod kernel_cmd;
 mod ktap;
 mod nested;
 mod plan;
@@ -19,6 +22,7 @@ mod selection;
 mod session;
 mod shard;
 mod splat;
+mod symbolize;
 mod verdict;
 
 use std::path::PathBuf;
@@ -68,7 +72,7 @@ pub enum LabError {
 }
 
 impl LabError {
-    fn code(&self) -> u8 {
+    pub fn code(&self) -> u8 {
         match self {
             LabError::Invalid(_) | LabError::MissingFile { .. } | LabError::BadArgs(_) => {
                 exit::INVALID
@@ -78,9 +82,13 @@ impl LabError {
     }
 }
 
-/// Infrastructure errors from anything else.
+/// Infrastructure errors from anything else; a [`LabError`] carried inside
+/// (e.g. `plan` found the user's input wrong) keeps its own class.
 pub fn infra<E: Into<anyhow::Error>>(e: E) -> LabError {
-    LabError::Infra(e.into())
+    match e.into().downcast::<LabError>() {
+        Ok(own) => own,
+        Err(e) => LabError::Infra(e),
+    }
 }
 
 /// An error and its causes on one line, each text once: errors that already
@@ -125,6 +133,16 @@ pub struct KernelArgs {
     /// Debian's matching linux-source package).
     #[arg(long)]
     pub kernel_src: Option<PathBuf>,
+    /// The ELF vmlinux of --kernel: its BTF builds the selftests, its
+    /// symbols and DWARF decode stack traces. Found by itself for a bzImage
+    /// in a build tree (TREE/arch/x86/boot/bzImage next to TREE/vmlinux).
+    #[arg(long)]
+    pub vmlinux: Option<PathBuf>,
+    /// A kernel build directory (in-tree or `make O=`), as `lab kernel build`
+    /// leaves it: its bzImage, vmlinux, installed modules and source (for
+    /// the selftests) are used.
+    #[arg(long, conflicts_with_all = ["kernel", "vmlinux", "modules", "kernel_src"])]
+    pub kernel_tree: Option<PathBuf>,
 }
 
 impl KernelArgs {
@@ -135,6 +153,8 @@ impl KernelArgs {
             ("--kernel", &self.kernel),
             ("--modules", &self.modules),
             ("--kernel-src", &self.kernel_src),
+            ("--vmlinux", &self.vmlinux),
+            ("--kernel-tree", &self.kernel_tree),
         ];
         if let Some(Some(Err(e))) = self.kernel.as_deref().map(plan::debian_channel) {
             return Err(LabError::MissingFile {
@@ -155,9 +175,66 @@ impl KernelArgs {
                 })?;
             }
         }
+        if let Some(tree) = &self.kernel_tree {
+            let bz = tree.join(TREE_BZIMAGE);
+            std::fs::metadata(&bz).map_err(|source| LabError::MissingFile {
+                option: "--kernel-tree",
+                path: bz,
+                source,
+            })?;
+        }
         Ok(())
     }
+
+    /// The kernel image to boot: --kernel, or the tree's bzImage.
+    pub fn kernel_file(&self) -> Option<PathBuf> {
+        self.kernel_tree
+            .as_ref()
+            .map(|t| t.join(TREE_BZIMAGE))
+            .or_else(|| self.kernel.clone())
+    }
+
+    /// The vmlinux: --vmlinux, or the tree's.
+    pub fn vmlinux_file(&self) -> Option<PathBuf> {
+        self.kernel_tree
+            .as_ref()
+            .map(|t| t.join("vmlinux"))
+            .filter(|v| v.is_file())
+            .or_else(|| self.vmlinux.clone())
+    }
+
+    /// `lib/modules/<release>`: --modules, or what `lab kernel build`
+    /// installed in the tree.
+    pub fn modules_dir(&self) -> Option<PathBuf> {
+        let Some(tree) = &self.kernel_tree else {
+            return self.modules.clone();
+        };
+        let installed = tree
+            .join(arena_images::kernel::build::MODULES_ROOT)
+            .join("lib/modules");
+        let mut releases = std::fs::read_dir(installed).ok()?.flatten();
+        let first = releases.next()?.path();
+        // Several releases installed: none of them is known to match.
+        releases.next().is_none().then_some(first)
+    }
+
+    /// The source tree for the selftests: --kernel-src, or the tree's own
+    /// (an `O=` build directory links it as `source`).
+    pub fn source_tree(&self) -> Option<PathBuf> {
+        let Some(tree) = &self.kernel_tree else {
+            return self.kernel_src.clone();
+        };
+        let linked = tree.join("source");
+        Some(if linked.is_dir() {
+            linked
+        } else {
+            tree.clone()
+        })
+    }
 }
+
+/// Where a build tree keeps its bzImage.
+const TREE_BZIMAGE: &str = "arch/x86/boot/bzImage";
 
 // Parsed once per process: the size of `run`'s options does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -233,9 +310,33 @@ enum Command {
     },
     /// Compare `lab run` of a trivial scenario with a raw QEMU boot.
     Bench(bench::BenchArgs),
-    /// Run `lab ARGS...` inside an L1 Linux guest with real KVM (nested SVM
-    /// under QEMU/TCG): exercises the own VMM where the host has no hardware KVM.
+    /// Run `lab ARGS...` (with `--exec`, any program) inside an L1 Linux guest
+    /// with real KVM (nested SVM under QEMU/TCG): exercises the own VMM where
+    /// the host has no hardware KVM.
     Nested(nested::NestedArgs),
+    /// Find the first commit of a kernel tree at which scenarios fail: `git
+    /// bisect run` with each step built by `lab kernel build` and run by
+    /// `lab run` (N times with --repeat); build failures are skipped.
+    Bisect(bisect::BisectArgs),
+    /// One step of `lab bisect` (run by git; not for people).
+    #[command(hide = true)]
+    BisectStep(bisect::StepArgs),
+}
+
+/// `lab run` options from a full argv (`lab run ...`), parsed exactly as
+/// the command line would be: for commands that run the lab themselves.
+pub fn parse_run_args<I, T>(argv: I) -> Result<run::RunArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(argv)?.command {
+        Command::Run(r) => Ok(r),
+        _ => Err(clap::Error::raw(
+            clap::error::ErrorKind::InvalidSubcommand,
+            "expected `lab run ...`",
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -255,6 +356,21 @@ enum KernelCommand {
         #[command(flatten)]
         kernel: KernelArgs,
     },
+    /// Check a kernel's config against what the lab needs (and what makes
+    /// it find more bugs): the full table. Exit 2 when a must-have is missing.
+    Check {
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+    /// Print the config fragment the lab needs (for merge_config.sh).
+    Config {
+        /// Add the detection options: KASAN, lockdep, DEBUG_VM, kmemleak.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build a kernel tree for the lab: merge the fragment into its config,
+    /// build bzImage and vmlinux (and modules), print the options to run it.
+    Build(kernel_cmd::BuildArgs),
 }
 
 fn validate(
@@ -338,17 +454,20 @@ fn real_main() -> Result<u8, LabError> {
         }
         Command::Kernel(KernelCommand::Info { kernel }) => {
             kernel.check()?;
-            let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
+            let k = plan::kernel(&kernel).map_err(infra)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&k).expect("serialisable")
             );
             Ok(exit::PASS)
         }
+        Command::Kernel(KernelCommand::Check { kernel }) => kernel_cmd::check(&kernel),
+        Command::Kernel(KernelCommand::Config { debug }) => Ok(kernel_cmd::config(debug)),
+        Command::Kernel(KernelCommand::Build(args)) => kernel_cmd::build(&args),
         Command::Image { kernel } => {
             kernel.check()?;
-            let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
-            let p = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
+            let k = plan::kernel(&kernel).map_err(infra)?;
+            let p = plan::prepare(k, &kernel).map_err(infra)?;
             let image = plan::image(&p, &run::trivial_scenario()).map_err(infra)?;
             println!("agent: {}\nimage: {}", p.agent.display(), image.display());
             Ok(exit::PASS)
@@ -361,6 +480,8 @@ fn real_main() -> Result<u8, LabError> {
         } => run::boot(&kernel, backend, timeout, &append.join(" ")),
         Command::Bench(args) => bench::bench(args),
         Command::Nested(args) => nested::nested(args),
+        Command::Bisect(args) => bisect::bisect(&args),
+        Command::BisectStep(args) => Ok(bisect::step(&args)),
     }
 }
 
@@ -371,5 +492,18 @@ fn main() -> ExitCode {
             eprintln!("lab: error: {e}");
             ExitCode::from(e.code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infra_keeps_a_carried_invalid_input_and_nothing_else() {
+        let carried = anyhow::Error::new(LabError::BadArgs("kernel-src is 6.13".into()))
+            .context("preparing the selftests");
+        assert_eq!(infra(carried).code(), exit::INVALID);
+        assert_eq!(infra(anyhow::anyhow!("disk on fire")).code(), exit::INFRA);
     }
 }

@@ -12,7 +12,7 @@ use arena_protocol::paths;
 use arena_protocol::scenario::Step;
 use arena_protocol::Scenario;
 
-use crate::LabError;
+use crate::{KernelArgs, LabError};
 
 /// Modules the guest needs for its results channel when they are not built in.
 const GUEST_MODULES: &[&str] = &["virtio_mmio"];
@@ -52,12 +52,19 @@ pub fn debian_channel(
 
 /// Which kernel to use: a file, a `debian:<channel>` spec, or the default
 /// (Debian's newest 6.12).
-pub fn kernel(user: Option<&PathBuf>, modules: Option<&PathBuf>) -> anyhow::Result<Kernel> {
-    let channel = match user.map(|p| debian_channel(p)) {
+pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
+    let user = args.kernel_file();
+    let channel = match user.as_deref().map(debian_channel) {
         Some(Some(c)) => c?,
         Some(None) => {
             let p = user.expect("given");
-            return Ok(Kernel::from_user_file(p, modules.map(PathBuf::as_path))?);
+            let vmlinux = args.vmlinux_file();
+            let modules = args.modules_dir();
+            return Ok(Kernel::from_user_files(
+                &p,
+                vmlinux.as_deref(),
+                modules.as_deref(),
+            )?);
         }
         None => debian::DEFAULT,
     };
@@ -68,7 +75,8 @@ pub fn kernel(user: Option<&PathBuf>, modules: Option<&PathBuf>) -> anyhow::Resu
 }
 
 /// Build the agent, resolve modules and compile BPF objects.
-pub fn prepare(kernel: Kernel, kernel_src: Option<PathBuf>) -> anyhow::Result<Prepared> {
+pub fn prepare(kernel: Kernel, args: &KernelArgs) -> anyhow::Result<Prepared> {
+    let kernel_src = args.source_tree();
     let agent = agent::ensure_built(|| {
         eprintln!("lab: building the guest agent (static, with libbpf); first run takes a minute")
     })?;
@@ -94,10 +102,15 @@ pub fn prepare(kernel: Kernel, kernel_src: Option<PathBuf>) -> anyhow::Result<Pr
     })
 }
 
-fn uses_selftests(steps: &[Step]) -> bool {
-    steps
-        .iter()
-        .any(|s| matches!(s, Step::Selftest(_)) || s.child_lists().into_iter().any(uses_selftests))
+/// Whether `scenario` runs upstream selftests (which need the kernel's BTF).
+pub fn uses_selftests(scenario: &Scenario) -> bool {
+    steps_use_selftests(&scenario.steps)
+}
+
+fn steps_use_selftests(steps: &[Step]) -> bool {
+    steps.iter().any(|s| {
+        matches!(s, Step::Selftest(_)) || s.child_lists().into_iter().any(steps_use_selftests)
+    })
 }
 
 /// The image for `scenario` (cached by content). A selftests source that
@@ -113,7 +126,7 @@ pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
             mode: 0o644,
         })
         .collect();
-    if uses_selftests(&scenario.steps) {
+    if uses_selftests(scenario) {
         files.extend(
             selftests::image_files_from(&p.kernel, p.kernel_src.as_deref())
                 .map_err(selftests_error)?,

@@ -352,6 +352,7 @@ pub fn result_lines(s: &ScenarioSummary) -> String {
     let v = match s.judgement.verdict {
         Verdict::Pass => "PASS",
         Verdict::Fail => "FAIL",
+        Verdict::KnownFail => "KNOWN",
         Verdict::Error => "ERROR",
         Verdict::Timeout => "TIMEOUT",
         Verdict::NotRun => "NOT RUN",

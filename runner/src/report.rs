@@ -133,7 +133,10 @@ fn parse_run(dir: &Path, v: &Value) -> Option<Run> {
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .map(|p| (text(p, "title"), p["text"].as_str().map(str::to_owned)))
+                        .map(|p| {
+                            let body = p["decoded"].as_str().or(p["text"].as_str());
+                            (text(p, "title"), body.map(str::to_owned))
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -206,12 +209,13 @@ fn is_failure(verdict: &str) -> bool {
     matches!(verdict, "fail" | "error" | "timeout")
 }
 
-/// Sort rank: failures first, then not run, then passes.
+/// Sort rank: failures first, then known kernel bugs, not run, then passes.
 fn rank(verdict: &str) -> u8 {
     match verdict {
         "timeout" | "error" | "fail" => 0,
-        "pass" => 2,
-        _ => 1,
+        "known_fail" => 1,
+        "pass" => 3,
+        _ => 2,
     }
 }
 
@@ -228,6 +232,7 @@ fn worst(entries: &[&Entry]) -> String {
         "timeout" => 4,
         "error" => 3,
         "fail" => 2,
+        "known_fail" => 1,
         "pass" => 1,
         _ => 0,
     };
@@ -461,6 +466,7 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;\
 vertical-align:top;text-align:left}th{background:#f0f0f0}\
 .pass{background:#d9f2d9}.fail,.error,.timeout{background:#f8d0d0}.not_run{background:#eee}\
+.known_fail{background:#fde9c8}\
 pre{background:#111;color:#eee;padding:6px;overflow-x:auto;max-width:110ch;font-size:12px}\
 .flaky{color:#a60;font-weight:bold}summary{cursor:pointer;color:#036}\
 .timeline td{text-align:center;font-family:monospace}";
@@ -469,6 +475,7 @@ fn cell_symbol(verdict: &str) -> &'static str {
     match verdict {
         "pass" => "✓",
         "fail" => "✗",
+        "known_fail" => "K",
         "error" => "E",
         "timeout" => "T",
         "not_run" => "–",
@@ -510,12 +517,13 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
     let _ = write!(
         h,
         "<h2 id=\"latest\">Latest run {}</h2>\n<p>Kernel {} <code>{}</code>; {} passed, {} failed, \
-         {} errors, {} timeouts, {} not run; {:.1} s{}{}.</p>\n",
+         {} known kernel bugs, {} errors, {} timeouts, {} not run; {:.1} s{}{}.</p>\n",
         escape(&latest.id),
         escape(&latest.kernel_release),
         escape(short(&latest.kernel_sha256)),
         count("pass"),
         count("fail"),
+        count("known_fail"),
         count("error"),
         count("timeout"),
         count("not_run"),

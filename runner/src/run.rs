@@ -15,7 +15,7 @@ use crate::backend::{self, Backend, BackendChoice, Console, VmSpec};
 use crate::progress::{self, Progress, Verbosity};
 use crate::results::{self, Abort, RunDir, ScenarioSummary, Summary};
 use crate::scenario_file::{self, ScenarioFile};
-use crate::session::{self, Limits};
+use crate::session::{self, Limits, VmExit};
 use crate::splat;
 use crate::verdict::{self, Judgement, SessionEnd, Verdict};
 use crate::{error_text, exit, infra, plan, KernelArgs, LabError};
@@ -48,6 +48,15 @@ pub struct RunArgs {
     /// Stop starting scenarios after the first failure (the rest: `not_run`).
     #[arg(long)]
     fail_fast: bool,
+    /// Report failures that match a scenario's `known_issues` as plain
+    /// failures instead of `known_fail`.
+    #[arg(long)]
+    no_known_issues: bool,
+    /// Boot even if the kernel's config lacks what the lab needs (`lab
+    /// kernel check`), e.g. when that config is stale: the agent then says
+    /// what is missing, after a boot.
+    #[arg(long)]
+    no_preflight: bool,
     /// Multiply every scenario's timeout and the boot timeout (slow hosts).
     #[arg(long, value_name = "X")]
     timeout_scale: Option<f64>,
@@ -81,6 +90,7 @@ pub fn trivial_scenario() -> Scenario {
         vm: ScenarioVm::default(),
         timeout_s: 30,
         steps: vec![Step::Sleep(SleepStep { ms: 0 })],
+        known_issues: Vec::new(),
     }
 }
 
@@ -152,7 +162,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         images,
     } = match prepare_run(&args, &scenarios, &mut summary) {
         Ok(ready) => ready,
-        Err(abort) => return aborted(&run_dir, summary, t0, abort),
+        Err(stopped) => return aborted(&run_dir, summary, t0, stopped),
     };
     if verbosity != Verbosity::Quiet {
         eprintln!(
@@ -172,6 +182,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let started = Instant::now();
     let ctx = RunCtx {
         backend: backend.as_ref(),
+        known_issues: !args.no_known_issues,
         prepared: &prepared,
         run_dir: &run_dir,
         limits: Limits {
@@ -209,8 +220,11 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                     }
                     let failed = matches!(
                         s.judgement.verdict,
-                        Verdict::Fail | Verdict::Error | Verdict::Timeout
+                        Verdict::Fail | Verdict::KnownFail | Verdict::Error | Verdict::Timeout
                     );
+                    // A known kernel bug does not stop a --fail-fast run
+                    // (it is no news), but it does end an --until-fail loop.
+                    let news = failed && s.judgement.verdict != Verdict::KnownFail;
                     if failed {
                         let line = reproduce_line(&args.kernel, a.run_seed, &s.name, &file.path);
                         s.reproduce = Some(line);
@@ -220,7 +234,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                         progress.println(&format!("reproduce: {line}"));
                     }
                     let mut sum = summary.lock().expect("lock");
-                    if args.fail_fast && failed {
+                    if args.fail_fast && news {
                         stop.store(true, Ordering::SeqCst);
                         failed_fast.store(true, Ordering::SeqCst);
                     }
@@ -265,7 +279,11 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         return Ok(exit::INTERRUPTED);
     }
     if let Some(abort) = sum.aborted.clone() {
-        return aborted(&run_dir, sum, t0, abort);
+        let stopped = Stopped {
+            abort,
+            invalid_input: false,
+        };
+        return aborted(&run_dir, sum, t0, stopped);
     }
     if failed_fast.load(Ordering::SeqCst) {
         sum.skip_rest(results::FAIL_FAST);
@@ -339,8 +357,8 @@ pub fn warm_caches(args: &RunArgs) -> anyhow::Result<()> {
     let Ok(scenarios) = scenario_file::load_paths(&args.paths) else {
         return Ok(());
     };
-    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref())?;
-    let prepared = plan::prepare(kernel, args.kernel.kernel_src.clone())?;
+    let kernel = plan::kernel(&args.kernel)?;
+    let prepared = plan::prepare(kernel, &args.kernel)?;
     for f in &scenarios {
         // A scenario whose image cannot be built fails in the run, with its verdict.
         let _ = plan::image(&prepared, &f.scenario);
@@ -356,26 +374,38 @@ fn prepare_run(
     args: &RunArgs,
     scenarios: &[ScenarioFile],
     summary: &mut Summary,
-) -> Result<Ready, Abort> {
-    let stage = |what: &str, e: anyhow::Error| Abort {
-        reason: format!("{what}: {}", error_text(&e)),
-        scenario: None,
+) -> Result<Ready, Stopped> {
+    let stage = |what: &str, e: anyhow::Error| Stopped {
+        invalid_input: is_invalid_input(&e),
+        abort: Abort {
+            reason: format!("{what}: {}", error_text(&e)),
+            scenario: None,
+        },
     };
-    let kernel = plan::kernel(args.kernel.kernel.as_ref(), args.kernel.modules.as_ref())
-        .map_err(|e| stage("kernel", e))?;
+    let kernel = plan::kernel(&args.kernel).map_err(|e| stage("kernel", e))?;
     summary.kernel = Some(kernel.clone());
+    // Before any boot: a kernel that lacks what the lab needs is refused
+    // with the options named, instead of a boot timeout.
+    if !args.no_preflight {
+        let needs_btf = scenarios.iter().any(|f| plan::uses_selftests(&f.scenario));
+        crate::kernel_cmd::require(&kernel, needs_btf)
+            .map_err(|e| stage("kernel preflight", anyhow::Error::new(e)))?;
+    }
     let (backend, why) = pick_backend(args.backend).map_err(|e| match e {
         LabError::Infra(e) => stage("backend", e),
-        other => Abort {
-            reason: format!("backend: {other}"),
-            scenario: None,
+        other => Stopped {
+            invalid_input: other.code() == exit::INVALID,
+            abort: Abort {
+                reason: format!("backend: {other}"),
+                scenario: None,
+            },
         },
     })?;
     summary.backend = Some(backend.name().into());
     summary.accelerator = Some(backend.accelerator().into());
     summary.backend_reason = Some(why);
-    let mut prepared = plan::prepare(kernel, args.kernel.kernel_src.clone())
-        .map_err(|e| stage("preparing the guest", e))?;
+    let mut prepared =
+        plan::prepare(kernel, &args.kernel).map_err(|e| stage("preparing the guest", e))?;
     prepared.kernel.boot_image = backend
         .boot_file(&prepared.kernel)
         .map_err(|e| stage("kernel", anyhow::anyhow!(e)))?;
@@ -394,9 +424,12 @@ fn prepare_run(
                     .unwrap_or(i);
                 summary.scenarios[i].judgement = Judgement::infra_error(reason.clone());
                 print_line(&summary.scenarios[i]);
-                return Err(Abort {
-                    reason: format!("{name}: {reason}"),
-                    scenario: Some(name.clone()),
+                return Err(Stopped {
+                    invalid_input: is_invalid_input(&e),
+                    abort: Abort {
+                        reason: format!("{name}: {reason}"),
+                        scenario: Some(name.clone()),
+                    },
                 });
             }
         }
@@ -408,12 +441,39 @@ fn prepare_run(
     })
 }
 
+/// A run that stopped before its first VM.
+struct Stopped {
+    abort: Abort,
+    /// The user's input was wrong (exit 2), not the lab's machinery (exit 3).
+    invalid_input: bool,
+}
+
+/// Whether `e` carries a [`LabError`] of invalid input (a kernel that
+/// fails the preflight, a `--kernel-src` of another version).
+fn is_invalid_input(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<LabError>())
+        .any(|l| l.code() == exit::INVALID)
+}
+
 /// End an aborted run: every scenario not judged becomes `not_run` with the
-/// reason, the results say so, and the exit is an infrastructure error.
-fn aborted(run_dir: &RunDir, mut sum: Summary, t0: Instant, abort: Abort) -> Result<u8, LabError> {
+/// reason, the results say so, and the exit is an infrastructure error, or
+/// invalid input when that is what stopped it.
+fn aborted(
+    run_dir: &RunDir,
+    mut sum: Summary,
+    t0: Instant,
+    stopped: Stopped,
+) -> Result<u8, LabError> {
+    let abort = stopped.abort;
     sum.abort(&abort.reason, abort.scenario.as_deref());
     finish(run_dir, sum, t0, Verbosity::Normal)?;
-    Err(infra(anyhow::anyhow!("run aborted: {}", abort.reason)))
+    let message = format!("run aborted: {}", abort.reason);
+    Err(if stopped.invalid_input {
+        LabError::BadArgs(message)
+    } else {
+        infra(anyhow::anyhow!(message))
+    })
 }
 
 /// Write the final results, print the totals, and give the exit code of a
@@ -441,6 +501,12 @@ fn finish(
     if sum.timeouts > 0 {
         totals.push_str(&format!(" ({} timed out)", sum.timeouts));
     }
+    if sum.known_failures > 0 {
+        totals.push_str(&format!(
+            ", {} known kernel bug(s) (known_fail)",
+            sum.known_failures
+        ));
+    }
     if sum.not_run > 0 {
         totals.push_str(&format!(", {} not run", sum.not_run));
     }
@@ -461,6 +527,8 @@ fn print_line(s: &ScenarioSummary) {
 
 struct RunCtx<'a> {
     backend: &'a dyn Backend,
+    /// Apply the scenarios' `known_issues` (off: `--no-known-issues`).
+    known_issues: bool,
     prepared: &'a plan::Prepared,
     run_dir: &'a RunDir,
     limits: Limits,
@@ -488,7 +556,7 @@ fn run_one(
         channel: None,
     };
     let boot = |spec: VmSpec| {
-        session::run(
+        let record = session::run(
             ctx.backend,
             spec,
             s,
@@ -496,7 +564,10 @@ fn run_one(
             ctx.limits,
             &dir.join("events.jsonl"),
             &dir.join("vmm.log"),
-        )
+        );
+        // The console is complete once its capture has drained the pipe.
+        let _ = crate::console_capture::settle(&console_log);
+        record
     };
     let mut record = boot(spec.clone());
     let mut retried_after = None;
@@ -516,9 +587,13 @@ fn run_one(
         }
     }
     save_outputs(&dir, &record);
-    let console =
-        String::from_utf8_lossy(&std::fs::read(&console_log).unwrap_or_default()).into_owned();
+    // Bounded; a capture that failed (disk full) is an error, not a verdict.
+    let console = crate::console_capture::read_for_verdict(&console_log)?;
     let mut judgement = verdict::judge(&record, &console);
+    if ctx.known_issues {
+        judgement.apply_known_issues(&s.known_issues, &ctx.prepared.kernel.release);
+    }
+    decode_splats(&mut judgement, ctx.prepared.kernel.vmlinux.as_deref());
     if let Some(fault) = tcg.then(|| splat::emulator_fault(&console)).flatten() {
         // Twice in a row (or after another retry): still the emulator's
         // doing as far as anyone can tell, so an error, never a kernel fail.
@@ -535,12 +610,32 @@ fn run_one(
         judgement,
         boot_s: record.boot_s,
         duration_s: record.total_s,
-        vm_exit: Some(record.vm_exit),
+        vm_exit: record.vm_exit,
         guest: record.hello,
         retried_after,
         host_load: record.host_load,
         ..attempts::pending(file, attempt)
     })
+}
+
+/// Decodes each recorded splat's trace with the kernel's vmlinux, when it
+/// has symbols and DWARF (a build tree's; Debian's unpacked one has
+/// neither). Loaded only for a scenario that splatted: most never do.
+fn decode_splats(judgement: &mut Judgement, vmlinux: Option<&Path>) {
+    if judgement.splats.iter().all(|s| s.text.is_none()) {
+        return;
+    }
+    let Some(vmlinux) = vmlinux else { return };
+    let symbolizer = match crate::symbolize::Symbolizer::new(vmlinux) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lab: stack traces stay raw: {e}");
+            return;
+        }
+    };
+    for s in &mut judgement.splats {
+        s.decoded = s.text.as_deref().map(|t| symbolizer.decode(t));
+    }
 }
 
 /// Why a scenario's VM is worth one more run, if it is: a fault of the
@@ -561,8 +656,9 @@ fn retry_cause(
     console_log: &std::path::Path,
     tcg: bool,
 ) -> Option<SessionEnd> {
-    let console =
-        String::from_utf8_lossy(&std::fs::read(console_log).unwrap_or_default()).into_owned();
+    // Bounded like the verdict's read; a failed capture retries nothing
+    // (the verdict's own read reports it).
+    let console = crate::console_capture::read_for_verdict(console_log).ok()?;
     if tcg {
         if let Some(fault) = splat::emulator_fault(&console) {
             return Some(SessionEnd::EmulatorFault {
@@ -572,7 +668,8 @@ fn retry_cause(
         }
     }
     let agent_gave_up = arena_protocol::console::fatal_reason(&console).is_some();
-    (record.hello.is_none() && record.vm_exit.starts_with("exited") && !agent_gave_up)
+    let ended_itself = matches!(record.vm_exit, Some(VmExit::Exited(_)));
+    (record.hello.is_none() && ended_itself && !agent_gave_up)
         .then(|| SessionEnd::from(&record.end))
 }
 
@@ -608,9 +705,9 @@ pub fn boot(
     append: &str,
 ) -> Result<u8, LabError> {
     kernel.check()?;
-    let k = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()).map_err(infra)?;
+    let k = plan::kernel(kernel).map_err(infra)?;
     let (backend, _) = pick_backend(choice)?;
-    let prepared = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
+    let prepared = plan::prepare(k, kernel).map_err(infra)?;
     let scenario = trivial_scenario();
     let image = plan::image(&prepared, &scenario).map_err(infra)?;
     let boot_file = backend
@@ -642,11 +739,11 @@ pub fn boot(
     );
     let vmm_log = std::fs::read_to_string(scratch.join("vmm.log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&scratch);
-    eprintln!(
-        "\nlab: {}; VM {}",
-        SessionEnd::from(&record.end),
-        record.vm_exit
-    );
+    let vm_exit = record
+        .vm_exit
+        .as_ref()
+        .map_or_else(|| "never started".to_owned(), VmExit::to_string);
+    eprintln!("\nlab: {}; VM {vm_exit}", SessionEnd::from(&record.end));
     if !vmm_log.trim().is_empty() {
         eprintln!("lab: backend stderr:\n{}", vmm_log.trim_end());
     }

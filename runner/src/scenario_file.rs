@@ -440,6 +440,23 @@ fn check(s: &Scenario) -> Vec<Problem> {
     if s.steps.is_empty() {
         c.report("steps".into(), "a scenario needs at least one step");
     }
+    for (i, k) in s.known_issues.iter().enumerate() {
+        for (field, value) in [
+            ("kernel", &k.kernel),
+            ("reason", &k.reason),
+            ("note", &k.note),
+        ] {
+            if value.trim().is_empty() {
+                c.report(format!("known_issues[{i}].{field}"), "must not be empty");
+            }
+        }
+        if k.kernel.trim() == "*" {
+            c.report(
+                format!("known_issues[{i}].kernel"),
+                "`*` would excuse the failure on every kernel; name the releases",
+            );
+        }
+    }
     let scope = Scope {
         top: true,
         threads: false,

@@ -7,18 +7,20 @@
 //! bounds a *stall* (no event, and no `progress` that advanced); the hard
 //! cap ([`hard_cap_s`] × `timeout_s`) bounds the whole run.
 
+use std::fmt;
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use arena_protocol::framing::write_message;
-use arena_protocol::message::hard_cap_s;
+use arena_protocol::message::{hard_cap_s, WorkerKilled};
 use arena_protocol::{GuestMessage, Hello, HostMessage, LineReader, Scenario, StepStatus};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::backend::{Backend, Console, VmSpec};
 
@@ -46,6 +48,8 @@ pub enum End {
         status: StepStatus,
         /// Its reason.
         reason: String,
+        /// Set when a signal killed the agent's worker.
+        killed: Option<WorkerKilled>,
     },
     /// The VM never got to the agent's hello.
     NoHello(String),
@@ -104,9 +108,69 @@ pub fn check_time(
     }
 }
 
-/// When the wait must be looked at again (the earlier of the two limits).
-fn next_check(sent: Instant, advanced: Instant, stall_limit: Duration, cap: Duration) -> Instant {
-    (sent + cap).min(advanced + stall_limit)
+/// The host's time accounting once the scenario is sent: a stall of the
+/// scenario's `timeout_s`, or its hard cap (plus [`HOST_GRACE`]), ends the
+/// wait.
+#[derive(Debug)]
+struct Watch {
+    stall_limit: Duration,
+    cap: Duration,
+    /// When the scenario was sent.
+    sent: Instant,
+    /// When the guest last advanced.
+    advanced: Instant,
+    /// When the guest last sent anything (a heartbeat included).
+    heard: Instant,
+    /// The position of the last `progress`.
+    last_key: Option<(String, u64, Option<u64>)>,
+}
+
+impl Watch {
+    fn new(timeout_s: u64, sent: Instant) -> Watch {
+        Watch {
+            stall_limit: Duration::from_secs(timeout_s),
+            cap: Duration::from_secs(hard_cap_s(timeout_s)) + HOST_GRACE,
+            sent,
+            advanced: sent,
+            heard: sent,
+            last_key: None,
+        }
+    }
+
+    /// Note `m`, arrived at `now`: any event is progress (a step started
+    /// or ended...), a `progress` heartbeat only when its position moved.
+    fn heard(&mut self, m: &GuestMessage, now: Instant) {
+        self.heard = now;
+        match progress_key(m) {
+            Some((path, ticks, iteration)) => {
+                let key = (path.to_owned(), ticks, iteration);
+                if self.last_key.as_ref() != Some(&key) {
+                    self.advanced = now;
+                    self.last_key = Some(key);
+                }
+            }
+            None => self.advanced = now,
+        }
+    }
+
+    /// When the wait must be looked at again (the earlier of the two limits).
+    fn next_check(&self) -> Instant {
+        (self.sent + self.cap).min(self.advanced + self.stall_limit)
+    }
+
+    /// The host-side timeout at `now`, if the wait is over.
+    fn expired(&self, now: Instant) -> Option<HostTimeout> {
+        let stop = check_time(
+            now - self.sent,
+            now - self.advanced,
+            self.stall_limit,
+            self.cap,
+        )?;
+        Some(HostTimeout {
+            stop,
+            silent: now - self.heard,
+        })
+    }
 }
 
 /// The position a `progress` message reports, for telling whether the
@@ -217,6 +281,37 @@ pub struct Received {
     pub message: GuestMessage,
 }
 
+/// How the VM process ended. A summary's `vm_exit` is its text, the same
+/// as before it was typed: `exited: exit status: 0`,
+/// `killed by the runner (signal: 9 (SIGKILL))`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// It ended on its own: the guest powered off or rebooted, or the
+    /// VMM died.
+    Exited(ExitStatus),
+    /// The runner killed it (the wait was over, or it did not power off
+    /// after `done`); how it then ended.
+    Killed(ExitStatus),
+    /// The runner killed it and could not reap it (the `wait` error).
+    Unreaped(String),
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmExit::Exited(st) => write!(f, "exited: {st}"),
+            VmExit::Killed(st) => write!(f, "killed by the runner ({st})"),
+            VmExit::Unreaped(e) => write!(f, "killed by the runner (wait: {e})"),
+        }
+    }
+}
+
+impl Serialize for VmExit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Everything a session observed.
 #[derive(Debug)]
 pub struct Record {
@@ -228,12 +323,27 @@ pub struct Record {
     pub messages: Vec<Received>,
     /// How it ended.
     pub end: End,
-    /// How the VM process ended.
-    pub vm_exit: String,
+    /// How the VM process ended; `None` when it never started.
+    pub vm_exit: Option<VmExit>,
     /// Seconds from VM start to VM end.
     pub total_s: f64,
     /// Host load while the VM ran (`None` where `/proc` is unreadable).
     pub host_load: Option<HostLoad>,
+}
+
+impl Record {
+    /// A session whose VM never started, and why.
+    fn unstarted(why: String) -> Record {
+        Record {
+            hello: None,
+            boot_s: None,
+            messages: Vec::new(),
+            end: End::NoHello(why),
+            vm_exit: None,
+            total_s: 0.0,
+            host_load: None,
+        }
+    }
 }
 
 enum Event {
@@ -256,7 +366,7 @@ fn socket_path() -> PathBuf {
 /// `events_log` receives every guest message as a JSON line as it arrives.
 pub fn run(
     backend: &dyn Backend,
-    mut spec: VmSpec,
+    spec: VmSpec,
     scenario: &Scenario,
     seed: u64,
     limits: Limits,
@@ -266,101 +376,319 @@ pub fn run(
     let sock = socket_path();
     let _ = std::fs::remove_file(&sock);
     let started = Instant::now();
-    let mut record = Record {
-        hello: None,
-        boot_s: None,
-        messages: Vec::new(),
-        end: End::NoHello(String::new()),
-        vm_exit: String::new(),
-        total_s: 0.0,
-        host_load: None,
-    };
     let load = LoadProbe::start();
-    let listener = match UnixListener::bind(&sock) {
-        Ok(l) => l,
-        Err(e) => {
-            record.end = End::NoHello(format!("cannot listen on {}: {e}", sock.display()));
-            return record;
-        }
+    let mut session = match Session::start(backend, spec, &sock, started, events_log, vmm_log) {
+        Ok(s) => s,
+        Err(why) => return Record::unstarted(why),
     };
-    spec.channel = Some(sock.clone());
-    let mut events = std::fs::File::create(events_log).ok();
-    let stderr = std::fs::File::create(vmm_log)
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
-    let stdout = if spec.console == Console::Stdout {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    let mut command = backend.command(&spec);
-    // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
-    // The VM dies with the runner, so a killed `lab` leaves no VM behind.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = match command
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            record.end = End::NoHello(format!("cannot start the {} backend: {e}", backend.name()));
-            let _ = std::fs::remove_file(&sock);
-            return record;
-        }
-    };
-    crate::progress::vm_started(child.id());
-    let boot_deadline = started + limits.boot;
-    record.end = drive(
-        &mut child,
-        &listener,
-        scenario,
-        seed,
-        boot_deadline,
-        started,
-        &mut record.hello,
-        &mut record.boot_s,
-        &mut record.messages,
-        &mut events,
-        vmm_log,
-    );
+    let end = session.drive(scenario, seed, started + limits.boot);
     let _ = std::fs::remove_file(&sock);
-    record.vm_exit = finish(
-        &mut child,
-        matches!(record.end, End::Done { .. } | End::VmExited(_)),
-    );
-    crate::progress::vm_ended(child.id());
-    record.total_s = started.elapsed().as_secs_f64();
-    record.host_load = load.finish();
-    record
+    let vm_exit = session.shut_down(&end);
+    Record {
+        hello: session.hello,
+        boot_s: session.boot_s,
+        messages: session.messages,
+        end,
+        vm_exit: Some(vm_exit),
+        total_s: started.elapsed().as_secs_f64(),
+        host_load: load.finish(),
+    }
 }
 
-/// Wait for the VM to power off (when it was told to), else kill it.
-fn finish(child: &mut Child, expect_exit: bool) -> String {
-    let until = Instant::now()
-        + if expect_exit {
+/// A started VM and what has been seen of it: the state of one [`run`].
+struct Session {
+    child: Child,
+    /// Where the VM connects its results channel.
+    listener: UnixListener,
+    /// When the VM was started: message times count from here.
+    started: Instant,
+    /// `events.jsonl`, if it could be created.
+    events: Option<File>,
+    /// The backend's stderr, quoted when the VM dies early.
+    vmm_log: PathBuf,
+    hello: Option<Hello>,
+    boot_s: Option<f64>,
+    messages: Vec<Received>,
+}
+
+impl Session {
+    /// Listen on `sock` and start the VM with it as its results channel;
+    /// why not, if that fails.
+    fn start(
+        backend: &dyn Backend,
+        mut spec: VmSpec,
+        sock: &Path,
+        started: Instant,
+        events_log: &Path,
+        vmm_log: &Path,
+    ) -> Result<Session, String> {
+        let listener = UnixListener::bind(sock)
+            .map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
+        spec.channel = Some(sock.to_owned());
+        let events = File::create(events_log).ok();
+        let stderr = File::create(vmm_log)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
+        let stdout = if spec.console == Console::Stdout {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let mut command = backend.command(&spec);
+        // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
+        // The VM dies with the runner, so a killed `lab` leaves no VM behind.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| {
+                let _ = std::fs::remove_file(sock);
+                format!("cannot start the {} backend: {e}", backend.name())
+            })?;
+        crate::progress::vm_started(child.id());
+        Ok(Session {
+            child,
+            listener,
+            started,
+            events,
+            vmm_log: vmm_log.to_owned(),
+            hello: None,
+            boot_s: None,
+            messages: Vec::new(),
+        })
+    }
+
+    /// The whole conversation: how it ended (the agent's `done`, or why
+    /// there was none).
+    fn drive(&mut self, scenario: &Scenario, seed: u64, boot_deadline: Instant) -> End {
+        // The writer stays open while the scenario runs.
+        let (rx, _writer) = match self.open(scenario, seed, boot_deadline) {
+            Ok(channel) => channel,
+            Err(end) => return end,
+        };
+        self.collect(&rx, Watch::new(scenario.timeout_s, Instant::now()))
+    }
+
+    /// Wait for the results channel and the agent's hello, then send the
+    /// scenario: the guest's messages to come, and the channel's writer.
+    fn open(
+        &mut self,
+        scenario: &Scenario,
+        seed: u64,
+        boot_deadline: Instant,
+    ) -> Result<(Receiver<Event>, UnixStream), End> {
+        let stream = self.accept_channel(boot_deadline)?;
+        let _ = stream.set_nonblocking(false);
+        let mut writer = stream
+            .try_clone()
+            .map_err(|_| End::NoHello("cannot clone the results channel".into()))?;
+        let rx = spawn_reader(stream);
+        self.await_hello(&rx, boot_deadline)?;
+        send_scenario(&mut writer, scenario, seed)?;
+        Ok((rx, writer))
+    }
+
+    /// Wait for the VM to connect to the results channel.
+    fn accept_channel(&mut self, deadline: Instant) -> Result<UnixStream, End> {
+        let _ = self.listener.set_nonblocking(true);
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => return Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::NoHello(format!("accepting the results channel: {e}"))),
+            }
+            if let Some(st) = self.exit_status() {
+                return Err(End::NoHello(format!(
+                    "the VM exited ({st}) before opening the results channel: {}",
+                    tail_of(&self.vmm_log, 5)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(End::NoHello(
+                    "the VM did not open the results channel in time".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Wait for the agent's hello and keep it.
+    fn await_hello(&mut self, rx: &Receiver<Event>, deadline: Instant) -> Result<(), End> {
+        let why = match next_event(rx, &mut self.child, deadline) {
+            Ok(Event::Message(GuestMessage::Hello(h))) => {
+                let at = self.now_s();
+                self.log(&GuestMessage::Hello(h.clone()), at);
+                self.boot_s = Some(at);
+                self.hello = Some(h);
+                return Ok(());
+            }
+            Ok(Event::Message(GuestMessage::Fatal { reason })) => {
+                format!("the agent gave up before hello: {reason}")
+            }
+            Ok(Event::Message(other)) => {
+                let sent = serde_json::to_string(&other).unwrap_or_default();
+                format!("expected hello, the guest sent {sent}")
+            }
+            Ok(Event::Bad(why)) => format!("garbage before hello: {why}"),
+            Ok(Event::Eof) => {
+                // The guest is going down (a boot-time panic reboots it): let
+                // the VM end on its own so its exit is recorded as such.
+                self.wait_exit(Duration::from_secs(3));
+                "results channel closed before hello".into()
+            }
+            Err(Wait::Exited(st)) => format!("the VM exited ({st}) before the agent said hello"),
+            Err(Wait::Timeout) => "no hello from the agent before the boot timeout".into(),
+        };
+        Err(End::NoHello(why))
+    }
+
+    /// Guest messages until the agent's `done`, the VM's end, or the host's
+    /// timeout by `watch`.
+    fn collect(&mut self, rx: &Receiver<Event>, mut watch: Watch) -> End {
+        loop {
+            match next_event(rx, &mut self.child, watch.next_check()) {
+                Ok(Event::Message(m)) => {
+                    watch.heard(&m, Instant::now());
+                    if let Some(end) = self.on_message(m) {
+                        return end;
+                    }
+                }
+                Ok(Event::Bad(why)) => return End::Protocol(why),
+                // The guest closed its side; see whether the VM is going down.
+                Ok(Event::Eof) => {
+                    return End::VmExited(match self.wait_exit(Duration::from_secs(2)) {
+                        Some(st) => st.to_string(),
+                        None => "results channel closed; VM still running".into(),
+                    })
+                }
+                Err(Wait::Exited(st)) => return End::VmExited(st.to_string()),
+                Err(Wait::Timeout) => {
+                    if let Some(timeout) = watch.expired(Instant::now()) {
+                        return End::HostTimeout(timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keep a message that came after hello (and log it); the end it
+    /// brings, if any.
+    fn on_message(&mut self, m: GuestMessage) -> Option<End> {
+        let at = self.now_s();
+        self.log(&m, at);
+        let end = end_of(&m);
+        self.messages.push(Received { at, message: m });
+        end
+    }
+
+    /// Append `m`, received `at`, to `events.jsonl`.
+    fn log(&mut self, m: &GuestMessage, at: f64) {
+        if let Some(f) = self.events.as_mut() {
+            let _ = writeln!(f, "{}", event_line(m, at));
+        }
+    }
+
+    /// Seconds since the VM was started.
+    fn now_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// The VM's exit status, if it has ended.
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Give the VM up to `grace` to end on its own; its status if it did.
+    fn wait_exit(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + grace;
+        loop {
+            if let Some(st) = self.exit_status() {
+                return Some(st);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// End the VM: it gets [`POWEROFF_GRACE`] to power off when it was told
+    /// to (the agent said done) or is going already, else it is killed.
+    fn shut_down(&mut self, end: &End) -> VmExit {
+        let grace = if matches!(end, End::Done { .. } | End::VmExited(_)) {
             POWEROFF_GRACE
         } else {
             Duration::ZERO
         };
+        let exit = stop(&mut self.child, grace);
+        crate::progress::vm_ended(self.child.id());
+        exit
+    }
+}
+
+/// Send the agent its scenario.
+fn send_scenario(writer: &mut UnixStream, scenario: &Scenario, seed: u64) -> Result<(), End> {
+    let run = HostMessage::Run {
+        scenario: scenario.clone(),
+        seed,
+    };
+    write_message(writer, &run).map_err(|e| End::Protocol(format!("sending the scenario: {e}")))
+}
+
+/// The end a guest message brings: the agent's `done`, or its `fatal`
+/// (it gave up).
+fn end_of(m: &GuestMessage) -> Option<End> {
+    match m {
+        GuestMessage::Done {
+            status,
+            reason,
+            killed,
+        } => Some(End::Done {
+            status: *status,
+            reason: reason.clone(),
+            killed: killed.clone(),
+        }),
+        GuestMessage::Fatal { reason } => Some(End::Done {
+            status: StepStatus::Error,
+            reason: format!("the agent gave up: {reason}"),
+            killed: None,
+        }),
+        _ => None,
+    }
+}
+
+/// An `events.jsonl` line: the message, stamped with its arrival
+/// (`host_time_s`, seconds since VM start).
+fn event_line(m: &GuestMessage, at: f64) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("host_time_s".into(), serde_json::json!(at));
+    }
+    v
+}
+
+/// Wait up to `grace` for `child` to end on its own, then kill it.
+fn stop(child: &mut Child, grace: Duration) -> VmExit {
+    let until = Instant::now() + grace;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
-            return format!("exited: {st}");
+            return VmExit::Exited(st);
         }
         if Instant::now() >= until {
             let _ = child.kill();
             return match child.wait() {
                 // It ended on its own just before the kill landed.
-                Ok(st) if st.code().is_some() => format!("exited: {st}"),
-                Ok(st) => format!("killed by the runner ({st})"),
-                Err(e) => format!("killed by the runner (wait: {e})"),
+                Ok(st) if st.code().is_some() => VmExit::Exited(st),
+                Ok(st) => VmExit::Killed(st),
+                Err(e) => VmExit::Unreaped(e.to_string()),
             };
         }
         std::thread::sleep(TICK);
@@ -371,158 +699,6 @@ fn tail_of(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-#[allow(clippy::too_many_arguments)]
-fn drive(
-    child: &mut Child,
-    listener: &UnixListener,
-    scenario: &Scenario,
-    seed: u64,
-    boot_deadline: Instant,
-    started: Instant,
-    hello: &mut Option<Hello>,
-    boot_s: &mut Option<f64>,
-    messages: &mut Vec<Received>,
-    events: &mut Option<std::fs::File>,
-    vmm_log: &Path,
-) -> End {
-    let exited = |child: &mut Child| child.try_wait().ok().flatten();
-    let _ = listener.set_nonblocking(true);
-    let stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return End::NoHello(format!("accepting the results channel: {e}")),
-        }
-        if let Some(st) = exited(child) {
-            return End::NoHello(format!(
-                "the VM exited ({st}) before opening the results channel: {}",
-                tail_of(vmm_log, 5)
-            ));
-        }
-        if Instant::now() >= boot_deadline {
-            return End::NoHello("the VM did not open the results channel in time".into());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let _ = stream.set_nonblocking(false);
-    let Ok(mut writer) = stream.try_clone() else {
-        return End::NoHello("cannot clone the results channel".into());
-    };
-    let rx = spawn_reader(stream);
-    let mut log = |m: &GuestMessage, at: f64| {
-        if let Some(f) = events.as_mut() {
-            let mut v = serde_json::to_value(m).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("host_time_s".into(), serde_json::json!(at));
-            }
-            let _ = writeln!(f, "{v}");
-        }
-    };
-    // Hello.
-    match next_event(&rx, child, boot_deadline) {
-        Ok(Event::Message(GuestMessage::Hello(h))) => {
-            let at = started.elapsed().as_secs_f64();
-            log(&GuestMessage::Hello(h.clone()), at);
-            *boot_s = Some(at);
-            *hello = Some(h);
-        }
-        Ok(Event::Message(GuestMessage::Fatal { reason })) => {
-            return End::NoHello(format!("the agent gave up before hello: {reason}"))
-        }
-        Ok(Event::Message(other)) => {
-            let sent = serde_json::to_string(&other).unwrap_or_default();
-            return End::NoHello(format!("expected hello, the guest sent {sent}"));
-        }
-        Ok(Event::Bad(why)) => return End::NoHello(format!("garbage before hello: {why}")),
-        Ok(Event::Eof) => {
-            // The guest is going down (a boot-time panic reboots it): let the
-            // VM end on its own so its exit is recorded as such.
-            let until = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < until && exited(child).is_none() {
-                std::thread::sleep(TICK);
-            }
-            return End::NoHello("results channel closed before hello".into());
-        }
-        Err(Wait::Exited(st)) => {
-            return End::NoHello(format!("the VM exited ({st}) before the agent said hello"))
-        }
-        Err(Wait::Timeout) => {
-            return End::NoHello("no hello from the agent before the boot timeout".into())
-        }
-    }
-    let run = HostMessage::Run {
-        scenario: scenario.clone(),
-        seed,
-    };
-    if let Err(e) = write_message(&mut writer, &run) {
-        return End::Protocol(format!("sending the scenario: {e}"));
-    }
-    let stall_limit = Duration::from_secs(scenario.timeout_s);
-    let cap = Duration::from_secs(hard_cap_s(scenario.timeout_s)) + HOST_GRACE;
-    let sent = Instant::now();
-    let mut advanced = sent;
-    let mut heard = sent;
-    let mut last_key: Option<(String, u64, Option<u64>)> = None;
-    loop {
-        match next_event(&rx, child, next_check(sent, advanced, stall_limit, cap)) {
-            Ok(Event::Message(m)) => {
-                let at = started.elapsed().as_secs_f64();
-                log(&m, at);
-                heard = Instant::now();
-                match progress_key(&m) {
-                    Some((path, ticks, iteration)) => {
-                        let key = (path.to_owned(), ticks, iteration);
-                        if last_key.as_ref() != Some(&key) {
-                            advanced = heard;
-                            last_key = Some(key);
-                        }
-                    }
-                    // Any event is progress (a step started or ended...).
-                    None => advanced = heard,
-                }
-                let done = match &m {
-                    GuestMessage::Done { status, reason } => Some(End::Done {
-                        status: *status,
-                        reason: reason.clone(),
-                    }),
-                    GuestMessage::Fatal { reason } => Some(End::Done {
-                        status: StepStatus::Error,
-                        reason: format!("the agent gave up: {reason}"),
-                    }),
-                    _ => None,
-                };
-                messages.push(Received { at, message: m });
-                if let Some(end) = done {
-                    return end;
-                }
-            }
-            Ok(Event::Bad(why)) => return End::Protocol(why),
-            Ok(Event::Eof) => {
-                // The guest closed its side; see whether the VM is going down.
-                let until = Instant::now() + Duration::from_secs(2);
-                while Instant::now() < until {
-                    if let Some(st) = exited(child) {
-                        return End::VmExited(st.to_string());
-                    }
-                    std::thread::sleep(TICK);
-                }
-                return End::VmExited("results channel closed; VM still running".into());
-            }
-            Err(Wait::Exited(st)) => return End::VmExited(st.to_string()),
-            Err(Wait::Timeout) => {
-                let now = Instant::now();
-                let stop = check_time(now - sent, now - advanced, stall_limit, cap);
-                if let Some(stop) = stop {
-                    return End::HostTimeout(HostTimeout {
-                        stop,
-                        silent: now - heard,
-                    });
-                }
-            }
-        }
-    }
 }
 
 enum Wait {
@@ -571,6 +747,7 @@ fn spawn_reader(stream: UnixStream) -> Receiver<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -600,9 +777,152 @@ mod tests {
 
     #[test]
     fn the_next_check_is_the_earlier_limit() {
+        // timeout_s 3: stall limit 3 s, cap 12 s + HOST_GRACE.
         let t = Instant::now();
-        assert_eq!(next_check(t, t + S(10), S(3), S(12)), t + S(12));
-        assert_eq!(next_check(t, t + S(2), S(3), S(12)), t + S(5));
+        let mut w = Watch::new(3, t);
+        assert_eq!(w.next_check(), t + S(3));
+        w.advanced = t + S(20);
+        assert_eq!(w.next_check(), t + S(12) + HOST_GRACE);
+    }
+
+    fn heartbeat(ticks: u64, elapsed_ms: u64) -> GuestMessage {
+        GuestMessage::Progress {
+            path: "0".into(),
+            kind: "sleep".into(),
+            elapsed_ms,
+            ticks,
+            workers: None,
+        }
+    }
+
+    #[test]
+    fn the_watch_times_stalls_from_the_last_advance() {
+        let t = Instant::now();
+        let mut w = Watch::new(10, t);
+        assert_eq!(w.expired(t + S(9)), None);
+        w.heard(&heartbeat(0, 1000), t + S(5));
+        // Heartbeats that repeat the position keep the guest heard, not advanced.
+        w.heard(&heartbeat(0, 9000), t + S(13));
+        assert_eq!(
+            w.expired(t + S(15)),
+            Some(HostTimeout {
+                stop: Stop::Stalled(S(10)),
+                silent: S(2),
+            })
+        );
+        // A moved position, or any other event, is progress.
+        w.heard(&heartbeat(1, 10_000), t + S(14));
+        assert_eq!(w.expired(t + S(23)), None);
+        let started = GuestMessage::StepStarted {
+            path: "1".into(),
+            kind: "touch".into(),
+        };
+        w.heard(&started, t + S(22));
+        assert_eq!(w.expired(t + S(31)), None);
+        // However lively, the hard cap (plus the host's grace) ends it.
+        let cap = S(40) + HOST_GRACE;
+        w.heard(&heartbeat(2, 11_000), t + cap - S(1));
+        assert_eq!(
+            w.expired(t + cap),
+            Some(HostTimeout {
+                stop: Stop::HardCap(cap),
+                silent: S(1),
+            })
+        );
+    }
+
+    #[test]
+    fn done_and_fatal_end_the_session() {
+        let killed = WorkerKilled {
+            signal: 11,
+            signal_name: "SIGSEGV".into(),
+            addr: None,
+        };
+        let done = GuestMessage::Done {
+            status: StepStatus::Fail,
+            reason: killed.to_string(),
+            killed: Some(killed.clone()),
+        };
+        assert_eq!(
+            end_of(&done),
+            Some(End::Done {
+                status: StepStatus::Fail,
+                reason: "agent worker killed by signal 11 (SIGSEGV)".into(),
+                killed: Some(killed),
+            })
+        );
+        let fatal = GuestMessage::Fatal {
+            reason: "no memory".into(),
+        };
+        assert_eq!(
+            end_of(&fatal),
+            Some(End::Done {
+                status: StepStatus::Error,
+                reason: "the agent gave up: no memory".into(),
+                killed: None,
+            })
+        );
+        assert_eq!(end_of(&heartbeat(0, 0)), None);
+    }
+
+    #[test]
+    fn events_are_stamped_with_their_arrival() {
+        let line = event_line(&heartbeat(3, 1500), 2.5);
+        assert_eq!(
+            line,
+            serde_json::json!({"type": "progress", "path": "0", "kind": "sleep",
+                "elapsed_ms": 1500, "ticks": 3, "host_time_s": 2.5})
+        );
+    }
+
+    #[test]
+    fn vm_exits_read_as_the_os_says() {
+        let cases = [
+            (
+                VmExit::Exited(ExitStatus::from_raw(0)),
+                "exited: exit status: 0",
+            ),
+            (
+                VmExit::Exited(ExitStatus::from_raw(3 << 8)),
+                "exited: exit status: 3",
+            ),
+            (
+                VmExit::Exited(ExitStatus::from_raw(libc::SIGABRT | 0x80)),
+                "exited: signal: 6 (SIGABRT) (core dumped)",
+            ),
+            (
+                VmExit::Killed(ExitStatus::from_raw(libc::SIGKILL)),
+                "killed by the runner (signal: 9 (SIGKILL))",
+            ),
+            (
+                VmExit::Unreaped("No child processes (os error 10)".into()),
+                "killed by the runner (wait: No child processes (os error 10))",
+            ),
+        ];
+        for (exit, text) in cases {
+            assert_eq!(exit.to_string(), text);
+            assert_eq!(
+                serde_json::to_value(&exit).unwrap(),
+                serde_json::json!(text)
+            );
+        }
+    }
+
+    #[test]
+    fn a_vm_that_does_not_end_is_killed() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            stop(&mut child, Duration::ZERO),
+            VmExit::Killed(ExitStatus::from_raw(libc::SIGKILL))
+        );
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        assert_eq!(
+            stop(&mut child, S(10)),
+            VmExit::Exited(ExitStatus::from_raw(0))
+        );
     }
 
     #[test]
@@ -629,6 +949,7 @@ mod tests {
         let done = GuestMessage::Done {
             status: StepStatus::Pass,
             reason: String::new(),
+            killed: None,
         };
         assert_eq!(progress_key(&done), None);
     }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use arena_protocol::scenario::KnownIssue;
 use arena_protocol::{GuestMessage, StepStatus};
 
 use crate::session::{End, Record, Stop};
@@ -29,6 +30,9 @@ pub enum Verdict {
     Pass,
     /// An expectation failed or the kernel splatted.
     Fail,
+    /// It failed exactly as a kernel bug the scenario documents
+    /// (`known_issues`): shown, never green, but not a regression.
+    KnownFail,
     /// The scenario could not be carried out.
     Error,
     /// It ran out of time.
@@ -44,6 +48,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Fail => "fail",
+            Verdict::KnownFail => "known_fail",
             Verdict::Error => "error",
             Verdict::Timeout => "timeout",
             Verdict::NotRun => "not_run",
@@ -117,7 +122,7 @@ pub enum SessionEnd {
 impl From<&End> for SessionEnd {
     fn from(end: &End) -> Self {
         match end {
-            End::Done { status, reason } => SessionEnd::Done {
+            End::Done { status, reason, .. } => SessionEnd::Done {
                 status: *status,
                 reason: reason.clone(),
             },
@@ -216,6 +221,14 @@ pub struct SplatRecord {
     /// The splat's lines (up to the end-of-trace marker, at most 40), for
     /// the first three splats only; `None` for the rest.
     pub text: Option<String>,
+    /// The function it happened in (its `RIP:`, else the first trace frame
+    /// that is not the reporting machinery), when the text has a trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// `text` with each frame followed by `(file:line)`, decoded with the
+    /// kernel's vmlinux (symbols and DWARF); `None` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<String>,
 }
 
 /// The judged outcome of one scenario.
@@ -237,6 +250,9 @@ pub struct Judgement {
     /// The last console lines when the verdict is not pass and a console
     /// exists; `None` otherwise.
     pub console_tail: Option<String>,
+    /// With `known_fail`: the documented issue's note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_issue: Option<String>,
 }
 
 impl Judgement {
@@ -259,6 +275,19 @@ impl Judgement {
             testcases: Vec::new(),
             splats: Vec::new(),
             console_tail: None,
+            known_issue: None,
+        }
+    }
+
+    /// A failure that matches one of `issues` on kernel `release` becomes
+    /// `known_fail`, its reason unchanged; anything else stays as it is.
+    pub fn apply_known_issues(&mut self, issues: &[KnownIssue], release: &str) {
+        if self.verdict != Verdict::Fail {
+            return;
+        }
+        if let Some(k) = issues.iter().find(|k| k.matches(release, &self.reason)) {
+            self.verdict = Verdict::KnownFail;
+            self.known_issue = Some(k.note.clone());
         }
     }
 }
@@ -396,17 +425,21 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     // On lines of their own, so a reason's first line stays a one-line title.
     let last_lines = || format!("\nlast console lines:\n{}", tail(console, 15));
     let (mut verdict, mut reason, infra) = match &record.end {
-        End::Done { status, reason } => {
+        End::Done {
+            status,
+            reason,
+            killed,
+        } => {
             let v = match status {
                 StepStatus::Pass | StepStatus::Skip => Verdict::Pass,
                 StepStatus::Fail => Verdict::Fail,
                 StepStatus::Error => Verdict::Error,
                 StepStatus::Timeout => Verdict::Timeout,
             };
-            let reason = if v == Verdict::Fail && reason.starts_with("agent worker killed") {
-                format!("{reason}{during}")
-            } else {
-                reason.clone()
+            // A killed worker cannot say where it died: the open step can.
+            let reason = match killed {
+                Some(_) => format!("{reason}{during}"),
+                None => reason.clone(),
             };
             (v, reason, false)
         }
@@ -446,7 +479,14 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     let splats: Vec<Splat> = splat::detect(console);
     if let Some(first) = splats.first() {
         if !infra {
-            let title = format!("kernel splat: {} (console.log:{})", first.title, first.line);
+            let function = crate::symbolize::culprit(&splat_text(console, first.line))
+                .filter(|f| !first.title.contains(&format!("{f}+")))
+                .map(|f| format!(" in {f}"))
+                .unwrap_or_default();
+            let title = format!(
+                "kernel splat: {}{function} (console.log:{})",
+                first.title, first.line
+            );
             reason = if verdict == Verdict::Pass {
                 title
             } else {
@@ -460,11 +500,16 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     let splats = splats
         .into_iter()
         .enumerate()
-        .map(|(i, s)| SplatRecord {
-            text: (i < SPLAT_TEXTS).then(|| splat_text(console, s.line)),
-            line: s.line,
-            kind: s.kind.to_owned(),
-            title: s.title,
+        .map(|(i, s)| {
+            let text = splat_text(console, s.line);
+            SplatRecord {
+                function: crate::symbolize::culprit(&text),
+                text: (i < SPLAT_TEXTS).then_some(text),
+                decoded: None,
+                line: s.line,
+                kind: s.kind.to_owned(),
+                title: s.title,
+            }
         })
         .collect();
     let console_tail = (verdict != Verdict::Pass && !console.is_empty())
@@ -477,6 +522,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         testcases,
         splats,
         console_tail,
+        known_issue: None,
     }
 }
 
@@ -485,6 +531,51 @@ mod tests {
     use super::*;
     use crate::session::{HostTimeout, Received};
     use std::time::Duration;
+
+    #[test]
+    fn known_issues_turn_only_matching_failures_into_known_fail() {
+        let issue = KnownIssue {
+            kernel: "6.12.*".into(),
+            reason: "kernel splat: BUG: Bad page state".into(),
+            note: "documented".into(),
+        };
+        let judged = |verdict, reason: &str| Judgement {
+            verdict,
+            ..Judgement::without_vm(verdict, reason, false)
+        };
+        let mut j = judged(Verdict::Fail, "kernel splat: BUG: Bad page state in x");
+        j.apply_known_issues(std::slice::from_ref(&issue), "6.12.117+deb12-amd64");
+        assert_eq!(j.verdict, Verdict::KnownFail);
+        assert_eq!(j.known_issue.as_deref(), Some("documented"));
+        assert_eq!(j.reason, "kernel splat: BUG: Bad page state in x");
+
+        let mut other_kernel = judged(Verdict::Fail, "kernel splat: BUG: Bad page state");
+        other_kernel.apply_known_issues(std::slice::from_ref(&issue), "7.2.13+deb14-amd64");
+        assert_eq!(other_kernel.verdict, Verdict::Fail);
+
+        // Errors and timeouts are never excused, whatever their text.
+        let mut timeout = judged(Verdict::Timeout, "kernel splat: BUG: Bad page state");
+        timeout.apply_known_issues(std::slice::from_ref(&issue), "6.12.117");
+        assert_eq!(timeout.verdict, Verdict::Timeout);
+    }
+
+    #[test]
+    fn a_splat_reason_names_the_function_from_its_trace() {
+        let console = "[ 1.0] BUG: Bad page state in process init  pfn:05c23\n\
+                       [ 1.0] Call Trace:\n[ 1.0]  <TASK>\n[ 1.0]  dump_stack_lvl+0x5d/0x80\n\
+                       [ 1.0]  bad_page+0x70/0x110\n[ 1.0]  free_unref_page+0x3a3/0x5a0\n\
+                       [ 1.0]  bpf_arena_free_pages+0x12d/0x300\n";
+        let j = judge(&record(done(StepStatus::Pass), vec![]), console);
+        assert!(
+            j.reason.starts_with(
+                "kernel splat: BUG: Bad page state in process init  pfn:05c23 in free_unref_page (console.log:1)"
+            ),
+            "{}",
+            j.reason
+        );
+        assert_eq!(j.splats[0].function.as_deref(), Some("free_unref_page"));
+        assert_eq!(j.splats[0].decoded, None);
+    }
 
     fn record(end: End, messages: Vec<GuestMessage>) -> Record {
         Record {
@@ -495,7 +586,7 @@ mod tests {
                 .map(|message| Received { at: 1.0, message })
                 .collect(),
             end,
-            vm_exit: String::new(),
+            vm_exit: None,
             total_s: 2.0,
             host_load: None,
         }
@@ -509,6 +600,7 @@ mod tests {
             } else {
                 "step 1 (touch): expected X".into()
             },
+            killed: None,
         }
     }
 
@@ -665,6 +757,7 @@ mod tests {
         let done = SessionEnd::from(&End::Done {
             status: StepStatus::Pass,
             reason: String::new(),
+            killed: None,
         });
         assert_eq!(done.to_string(), "agent done: pass");
         let timeout = SessionEnd::from(&stalled(40, 2));
@@ -678,6 +771,44 @@ mod tests {
             serde_json::from_value(serde_json::json!({"kind": "host_timeout", "limit_s": 40}))
                 .unwrap();
         assert_eq!(old, timeout);
+    }
+
+    #[test]
+    fn a_killed_worker_is_placed_in_its_open_step() {
+        let killed = arena_protocol::message::WorkerKilled {
+            signal: 11,
+            signal_name: "SIGSEGV".into(),
+            addr: Some(0x1000),
+        };
+        let end = End::Done {
+            status: StepStatus::Fail,
+            reason: killed.to_string(),
+            killed: Some(killed),
+        };
+        let started = GuestMessage::StepStarted {
+            path: "2".into(),
+            kind: "touch".into(),
+        };
+        let j = judge(&record(end.clone(), vec![started.clone()]), "");
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(
+            j.reason,
+            "agent worker killed by signal 11 (SIGSEGV) at address 0x1000 during step 2 (touch)"
+        );
+        // Between steps there is nothing to add.
+        let j = judge(&record(end, vec![]), "");
+        assert_eq!(
+            j.reason,
+            "agent worker killed by signal 11 (SIGSEGV) at address 0x1000"
+        );
+        // A reason that only reads like it is not placed.
+        let end = End::Done {
+            status: StepStatus::Fail,
+            reason: "agent worker killed by a step's own words".into(),
+            killed: None,
+        };
+        let j = judge(&record(end, vec![started]), "");
+        assert_eq!(j.reason, "agent worker killed by a step's own words");
     }
 
     #[test]

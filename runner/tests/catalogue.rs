@@ -9,12 +9,9 @@ use common::*;
 fn arena_catalogue_passes_and_covers_every_family() {
     let results = scratch("catalogue");
     let out = lab_run(&results, &["-j", "2", "scenarios/arena"]);
+    // A documented kernel bug is `known_fail`, which leaves the exit 0.
     let known_bugs = assert_passed_but_known_bugs(&results);
-    assert_eq!(
-        out.status.code(),
-        Some(if known_bugs > 0 { 1 } else { 0 }),
-        "exit status"
-    );
+    assert_eq!(out.status.code(), Some(0), "exit status");
     let s = summary(&results);
     let scenarios = s["scenarios"].as_array().unwrap();
     assert!(scenarios.len() >= 20, "only {} scenarios", scenarios.len());
@@ -52,8 +49,13 @@ fn arena_catalogue_passes_and_covers_every_family() {
     );
     assert_eq!(step["data"]["choices"][0]["seed"], step["data"]["seed"]);
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
-    assert!(
-        junit.contains(&format!("failures=\"{known_bugs}\"")),
+    // Known kernel bugs are skipped testcases with their note, never failures.
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    assert_eq!(
+        junit
+            .matches("<skipped message=\"known kernel bug: ")
+            .count(),
+        known_bugs,
         "{junit}"
     );
 }

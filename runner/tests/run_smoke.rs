@@ -159,9 +159,39 @@ fn a_kernel_without_its_virtio_modules_fails_fast_naming_the_driver() {
     let k: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let bzimage = k["bzimage"].as_str().unwrap().to_owned();
     let results = scratch("no-modules");
+    // The preflight reads the config beside it and refuses before any boot.
     let out = lab_run(
         &results,
         &[
+            "--kernel",
+            &bzimage,
+            "scenarios/smoke/arena-mmap-readback.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "missing CONFIG_VIRTIO_MMIO (a module, and the kernel has no modules directory"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !results
+            .join("latest/arena-mmap-readback/console.log")
+            .exists(),
+        "no VM may boot"
+    );
+    assert_eq!(
+        summary(&results)["scenarios"][0]["verdict"],
+        "not_run",
+        "the refusal is in the results too"
+    );
+    // Booted anyway, the agent finds out and says so, once.
+    let out = lab_run(
+        &results,
+        &[
+            "--no-preflight",
             "--kernel",
             &bzimage,
             "scenarios/smoke/arena-mmap-readback.yaml",

@@ -199,30 +199,25 @@ pub fn power_off() -> ! {
 mod tests {
     use super::*;
 
-    /// Runs `f` in a forked child whose stderr is a pipe nobody reads (every
-    /// write fails with EPIPE, as console writes failed with EIO); returns
-    /// the child's exit status.
+    /// Runs `f` in a forked child whose stderr is `/dev/full` (every write
+    /// fails, with ENOSPC, as console writes failed with EIO); returns the
+    /// child's exit status. Not a pipe: a child forked meanwhile by another
+    /// test would inherit its read end, and the writes would succeed.
     fn with_broken_stderr(f: fn()) -> i32 {
-        let mut fds = [0; 2];
-        // SAFETY: fds has room for two descriptors.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
         // SAFETY: the child only redirects fd 2, runs `f` and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             // SAFETY: plain descriptor juggling in the child.
-            unsafe {
-                libc::close(fds[0]);
-                libc::dup2(fds[1], 2);
-            }
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&full), 2) };
             let ok = std::panic::catch_unwind(f).is_ok();
             // SAFETY: leave the child without running the harness's exit code.
             unsafe { libc::_exit(if ok { 0 } else { 101 }) };
         }
-        // SAFETY: closing our copies and reaping our own child.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
+        drop(full);
         let mut status = 0;
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);

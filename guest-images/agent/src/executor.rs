@@ -26,7 +26,12 @@ pub fn set_verdict_fd(fd: i32) {
 
 /// Hand the scenario's verdict to PID 1 (one `done` message as a JSON line).
 pub fn verdict(status: StepStatus, reason: String) {
-    let mut line = serde_json::to_vec(&GuestMessage::Done { status, reason }).unwrap_or_default();
+    let done = GuestMessage::Done {
+        status,
+        reason,
+        killed: None,
+    };
+    let mut line = serde_json::to_vec(&done).unwrap_or_default();
     line.push(b'\n');
     let fd = VERDICT_FD.load(Ordering::Relaxed);
     // SAFETY: writing a local buffer to our pipe (a short, atomic write).

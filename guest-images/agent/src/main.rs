@@ -80,6 +80,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             channel.send(&GuestMessage::Done {
                 status: StepStatus::Error,
                 reason: format!("cannot start the agent worker: {e}"),
+                killed: None,
             });
             return;
         }
@@ -102,21 +103,16 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
                     "agent worker exited ({}) without a verdict",
                     sys::describe_status(st)
                 ),
+                killed: None,
             });
             channel.send(&done);
         }
         Some(st) => {
-            let sig = libc::WTERMSIG(st);
-            let fault = w.fault();
-            let at = fault
-                .map(|a| format!(" at address {a:#x}"))
-                .unwrap_or_default();
+            let killed = w.killed_by(libc::WTERMSIG(st));
             channel.send(&GuestMessage::Done {
                 status: StepStatus::Fail,
-                reason: format!(
-                    "agent worker killed by signal {sig} ({}){at}",
-                    sys::signal_name(sig)
-                ),
+                reason: killed.to_string(),
+                killed: Some(killed),
             });
         }
         None => {
@@ -126,6 +122,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Timeout,
                 reason: "worker did not finish within the scenario's hard cap".into(),
+                killed: None,
             });
             channel.send(&done);
         }

@@ -6,7 +6,9 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use crate::crash;
+use arena_protocol::message::WorkerKilled;
+
+use crate::{crash, sys};
 
 /// A forked worker: its pid and the read ends of its two pipes.
 pub struct Worker {
@@ -72,6 +74,16 @@ impl Worker {
     pub fn fault(&self) -> Option<u64> {
         crash::read_report(self.crash.as_raw_fd())
     }
+
+    /// The worker's death by `signal`, as PID 1 reports it: the signal and
+    /// the faulting address (read from the crash pipe, so call it once).
+    pub fn killed_by(&self, signal: i32) -> WorkerKilled {
+        WorkerKilled {
+            signal,
+            signal_name: sys::signal_name(signal).to_owned(),
+            addr: self.fault(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +119,43 @@ mod tests {
         assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV);
         assert_eq!(w.fault(), Some(0x1000));
         assert!(w.output().is_empty());
+    }
+
+    #[test]
+    fn a_killed_worker_names_its_signal_and_address() {
+        let w = spawn(|_| {
+            // SAFETY: reads an address nothing maps, in the forked child only:
+            // the fault is the point of the test.
+            unsafe { std::ptr::read_volatile(0x2000 as *const u8) };
+            0
+        })
+        .unwrap();
+        let st = wait(&w);
+        let killed = w.killed_by(libc::WTERMSIG(st));
+        assert_eq!(
+            killed,
+            WorkerKilled {
+                signal: libc::SIGSEGV,
+                signal_name: "SIGSEGV".into(),
+                addr: Some(0x2000),
+            }
+        );
+        assert_eq!(
+            killed.to_string(),
+            "agent worker killed by signal 11 (SIGSEGV) at address 0x2000"
+        );
+
+        // A kill from outside leaves no crash report: no address.
+        let w = spawn(|_| {
+            // SAFETY: the forked child kills itself.
+            unsafe { libc::raise(libc::SIGKILL) };
+            0
+        })
+        .unwrap();
+        let st = wait(&w);
+        assert_eq!(
+            w.killed_by(libc::WTERMSIG(st)).to_string(),
+            "agent worker killed by signal 9 (SIGKILL)"
+        );
     }
 }

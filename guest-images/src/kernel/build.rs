@@ -97,6 +97,10 @@ pub enum BuildError {
     Unmet(String),
 }
 
+/// Where [`build`] installs the modules, under the build directory
+/// (`<it>/lib/modules/<release>`): `--kernel-tree` finds them there.
+pub const MODULES_ROOT: &str = "arena-lab-modules";
+
 /// Lines of output kept for a failure message when no error line is found.
 const TAIL_LINES: usize = 30;
 /// Error lines shown at most.
@@ -132,9 +136,12 @@ pub fn build(req: &BuildRequest, mut on_line: impl FnMut(&str)) -> Result<Built,
     let release = capture(tree, req.out.as_deref(), "kernelrelease")?;
     let modules = if cfg.setting("MODULES") == Setting::BuiltIn && has_modules(&config)? {
         make(&["modules"], &mut on_line)?;
-        let root = dir.join("arena-lab-modules");
+        let root = dir.join(MODULES_ROOT);
         let path = format!("INSTALL_MOD_PATH={}", root.display());
-        make(&["modules_install", &path, "INSTALL_MOD_STRIP=1"], &mut on_line)?;
+        make(
+            &["modules_install", &path, "INSTALL_MOD_STRIP=1"],
+            &mut on_line,
+        )?;
         Some(root.join("lib/modules").join(&release))
     } else {
         None

@@ -186,11 +186,19 @@ const fn nice(option: &'static str, why: &'static str) -> Requirement {
 
 /// Everything `lab kernel check` looks at, in table order.
 pub const REQUIREMENTS: &[Requirement] = &[
-    need("BPF_SYSCALL", false, "the bpf() syscall; arena.c is built with it"),
+    need(
+        "BPF_SYSCALL",
+        false,
+        "the bpf() syscall; arena.c is built with it",
+    ),
     need("BPF_JIT", false, "arena programs are JIT-only"),
     need("MMU", false, "arena maps need an MMU (kernel/bpf/Makefile)"),
     need("64BIT", false, "arena maps need a 64-bit kernel"),
-    need("VIRTIO_MMIO", true, "the VM's virtio devices are virtio-mmio"),
+    need(
+        "VIRTIO_MMIO",
+        true,
+        "the VM's virtio devices are virtio-mmio",
+    ),
     need(
         "VIRTIO_CONSOLE",
         true,
@@ -202,15 +210,25 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the kernel log goes to the serial console",
     ),
     need("DEVTMPFS", false, "the agent mounts /dev as devtmpfs"),
-    need("BLK_DEV_INITRD", false, "the agent and scenarios are an initramfs"),
+    need(
+        "BLK_DEV_INITRD",
+        false,
+        "the agent and scenarios are an initramfs",
+    ),
     Requirement {
         option: "DEBUG_INFO_BTF",
         module_ok: false,
         purpose: Purpose::Selftests,
         why: "the upstream selftests are built against the kernel's BTF",
     },
-    nice("KASAN", "catches out-of-bounds and use-after-free in arena.c"),
-    nice("PROVE_LOCKING", "lockdep: lock-order bugs before they deadlock"),
+    nice(
+        "KASAN",
+        "catches out-of-bounds and use-after-free in arena.c",
+    ),
+    nice(
+        "PROVE_LOCKING",
+        "lockdep: lock-order bugs before they deadlock",
+    ),
     nice("DEBUG_VM", "page and VMA sanity checks on the fault paths"),
     nice("KMEMLEAK", "leaked arena pages and maps"),
     nice(
@@ -340,7 +358,10 @@ fn module_problem(option: &str, dep: &str, modules: Option<&Path>) -> Option<Str
     match listed {
         Some(rel) if m.join(rel).is_file() => None,
         Some(rel) => Some(format!("module {} missing", m.join(rel).display())),
-        None => Some(format!("module {file} not in {}", m.join("modules.dep").display())),
+        None => Some(format!(
+            "module {file} not in {}",
+            m.join("modules.dep").display()
+        )),
     }
 }
 
@@ -348,7 +369,10 @@ fn module_problem(option: &str, dep: &str, modules: Option<&Path>) -> Option<Str
 /// the detection options too. Ready for `scripts/kconfig/merge_config.sh`.
 pub fn fragment(debug: bool) -> String {
     let mut out = String::from("# arena lab: what the lab needs\n");
-    for r in REQUIREMENTS.iter().filter(|r| r.purpose != Purpose::Detection) {
+    for r in REQUIREMENTS
+        .iter()
+        .filter(|r| r.purpose != Purpose::Detection)
+    {
         out.push_str(&format!("CONFIG_{}=y\n", r.option));
     }
     // What the options above depend on, and what the agent uses.
@@ -357,7 +381,10 @@ pub fn fragment(debug: bool) -> String {
     }
     if debug {
         out.push_str("# arena lab: detection\n");
-        for r in REQUIREMENTS.iter().filter(|r| r.purpose == Purpose::Detection) {
+        for r in REQUIREMENTS
+            .iter()
+            .filter(|r| r.purpose == Purpose::Detection)
+        {
             out.push_str(&format!("CONFIG_{}=y\n", r.option));
         }
         for extra in DEBUG_DEPENDENCIES {
@@ -497,7 +524,11 @@ CONFIG_LOCALVERSION=\"-arena\"
             &KernelConfig::parse(&text),
             None,
         );
-        let jit = p.checks.iter().find(|c| c.requirement.option == "BPF_JIT").unwrap();
+        let jit = p
+            .checks
+            .iter()
+            .find(|c| c.requirement.option == "BPF_JIT")
+            .unwrap();
         assert!(!jit.ok);
         assert!(jit.problem.as_deref().unwrap().contains("built in"));
     }

@@ -71,36 +71,71 @@ impl Kernel {
     /// Identify a user-supplied kernel file (bzImage or vmlinux).
     /// A bzImage's payload is extracted (cached by hash) so the PVH entry can be used.
     pub fn from_user_file(path: &Path, modules: Option<&Path>) -> Result<Kernel> {
+        Kernel::from_user_files(path, None, modules)
+    }
+
+    /// Identify a user's kernel from its boot file (bzImage or vmlinux)
+    /// and, optionally, its ELF `vmlinux` (BTF for the selftests, symbols
+    /// for decoding traces). A bzImage inside a build tree
+    /// (`TREE/arch/x86/boot/bzImage`) finds `TREE/vmlinux` by itself.
+    pub fn from_user_files(
+        path: &Path,
+        vmlinux: Option<&Path>,
+        modules: Option<&Path>,
+    ) -> Result<Kernel> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let sha256 = sha256_hex(&bytes);
-        let not_a_kernel = |why: &str| ImageError::NotAKernel {
-            path: path.to_owned(),
+        let not_a_kernel = |file: &Path, why: &str| ImageError::NotAKernel {
+            path: file.to_owned(),
             why: why.to_owned(),
         };
-        let (boot_image, bzimage, vmlinux, version, elf_without_pvh) = if elf::is_elf(&bytes) {
-            let banner = elf::linux_banner(&bytes)
-                .ok_or_else(|| not_a_kernel("ELF file without a \"Linux version\" banner"))?;
-            // Without CONFIG_PVH the own VMM enters it at startup_64; QEMU
-            // needs the tree's bzImage, found beside it when it is there.
-            let pvh = elf::pvh_entry(&bytes).is_some();
-            let tree_bz = path
-                .parent()
-                .map(|d| d.join("arch/x86/boot/bzImage"))
-                .filter(|b| b.is_file());
-            (
-                path.to_owned(),
-                tree_bz,
-                Some(path.to_owned()),
-                banner,
-                !pvh,
-            )
-        } else {
-            let bz = bzimage::parse(&bytes).map_err(|why| not_a_kernel(&why))?;
-            let vmlinux = extract_cached(&bytes, &bz, &sha256)?;
-            let boot = vmlinux.clone().unwrap_or_else(|| path.to_owned());
-            (boot, Some(path.to_owned()), vmlinux, bz.version, false)
+        let tree_vmlinux = || {
+            path.ancestors()
+                .nth(4)
+                .map(|tree| tree.join("vmlinux"))
+                .filter(|v| path.ends_with("arch/x86/boot/bzImage") && v.is_file())
         };
-        let release = release_of(&version).ok_or_else(|| not_a_kernel("no release in banner"))?;
+        let elf = if elf::is_elf(&bytes) {
+            Some((path.to_owned(), std::borrow::Cow::Borrowed(&bytes[..])))
+        } else if let Some(v) = vmlinux.map(Path::to_owned).or_else(tree_vmlinux) {
+            let b = std::fs::read(&v).map_err(io_err(&v))?;
+            if !elf::is_elf(&b) {
+                return Err(not_a_kernel(
+                    &v,
+                    "--vmlinux must be the ELF vmlinux of the build",
+                ));
+            }
+            bzimage::parse(&bytes).map_err(|why| not_a_kernel(path, &why))?;
+            Some((v, std::borrow::Cow::Owned(b)))
+        } else {
+            None
+        };
+        let (boot_image, bzimage, vmlinux, version, elf_without_pvh) = match elf {
+            Some((vmlinux, elf_bytes)) => {
+                let banner = elf::linux_banner(&elf_bytes).ok_or_else(|| {
+                    not_a_kernel(&vmlinux, "ELF file without a \"Linux version\" banner")
+                })?;
+                // Without CONFIG_PVH the own VMM enters it at startup_64;
+                // QEMU needs the bzImage: the one given, or the tree's.
+                let pvh = elf::pvh_entry(&elf_bytes).is_some();
+                let bz = if vmlinux != path {
+                    Some(path.to_owned())
+                } else {
+                    path.parent()
+                        .map(|d| d.join("arch/x86/boot/bzImage"))
+                        .filter(|b| b.is_file())
+                };
+                (vmlinux.clone(), bz, Some(vmlinux), banner, !pvh)
+            }
+            None => {
+                let bz = bzimage::parse(&bytes).map_err(|why| not_a_kernel(path, &why))?;
+                let vmlinux = extract_cached(&bytes, &bz, &sha256)?;
+                let boot = vmlinux.clone().unwrap_or_else(|| path.to_owned());
+                (boot, Some(path.to_owned()), vmlinux, bz.version, false)
+            }
+        };
+        let release =
+            release_of(&version).ok_or_else(|| not_a_kernel(path, "no release in banner"))?;
         if let Some(m) = modules {
             if !m.join("modules.dep").is_file() {
                 return Err(ImageError::Io {

@@ -80,6 +80,19 @@ pub fn debian_source(series: &str, version: &str) -> Result<PathBuf> {
     debian_source_from(None, series, version)
 }
 
+/// The whole of `linux-source-<series>` at `version`, unpacked into the
+/// cache (`kernel-src/<version>`): a tree to build (`lab kernel build`) and
+/// patch, from the lab's own apt state of `suite`, or the host's.
+pub fn debian_tree(suite: Option<&str>, series: &str, version: &str) -> Result<PathBuf> {
+    let apt = match suite {
+        Some(s) => Apt::suite(s)?,
+        None => Apt::host(),
+    };
+    let package = format!("linux-source-{series}");
+    let dest = cache::dir("kernel-src")?.join(version);
+    unpack_cached(&apt, &package, version, &dest, None)
+}
+
 /// [`debian_source`] from the lab's own apt state of `suite` (where the
 /// kernel came from), or the host's apt when `None`.
 fn debian_source_from(suite: Option<&str>, series: &str, version: &str) -> Result<PathBuf> {
@@ -89,18 +102,37 @@ fn debian_source_from(suite: Option<&str>, series: &str, version: &str) -> Resul
     };
     let package = format!("linux-source-{series}");
     let dest = cache::dir("selftests/src")?.join(version);
+    unpack_cached(&apt, &package, version, &dest, Some(SOURCE_PARTS))
+}
+
+/// `package`'s source tarball unpacked at `dest` once (`parts`: only these
+/// top-level paths; `None`: all), marked complete only when whole.
+fn unpack_cached(
+    apt: &Apt,
+    package: &str,
+    version: &str,
+    dest: &Path,
+    parts: Option<&[&str]>,
+) -> Result<PathBuf> {
     if dest.join(COMPLETE).is_file() {
-        return Ok(dest);
+        return Ok(dest.to_owned());
     }
     let parent = dest.parent().expect("src dir");
     remove_stale_scratch(parent);
     let work = parent.join(format!(".tmp-{version}-{}", std::process::id()));
-    let result = unpack_source(&apt, &package, version, &work, &dest);
+    let result = unpack_source(apt, package, version, &work, dest, parts);
     let _ = fs::remove_dir_all(&work);
-    result.map(|()| dest)
+    result.map(|()| dest.to_owned())
 }
 
-fn unpack_source(apt: &Apt, package: &str, version: &str, work: &Path, dest: &Path) -> Result<()> {
+fn unpack_source(
+    apt: &Apt,
+    package: &str,
+    version: &str,
+    work: &Path,
+    dest: &Path,
+    parts: Option<&[&str]>,
+) -> Result<()> {
     apt.ensure_lists()?;
     let root = debian::unpack_packages(apt, &[package], version, work)?;
     let usr_src = root.join("usr/src");
@@ -114,7 +146,7 @@ fn unpack_source(apt: &Apt, package: &str, version: &str, work: &Path, dest: &Pa
         .arg("-C")
         .arg(&tree)
         .arg("--strip-components=1");
-    for part in SOURCE_PARTS {
+    for part in parts.unwrap_or_default() {
         tar.arg(format!("{top}/{part}"));
     }
     run_tool(&mut tar)?;

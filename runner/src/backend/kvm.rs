@@ -1,12 +1,13 @@
 //! Our own VMM (`vmm/`, binary `arena-vmm`) as a backend: run as a separate
 //! process so a hostile or crashing guest can only take that process down.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
 use vmm::{SerialOutput, VmConfig};
 
-use super::{Backend, Console, VmSpec};
+use super::{console_label, wire_console, Backend, Console, SerialTarget, VmSpec};
 
 /// Console log level while booting under the own VMM (the agent raises it to
 /// 7 once up): warnings, oopses and worse still reach `console.log`, the
@@ -68,9 +69,23 @@ impl Backend for OwnVmm {
         "kvm"
     }
 
+    /// The VMM writes its serial console into the runner's capture pipe
+    /// (`--serial /dev/fd/3`); its argv[0] names the console file, for `ps`
+    /// and for finding a scenario's VM.
     fn command(&self, spec: &VmSpec) -> Command {
         let mut c = Command::new(&self.binary);
-        c.args(vm_config(spec).to_args());
+        if let Some(p) = console_label(&spec.console) {
+            c.arg0(format!("arena-vmm (console {})", p.display()));
+        }
+        let console = match wire_console(&mut c, &spec.console) {
+            SerialTarget::Path(p) => Console::File(p),
+            SerialTarget::Stdout => Console::Stdout,
+        };
+        let spec = VmSpec {
+            console,
+            ..spec.clone()
+        };
+        c.args(vm_config(&spec).to_args());
         c
     }
 }
@@ -102,5 +117,46 @@ mod tests {
             matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/r/console.log"))
         );
         assert_eq!(cfg.console_socket, spec.channel);
+    }
+
+    /// The VMM gets the capture pipe as its serial file, really as fd 3:
+    /// what a stand-in VMM writes there ends up in the console file.
+    #[test]
+    fn command_hands_the_vmm_the_capture_pipe() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("arena-kvm-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("fake-vmm");
+        std::fs::write(&fake, "#!/bin/sh\necho \"console of $1 $2\" >/dev/fd/3\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let console = dir.join("console.log");
+        let spec = VmSpec {
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            console: Console::File(console.clone()),
+            channel: None,
+        };
+        let mut c = OwnVmm { binary: fake }.command(&spec);
+        let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+        let cfg = VmConfig::from_args(&args).unwrap();
+        assert!(matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/dev/fd/3")));
+        // A fork elsewhere in the test process may briefly hold the script
+        // open for writing (ETXTBSY): try again.
+        let status = (0..100)
+            .find_map(|_| match c.status() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                other => Some(other.unwrap()),
+            })
+            .expect("the stand-in VMM stayed busy");
+        assert!(status.success());
+        drop(c);
+        let text = crate::console_capture::read_for_verdict(&console).unwrap();
+        assert_eq!(text, "console of --kernel /k/vmlinux\n");
     }
 }

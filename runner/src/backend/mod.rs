@@ -7,13 +7,16 @@ pub mod kvm;
 
 pub mod qemu;
 
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Console {
-    /// Written to this file (`console.log`).
+    /// Written to this file (`console.log`), capped: the VM writes into a
+    /// pipe, a runner thread keeps the head and the tail (`console_capture`).
     File(PathBuf),
     /// Streamed to the runner's stdout (`lab boot`).
     Stdout,
@@ -84,5 +87,92 @@ pub fn select(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Strin
             Box::new(qemu::Qemu::new(qemu::Accel::Tcg)),
             format!("qemu with TCG: {}", kvm.reason),
         )),
+    }
+}
+
+/// The descriptor a VM finds its console pipe on.
+const CONSOLE_FD: libc::c_int = 3;
+/// The path a VM opens to write its console into the pipe.
+pub const CONSOLE_FD_PATH: &str = "/dev/fd/3";
+
+/// Where the VM itself must write its serial console for `console`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// Its stdout (`lab boot`).
+    Stdout,
+    /// This path: [`CONSOLE_FD_PATH`], or `/dev/null` when the capture
+    /// could not start (the verdict then reports that failure).
+    Path(PathBuf),
+}
+
+/// Wire `console` for the VM `c` will start: for a file, start the capped
+/// capture and hand the pipe's write end to the child as [`CONSOLE_FD`].
+/// Also makes the child die with the runner (see [`die_with_parent`]).
+pub fn wire_console(c: &mut Command, console: &Console) -> SerialTarget {
+    die_with_parent(c);
+    let Console::File(path) = console else {
+        return SerialTarget::Stdout;
+    };
+    match crate::console_capture::start(path) {
+        Ok(fd) => {
+            hand_over(c, fd);
+            SerialTarget::Path(CONSOLE_FD_PATH.into())
+        }
+        Err(e) => {
+            eprintln!("lab: {e}");
+            SerialTarget::Path("/dev/null".into())
+        }
+    }
+}
+
+/// Make the VM's pipe end its [`CONSOLE_FD`] (kept across exec). The
+/// parent's copy lives in the closure, i.e. until the `Command` is dropped:
+/// the capture sees EOF once the VM is gone and the command with it.
+fn hand_over(c: &mut Command, fd: OwnedFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe; nothing is allocated.
+    unsafe {
+        c.pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            let ok = if raw == CONSOLE_FD {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, CONSOLE_FD)
+            };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The child gets SIGKILL when the runner dies (`PR_SET_PDEATHSIG`), so a
+/// `kill -9` of `lab` leaves no VM behind. If the runner died between fork
+/// and prctl the signal would never come: then the child does not start.
+/// (The death signal follows the spawning thread; sessions wait for their
+/// VM on the thread that started it.)
+pub fn die_with_parent(c: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated
+    // but the error, on a path where the child ends anyway.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The console file a VM's command line names (for `ps` and for finding a
+/// scenario's VM): the VM itself writes to the pipe, not to this path.
+pub fn console_label(console: &Console) -> Option<&Path> {
+    match console {
+        Console::File(p) => Some(p),
+        Console::Stdout => None,
     }
 }

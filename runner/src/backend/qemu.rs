@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Console, VmSpec};
+use super::{console_label, wire_console, Backend, SerialTarget, VmSpec};
 
 /// QEMU accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,12 +158,19 @@ impl Backend for Qemu {
         if let Some(initrd) = &spec.initrd {
             c.arg("-initrd").arg(initrd);
         }
-        match &spec.console {
-            Console::File(p) => {
-                c.arg("-chardev")
-                    .arg(format!("file,id=serial0,path={}", p.display()));
+        if let Some(p) = console_label(&spec.console) {
+            // Names the VM by its console (`ps`, tests looking for a VM).
+            let name = format!("arena-lab console {}", p.display());
+            c.arg("-name").arg(format!("guest={}", qemu_escape(&name)));
+        }
+        match wire_console(&mut c, &spec.console) {
+            SerialTarget::Path(p) => {
+                c.arg("-chardev").arg(format!(
+                    "file,id=serial0,path={}",
+                    qemu_escape(&p.display().to_string())
+                ));
             }
-            Console::Stdout => {
+            SerialTarget::Stdout => {
                 c.args(["-chardev", "stdio,id=serial0,signal=off"]);
             }
         }
@@ -178,20 +185,29 @@ impl Backend for Qemu {
     }
 }
 
+/// `v` as a QEMU option value: a comma is written twice.
+fn qemu_escape(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Console;
     use std::path::PathBuf;
 
     #[test]
     fn command_wires_serial_and_results_channel() {
+        let dir = std::env::temp_dir().join(format!("arena-qemu-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = dir.join("con,sole.log");
         let spec = VmSpec {
             kernel: PathBuf::from("/k/vmlinux"),
             initrd: Some(PathBuf::from("/i.cpio.zst")),
             cmdline: "console=ttyS0".into(),
             vcpus: 2,
             memory_mib: 512,
-            console: Console::File(PathBuf::from("/r/console.log")),
+            console: Console::File(console.clone()),
             channel: Some(PathBuf::from("/tmp/s.sock")),
         };
         let c = Qemu::new(Accel::Tcg).command(&spec);
@@ -199,9 +215,21 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        // Dropping the command closes the pipe: the capture ends, empty.
+        drop(c);
+        assert_eq!(
+            crate::console_capture::read_for_verdict(&console).unwrap(),
+            ""
+        );
         let joined = args.join(" ");
         assert!(joined.contains("-M microvm -accel tcg"), "{joined}");
-        assert!(joined.contains("file,id=serial0,path=/r/console.log"));
+        // The VM writes into the capture pipe and is named by its console.
+        assert!(
+            joined.contains("file,id=serial0,path=/dev/fd/3"),
+            "{joined}"
+        );
+        let name = format!("guest=arena-lab console {}", console.display()).replace(',', ",,");
+        assert!(args.contains(&name), "{joined}");
         assert!(joined.contains("socket,id=results,path=/tmp/s.sock"));
         assert!(joined.contains("virtconsole,chardev=results"));
         assert!(joined.contains("-initrd /i.cpio.zst"));

@@ -36,8 +36,12 @@ $B mount -t devtmpfs devtmpfs /newroot/dev
 # /tmp stays the host's (read-only below, tmpfs above): files a caller
 # wrote there, e.g. scenario files, must be visible to the inner lab.
 $B mount -t tmpfs tmpfs /newroot/run
-$B mkdir -p /newroot/run/arena-nested
+$B mkdir -p /newroot/run/arena-nested /newroot/run/arena-nested-changes
 $B mount --bind /ctl /newroot/run/arena-nested
+# Every file the run creates or changes on the root, read-only: what a
+# test lists to show that nothing outside its scratch folder changed.
+$B mount --bind /rw/upper /newroot/run/arena-nested-changes
+$B mount -o remount,bind,ro /newroot/run/arena-nested-changes
 RESULTS=$($B cat /ctl/results-path 2>/dev/null)
 if [ -n "$RESULTS" ]; then
     $B mkdir -p "/newroot$RESULTS"

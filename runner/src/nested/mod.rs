@@ -10,6 +10,11 @@
 //! Host ↔ L1 contract: a control share holding `request.sh` (what to run),
 //! `results-path`, and L1's reports `ready.json` ([`Ready`]) and `done.json`
 //! ([`Done`]), each written atomically by L1's `/init` (`l1-init.sh`).
+//!
+//! `--exec` runs any host program in L1 instead of `lab` (the hostile-guest
+//! tests run their drivers that way). Everything L1 writes to its root lands
+//! in the tmpfs overlay, whose upper layer L1 shows read-only at
+//! `/run/arena-nested-changes`: a program can list every file that changed.
 
 mod image;
 
@@ -51,7 +56,15 @@ pub struct NestedArgs {
     /// Seconds the whole inner command may take before L1 is killed.
     #[arg(long, default_value_t = 7200)]
     timeout: u64,
-    /// The `lab` arguments to run inside L1, after `--`.
+    /// Run PROGRAM ARGS... (after `--`, a host path or a name looked up in
+    /// PATH) inside L1 instead of `lab`; our exit status is the program's.
+    /// It sees the host's files read-only under a tmpfs overlay; every file
+    /// it creates or changes shows up read-only under
+    /// /run/arena-nested-changes (the overlay's upper layer).
+    #[arg(long)]
+    exec: bool,
+    /// The `lab` arguments to run inside L1 (with `--exec`, the program and
+    /// its arguments), after `--`.
     #[arg(last = true, required = true)]
     inner: Vec<String>,
 }
@@ -76,8 +89,12 @@ struct Done {
 
 /// `lab nested`.
 pub fn nested(args: NestedArgs) -> Result<u8, LabError> {
-    let inner = InnerRun::parse(&args.inner)?;
-    let kernel = plan::kernel(None, None).map_err(infra)?;
+    let inner = if args.exec {
+        InnerRun::exec(&args.inner)?
+    } else {
+        InnerRun::parse(&args.inner)?
+    };
+    let kernel = plan::kernel(&Default::default()).map_err(infra)?;
     let initrd = image::build(&kernel).map_err(infra)?;
     inner.warm_caches()?;
     let ctl = ControlDir::create().map_err(infra)?;
@@ -185,9 +202,12 @@ fn supervise(args: &NestedArgs, child: &mut Child, ctl: &ControlDir, started: In
     }
 }
 
-/// The inner `lab` invocation and what it touches on the host.
+/// The inner `lab` invocation (or `--exec` program) and what it touches on
+/// the host.
 struct InnerRun {
-    /// Arguments after `lab`.
+    /// `lab` for a lab run; the program for `--exec`.
+    program: PathBuf,
+    /// Arguments after `program`.
     args: Vec<String>,
     /// Working directory (the same path inside L1).
     cwd: PathBuf,
@@ -215,10 +235,26 @@ impl InnerRun {
         }
         .map(|r| if r.is_absolute() { r } else { cwd.join(r) });
         Ok(Self {
+            program: std::env::current_exe().map_err(infra)?,
             args: args.to_vec(),
             cwd,
             command,
             results,
+        })
+    }
+
+    /// `--exec PROGRAM ARGS...`: no lab command, so no caches to warm and
+    /// no results folder to share.
+    fn exec(inner: &[String]) -> Result<Self, LabError> {
+        let (program, args) = inner.split_first().ok_or_else(|| {
+            LabError::BadArgs("lab nested --exec needs a program after `--`".into())
+        })?;
+        Ok(Self {
+            program: PathBuf::from(program),
+            args: args.to_vec(),
+            cwd: std::env::current_dir().map_err(infra)?,
+            command: None,
+            results: None,
         })
     }
 
@@ -233,8 +269,8 @@ impl InnerRun {
             _ => return Ok(()),
         };
         // `boot`, `bench`, `image`: the agent and the one-step image.
-        if let Ok(k) = plan::kernel(kernel.kernel.as_ref(), kernel.modules.as_ref()) {
-            let prepared = plan::prepare(k, kernel.kernel_src.clone()).map_err(infra)?;
+        if let Ok(k) = plan::kernel(kernel) {
+            let prepared = plan::prepare(k, kernel).map_err(infra)?;
             let _ = plan::image(&prepared, &crate::run::trivial_scenario());
         }
         Ok(())
@@ -260,7 +296,6 @@ impl ControlDir {
 
     /// Writes `request.sh` and `results-path` for L1's `/init`.
     fn write_request(&self, inner: &InnerRun) -> anyhow::Result<()> {
-        let lab = std::env::current_exe()?;
         let mut script = String::from("# written by `lab nested` on the host\n");
         for (k, v) in std::env::vars() {
             if k.starts_with(PASSED_ENV_PREFIX) || ["HOME", "PATH", "TERM"].contains(&k.as_str()) {
@@ -275,7 +310,7 @@ impl ControlDir {
             "cd {} || exit {}\nexec {}",
             shell_quote(&inner.cwd.to_string_lossy()),
             exit::INFRA,
-            shell_quote(&lab.to_string_lossy())
+            shell_quote(&inner.program.to_string_lossy())
         ));
         for a in &inner.args {
             script.push(' ');
@@ -487,6 +522,40 @@ mod tests {
             .unwrap()
             .command
             .is_none());
+    }
+
+    #[test]
+    fn exec_runs_the_program_with_its_arguments() {
+        let r = InnerRun::exec(&strings(&["/bin/prog", "--flag", "a b'c"])).unwrap();
+        assert_eq!(r.program, PathBuf::from("/bin/prog"));
+        assert!(r.command.is_none() && r.results.is_none());
+        let ctl = ControlDir::create().unwrap();
+        ctl.write_request(&r).unwrap();
+        let script = std::fs::read_to_string(ctl.path.join("request.sh")).unwrap();
+        let _ = std::fs::remove_dir_all(&ctl.path);
+        assert!(
+            script.ends_with("exec '/bin/prog' '--flag' 'a b'\\''c'\n"),
+            "{script}"
+        );
+        assert!(InnerRun::exec(&[]).is_err());
+    }
+
+    #[test]
+    fn exec_is_a_flag_and_lab_arguments_stay_as_they_were() {
+        use clap::Parser;
+        let cli =
+            crate::Cli::try_parse_from(["lab", "nested", "--exec", "--", "prog", "-x"]).unwrap();
+        let crate::Command::Nested(n) = cli.command else {
+            panic!("not `lab nested`");
+        };
+        assert!(n.exec);
+        assert_eq!(n.inner, strings(&["prog", "-x"]));
+        let cli = crate::Cli::try_parse_from(["lab", "nested", "--", "run", "--exec"]).unwrap();
+        let crate::Command::Nested(n) = cli.command else {
+            panic!("not `lab nested`");
+        };
+        assert!(!n.exec, "`--exec` after `--` belongs to the inner lab");
+        assert_eq!(n.inner, strings(&["run", "--exec"]));
     }
 
     #[test]
