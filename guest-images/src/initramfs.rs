@@ -48,7 +48,7 @@ pub struct ImageSpec {
     pub agent: PathBuf,
     /// Module files to load at boot, dependencies first.
     pub modules: Vec<PathBuf>,
-    /// Extra files.
+    /// Further files (tests, BPF objects, ...), each at its guest path.
     pub files: Vec<ImageFile>,
 }
 

@@ -3,6 +3,8 @@
 //! the initramfs that carries them. Products are cached under the user's cache
 //! directory, keyed by their inputs.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod bpf;
 pub mod cache;

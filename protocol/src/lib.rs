@@ -5,6 +5,8 @@
 //! ([`framing`]), the seed derivation both ends share ([`seed`]), and where
 //! the guest image puts what the agent reads ([`paths`]).
 
+#![warn(missing_docs)]
+
 pub mod console;
 pub mod framing;
 pub mod message;

@@ -336,7 +336,7 @@ pub struct MadviseStep {
     /// Number of pages.
     #[serde(default = "one")]
     pub pages: u64,
-    /// The advice.
+    /// Which madvise(2) advice to give for the range.
     pub advice: Advice,
     /// Expected outcome; default success.
     #[serde(default)]
@@ -662,7 +662,7 @@ pub struct RoleView<'a> {
     pub name: &'a str,
     /// The single-list form (its worker seeds are derived as before roles).
     pub implicit: bool,
-    /// Workers.
+    /// How many workers run this role.
     pub count: u32,
     /// Run once per worker before the release.
     pub setup: &'a [Step],
@@ -785,7 +785,7 @@ impl SysctlStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SleepStep {
-    /// Milliseconds.
+    /// How long to pause, in milliseconds.
     pub ms: u64,
 }
 
@@ -801,9 +801,9 @@ pub struct CrashStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepeatStep {
-    /// Repetitions.
+    /// How many times the block runs.
     pub times: u64,
-    /// The block.
+    /// The steps run in order on each repetition.
     pub steps: Vec<Step>,
 }
 
@@ -884,7 +884,7 @@ macro_rules! errnos {
         pub enum Errno { $(#[doc = stringify!($name)] $name),* }
 
         impl Errno {
-            /// The numeric value.
+            /// The x86_64 Linux value, to compare with a failed call's errno.
             pub fn number(self) -> i32 {
                 match self { $(Errno::$name => $num),* }
             }

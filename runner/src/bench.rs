@@ -279,6 +279,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         memory_mib: 512,
         console: Console::File(dir.join("raw-console.log")),
         channel: None,
+        gdb: None,
     };
     let prepared = plan::prepare(kernel.clone(), &args.kernel).map_err(infra)?;
     let lab_image = plan::image(&prepared, &crate::run::trivial_scenario()).map_err(infra)?;

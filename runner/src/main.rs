@@ -304,6 +304,10 @@ enum Command {
         /// Seconds before the VM is killed.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Start halted with a gdb stub on this port (default 1234) and print
+        /// the gdb command to attach; the kernel boots with `nokaslr`.
+        #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
+        gdb: Option<u16>,
         /// Extra kernel command line.
         #[arg(last = true)]
         append: Vec<String>,
@@ -367,6 +371,13 @@ enum KernelCommand {
         /// Add the detection options: KASAN, lockdep, DEBUG_VM, kmemleak.
         #[arg(long)]
         debug: bool,
+    },
+    /// Fetch the source tree of one of Debian's kernels (`linux-source-*`,
+    /// unpacked once into the cache) and print its path: a tree to patch
+    /// and build with `lab kernel build`.
+    Source {
+        #[command(flatten)]
+        kernel: KernelArgs,
     },
     /// Build a kernel tree for the lab: merge the fragment into its config,
     /// build bzImage and vmlinux (and modules), print the options to run it.
@@ -463,6 +474,20 @@ fn real_main() -> Result<u8, LabError> {
         }
         Command::Kernel(KernelCommand::Check { kernel }) => kernel_cmd::check(&kernel),
         Command::Kernel(KernelCommand::Config { debug }) => Ok(kernel_cmd::config(debug)),
+        Command::Kernel(KernelCommand::Source { kernel }) => {
+            kernel.check()?;
+            let k = plan::kernel(&kernel).map_err(infra)?;
+            eprintln!(
+                "lab: linux-source of {} (unpacked once, then cached)",
+                k.release
+            );
+            let tree = arena_images::selftests::debian_tree_for(&k).map_err(|e| match e {
+                arena_images::ImageError::NoKernelPackage(_) => LabError::BadArgs(e.to_string()),
+                other => infra(other),
+            })?;
+            println!("{}", tree.display());
+            Ok(exit::PASS)
+        }
         Command::Kernel(KernelCommand::Build(args)) => kernel_cmd::build(&args),
         Command::Image { kernel } => {
             kernel.check()?;
@@ -476,8 +501,9 @@ fn real_main() -> Result<u8, LabError> {
             kernel,
             backend,
             timeout,
+            gdb,
             append,
-        } => run::boot(&kernel, backend, timeout, &append.join(" ")),
+        } => run::boot(&kernel, backend, timeout, &append.join(" "), gdb),
         Command::Bench(args) => bench::bench(args),
         Command::Nested(args) => nested::nested(args),
         Command::Bisect(args) => bisect::bisect(&args),

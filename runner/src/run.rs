@@ -554,6 +554,7 @@ fn run_one(
         memory_mib: s.vm.memory_mib,
         console: Console::File(console_log.clone()),
         channel: None,
+        gdb: None,
     };
     let boot = |spec: VmSpec| {
         let record = session::run(
@@ -697,16 +698,24 @@ fn save_outputs(dir: &std::path::Path, record: &session::Record) {
     }
 }
 
-/// `lab boot`: the default image, serial console on stdout.
+/// `lab boot`: the default image, serial console on stdout; with `gdb`, the
+/// VM starts halted with a gdb stub on that port.
 pub fn boot(
     kernel: &KernelArgs,
     choice: BackendChoice,
     timeout: u64,
     append: &str,
+    gdb: Option<u16>,
 ) -> Result<u8, LabError> {
     kernel.check()?;
     let k = plan::kernel(kernel).map_err(infra)?;
     let (backend, _) = pick_backend(choice)?;
+    if gdb.is_some() && !backend.has_gdb_stub() {
+        return Err(LabError::BadArgs(format!(
+            "--gdb: the {} backend has no gdb stub yet; use --backend qemu",
+            backend.name()
+        )));
+    }
     let prepared = plan::prepare(k, kernel).map_err(infra)?;
     let scenario = trivial_scenario();
     let image = plan::image(&prepared, &scenario).map_err(infra)?;
@@ -718,12 +727,29 @@ pub fn boot(
         initrd: Some(image),
         // Debugging a boot wants the whole log, whatever a backend's boot
         // log level (the own VMM's is 5); the user's --append still wins.
-        cmdline: cmdline(&format!("loglevel=7 {append}")),
+        // Under gdb, symbols must be where vmlinux says: no KASLR.
+        cmdline: cmdline(&format!(
+            "loglevel=7{} {append}",
+            if gdb.is_some() { " nokaslr" } else { "" }
+        )),
         vcpus: scenario.vm.vcpus,
         memory_mib: scenario.vm.memory_mib,
         console: Console::Stdout,
         channel: None,
+        gdb,
     };
+    if let Some(port) = gdb {
+        let vmlinux = prepared
+            .kernel
+            .vmlinux
+            .as_ref()
+            .map_or_else(|| "vmlinux".to_owned(), |v| v.display().to_string());
+        // stderr: stdout is the guest's console.
+        eprintln!(
+            "lab: the VM is halted; attach with:\n  gdb {vmlinux} -ex 'target remote 127.0.0.1:{port}'\n\
+             lab: (it is killed after {timeout} s; --timeout to change)"
+        );
+    }
     let scratch = std::env::temp_dir().join(format!("arena-lab-boot-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(infra)?;
     let record = session::run(

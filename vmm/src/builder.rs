@@ -110,8 +110,11 @@ fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<Arc<GuestMem>, Error> {
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
-        // SAFETY: the region stays mapped for the life of `mem`, which the
-        // `Vm` owns; the VM fd is dropped first (field order).
+        // SAFETY: `host..host + len` is this region's mapping, which lives as
+        // long as any clone of `mem`: the `Vm` holds one (`_mem`, dropped
+        // after `vm`, field order) and the virtio transports on the MMIO bus,
+        // which every running vCPU thread holds, hold others. So no vCPU can
+        // run while the memory is unmapped.
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }

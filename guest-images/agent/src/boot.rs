@@ -211,15 +211,18 @@ mod tests {
         // SAFETY: the child only redirects fd 2, runs `f` and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            // SAFETY: plain descriptor juggling in the child.
+            // SAFETY: dup2 takes no pointers; `full` is open and fd 2 has no
+            // Rust owner that would later close the replaced descriptor.
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&full), 2) };
             let ok = std::panic::catch_unwind(f).is_ok();
-            // SAFETY: leave the child without running the harness's exit code.
+            // SAFETY: _exit has no preconditions; skipping destructors only
+            // leaks, and keeps the child out of the harness's exit code.
             unsafe { libc::_exit(if ok { 0 } else { 101 }) };
         }
         drop(full);
         let mut status = 0;
-        // SAFETY: waiting for our own child.
+        // SAFETY: `status` is a live local the kernel writes an int into;
+        // `pid` is our own, not yet reaped child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         if libc::WIFEXITED(status) {
             libc::WEXITSTATUS(status)

@@ -84,7 +84,8 @@ impl Channel {
     pub fn drain(&self) {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let _ = w.flush();
-        // SAFETY: tcdrain on an open tty fd.
+        // SAFETY: tcdrain takes no pointers; `w` stays locked and borrowed, so
+        // its fd is open for the whole call.
         unsafe { libc::tcdrain(w.as_raw_fd()) };
     }
 }

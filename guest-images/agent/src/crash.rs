@@ -40,7 +40,8 @@ pub fn install(fd: i32) {
 /// The faulting address a dead child reported on `fd`, if any (non-blocking).
 pub fn read_report(fd: i32) -> Option<u64> {
     let mut buf = [0u8; 16];
-    // SAFETY: non-blocking read into a local buffer.
+    // SAFETY: fcntl takes no pointers; `buf` is a live local of exactly
+    // `buf.len()` bytes, the count passed to read.
     let n = unsafe {
         libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
         libc::read(fd, buf.as_mut_ptr().cast(), buf.len())

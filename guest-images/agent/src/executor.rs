@@ -486,7 +486,8 @@ fn spawn_watchdog(
             format!("step {path} ({kind}): {detail}"),
         );
         channel.drain();
-        // SAFETY: ending the worker process; PID 1 powers the VM off.
+        // SAFETY: _exit has no preconditions; it ends the whole worker (every
+        // thread, no destructors run), and PID 1 then powers the VM off.
         unsafe { libc::_exit(3) };
     });
 }

@@ -116,7 +116,8 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             });
         }
         None => {
-            // SAFETY: killing our own child.
+            // SAFETY: kill takes no pointers; `pid` is our child and not yet
+            // reaped, so the pid cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             // Its watchdog may have said which step hung before it got stuck.
             let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {

@@ -108,7 +108,8 @@ pub fn pipe() -> io::Result<(i32, i32)> {
 
 /// Close a descriptor, ignoring errors.
 pub fn close(fd: i32) {
-    // SAFETY: closing a descriptor we own.
+    // SAFETY: callers pass raw pipe ends from `pipe` that no OwnedFd or File
+    // owns, so no owner can use or close `fd` after this.
     unsafe { libc::close(fd) };
 }
 

@@ -60,7 +60,8 @@ impl Worker {
     /// block the agent, whatever was written is already in the pipe.
     pub fn output(&self) -> Vec<u8> {
         let fd = self.out.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own.
+        // SAFETY: F_SETFL takes no pointers; `self.out` owns `fd`, so it is
+        // open for the call.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
         let mut bytes = Vec::new();
         // SAFETY: the File borrows our descriptor; ManuallyDrop keeps it
@@ -147,7 +148,7 @@ mod tests {
 
         // A kill from outside leaves no crash report: no address.
         let w = spawn(|_| {
-            // SAFETY: the forked child kills itself.
+            // SAFETY: raise takes no pointers; only the forked child dies.
             unsafe { libc::raise(libc::SIGKILL) };
             0
         })

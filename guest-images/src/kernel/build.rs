@@ -39,7 +39,38 @@ pub enum BaseConfig {
     Tiny,
 }
 
+/// What `tinyconfig` leaves out that booting the agent and running the
+/// scenarios needs: a console, SMP for the races, /proc and /sys, ELF
+/// binaries, futexes for threads, sysctl, symbol names in traces. Virtio
+/// devices come from the command line (`virtio_mmio.device=`, which both
+/// backends pass) instead of ACPI, which a tiny kernel does without.
+const TINY_BOOTABLE: &[&str] = &[
+    "PRINTK",
+    "BUG",
+    "SMP",
+    "PROC_FS",
+    "PROC_SYSCTL",
+    "SYSFS",
+    "TMPFS",
+    "SHMEM",
+    "FUTEX",
+    "MULTIUSER",
+    "POSIX_TIMERS",
+    "BINFMT_SCRIPT",
+    "KALLSYMS",
+    "VIRTIO_MMIO_CMDLINE_DEVICES",
+    "MEMFD_CREATE",
+];
+
 impl BaseConfig {
+    /// Options the base needs on top of the lab's fragment.
+    fn extras(self) -> &'static [&'static str] {
+        match self {
+            BaseConfig::Defconfig => &[],
+            BaseConfig::Tiny => TINY_BOOTABLE,
+        }
+    }
+
     /// The `make` targets that create it.
     fn targets(self) -> &'static [&'static str] {
         match self {
@@ -164,7 +195,11 @@ fn merge_fragment(
     on_line: &mut dyn FnMut(&str),
 ) -> Result<bool, BuildError> {
     let config = dir.join(".config");
-    let wanted = KernelConfig::parse(&kconfig::fragment(req.debug));
+    let mut text = kconfig::fragment(req.debug);
+    for extra in req.base.extras() {
+        text.push_str(&format!("CONFIG_{extra}=y\n"));
+    }
+    let wanted = KernelConfig::parse(&text);
     let unmet = |cfg: &KernelConfig| {
         wanted
             .options()
@@ -176,7 +211,7 @@ fn merge_fragment(
         return Ok(false);
     }
     let fragment = dir.join("arena-lab.config");
-    std::fs::write(&fragment, kconfig::fragment(req.debug)).map_err(|source| BuildError::Io {
+    std::fs::write(&fragment, &text).map_err(|source| BuildError::Io {
         what: format!("writing {}", fragment.display()),
         source,
     })?;

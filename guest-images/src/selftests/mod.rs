@@ -36,7 +36,7 @@ use arena_protocol::paths;
 use serde::{Deserialize, Serialize};
 
 pub use build::build;
-pub use source::{debian_source, debian_tree};
+pub use source::{debian_source, debian_tree, debian_tree_for};
 pub use trim::is_arena;
 
 use crate::initramfs::ImageFile;

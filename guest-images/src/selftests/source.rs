@@ -93,6 +93,20 @@ pub fn debian_tree(suite: Option<&str>, series: &str, version: &str) -> Result<P
     unpack_cached(&apt, &package, version, &dest, None)
 }
 
+/// [`debian_tree`] for one of Debian's kernels: the source it was built from.
+pub fn debian_tree_for(kernel: &Kernel) -> Result<PathBuf> {
+    let KernelOrigin::Debian { version, suite, .. } = &kernel.origin else {
+        return Err(ImageError::NoKernelPackage(format!(
+            "kernel {} is not one of Debian's: its source is the tree it was built from",
+            kernel.release
+        )));
+    };
+    let series = series_of(&kernel.release).ok_or_else(|| {
+        ImageError::NoKernelPackage(format!("no kernel series in release {}", kernel.release))
+    })?;
+    debian_tree(suite.as_deref(), &series, version)
+}
+
 /// [`debian_source`] from the lab's own apt state of `suite` (where the
 /// kernel came from), or the host's apt when `None`.
 fn debian_source_from(suite: Option<&str>, series: &str, version: &str) -> Result<PathBuf> {

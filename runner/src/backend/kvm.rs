@@ -106,6 +106,7 @@ mod tests {
             memory_mib: 768,
             console: Console::File("/r/console.log".into()),
             channel: Some("/r/chan.sock".into()),
+            gdb: None,
         };
         let args = vm_config(&spec).to_args();
         let cfg = VmConfig::from_args(&args).unwrap();
@@ -138,6 +139,7 @@ mod tests {
             memory_mib: 256,
             console: Console::File(console.clone()),
             channel: None,
+            gdb: None,
         };
         let mut c = OwnVmm { binary: fake }.command(&spec);
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();

@@ -39,6 +39,8 @@ pub struct VmSpec {
     pub console: Console,
     /// Unix socket (listening, owned by the runner) for the virtio console.
     pub channel: Option<PathBuf>,
+    /// Start halted with a gdb remote stub on this TCP port (localhost).
+    pub gdb: Option<u16>,
 }
 
 /// Which backend a user asked for.
@@ -60,6 +62,10 @@ pub trait Backend: Send + Sync {
     fn accelerator(&self) -> &'static str;
     /// The command that runs the VM described by `spec`.
     fn command(&self, spec: &VmSpec) -> Command;
+    /// Whether [`VmSpec::gdb`] is honoured.
+    fn has_gdb_stub(&self) -> bool {
+        false
+    }
     /// The file of `kernel` this backend boots, or why it cannot boot it.
     fn boot_file(&self, kernel: &arena_images::kernel::Kernel) -> Result<PathBuf, String> {
         Ok(kernel.boot_image.clone())

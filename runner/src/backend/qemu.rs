@@ -106,6 +106,10 @@ impl Backend for Qemu {
         "qemu"
     }
 
+    fn has_gdb_stub(&self) -> bool {
+        true
+    }
+
     fn accelerator(&self) -> &'static str {
         match self.accel {
             Accel::Kvm => "kvm",
@@ -175,6 +179,10 @@ impl Backend for Qemu {
             }
         }
         c.args(["-serial", "chardev:serial0"]);
+        if let Some(port) = spec.gdb {
+            // QEMU's own stub; halted until gdb says `continue`.
+            c.arg("-gdb").arg(format!("tcp:127.0.0.1:{port}")).arg("-S");
+        }
         if let Some(sock) = &spec.channel {
             c.args(["-device", "virtio-serial-device,max_ports=1"])
                 .arg("-chardev")
@@ -209,6 +217,7 @@ mod tests {
             memory_mib: 512,
             console: Console::File(console.clone()),
             channel: Some(PathBuf::from("/tmp/s.sock")),
+            gdb: None,
         };
         let c = Qemu::new(Accel::Tcg).command(&spec);
         let args: Vec<String> = c

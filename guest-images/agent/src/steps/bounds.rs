@@ -204,10 +204,11 @@ garbage
         } as u64;
         assert!(!page_unmapped(p));
         assert!(!page_unmapped(p + PAGE_SIZE + 8));
-        // SAFETY: unmapping the second page of our own mapping.
+        // SAFETY: the second page of the 2-page mapping made above; no Rust
+        // reference points into it.
         unsafe { libc::munmap((p + PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE as usize) };
         assert!(page_unmapped(p + PAGE_SIZE));
-        // SAFETY: unmapping the rest.
+        // SAFETY: the first page of the same mapping, the only part left.
         unsafe { libc::munmap(p as *mut libc::c_void, PAGE_SIZE as usize) };
     }
 }
@@ -276,7 +277,7 @@ pub mod testing {
     /// read with pread (not through any mapping).
     pub fn backing(ctx: &Ctx, page: u64, offset: u64) -> u64 {
         let mut v = 0u64;
-        // SAFETY: reading 8 bytes into a local.
+        // SAFETY: `v` is a live, writable u64 local: exactly the 8 bytes read.
         let n = unsafe {
             libc::pread(
                 ctx.arenas[ID].fd,

@@ -33,10 +33,11 @@ struct ProgArgs {
 /// An open, loaded libbpf object; closed when the last user drops it.
 struct ObjectHandle(*mut bpf::bpf_object);
 
-// SAFETY: libbpf objects are only used through &self calls that do not
-// mutate shared state concurrently (program fd lookups).
+// SAFETY: a libbpf object is heap memory plus fds, with no thread
+// affinity, so it may be used and closed (once, in Drop) on any thread.
 unsafe impl Send for ObjectHandle {}
-// SAFETY: as above.
+// SAFETY: shared references only read the object (program lookups and fds);
+// it is mutated (reuse_fd, load) only in `load`, while its one Arc is local.
 unsafe impl Sync for ObjectHandle {}
 
 impl Drop for ObjectHandle {
@@ -60,12 +61,13 @@ pub struct LoadedObject {
 fn arena_map(obj: *mut bpf::bpf_object) -> Option<*mut bpf::bpf_map> {
     let mut m: *mut bpf::bpf_map = std::ptr::null_mut();
     loop {
-        // SAFETY: iterating the maps of a valid object.
+        // SAFETY: `obj` is a non-null object from bpf_object__open_file, and
+        // `m` is null or the map this loop last got from it.
         m = unsafe { bpf::bpf_object__next_map(obj, m) };
         if m.is_null() {
             return None;
         }
-        // SAFETY: m is a map of obj.
+        // SAFETY: `m` is non-null (checked above) and owned by `obj`.
         if unsafe { bpf::bpf_map__type(m) } == BPF_MAP_TYPE_ARENA {
             return Some(m);
         }
@@ -82,7 +84,8 @@ pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
     }
     let path = format!("{BPF_DIR}/{}", s.object);
     let cpath = CString::new(path.clone()).map_err(|e| StepError::Error(e.to_string()))?;
-    // SAFETY: a valid path; default options.
+    // SAFETY: `cpath` is a NUL-terminated string live for the call; null
+    // options mean libbpf's defaults.
     let obj = unsafe { bpf::bpf_object__open_file(cpath.as_ptr(), std::ptr::null()) };
     if obj.is_null() {
         return Err(StepError::Error(format!(
@@ -103,7 +106,7 @@ pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
             )));
         }
     }
-    // SAFETY: loading an opened object.
+    // SAFETY: `obj` is non-null (checked above) and still owned by `handle`.
     let rc = unsafe { bpf::bpf_object__load(obj) };
     let what = format!("load {}", s.object);
     let result = if rc == 0 { Ok(()) } else { Err(-rc) };
@@ -172,7 +175,8 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
         .clone();
     check_page_args(ctx, &obj, s)?;
     let name = CString::new(s.program.clone()).map_err(|e| StepError::Error(e.to_string()))?;
-    // SAFETY: looking up a program in a loaded object.
+    // SAFETY: the handle keeps the object open; `name` is a NUL-terminated
+    // string live for the call.
     let prog = unsafe { bpf::bpf_object__find_program_by_name(obj.handle.0, name.as_ptr()) };
     if prog.is_null() {
         return Err(StepError::Error(format!(
@@ -180,7 +184,8 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
             s.program, s.object
         )));
     }
-    // SAFETY: prog is a loaded program.
+    // SAFETY: `prog` is non-null (checked above) and owned by `obj`, which
+    // the cloned handle keeps open.
     let fd = unsafe { bpf::bpf_program__fd(prog) };
     let mut args = ProgArgs::default();
     if let Some(id) = &obj.arena {

@@ -17,7 +17,8 @@ pub fn sleep(s: &SleepStep) -> StepResult {
 /// the agent's catches it). Only returns if the signal did not end it.
 pub fn crash(s: &CrashStep) -> StepResult {
     let sig = s.signal.number();
-    // SAFETY: resetting the disposition and raising a signal at ourselves.
+    // SAFETY: signal and raise take no pointers; SIG_DFL installs no Rust
+    // handler, so the signal's default action runs, in this worker only.
     unsafe {
         libc::signal(sig, libc::SIG_DFL);
         libc::raise(sig);

@@ -475,11 +475,11 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
                 let mut b = [0u8; 1];
                 // Blocks until the parent closes the write end: all start
                 // together.
-                // SAFETY: reading into a local buffer.
+                // SAFETY: `b` is a live 1-byte local, matching the count of 1.
                 unsafe { libc::read(go_rx, b.as_mut_ptr().cast(), 1) };
             });
             let line = serde_json::to_vec(&report).unwrap_or_default();
-            // SAFETY: writing a local buffer to our pipe.
+            // SAFETY: `line` is live and holds `line.len()` initialised bytes.
             unsafe { libc::write(res_tx, line.as_ptr().cast(), line.len()) };
             i32::from(report.status != WorkerStatus::Pass)
         })

@@ -129,12 +129,14 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     }
     // Merge stderr into stdout so log lines stay in order.
     let (rx, tx) = crate::sys::pipe().map_err(|e| StepError::Error(e.to_string()))?;
-    use std::os::fd::FromRawFd;
-    // SAFETY: tx is a fresh pipe fd we own; each Stdio takes one duplicate.
-    let (out, err) = unsafe {
-        let dup = libc::dup(tx);
-        (Stdio::from_raw_fd(tx), Stdio::from_raw_fd(dup))
-    };
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: tx is a fresh pipe fd this function owns and hands over here.
+    let tx = unsafe { OwnedFd::from_raw_fd(tx) };
+    // A failed dup (no fds left) is a step error, never an fd of -1.
+    let tx2 = tx
+        .try_clone()
+        .map_err(|e| StepError::Error(format!("dup of the output pipe: {e}")))?;
+    let (out, err) = (Stdio::from(tx), Stdio::from(tx2));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(out)
@@ -147,16 +149,18 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     let watchdog = std::thread::spawn(move || {
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
-            // SAFETY: probing / killing our own child.
+            // SAFETY: kill takes no pointers; `pid` is our child, probed
+            // only until `child.wait()` below reaps it.
             if unsafe { libc::kill(pid, 0) } != 0 {
                 return false;
             }
         }
-        // SAFETY: as above.
+        // SAFETY: as for the probe above: no pointers, our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         true
     });
-    // SAFETY: rx is our read end.
+    // SAFETY: `rx` is the read end `sys::pipe` just returned; nothing else
+    // owns or closes it, so the File takes sole ownership.
     let reader = BufReader::new(unsafe { std::fs::File::from_raw_fd(rx) });
     let mut parser = Parser::default();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

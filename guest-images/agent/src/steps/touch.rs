@@ -97,7 +97,7 @@ fn access(s: &TouchStep, base: u64, order: &[u64]) -> Result<(String, u64), Stri
                 unsafe { std::ptr::write_volatile(ptr, write_value(s, page)) };
             }
             AccessOp::Read => {
-                // SAFETY: as above.
+                // SAFETY: the same bounds and fault handling as the write above.
                 let got = unsafe { std::ptr::read_volatile(ptr) };
                 last = got;
                 raced += u64::from(s.expect.raced_read(page, got));
@@ -244,14 +244,15 @@ fn touch_in_child(
                 } == 0;
             }
             if !ok {
-                // SAFETY: exiting the child.
+                // SAFETY: _exit has no preconditions; the forked child skips
+                // destructors that belong to the parent's state.
                 unsafe { libc::_exit(CHILD_REMAP_FAILED) };
             }
         }
         // Last check before a probe: its pages must still be free.
         for page in plan.unmapped.iter().flat_map(Clone::clone) {
             if !bounds::page_unmapped(slot(base, page, 0)) {
-                // SAFETY: exiting the child.
+                // SAFETY: as for CHILD_REMAP_FAILED above.
                 unsafe { libc::_exit(CHILD_NOT_FREE) };
             }
         }
@@ -260,7 +261,7 @@ fn touch_in_child(
             Ok((t, _)) => (0, t),
             Err(t) => (CHILD_MISMATCH, t),
         };
-        // SAFETY: writing a local buffer to our pipe.
+        // SAFETY: `text` is live and holds `text.len()` initialised bytes.
         unsafe { libc::write(text_tx, text.as_ptr().cast(), text.len()) };
         code
     })
@@ -482,11 +483,11 @@ mod tests {
         let ok = touch(&mut ctx, &probe(20)).unwrap();
         assert!(ok.detail.contains("SIGSEGV"), "{}", ok.detail);
         // A hole punched into the mapping: the child reproduces it.
-        // SAFETY: unmapping part of the test's own mapping.
-        assert_eq!(
-            unsafe { libc::munmap(slot(base, 8, 0) as *mut libc::c_void, 2 * 4096) },
-            0
-        );
+        // SAFETY: pages 8..10 lie inside the 16 pages `fake_arena` mapped at
+        // `base` for this test only; no Rust reference points into them, and
+        // `mapped` is updated right below so nothing touches them in-process.
+        let rc = unsafe { libc::munmap(slot(base, 8, 0) as *mut libc::c_void, 2 * 4096) };
+        assert_eq!(rc, 0);
         ctx.arenas.get_mut(ID).unwrap().mapped.remove(8..10);
         assert!(touch(&mut ctx, &step(9, 1, AccessOp::Read)).is_err());
         let ok = touch(&mut ctx, &probe(9)).unwrap();
