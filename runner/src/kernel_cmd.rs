@@ -2,8 +2,8 @@
 //! from a tree to a kernel the lab can boot, and a check of any kernel
 //! before a boot is spent on it.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arena_images::kernel::build::{self, BaseConfig, BuildRequest};
@@ -45,6 +45,26 @@ pub enum Base {
 pub fn config(debug: bool) -> u8 {
     print!("{}", kconfig::fragment(debug));
     exit::PASS
+}
+
+/// `lab kernel decode`: the log with its traces decoded, on stdout.
+pub fn decode(vmlinux: &Path, file: Option<&Path>) -> Result<u8, LabError> {
+    let symbolizer =
+        crate::symbolize::Symbolizer::new(vmlinux).map_err(|e| LabError::BadArgs(e.to_string()))?;
+    let text = match file {
+        Some(f) => std::fs::read(f).map_err(|source| LabError::MissingFile {
+            option: "FILE",
+            path: f.to_owned(),
+            source,
+        })?,
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(infra)?;
+            buf
+        }
+    };
+    print!("{}", symbolizer.decode(&String::from_utf8_lossy(&text)));
+    Ok(exit::PASS)
 }
 
 /// The preflight of `k`, or why there is none.

@@ -379,6 +379,16 @@ enum KernelCommand {
         #[command(flatten)]
         kernel: KernelArgs,
     },
+    /// Decode stack traces in a console log (or stdin) with a vmlinux's
+    /// symbols and DWARF: each `func+0xoff/0xsize` frame gets its
+    /// `(file:line)`, as scripts/decode_stacktrace.sh does.
+    Decode {
+        /// The vmlinux the log's kernel was built as.
+        #[arg(long)]
+        vmlinux: PathBuf,
+        /// The log (default: stdin).
+        file: Option<PathBuf>,
+    },
     /// Build a kernel tree for the lab: merge the fragment into its config,
     /// build bzImage and vmlinux (and modules), print the options to run it.
     Build(kernel_cmd::BuildArgs),
@@ -474,6 +484,9 @@ fn real_main() -> Result<u8, LabError> {
         }
         Command::Kernel(KernelCommand::Check { kernel }) => kernel_cmd::check(&kernel),
         Command::Kernel(KernelCommand::Config { debug }) => Ok(kernel_cmd::config(debug)),
+        Command::Kernel(KernelCommand::Decode { vmlinux, file }) => {
+            kernel_cmd::decode(&vmlinux, file.as_deref())
+        }
         Command::Kernel(KernelCommand::Source { kernel }) => {
             kernel.check()?;
             let k = plan::kernel(&kernel).map_err(infra)?;

@@ -72,8 +72,9 @@ pub struct ScenarioSummary {
     pub vm_exit: Option<VmExit>,
     /// The agent's hello.
     pub guest: Option<Hello>,
-    /// Set when the first boot died before the agent's hello and the VM was
-    /// booted again: how the first attempt ended (its logs: `attempt1-*`).
+    /// Set when the scenario ran a second time because of the machinery
+    /// (a boot that died before the hello, an emulator fault under TCG):
+    /// how the first attempt ended (its logs: `attempt1-*`).
     pub retried_after: Option<SessionEnd>,
     /// 1-based attempt number (`--repeat`, `--until-fail`; else 1).
     pub attempt: u64,

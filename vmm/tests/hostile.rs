@@ -29,11 +29,19 @@ fn random_ports_and_mmio_outside_every_device() {
     );
 }
 
-#[test]
-fn hostile_virtio_driver_only_breaks_its_device() {
-    require_kvm("hostile_virtio_driver_only_breaks_its_device");
+/// Starts the hostile virtio guest with its console on a fresh socket
+/// `<name>-<pid>.sock`: the listener, the socket's path, the RSS before
+/// (KiB) and the VM's thread.
+fn start_hostile_virtio(
+    name: &str,
+) -> (
+    UnixListener,
+    std::path::PathBuf,
+    u64,
+    std::thread::JoinHandle<(vmm::RunReport, String)>,
+) {
     let kernel = build_pvh("hostile_virtio_pvh");
-    let sock = out_dir().join(format!("hostile-{}.sock", std::process::id()));
+    let sock = out_dir().join(format!("{name}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
     let (mut cfg, buf) = config(&kernel);
@@ -44,6 +52,13 @@ fn hostile_virtio_driver_only_breaks_its_device() {
     cfg.timeout = Some(PHASES_THEN_ENDLESS);
     let rss_before = vmm::rss::rss_kib(None).unwrap_or(0);
     let vm = std::thread::spawn(move || run(&cfg, &buf));
+    (listener, sock, rss_before, vm)
+}
+
+#[test]
+fn hostile_virtio_driver_only_breaks_its_device() {
+    require_kvm("hostile_virtio_driver_only_breaks_its_device");
+    let (listener, sock, rss_before, vm) = start_hostile_virtio("hostile");
 
     let mut conn = accept_with_timeout(&listener);
     // The phases before "after reset" send nothing: wait past the timeout.
@@ -112,15 +127,7 @@ fn hostile_virtio_driver_only_breaks_its_device() {
 #[test]
 fn endless_line_to_a_host_that_never_reads_stays_bounded() {
     require_kvm("endless_line_to_a_host_that_never_reads_stays_bounded");
-    let kernel = build_pvh("hostile_virtio_pvh");
-    let sock = out_dir().join(format!("stalled-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).unwrap();
-    let (mut cfg, buf) = config(&kernel);
-    cfg.console_socket = Some(sock.clone());
-    cfg.timeout = Some(PHASES_THEN_ENDLESS);
-    let rss_before = vmm::rss::rss_kib(None).unwrap_or(0);
-    let vm = std::thread::spawn(move || run(&cfg, &buf));
+    let (listener, sock, rss_before, vm) = start_hostile_virtio("stalled");
     let _conn = accept_with_timeout(&listener);
     let mut peak_rss = 0;
     while !vm.is_finished() {

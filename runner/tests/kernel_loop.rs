@@ -1,0 +1,391 @@
+//! The kernel developer's loop on a real tree, end to end: Debian's
+//! `linux-source-6.12` (`lab kernel source`) as a git history with a bug
+//! introduced in `kernel/bpf/arena.c`, built by `lab kernel build` with the
+//! smallest bootable config (`--base tiny`), checked (`lab kernel check`),
+//! refused before boot when a must-have is missing, booted
+//! (`--kernel-tree`), its traces decoded with its vmlinux, debugged with
+//! real gdb (`lab boot --gdb`), and bisected (`lab bisect`).
+//!
+//! The tree and its build directory are cached outside the checkout, keyed
+//! by the source version, so after the first (cold) build every build here
+//! is incremental. One test: the stages share the tree and its HEAD.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+/// Commits on top of the source, with fixed identities and dates so their
+/// hashes are the same on every machine and run.
+const BRANCH: &str = "arena-lab-test";
+const BUG_MARK: &str = "arena-lab test: the bug";
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "arena lab")
+        .env("GIT_AUTHOR_EMAIL", "lab@arena.invalid")
+        .env("GIT_COMMITTER_NAME", "arena lab")
+        .env("GIT_COMMITTER_EMAIL", "lab@arena.invalid")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .output()
+        .expect("git");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Replaces `file` (never writing through a hard link into the cache).
+fn rewrite(file: &Path, text: &str) {
+    let tmp = file.with_extension("arena-lab-tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// The cached git tree: the source as commit `base`, then on `BRANCH`
+/// c1 (comment), c2 (the bug: a user fault on arena page 1 is SIGSEGV),
+/// c3, c4 (comments). Returns (tree, base, c2, c4).
+fn tree(src: &Path, cache: &Path) -> (PathBuf, String, String, String) {
+    let repo = cache.join("tree");
+    if !repo.join(".git").is_dir() {
+        let tmp = cache.join("tree.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Hard links: fast, and git replaces (never edits) files it checks out.
+        let st = Command::new("cp")
+            .arg("-al")
+            .arg(src)
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        git(&tmp, &["init", "-q", "-b", "main"]);
+        // -f: Debian's tree ignores `/*` in its top .gitignore.
+        git(&tmp, &["add", "-A", "-f"]);
+        git(&tmp, &["commit", "-q", "-m", "linux-source as unpacked"]);
+        std::fs::rename(&tmp, &repo).unwrap();
+    }
+    git(&repo, &["checkout", "-q", "-f", "main"]);
+    let base = git(&repo, &["rev-parse", "main"]);
+    let arena_c = repo.join("kernel/bpf/arena.c");
+    let original = git(&repo, &["show", "main:kernel/bpf/arena.c"]) + "\n";
+    let anchor = "\tkaddr = kbase + (u32)(vmf->address);\n";
+    assert!(original.contains(anchor), "arena.c changed shape");
+    let buggy = original.replacen(
+        anchor,
+        &format!("{anchor}\tif (vmf->pgoff == 1)\n\t\treturn VM_FAULT_SIGSEGV; /* {BUG_MARK} */\n"),
+        1,
+    );
+    git(&repo, &["checkout", "-q", "-B", BRANCH, "main"]);
+    let mut commits = Vec::new();
+    for (i, text) in [
+        original.replace("// SPDX", "// c1: a comment\n// SPDX"),
+        buggy.replace("// SPDX", "// c1: a comment\n// SPDX"),
+        buggy.replace("// SPDX", "// c1: a comment\n// c3: another\n// SPDX"),
+        buggy.replace(
+            "// SPDX",
+            "// c1: a comment\n// c3: another\n// c4: more\n// SPDX",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        rewrite(&arena_c, text);
+        git(
+            &repo,
+            &[
+                "commit",
+                "-q",
+                "-a",
+                "-m",
+                &format!("arena: step c{}", i + 1),
+            ],
+        );
+        commits.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    git(&repo, &["checkout", "-q", "-f", "main"]);
+    (repo, base, commits[1].clone(), commits[3].clone())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `nm -S`'s address and size of `symbol`.
+fn symbol(vmlinux: &Path, symbol: &str) -> (u64, u64) {
+    let o = Command::new("nm").arg("-S").arg(vmlinux).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(3) == Some(symbol))
+        .unwrap_or_else(|| panic!("{symbol} not in {}", vmlinux.display()));
+    let mut w = line.split_whitespace();
+    let addr = u64::from_str_radix(w.next().unwrap(), 16).unwrap();
+    let size = u64::from_str_radix(w.next().unwrap(), 16).unwrap();
+    (addr, size)
+}
+
+#[test]
+fn kernel_developer_loop_on_a_tiny_tree() {
+    let t0 = Instant::now();
+    let src = lab(&["kernel", "source"]);
+    assert_eq!(src.status.code(), Some(0));
+    let src = PathBuf::from(String::from_utf8_lossy(&src.stdout).trim());
+    let version = src.file_name().unwrap().to_string_lossy().into_owned();
+    let cache = arena_images::cache::root()
+        .join("test-kernel-loop")
+        .join(&version);
+    std::fs::create_dir_all(&cache).unwrap();
+    let (repo, base, c2, c4) = tree(&src, &cache);
+    let build_dir = cache.join("build");
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .to_string();
+    eprintln!(
+        "stage: tree ready after {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Build the good commit (cold the first time, incremental after).
+    let t = Instant::now();
+    let built = lab(&[
+        "kernel",
+        "build",
+        repo.to_str().unwrap(),
+        "--base",
+        "tiny",
+        "--out",
+        build_dir.to_str().unwrap(),
+        "-j",
+        &jobs,
+    ]);
+    assert_eq!(built.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        printed.contains("--kernel ") && printed.contains("--vmlinux "),
+        "{printed}"
+    );
+    eprintln!("stage: build took {:.0} s", t.elapsed().as_secs_f64());
+    let tree_arg = build_dir.to_str().unwrap();
+    let vmlinux = build_dir.join("vmlinux");
+
+    // lab kernel check: the table, every must-have there.
+    let check = lab(&["kernel", "check", "--kernel-tree", tree_arg]);
+    assert_eq!(check.status.code(), Some(0));
+    let table = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        table.contains(&format!("config: {}", build_dir.join(".config").display())),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("CONFIG_VIRTIO_CONSOLE") && l.contains(" ok ")),
+        "{table}"
+    );
+
+    // The same kernel with a config lacking VIRTIO_CONSOLE is refused before
+    // any boot, naming the option (a copy of the tree's files, config edited).
+    let lacking = scratch("kernel-loop-lacking");
+    for f in ["Makefile", "Kconfig"] {
+        std::fs::write(lacking.join(f), "").unwrap();
+    }
+    let bz = lacking.join("arch/x86/boot/bzImage");
+    std::fs::create_dir_all(bz.parent().unwrap()).unwrap();
+    std::fs::copy(build_dir.join("arch/x86/boot/bzImage"), &bz).unwrap();
+    let config = std::fs::read_to_string(build_dir.join(".config")).unwrap();
+    std::fs::write(
+        lacking.join(".config"),
+        config.replace(
+            "CONFIG_VIRTIO_CONSOLE=y",
+            "# CONFIG_VIRTIO_CONSOLE is not set",
+        ),
+    )
+    .unwrap();
+    let results = lacking.join("results");
+    let refused = lab_run(
+        &results,
+        &["--kernel", bz.to_str().unwrap(), "scenarios/smoke"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("missing CONFIG_VIRTIO_CONSOLE (not set)"),
+        "{err}"
+    );
+    assert!(!results
+        .join("latest/arena-mmap-readback/console.log")
+        .exists());
+
+    // The good kernel runs the smoke scenarios.
+    let results = scratch("kernel-loop-run");
+    let run = lab_run(&results, &["--kernel-tree", tree_arg, "scenarios/smoke"]);
+    assert_eq!(run.status.code(), Some(0));
+    let s = summary(&results);
+    assert_eq!(
+        s["kernel"]["vmlinux"],
+        vmlinux.to_str().unwrap(),
+        "{}",
+        s["kernel"]
+    );
+
+    // Traces decode to function and file:line with its vmlinux, as
+    // binutils' addr2line says.
+    let (addr, size) = symbol(&vmlinux, "arena_vm_fault");
+    let log = scratch("kernel-loop-decode").join("console.log");
+    std::fs::write(
+        &log,
+        format!(
+            "[    5.100000] WARNING: CPU: 0 PID: 1 at kernel/bpf/arena.c:1 arena_vm_fault+0x20/{size:#x}\n\
+             [    5.100001] RIP: 0010:arena_vm_fault+0x20/{size:#x}\n\
+             [    5.100002] Call Trace:\n\
+             [    5.100003]  <TASK>\n\
+             [    5.100004]  __do_fault+0x31/0x80\n"
+        ),
+    )
+    .unwrap();
+    let decoded = lab(&[
+        "kernel",
+        "decode",
+        "--vmlinux",
+        vmlinux.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(decoded.status.code(), Some(0));
+    let decoded = String::from_utf8_lossy(&decoded.stdout);
+    let rip = decoded.lines().find(|l| l.contains("RIP:")).unwrap();
+    let a2l = Command::new("addr2line")
+        .arg("-e")
+        .arg(&vmlinux)
+        .arg(format!("{:#x}", addr + 0x20))
+        .output()
+        .unwrap();
+    let a2l = String::from_utf8_lossy(&a2l.stdout);
+    let line_no = a2l
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(
+        rip.contains(&format!("(kernel/bpf/arena.c:{line_no}")),
+        "ours: {rip}\nbinutils: {a2l}"
+    );
+    let caller = decoded.lines().find(|l| l.contains("__do_fault")).unwrap();
+    assert!(caller.contains("(mm/memory.c:"), "{caller}");
+
+    // Real gdb on the QEMU stub: stop at start_kernel, read a register and
+    // the kernel's banner by its symbol.
+    let port = free_port();
+    let mut vm = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "boot",
+            "--backend",
+            "qemu",
+            "--kernel-tree",
+            tree_arg,
+            "--timeout",
+            "300",
+        ])
+        .arg("--gdb")
+        .arg(port.to_string())
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stub listens once QEMU is up; gdb retries its connect meanwhile.
+    let gdb = Command::new("gdb")
+        .args(["-batch", "-nx"])
+        .arg(&vmlinux)
+        .args([
+            "-ex",
+            "set tcp connect-timeout 120",
+            "-ex",
+            &format!("target remote 127.0.0.1:{port}"),
+            "-ex",
+            "hbreak start_kernel",
+            "-ex",
+            "continue",
+            "-ex",
+            "info registers rip",
+            "-ex",
+            "x/s &linux_banner",
+            "-ex",
+            "kill",
+        ])
+        .output()
+        .unwrap();
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let out = String::from_utf8_lossy(&gdb.stdout);
+    assert!(
+        out.contains("<start_kernel"),
+        "gdb: {out}\n{}",
+        String::from_utf8_lossy(&gdb.stderr)
+    );
+    assert!(out.contains("Linux version 6.12"), "gdb: {out}");
+
+    // Bisect base..c4: the first bad commit is c2, with its failure.
+    let results = scratch("kernel-loop-bisect");
+    let t = Instant::now();
+    let bisect = lab(&[
+        "bisect",
+        "--tree",
+        repo.to_str().unwrap(),
+        "--good",
+        &base,
+        "--bad",
+        &c4,
+        "--out",
+        build_dir.to_str().unwrap(),
+        "--base",
+        "tiny",
+        "-j",
+        &jobs,
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/smoke/arena-mmap-readback.yaml",
+    ]);
+    assert_eq!(bisect.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&bisect.stdout);
+    assert!(
+        stdout.starts_with(&format!("first bad commit: {c2} arena: step c2")),
+        "{stdout}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("bisect.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["first_bad"], c2.as_str());
+    assert!(
+        record["failing_output"]
+            .as_str()
+            .unwrap()
+            .contains("arena-mmap-readback: fail"),
+        "{record}"
+    );
+    assert_eq!(
+        git(&repo, &["rev-parse", "HEAD"]),
+        base,
+        "the tree is left where it was"
+    );
+    eprintln!(
+        "stage: bisect took {:.0} s in {} steps",
+        t.elapsed().as_secs_f64(),
+        record["steps"].as_array().unwrap().len()
+    );
+}
