@@ -585,16 +585,21 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
     // History.
     h.push_str(
         "<h2 id=\"history\">History</h2>\n<table id=\"runs\"><thead><tr><th>run</th><th>started</th>\
-         <th>kernel</th><th>sha256</th><th>passed</th><th>failed</th><th>wall (s)</th>\
-         <th>complete</th></tr></thead><tbody>\n",
+         <th>kernel</th><th>sha256</th><th>passed</th><th>failed</th><th>known kernel bugs</th>\
+         <th>wall (s)</th><th>complete</th></tr></thead><tbody>\n",
     );
     for r in runs.iter().rev() {
         let pass = r.entries.iter().filter(|e| e.verdict == "pass").count();
         let fail = r.entries.iter().filter(|e| is_failure(&e.verdict)).count();
+        let known = r
+            .entries
+            .iter()
+            .filter(|e| e.verdict == "known_fail")
+            .count();
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td><code>{}</code></td>\
-             <td>{pass}</td><td>{fail}</td><td>{:.1}</td><td>{}</td></tr>",
+             <td>{pass}</td><td>{fail}</td><td>{known}</td><td>{:.1}</td><td>{}</td></tr>",
             escape(&run_label(r)),
             escape(&r.started),
             escape(&r.kernel_version),
@@ -607,7 +612,7 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
     h.push_str("</tbody></table>\n");
 
     h.push_str(
-        "<h3 id=\"timeline\">Pass/fail timeline</h3>\n<p>✓ pass, ✗ fail, E error, T timeout, \
+        "<h3 id=\"timeline\">Pass/fail timeline</h3>\n<p>✓ pass, ✗ fail, K known kernel bug, E error, T timeout, \
          – not run; <span class=\"flaky\">⚠ flaky</span>: passed and failed on the same kernel.</p>\n\
          <table class=\"timeline\" id=\"timeline-table\"><thead><tr><th>scenario</th><th>flaky</th>",
     );

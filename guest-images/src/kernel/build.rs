@@ -41,9 +41,12 @@ pub enum BaseConfig {
 
 /// What `tinyconfig` leaves out that booting the agent and running the
 /// scenarios needs: a console, SMP for the races, /proc and /sys, ELF
-/// binaries, futexes for threads, sysctl, symbol names in traces. Virtio
-/// devices come from the command line (`virtio_mmio.device=`, which both
-/// backends pass) instead of ACPI, which a tiny kernel does without.
+/// binaries, futexes for threads, sysctl, symbol names in traces, and ACPI:
+/// QEMU's microvm describes its virtio-mmio devices only there (with ACPI
+/// on it adds no `virtio_mmio.device=`), power-off needs it, and PnP ACPI
+/// gives the serial port its interrupt under a hardware-reduced FADT.
+/// Without PCI, x86 ACPI cannot load the tables ("AE_BAD_PARAMETER, During
+/// Region initialization"), though no PCI device is used.
 const TINY_BOOTABLE: &[&str] = &[
     "PRINTK",
     "BUG",
@@ -58,7 +61,9 @@ const TINY_BOOTABLE: &[&str] = &[
     "POSIX_TIMERS",
     "BINFMT_SCRIPT",
     "KALLSYMS",
-    "VIRTIO_MMIO_CMDLINE_DEVICES",
+    "ACPI",
+    "PCI",
+    "PNP",
     "MEMFD_CREATE",
 ];
 

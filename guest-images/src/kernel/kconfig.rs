@@ -109,7 +109,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The config of a kernel: `.config` in the build tree that holds `image`
+/// The config of a kernel: `.config` in the build directory that holds `image`
 /// (the image is `TREE/vmlinux` or `TREE/arch/x86/boot/bzImage`), a
 /// `config` or `config-<release>` beside it (Debian's layout, and the
 /// lab's cache), or the one embedded in `vmlinux`.
@@ -119,9 +119,11 @@ pub fn find_config(
     release: &str,
 ) -> Option<(ConfigSource, KernelConfig)> {
     let dir = image.parent()?;
+    // A source tree or a `make O=` build directory (which has a Makefile
+    // and the .config, but no Kconfig).
     let tree = image
         .ancestors()
-        .find(|d| d.join("Makefile").is_file() && d.join("Kconfig").is_file());
+        .find(|d| d.join("Makefile").is_file() && d.join(".config").is_file());
     let candidates = [
         tree.map(|t| t.join(".config")),
         Some(dir.join(format!("config-{release}"))),
@@ -565,8 +567,8 @@ CONFIG_LOCALVERSION=\"-arena\"
     #[test]
     fn finds_the_tree_config_from_the_bzimage() {
         let t = tempdir::Dir::new();
-        std::fs::write(t.0.join("Makefile"), "VERSION = 6\n").unwrap();
-        std::fs::write(t.0.join("Kconfig"), "").unwrap();
+        // A `make O=` build directory: Makefile and .config, no Kconfig.
+        std::fs::write(t.0.join("Makefile"), "include source/Makefile\n").unwrap();
         std::fs::write(t.0.join(".config"), DEBIAN_LIKE).unwrap();
         let bz = t.0.join("arch/x86/boot/bzImage");
         std::fs::create_dir_all(bz.parent().unwrap()).unwrap();
