@@ -304,9 +304,9 @@ enum Command {
         /// Seconds before the VM is killed.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
-        /// Start halted with a gdb stub on this port (default 1234) and print
+        /// Start halted with a gdb stub (`--gdb` on port 1234, `--gdb=PORT`) and print
         /// the gdb command to attach; the kernel boots with `nokaslr`.
-        #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
+        #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
         gdb: Option<u16>,
         /// Extra kernel command line.
         #[arg(last = true)]

@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// what is missing, after a boot.
     #[arg(long)]
     no_preflight: bool,
+    /// Debug one scenario (select it with --only): its VM starts halted with
+    /// a gdb stub (`--gdb`: port 1234, `--gdb=PORT`; QEMU backend), the kernel boots
+    /// with `nokaslr`, and every timeout is 1000 times longer.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
+    gdb: Option<u16>,
     /// Multiply every scenario's timeout and the boot timeout (slow hosts).
     #[arg(long, value_name = "X")]
     timeout_scale: Option<f64>,
@@ -188,8 +193,17 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         limits: Limits {
             boot: Duration::from_secs(args.boot_timeout),
         },
-        cmdline: cmdline(&args.append),
+        // Under gdb, symbols must be where vmlinux says: no KASLR.
+        cmdline: cmdline(&format!(
+            "{}{}",
+            args.append,
+            if args.gdb.is_some() { " nokaslr" } else { "" }
+        )),
+        gdb: args.gdb,
     };
+    if let Some(port) = args.gdb {
+        print_gdb_line(&prepared.kernel, port);
+    }
     let watching = AtomicBool::new(true);
     std::thread::scope(|scope| {
         scope.spawn(|| progress.watch(&watching));
@@ -315,6 +329,20 @@ fn apply_overrides(
             return Err(LabError::BadArgs(format!(
                 "{option} 0: expected at least 1"
             )));
+        }
+    }
+    if args.gdb.is_some() {
+        if scenarios.len() != 1 || args.repeat.repeated() {
+            return Err(LabError::BadArgs(format!(
+                "--gdb debugs one VM: select exactly one scenario (--only NAME), once ({} selected)",
+                scenarios.len()
+            )));
+        }
+        // A VM stopped in the debugger makes no progress: not a hang.
+        const GDB_TIMEOUT_SCALE: u64 = 1000;
+        args.boot_timeout = args.boot_timeout.saturating_mul(GDB_TIMEOUT_SCALE);
+        for f in &mut scenarios {
+            f.scenario.timeout_s = f.scenario.timeout_s.saturating_mul(GDB_TIMEOUT_SCALE);
         }
     }
     for f in &mut scenarios {
@@ -533,6 +561,8 @@ struct RunCtx<'a> {
     run_dir: &'a RunDir,
     limits: Limits,
     cmdline: String,
+    /// `--gdb`: the port of the VM's gdb stub.
+    gdb: Option<u16>,
 }
 
 fn run_one(
@@ -554,7 +584,7 @@ fn run_one(
         memory_mib: s.vm.memory_mib,
         console: Console::File(console_log.clone()),
         channel: None,
-        gdb: None,
+        gdb: ctx.gdb,
     };
     let boot = |spec: VmSpec| {
         let record = session::run(
@@ -698,6 +728,18 @@ fn save_outputs(dir: &std::path::Path, record: &session::Record) {
     }
 }
 
+/// Says how to attach gdb to a VM halted with its stub on `port` (stderr:
+/// stdout may be the guest's console).
+fn print_gdb_line(kernel: &arena_images::kernel::Kernel, port: u16) {
+    let vmlinux = kernel
+        .vmlinux
+        .as_ref()
+        .map_or_else(|| "vmlinux".to_owned(), |v| v.display().to_string());
+    eprintln!(
+        "lab: the VM starts halted; attach with:\n  gdb {vmlinux} -ex 'target remote 127.0.0.1:{port}'"
+    );
+}
+
 /// `lab boot`: the default image, serial console on stdout; with `gdb`, the
 /// VM starts halted with a gdb stub on that port.
 pub fn boot(
@@ -739,16 +781,8 @@ pub fn boot(
         gdb,
     };
     if let Some(port) = gdb {
-        let vmlinux = prepared
-            .kernel
-            .vmlinux
-            .as_ref()
-            .map_or_else(|| "vmlinux".to_owned(), |v| v.display().to_string());
-        // stderr: stdout is the guest's console.
-        eprintln!(
-            "lab: the VM is halted; attach with:\n  gdb {vmlinux} -ex 'target remote 127.0.0.1:{port}'\n\
-             lab: (it is killed after {timeout} s; --timeout to change)"
-        );
+        print_gdb_line(&prepared.kernel, port);
+        eprintln!("lab: (the VM is killed after {timeout} s; --timeout to change)");
     }
     let scratch = std::env::temp_dir().join(format!("arena-lab-boot-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(infra)?;
@@ -784,4 +818,37 @@ pub fn boot(
         }
         None => exit::INFRA,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(names: &[&str]) -> Vec<ScenarioFile> {
+        names
+            .iter()
+            .map(|n| ScenarioFile {
+                path: PathBuf::from(format!("{n}.yaml")),
+                scenario: Scenario {
+                    name: (*n).to_owned(),
+                    ..trivial_scenario()
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gdb_debugs_exactly_one_scenario_with_timeouts_stretched() {
+        let mut args = crate::parse_run_args(["lab", "run", "--gdb", "x.yaml"]).unwrap();
+        assert_eq!(args.gdb, Some(1234));
+        let err = apply_overrides(&mut args, loaded(&["a", "b"])).unwrap_err();
+        assert!(err.to_string().contains("exactly one scenario"), "{err}");
+        let one = apply_overrides(&mut args, loaded(&["a"])).unwrap();
+        assert_eq!(one[0].scenario.timeout_s, 30 * 1000);
+        assert_eq!(args.boot_timeout, 120 * 1000);
+        let mut args =
+            crate::parse_run_args(["lab", "run", "--gdb=4321", "--repeat", "2", "x.yaml"]).unwrap();
+        assert_eq!(args.gdb, Some(4321));
+        assert!(apply_overrides(&mut args, loaded(&["a"])).is_err());
+    }
 }

@@ -137,6 +137,43 @@ fn symbol(vmlinux: &Path, symbol: &str) -> (u64, u64) {
     (addr, size)
 }
 
+/// Real gdb in batch mode against a halted VM's stub on `port`: breaks at
+/// `start_kernel`, prints `rip` and `linux_banner`, then `last` (`kill`,
+/// `detach`). Returns its output, having checked the banner.
+fn gdb_reads_banner(vmlinux: &Path, port: u16, last: &str) -> String {
+    // The stub listens once QEMU is up; gdb waits for it meanwhile.
+    let gdb = Command::new("gdb")
+        .args(["-batch", "-nx"])
+        .arg(vmlinux)
+        .args([
+            "-ex",
+            "set tcp connect-timeout 120",
+            "-ex",
+            &format!("target remote 127.0.0.1:{port}"),
+            "-ex",
+            "hbreak start_kernel",
+            "-ex",
+            "continue",
+            "-ex",
+            "info registers rip",
+            "-ex",
+            "x/s &linux_banner",
+            "-ex",
+            "delete",
+            "-ex",
+            last,
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&gdb.stdout).into_owned();
+    assert!(
+        out.contains("Linux version 6.12"),
+        "gdb: {out}\n{}",
+        String::from_utf8_lossy(&gdb.stderr)
+    );
+    out
+}
+
 #[test]
 fn kernel_developer_loop_on_a_tiny_tree() {
     let t0 = Instant::now();
@@ -289,56 +326,43 @@ fn kernel_developer_loop_on_a_tiny_tree() {
     assert!(caller.contains("(mm/memory.c:"), "{caller}");
 
     // Real gdb on the QEMU stub: stop at start_kernel, read a register and
-    // the kernel's banner by its symbol.
+    // the kernel's banner by its symbol; `lab boot --gdb`, then `lab run
+    // --gdb`, where the scenario goes on to pass once gdb detaches.
     let port = free_port();
     let mut vm = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args([
-            "boot",
-            "--backend",
-            "qemu",
-            "--kernel-tree",
-            tree_arg,
-            "--timeout",
-            "300",
-        ])
-        .arg("--gdb")
-        .arg(port.to_string())
+        .args(["boot", "--backend", "qemu", "--kernel-tree", tree_arg])
+        .args(["--timeout", "300", &format!("--gdb={port}")])
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The stub listens once QEMU is up; gdb retries its connect meanwhile.
-    let gdb = Command::new("gdb")
-        .args(["-batch", "-nx"])
-        .arg(&vmlinux)
-        .args([
-            "-ex",
-            "set tcp connect-timeout 120",
-            "-ex",
-            &format!("target remote 127.0.0.1:{port}"),
-            "-ex",
-            "hbreak start_kernel",
-            "-ex",
-            "continue",
-            "-ex",
-            "info registers rip",
-            "-ex",
-            "x/s &linux_banner",
-            "-ex",
-            "kill",
-        ])
-        .output()
-        .unwrap();
+    let out = gdb_reads_banner(&vmlinux, port, "kill");
     let _ = vm.kill();
     let _ = vm.wait();
-    let out = String::from_utf8_lossy(&gdb.stdout);
-    assert!(
-        out.contains("<start_kernel"),
-        "gdb: {out}\n{}",
-        String::from_utf8_lossy(&gdb.stderr)
+    assert!(out.contains("<start_kernel"), "gdb: {out}");
+
+    let port = free_port();
+    let results = scratch("kernel-loop-gdb-run");
+    let run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
+        .arg("--results")
+        .arg(&results)
+        .args([&format!("--gdb={port}"), "--only", "arena-mmap-readback"])
+        .arg("scenarios/smoke")
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gdb_reads_banner(&vmlinux, port, "detach");
+    let run = run.wait_with_output().unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
-    assert!(out.contains("Linux version 6.12"), "gdb: {out}");
 
     // Bisect base..c4: the first bad commit is c2, with its failure.
     let results = scratch("kernel-loop-bisect");
