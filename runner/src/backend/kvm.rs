@@ -70,7 +70,7 @@ impl Backend for OwnVmm {
     }
 
     /// The VMM writes its serial console into the runner's capture pipe
-    /// (`--serial /dev/fd/3`); its argv[0] names the console file, for `ps`
+    /// (`--serial /proc/self/fd/3`); its argv[0] names the console file, for `ps`
     /// and for finding a scenario's VM.
     fn command(&self, spec: &VmSpec) -> Command {
         let mut c = Command::new(&self.binary);
@@ -128,7 +128,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("arena-kvm-cmd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fake = dir.join("fake-vmm");
-        std::fs::write(&fake, "#!/bin/sh\necho \"console of $1 $2\" >/dev/fd/3\n").unwrap();
+        std::fs::write(&fake, "#!/bin/sh\necho \"console of $1 $2\" >&3\n").unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let console = dir.join("console.log");
         let spec = VmSpec {
@@ -144,7 +144,9 @@ mod tests {
         let mut c = OwnVmm { binary: fake }.command(&spec);
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
         let cfg = VmConfig::from_args(&args).unwrap();
-        assert!(matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/dev/fd/3")));
+        assert!(
+            matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/proc/self/fd/3"))
+        );
         // A fork elsewhere in the test process may briefly hold the script
         // open for writing (ETXTBSY): try again.
         let status = (0..100)

@@ -98,8 +98,10 @@ pub fn select(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Strin
 
 /// The descriptor a VM finds its console pipe on.
 const CONSOLE_FD: libc::c_int = 3;
-/// The path a VM opens to write its console into the pipe.
-pub const CONSOLE_FD_PATH: &str = "/dev/fd/3";
+/// The path a VM opens to write its console into the pipe. Not `/dev/fd/3`:
+/// that symlink is a udev convenience that minimal systems lack (`lab
+/// nested`'s L1 has only devtmpfs), while /proc is always mounted.
+pub const CONSOLE_FD_PATH: &str = "/proc/self/fd/3";
 
 /// Where the VM itself must write its serial console for `console`.
 #[derive(Debug, Clone, PartialEq, Eq)]

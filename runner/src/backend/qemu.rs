@@ -234,7 +234,7 @@ mod tests {
         assert!(joined.contains("-M microvm -accel tcg"), "{joined}");
         // The VM writes into the capture pipe and is named by its console.
         assert!(
-            joined.contains("file,id=serial0,path=/dev/fd/3"),
+            joined.contains("file,id=serial0,path=/proc/self/fd/3"),
             "{joined}"
         );
         let name = format!("guest=arena-lab console {}", console.display()).replace(',', ",,");
