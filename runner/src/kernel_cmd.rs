@@ -70,8 +70,11 @@ pub fn decode(vmlinux: &Path, file: Option<&Path>) -> Result<u8, LabError> {
 /// The preflight of `k`, or why there is none.
 pub fn preflight(k: &Kernel) -> Result<Preflight, String> {
     let image = k.bzimage.as_deref().unwrap_or(&k.boot_image);
-    let found = kconfig::find_config(image, k.vmlinux.as_deref(), &k.release)
-        .or_else(|| kconfig::find_config(&k.boot_image, k.vmlinux.as_deref(), &k.release));
+    let mut images = vec![image];
+    if image != k.boot_image {
+        images.push(&k.boot_image);
+    }
+    let found = kconfig::find_config(&images, k.vmlinux.as_deref(), &k.release);
     let (source, cfg) = found.ok_or_else(|| {
         format!(
             "no config found for {} (looked for the tree's .config, config-{} beside it, and IKCONFIG in the vmlinux)",

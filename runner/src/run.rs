@@ -601,10 +601,12 @@ fn run_one(
         record
     };
     let mut record = boot(spec.clone());
+    // Bounded; a capture that failed (disk full) is an error, not a verdict.
+    let mut console = crate::console_capture::read_for_verdict(&console_log)?;
     let mut retried_after = None;
     let tcg = ctx.backend.accelerator() == "tcg";
     for attempt in 1..=MACHINE_RETRIES {
-        let Some(cause) = retry_cause(&record, &console_log, tcg) else {
+        let Some(cause) = retry_cause(&record, &console, tcg) else {
             break;
         };
         if progress::interrupted().is_some() {
@@ -620,10 +622,9 @@ fn run_one(
         );
         retried_after.get_or_insert(cause);
         record = boot(spec.clone());
+        console = crate::console_capture::read_for_verdict(&console_log)?;
     }
     save_outputs(&dir, &record);
-    // Bounded; a capture that failed (disk full) is an error, not a verdict.
-    let console = crate::console_capture::read_for_verdict(&console_log)?;
     let mut judgement = verdict::judge(&record, &console);
     if ctx.known_issues {
         judgement.apply_known_issues(&s.known_issues, &ctx.prepared.kernel.release);
@@ -692,23 +693,16 @@ const MACHINE_RETRIES: u32 = 2;
 ///
 /// The summary records the cause (`retried_after`); the first attempt's
 /// logs stay as `attempt1-*`.
-fn retry_cause(
-    record: &session::Record,
-    console_log: &std::path::Path,
-    tcg: bool,
-) -> Option<SessionEnd> {
-    // Bounded like the verdict's read; a failed capture retries nothing
-    // (the verdict's own read reports it).
-    let console = crate::console_capture::read_for_verdict(console_log).ok()?;
+fn retry_cause(record: &session::Record, console: &str, tcg: bool) -> Option<SessionEnd> {
     if tcg {
-        if let Some(fault) = splat::emulator_fault(&console) {
+        if let Some(fault) = splat::emulator_fault(console) {
             return Some(SessionEnd::EmulatorFault {
                 title: fault.title,
                 line: fault.line,
             });
         }
     }
-    let agent_gave_up = arena_protocol::console::fatal_reason(&console).is_some();
+    let agent_gave_up = arena_protocol::console::fatal_reason(console).is_some();
     let ended_itself = matches!(record.vm_exit, Some(VmExit::Exited(_)));
     (record.hello.is_none() && ended_itself && !agent_gave_up)
         .then(|| SessionEnd::from(&record.end))

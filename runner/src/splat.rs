@@ -42,7 +42,7 @@ const MARKERS: &[(&str, &str)] = &[
 const OWN_PREFIXES: &[&str] = &["arena-agent:", "libbpf:"];
 
 /// Remove a `[   12.345678] ` printk timestamp.
-fn strip_timestamp(line: &str) -> &str {
+pub fn strip_timestamp(line: &str) -> &str {
     let t = line.trim_start();
     if let Some(rest) = t.strip_prefix('[') {
         if let Some(end) = rest.find(']') {

@@ -195,7 +195,7 @@ struct TraceFrame {
 
 impl TraceFrame {
     fn parse(line: &str) -> Option<TraceFrame> {
-        let line = strip_timestamp(line.trim_end_matches('\r'));
+        let line = crate::splat::strip_timestamp(line.trim_end_matches('\r'));
         let (rest, rip) = match line.split_once("RIP: ") {
             // `RIP: 0010:func+0x1b/0x40`
             Some((_, r)) => (r.split_once(':').map_or(r, |(_, f)| f), true),
@@ -226,22 +226,6 @@ impl TraceFrame {
             rip,
             uncertain,
         })
-    }
-}
-
-/// Removes a `[   12.345678] ` printk timestamp.
-fn strip_timestamp(line: &str) -> &str {
-    let t = line.trim_start();
-    match t.strip_prefix('[').and_then(|r| r.split_once(']')) {
-        Some((inside, rest))
-            if inside
-                .trim()
-                .chars()
-                .all(|c| c.is_ascii_digit() || c == '.') =>
-        {
-            rest
-        }
-        _ => t,
     }
 }
 

@@ -8,7 +8,7 @@ use arena_protocol::scenario::KnownIssue;
 use arena_protocol::{GuestMessage, StepStatus};
 
 use crate::session::{End, Record, Stop};
-use crate::splat::{self, Splat};
+use crate::splat;
 
 /// Console lines kept with a scenario that did not pass (summary
 /// `console_tail`, JUnit `<system-out>`).
@@ -476,10 +476,28 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         ),
         End::Protocol(why) => (Verdict::Error, format!("results channel: {why}"), false),
     };
-    let splats: Vec<Splat> = splat::detect(console);
+    // Texts (and the function they name) only for the first few: each is
+    // a scan of the console, and a flood of warnings can be thousands.
+    let splats: Vec<SplatRecord> = splat::detect(console)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let text = (i < SPLAT_TEXTS).then(|| splat_text(console, s.line));
+            SplatRecord {
+                function: text.as_deref().and_then(crate::symbolize::culprit),
+                text,
+                decoded: None,
+                line: s.line,
+                kind: s.kind.to_owned(),
+                title: s.title,
+            }
+        })
+        .collect();
     if let Some(first) = splats.first() {
         if !infra {
-            let function = crate::symbolize::culprit(&splat_text(console, first.line))
+            let function = first
+                .function
+                .as_ref()
                 .filter(|f| !first.title.contains(&format!("{f}+")))
                 .map(|f| format!(" in {f}"))
                 .unwrap_or_default();
@@ -497,21 +515,6 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             }
         }
     }
-    let splats = splats
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let text = splat_text(console, s.line);
-            SplatRecord {
-                function: crate::symbolize::culprit(&text),
-                text: (i < SPLAT_TEXTS).then_some(text),
-                decoded: None,
-                line: s.line,
-                kind: s.kind.to_owned(),
-                title: s.title,
-            }
-        })
-        .collect();
     let console_tail = (verdict != Verdict::Pass && !console.is_empty())
         .then(|| tail(console, CONSOLE_TAIL_LINES));
     Judgement {

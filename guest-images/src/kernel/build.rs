@@ -154,11 +154,7 @@ pub fn build(req: &BuildRequest, mut on_line: impl FnMut(&str)) -> Result<Built,
         source,
     })?;
     let make = |args: &[&str], on_line: &mut dyn FnMut(&str)| {
-        let mut c = Command::new("make");
-        c.arg("-C").arg(tree);
-        if let Some(o) = &req.out {
-            c.arg(format!("O={}", o.display()));
-        }
+        let mut c = make_command(req);
         c.arg(format!("-j{}", req.jobs.max(1))).args(args);
         run(c, on_line)
     };
@@ -169,8 +165,8 @@ pub fn build(req: &BuildRequest, mut on_line: impl FnMut(&str)) -> Result<Built,
     let merged_config = merge_fragment(req, &dir, &mut on_line)?;
     make(&["bzImage", "vmlinux"], &mut on_line)?;
     let cfg = read_config(&config)?;
-    let release = capture(tree, req.out.as_deref(), "kernelrelease")?;
-    let modules = if cfg.setting("MODULES") == Setting::BuiltIn && has_modules(&config)? {
+    let release = capture(req, "kernelrelease")?;
+    let modules = if cfg.setting("MODULES") == Setting::BuiltIn && cfg.has_modules() {
         make(&["modules"], &mut on_line)?;
         let root = dir.join(MODULES_ROOT);
         let path = format!("INSTALL_MOD_PATH={}", root.display());
@@ -228,11 +224,7 @@ fn merge_fragment(
         .arg(&config)
         .arg(&fragment);
     run(c, on_line)?;
-    let mut c = Command::new("make");
-    c.arg("-C").arg(&req.tree);
-    if let Some(o) = &req.out {
-        c.arg(format!("O={}", o.display()));
-    }
+    let mut c = make_command(req);
     c.arg("olddefconfig");
     run(c, on_line)?;
     let still = unmet(&read_config(&config)?)
@@ -260,28 +252,27 @@ fn read_config(path: &Path) -> Result<KernelConfig, BuildError> {
         })
 }
 
-/// Any `=m` in the config.
-fn has_modules(config: &Path) -> Result<bool, BuildError> {
-    Ok(std::fs::read_to_string(config)
-        .map_err(|source| BuildError::Io {
-            what: format!("reading {}", config.display()),
-            source,
-        })?
-        .lines()
-        .any(|l| l.starts_with("CONFIG_") && l.ends_with("=m")))
+/// `make -C TREE [O=OUT]`: every make of a build runs in the same tree and
+/// build directory.
+fn make_command(req: &BuildRequest) -> Command {
+    let mut c = Command::new("make");
+    c.arg("-C").arg(&req.tree);
+    if let Some(o) = &req.out {
+        c.arg(format!("O={}", o.display()));
+    }
+    c
 }
 
 /// `make -s TARGET` output, trimmed.
-fn capture(tree: &Path, out: Option<&Path>, target: &str) -> Result<String, BuildError> {
-    let mut c = Command::new("make");
-    c.arg("-s").arg("-C").arg(tree);
-    if let Some(o) = out {
-        c.arg(format!("O={}", o.display()));
-    }
-    let o = c.arg(target).output().map_err(|source| BuildError::Io {
-        what: format!("running make {target}"),
-        source,
-    })?;
+fn capture(req: &BuildRequest, target: &str) -> Result<String, BuildError> {
+    let o = make_command(req)
+        .arg("-s")
+        .arg(target)
+        .output()
+        .map_err(|source| BuildError::Io {
+            what: format!("running make {target}"),
+            source,
+        })?;
     if !o.status.success() {
         return Err(BuildError::Failed {
             command: format!("make {target}"),

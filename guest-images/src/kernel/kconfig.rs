@@ -57,6 +57,11 @@ impl KernelConfig {
         self.values.keys().map(String::as_str)
     }
 
+    /// Any option built as a module (`=m`).
+    pub fn has_modules(&self) -> bool {
+        self.values.values().any(|v| v == "m")
+    }
+
     /// Number of options set.
     pub fn len(&self) -> usize {
         self.values.len()
@@ -109,34 +114,38 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The config of a kernel: `.config` in the build directory that holds `image`
-/// (the image is `TREE/vmlinux` or `TREE/arch/x86/boot/bzImage`), a
-/// `config` or `config-<release>` beside it (Debian's layout, and the
-/// lab's cache), or the one embedded in `vmlinux`.
+/// The config of a kernel: for each of its `images` in turn (its bzImage,
+/// then the file it boots), `.config` in the build directory that holds it
+/// (`TREE/vmlinux` or `TREE/arch/x86/boot/bzImage`), or a `config` or
+/// `config-<release>` beside it (Debian's layout, and the lab's cache);
+/// failing those, the one embedded in `vmlinux`, read once.
 pub fn find_config(
-    image: &Path,
+    images: &[&Path],
     vmlinux: Option<&Path>,
     release: &str,
 ) -> Option<(ConfigSource, KernelConfig)> {
-    let dir = image.parent()?;
-    // A source tree or a `make O=` build directory (which has a Makefile
-    // and the .config, but no Kconfig).
-    let tree = image
-        .ancestors()
-        .find(|d| d.join("Makefile").is_file() && d.join(".config").is_file());
-    let candidates = [
-        tree.map(|t| t.join(".config")),
-        Some(dir.join(format!("config-{release}"))),
-        Some(dir.join("config")),
-        Some(dir.join(format!("../config-{release}"))),
-    ];
-    for c in candidates.into_iter().flatten() {
-        if let Ok(text) = std::fs::read_to_string(&c) {
-            let cfg = KernelConfig::parse(&text);
-            if !cfg.is_empty() {
-                return Some((ConfigSource::File(c), cfg));
-            }
-        }
+    let beside = |image: &Path| {
+        let dir = image.parent()?;
+        // A source tree or a `make O=` build directory (which has a Makefile
+        // and the .config, but no Kconfig).
+        let tree = image
+            .ancestors()
+            .find(|d| d.join("Makefile").is_file() && d.join(".config").is_file());
+        [
+            tree.map(|t| t.join(".config")),
+            Some(dir.join(format!("config-{release}"))),
+            Some(dir.join("config")),
+            Some(dir.join(format!("../config-{release}"))),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|c| {
+            let cfg = KernelConfig::parse(&std::fs::read_to_string(&c).ok()?);
+            (!cfg.is_empty()).then_some((ConfigSource::File(c), cfg))
+        })
+    };
+    if let Some(found) = images.iter().find_map(|i| beside(i)) {
+        return Some(found);
     }
     let v = vmlinux?;
     let cfg = KernelConfig::parse(&embedded(&std::fs::read(v).ok()?)?);
@@ -573,7 +582,7 @@ CONFIG_LOCALVERSION=\"-arena\"
         let bz = t.0.join("arch/x86/boot/bzImage");
         std::fs::create_dir_all(bz.parent().unwrap()).unwrap();
         std::fs::write(&bz, b"").unwrap();
-        let (src, cfg) = find_config(&bz, None, "6.12.117").unwrap();
+        let (src, cfg) = find_config(&[&bz], None, "6.12.117").unwrap();
         assert_eq!(src, ConfigSource::File(t.0.join(".config")));
         assert_eq!(cfg.setting("BPF_JIT"), Setting::BuiltIn);
     }
