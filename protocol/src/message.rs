@@ -84,6 +84,17 @@ pub enum HostMessage {
         /// Seed for every random choice the agent makes.
         seed: u64,
     },
+    /// The VM was just restored from a snapshot taken while the agent waited
+    /// for a scenario: every restore of that snapshot starts with the same
+    /// kernel RNG state and the same wall clock. The agent mixes `entropy`
+    /// into the kernel's pool, sets the wall clock to `unix_time_ns`, and
+    /// answers with a fresh [`GuestMessage::Hello`].
+    Resume {
+        /// Fresh host randomness for the guest kernel's pool.
+        entropy: [u64; 4],
+        /// The host's wall clock (ns since the Unix epoch).
+        unix_time_ns: u64,
+    },
 }
 
 /// What the agent tells about the guest before it runs anything.
@@ -301,6 +312,23 @@ mod tests {
         assert!(s.len() < 160, "{s}");
         assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), full);
         assert_eq!(w.to_string(), "iteration 37/200 in 3 of 4 workers");
+    }
+
+    #[test]
+    fn resume_is_tagged_and_round_trips() {
+        let m = HostMessage::Resume {
+            entropy: [1, 2, 3, u64::MAX],
+            unix_time_ns: 1_700_000_000_000_000_000,
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(
+            s.starts_with(r#"{"type":"resume","entropy":[1,2,3,18446744073709551615]"#),
+            "{s}"
+        );
+        assert_eq!(serde_json::from_str::<HostMessage>(&s).unwrap(), m);
+        // Four words, no more and no fewer.
+        let short = r#"{"type":"resume","entropy":[1,2,3],"unix_time_ns":0}"#;
+        assert!(serde_json::from_str::<HostMessage>(short).is_err());
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub enum Step {
     Processes(ParallelStep),
     /// Start threads (one mm) that each run a list of steps, released together.
     Threads(ParallelStep),
-    /// Write a value under `/proc/sys`.
+    /// Write a value under `/proc/sys`, or check what it reads.
     Sysctl(SysctlStep),
     /// Sleep for a while.
     Sleep(SleepStep),
@@ -756,14 +756,20 @@ impl fmt::Display for Count {
     }
 }
 
-/// `sysctl:` write `value` to `/proc/sys/<path>` (e.g. `net/core/bpf_jit_harden`).
+/// `sysctl:` write `value` to `/proc/sys/<path>` (e.g. `net/core/bpf_jit_harden`),
+/// then, with `expect`, read it back and compare (whitespace-trimmed). At
+/// least one of the two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SysctlStep {
     /// Path below `/proc/sys`, with `/` or `.` separators.
     pub path: String,
     /// Value to write.
-    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Value it must read as afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
 }
 
 impl SysctlStep {
@@ -1362,7 +1368,8 @@ mod tests {
         let s = |p: &str| {
             SysctlStep {
                 path: p.into(),
-                value: "1".into(),
+                value: Some("1".into()),
+                expect: None,
             }
             .file()
         };

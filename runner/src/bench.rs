@@ -5,6 +5,11 @@
 //! - QEMU microvm with the lab's own initramfs, from spawn to the agent's
 //!   hello on the virtio console (the VM is then killed).
 //!
+//! Snapshots (`snapshot.rs`): per backend, spawn to hello of a cold boot
+//! against a restore of the snapshot taken at hello, alternating; and the
+//! catalogue (`--catalogue`, default `scenarios/arena`) at `-j1`, `--cold`
+//! against restored. `lab run` itself is timed both ways.
+//!
 //! Where hardware KVM runs Linux (directly, or inside `lab nested`), it also
 //! measures in the same run the own VMM against QEMU with `-accel kvm`:
 //! spawn to the agent's hello, the whole one-step scenario (`lab run`), the
@@ -13,6 +18,7 @@
 //!
 //! Reports medians and ratios; asserts nothing about wall-clock time.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -24,7 +30,7 @@ use arena_images::cpio::CpioWriter;
 
 use crate::backend::kvm::OwnVmm;
 use crate::backend::qemu::{Accel, Qemu};
-use crate::backend::{Backend, Console, VmSpec};
+use crate::backend::{Backend, Console, SnapshotRole, VmSpec};
 use crate::{exit, infra, plan, KernelArgs, LabError};
 use arena_protocol::framing::write_message;
 use arena_protocol::HostMessage;
@@ -37,6 +43,12 @@ pub struct BenchArgs {
     /// Rounds (each runs both sides once, alternating).
     #[arg(short = 'n', long, default_value_t = 5)]
     rounds: usize,
+    /// The catalogue timed at -j1 cold against restored from snapshots.
+    #[arg(long, default_value = "scenarios/arena")]
+    catalogue: PathBuf,
+    /// Skip the catalogue's timing (a minute or two under TCG).
+    #[arg(long)]
+    no_catalogue: bool,
 }
 
 const TRIVIAL_YAML: &str = "name: bench-trivial\ndescription: boot, hello, one step, power off\nsteps:\n  - sleep: { ms: 0 }\n";
@@ -60,21 +72,25 @@ fn busybox_image(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Spawn QEMU on `spec` (with a results socket) and time it to the first
-/// line the agent sends (its hello); the VM is killed afterwards.
-fn raw_to_hello(qemu: &Qemu, spec: &VmSpec, sock: &Path) -> anyhow::Result<f64> {
+/// Spawn `backend` on `spec` (with a results socket) and time it to the
+/// first line the agent sends (its hello; a restored agent is told it was
+/// restored first); the VM is killed afterwards.
+fn raw_to_hello(backend: &dyn Backend, spec: &VmSpec, sock: &Path) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(sock);
     let listener = UnixListener::bind(sock)?;
     let mut spec = spec.clone();
     spec.channel = Some(sock.to_owned());
     let t = Instant::now();
-    let mut child = qemu
+    let mut child = backend
         .command(&spec)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let (stream, _) = listener.accept()?;
+    let (mut stream, _) = listener.accept()?;
+    if matches!(spec.snapshot, Some(SnapshotRole::Restore { .. })) {
+        write_message(&mut stream, &crate::session::resume_message())?;
+    }
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     let elapsed = t.elapsed().as_secs_f64();
@@ -94,7 +110,7 @@ fn own_vmm_vs_qemu(
     qemu: &Qemu,
     spec: &VmSpec,
     dir: &Path,
-    lab_with: &dyn Fn(&Path, &str) -> Command,
+    lab_with: &dyn Fn(&Path, &str, &[&OsStr]) -> Command,
 ) -> anyhow::Result<()> {
     let own = OwnVmm::locate().map_err(|e| anyhow::anyhow!(e))?;
     // The own backend boots at a lower console log level; give QEMU the same.
@@ -114,7 +130,8 @@ fn own_vmm_vs_qemu(
         exits = o.exits.or(exits);
         for (backend, times) in [("qemu", &mut q_run), ("kvm", &mut o_run)] {
             let t = Instant::now();
-            let st = lab_with(&dir.join(format!("{backend}-{round}")), backend).status()?;
+            let results = dir.join(format!("{backend}-{round}"));
+            let st = lab_with(&results, backend, &[]).status()?;
             anyhow::ensure!(st.success(), "lab run --backend {backend} failed ({st})");
             times.push(t.elapsed().as_secs_f64());
         }
@@ -252,6 +269,84 @@ fn rss_beyond_guest_ram(pid: u32, memory_mib: u32) -> Option<u64> {
     Some(total.saturating_sub(guest))
 }
 
+/// Boot-to-hello against restore-to-hello for `backend`, alternating for
+/// `rounds`, on `spec`'s VM: the snapshot is made first (not timed). Prints
+/// the medians and their ratio; `Err` when the backend cannot snapshot.
+fn restore_vs_cold(
+    backend: &dyn Backend,
+    spec: &VmSpec,
+    dir: &Path,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let snapshots = crate::snapshot::Snapshots::new(backend, Duration::from_secs(120));
+    let snap = snapshots
+        .for_spec(spec)
+        .map_err(|e| anyhow::anyhow!("no snapshot: {e}"))?;
+    let restore_spec = VmSpec {
+        console: Console::File(dir.join("restore-console.log")),
+        snapshot: Some(snap.restore_role()),
+        ..spec.clone()
+    };
+    let (mut cold, mut restored) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        cold.push(raw_to_hello(backend, spec, &dir.join("cold.sock"))?);
+        restored.push(raw_to_hello(
+            backend,
+            &restore_spec,
+            &dir.join("restore.sock"),
+        )?);
+    }
+    let (cold, restored) = (median(&mut cold), median(&mut restored));
+    let name = format!("{} ({})", backend.name(), backend.accelerator());
+    println!(
+        "{name} snapshot: {:.1} MB, made in {:.2} s after a {:.2} s boot",
+        snap.meta.state_bytes as f64 / 1e6,
+        snap.meta.save_s,
+        snap.meta.boot_to_hello_s
+    );
+    println!("{name} cold boot to hello: median {cold:.3} s");
+    println!("{name} restore to hello: median {restored:.3} s");
+    println!(
+        "ratio restore/cold to hello, {name} (median): {:.3} (goal <= 0.1)",
+        restored / cold
+    );
+    Ok(())
+}
+
+/// `lab run -j1` of `catalogue`, cold then restored (the snapshot made by
+/// then), timed whole; prints both and their ratio.
+fn catalogue_cold_vs_restored(
+    catalogue: &Path,
+    dir: &Path,
+    lab_with: &dyn Fn(&Path, &str, &[&OsStr]) -> Command,
+) -> anyhow::Result<()> {
+    let time = |name: &str, extra: &[&OsStr]| -> anyhow::Result<f64> {
+        let results = dir.join(name);
+        let t = Instant::now();
+        let st = lab_with(&results, "qemu", extra).status()?;
+        anyhow::ensure!(
+            st.success(),
+            "lab run {name} of {} failed ({st}): see {}",
+            catalogue.display(),
+            results.display()
+        );
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (j1, cold_flag) = (OsStr::new("-j1"), OsStr::new("--cold"));
+    let cat = catalogue.as_os_str();
+    let cold = time("catalogue-cold", &[j1, cold_flag, cat])?;
+    let restored = time("catalogue-restored", &[j1, cat])?;
+    println!(
+        "catalogue {} at -j1: cold {cold:.1} s, restored {restored:.1} s",
+        catalogue.display()
+    );
+    println!(
+        "ratio restored/cold catalogue wall time: {:.3} (goal <= 0.4)",
+        restored / cold
+    );
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -280,6 +375,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         console: Console::File(dir.join("raw-console.log")),
         channel: None,
         gdb: None,
+        snapshot: None,
     };
     let prepared = plan::prepare(kernel.clone(), &args.kernel).map_err(infra)?;
     let lab_image = plan::image(&prepared, &crate::run::trivial_scenario()).map_err(infra)?;
@@ -290,7 +386,8 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         ..raw_spec.clone()
     };
     let exe = std::env::current_exe().map_err(infra)?;
-    let lab_with = |results: &Path, backend: &str| {
+    // `lab run` on `backend` with `paths` (the trivial scenario when empty).
+    let lab_with = |results: &Path, backend: &str, paths: &[&OsStr]| {
         let mut c = Command::new(&exe);
         c.arg("run")
             .arg("--results")
@@ -303,16 +400,21 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         if let Some(m) = &args.kernel.modules {
             c.arg("--modules").arg(m);
         }
-        c.arg(&yaml).stdout(Stdio::null()).stderr(Stdio::null());
+        match paths {
+            [] => c.arg(&yaml),
+            _ => c.args(paths),
+        };
+        c.stdout(Stdio::null()).stderr(Stdio::null());
         c
     };
-    let lab = |results: &Path| lab_with(results, "qemu");
+    let lab = |results: &Path| lab_with(results, "qemu", &[]);
     // Warm-up: builds/caches the agent and image, not measured.
     let warm = lab(&dir.join("warm")).status().map_err(infra)?;
     if !warm.success() {
         return Err(infra(anyhow::anyhow!("warm-up `lab run` failed ({warm})")));
     }
     let (mut raw_t, mut lab_t, mut hello_t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cold_t = Vec::new();
     for round in 0..args.rounds.max(1) {
         let t = Instant::now();
         let st = qemu
@@ -338,6 +440,17 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
         if !st.success() {
             return Err(infra(anyhow::anyhow!("lab run {round} failed ({st})")));
         }
+        let t = Instant::now();
+        let st = lab_with(&dir.join(format!("c{round}")), "qemu", &[])
+            .arg("--cold")
+            .status()
+            .map_err(infra)?;
+        cold_t.push(t.elapsed().as_secs_f64());
+        if !st.success() {
+            return Err(infra(anyhow::anyhow!(
+                "lab run --cold {round} failed ({st})"
+            )));
+        }
     }
     let (raw_min, lab_min) = (
         raw_t.iter().cloned().fold(f64::MAX, f64::min),
@@ -353,14 +466,34 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     println!("accelerator: {}", qemu.accelerator());
     println!("raw qemu (busybox, echo + poweroff): min {raw_min:.3} s, median {raw_med:.3} s");
     println!("raw qemu (lab image, spawn to agent hello): median {hello_med:.3} s");
-    println!("lab run (trivial scenario, whole CLI): min {lab_min:.3} s, median {lab_med:.3} s");
+    let cold_med = median(&mut cold_t);
+    println!(
+        "lab run (trivial scenario, whole CLI, restored from its snapshot): min {lab_min:.3} s, \
+         median {lab_med:.3} s"
+    );
+    println!("lab run --cold (the same, booted): median {cold_med:.3} s");
     println!("ratio lab/raw busybox (median): {:.3}", lab_med / raw_med);
     println!(
         "ratio lab/raw to hello (median): {:.3}",
         lab_med / hello_med
     );
+    println!(
+        "ratio lab --cold/raw busybox (median): {:.3}",
+        cold_med / raw_med
+    );
+    restore_vs_cold(&qemu, &hello_spec, &dir, args.rounds).map_err(infra)?;
     if accel == Accel::Kvm {
         own_vmm_vs_qemu(&args, &qemu, &hello_spec, &dir, &lab_with).map_err(infra)?;
+    }
+    if args.no_catalogue {
+        println!("catalogue: not timed (--no-catalogue)");
+    } else if !args.catalogue.exists() {
+        println!(
+            "catalogue: {} not found, not timed",
+            args.catalogue.display()
+        );
+    } else {
+        catalogue_cold_vs_restored(&args.catalogue, &dir, &lab_with).map_err(infra)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(exit::PASS)

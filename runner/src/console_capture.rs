@@ -371,15 +371,17 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Entry>> {
     R.get_or_init(Default::default)
 }
 
-/// Start capturing into `path` (created, truncated), capped at [`cap`]:
-/// returns the pipe's write end, close-on-exec, for the VM. A failure is
+/// Start capturing into `path` (created, truncated), capped at [`cap`],
+/// beginning with `prefix` (a restored VM's boot console, see
+/// `snapshot`): returns the pipe's write end, close-on-exec, for the VM. A failure is
 /// also remembered for `path`, so that [`read_for_verdict`] reports it
 /// rather than judging an empty console.
-pub fn start(path: &Path) -> Result<OwnedFd, CaptureError> {
+pub fn start(path: &Path, prefix: &[u8]) -> Result<OwnedFd, CaptureError> {
     // An earlier capture of the same file (a retried boot) ends first.
     let _ = settle(path);
     let started = open_pipe(path).and_then(|(read, write)| {
-        let log = CappedLog::create(path, cap())?;
+        let mut log = CappedLog::create(path, cap())?;
+        log.write(prefix)?;
         let name = format!("console {}", path.display());
         let handle = std::thread::Builder::new()
             .name(name)
@@ -634,12 +636,13 @@ mod tests {
     #[test]
     fn a_piped_console_is_captured_and_settled() {
         let p = tmp("pipe");
-        let w = start(&p).unwrap();
+        let w = start(&p, b"[    0.1] booted\n").unwrap();
         let mut w = File::from(w);
         w.write_all(b"hello\nBUG: at the end\n").unwrap();
         drop(w);
         let text = read_for_verdict(&p).unwrap();
-        assert_eq!(text, "hello\nBUG: at the end\n");
+        // The prefix (a restored VM's boot console) comes first.
+        assert_eq!(text, "[    0.1] booted\nhello\nBUG: at the end\n");
         // Settled and forgotten: a second read is a plain read.
         assert_eq!(read_for_verdict(&p).unwrap(), text);
     }
@@ -647,7 +650,7 @@ mod tests {
     #[test]
     fn a_capture_that_could_not_start_fails_the_verdict_read() {
         let p = Path::new("/nonexistent-dir-arena/console.log");
-        assert!(start(p).is_err());
+        assert!(start(p, b"").is_err());
         let e = read_for_verdict(p).unwrap_err();
         assert!(e.to_string().contains("/nonexistent-dir-arena"), "{e}");
     }

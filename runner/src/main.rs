@@ -21,6 +21,7 @@ mod scenario_file;
 mod selection;
 mod session;
 mod shard;
+mod snapshot;
 mod splat;
 mod symbolize;
 mod verdict;

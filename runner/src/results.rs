@@ -64,7 +64,12 @@ pub struct ScenarioSummary {
     /// Verdict and details.
     #[serde(flatten)]
     pub judgement: Judgement,
-    /// VM start → agent hello (s); `None` without a hello.
+    /// Whether its VM booted or was restored from a snapshot, and the
+    /// restore's time; `None` when no VM ran.
+    #[serde(default)]
+    pub start: Option<crate::snapshot::VmStart>,
+    /// VM start → agent hello (s), restored or booted; `None` without a
+    /// hello.
     pub boot_s: Option<f64>,
     /// VM start → VM end (s); 0 when no VM ran.
     pub duration_s: f64,
@@ -101,6 +106,7 @@ impl ScenarioSummary {
             tags: tags.to_vec(),
             seed,
             judgement: Judgement::not_run(PENDING),
+            start: None,
             boot_s: None,
             duration_s: 0.0,
             vm_exit: None,

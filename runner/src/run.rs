@@ -16,6 +16,7 @@ use crate::progress::{self, Progress, Verbosity};
 use crate::results::{self, Abort, RunDir, ScenarioSummary, Summary};
 use crate::scenario_file::{self, ScenarioFile};
 use crate::session::{self, Limits, VmExit};
+use crate::snapshot::{Snapshots, VmStart};
 use crate::splat;
 use crate::verdict::{self, Judgement, SessionEnd, Verdict};
 use crate::{error_text, exit, infra, plan, KernelArgs, LabError};
@@ -48,6 +49,10 @@ pub struct RunArgs {
     /// Stop starting scenarios after the first failure (the rest: `not_run`).
     #[arg(long)]
     fail_fast: bool,
+    /// Boot every scenario's VM instead of restoring it from a snapshot of
+    /// the booted VM (made once per VM shape, cached; see docs).
+    #[arg(long)]
+    cold: bool,
     /// Report failures that match a scenario's `known_issues` as plain
     /// failures instead of `known_fail`.
     #[arg(long)]
@@ -200,6 +205,9 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
             if args.gdb.is_some() { " nokaslr" } else { "" }
         )),
         gdb: args.gdb,
+        // A debugged VM boots: gdb wants to see start_kernel.
+        snapshots: (!args.cold && args.gdb.is_none())
+            .then(|| Snapshots::new(backend.as_ref(), Duration::from_secs(args.boot_timeout))),
     };
     if let Some(port) = args.gdb {
         print_gdb_line(&prepared.kernel, port);
@@ -563,6 +571,8 @@ struct RunCtx<'a> {
     cmdline: String,
     /// `--gdb`: the port of the VM's gdb stub.
     gdb: Option<u16>,
+    /// Where scenarios start from snapshots (not `--cold`, not `--gdb`).
+    snapshots: Option<Snapshots<'a>>,
 }
 
 fn run_one(
@@ -585,14 +595,36 @@ fn run_one(
         console: Console::File(console_log.clone()),
         channel: None,
         gdb: ctx.gdb,
+        snapshot: None,
     };
+    // From the shape's snapshot where there is one; retries boot cold.
+    let (mut spec, mut start) = (spec, VmStart::Cold { why: None });
+    if let Some(snapshots) = &ctx.snapshots {
+        match snapshots.for_spec(&spec) {
+            Ok(snap) => {
+                spec.snapshot = Some(snap.restore_role());
+                start = VmStart::Restored {
+                    snapshot: snap.meta.key.clone(),
+                    restore_s: None,
+                };
+            }
+            Err(why) => start = VmStart::Cold { why: Some(why) },
+        }
+    }
     let boot = |spec: VmSpec| {
+        let limits = match spec.snapshot {
+            // A restore that does not answer soon will not: boot cold then.
+            Some(_) => Limits {
+                boot: ctx.limits.boot.min(RESTORE_LIMIT),
+            },
+            None => ctx.limits,
+        };
         let record = session::run(
             ctx.backend,
             spec,
             s,
             attempt.seed,
-            ctx.limits,
+            limits,
             &dir.join("events.jsonl"),
             &dir.join("vmm.log"),
         );
@@ -606,9 +638,16 @@ fn run_one(
     let mut retried_after = None;
     let tcg = ctx.backend.accelerator() == "tcg";
     for attempt in 1..=MACHINE_RETRIES {
-        let Some(cause) = retry_cause(&record, &console, tcg) else {
+        let restored = spec.snapshot.is_some();
+        let Some(cause) = retry_cause(&record, &console, tcg, restored) else {
             break;
         };
+        if restored {
+            spec.snapshot = None;
+            start = VmStart::Cold {
+                why: Some(format!("the restore failed: {}", cause)),
+            };
+        }
         if progress::interrupted().is_some() {
             break;
         }
@@ -642,8 +681,12 @@ fn run_one(
             }
         );
     }
+    if let VmStart::Restored { restore_s, .. } = &mut start {
+        *restore_s = record.boot_s;
+    }
     Ok(ScenarioSummary {
         judgement,
+        start: Some(start),
         boot_s: record.boot_s,
         duration_s: record.total_s,
         vm_exit: record.vm_exit,
@@ -680,6 +723,11 @@ fn decode_splats(judgement: &mut Judgement, vmlinux: Option<&Path>) {
 /// artifact; a kernel that really cannot boot costs three boots.
 const MACHINE_RETRIES: u32 = 2;
 
+/// How long a restored VM gets to say hello (a cold boot gets
+/// `--boot-timeout`): measured at ~0.1 s under TCG, so this is for loaded
+/// hosts; past it the scenario boots cold instead.
+const RESTORE_LIMIT: Duration = Duration::from_secs(30);
+
 /// Why a scenario's VM is worth one more run, if it is: a fault of the
 /// machinery, not a verdict on the kernel.
 ///
@@ -693,7 +741,16 @@ const MACHINE_RETRIES: u32 = 2;
 ///
 /// The summary records the cause (`retried_after`); the first attempt's
 /// logs stay as `attempt1-*`.
-fn retry_cause(record: &session::Record, console: &str, tcg: bool) -> Option<SessionEnd> {
+fn retry_cause(
+    record: &session::Record,
+    console: &str,
+    tcg: bool,
+    restored: bool,
+) -> Option<SessionEnd> {
+    if restored && record.hello.is_none() {
+        // A snapshot problem is never a verdict: boot cold.
+        return Some(SessionEnd::from(&record.end));
+    }
     if tcg {
         if let Some(fault) = splat::emulator_fault(console) {
             return Some(SessionEnd::EmulatorFault {
@@ -783,6 +840,7 @@ pub fn boot(
         console: Console::Stdout,
         channel: None,
         gdb,
+        snapshot: None,
     };
     if let Some(port) = gdb {
         print_gdb_line(&prepared.kernel, port);

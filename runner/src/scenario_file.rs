@@ -905,6 +905,12 @@ impl Checker {
                         format!("{:?} is not a path below /proc/sys", c.path),
                     );
                 }
+                if c.value.is_none() && c.expect.is_none() {
+                    self.report(
+                        field("value"),
+                        "a sysctl step needs `value` (to write), `expect` (to check), or both",
+                    );
+                }
             }
             Step::Selftest(_) | Step::Sleep(_) | Step::Crash(_) => {}
         }

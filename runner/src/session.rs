@@ -22,7 +22,7 @@ use arena_protocol::message::{hard_cap_s, WorkerKilled};
 use arena_protocol::{GuestMessage, Hello, HostMessage, LineReader, Scenario, StepStatus};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::backend::{Backend, Console, VmSpec};
+use crate::backend::{Backend, Console, SnapshotRole, VmSpec};
 
 /// Time the VM gets to power off after the agent said it is done.
 const POWEROFF_GRACE: Duration = Duration::from_secs(10);
@@ -374,7 +374,6 @@ pub fn run(
     vmm_log: &Path,
 ) -> Record {
     let sock = socket_path();
-    let _ = std::fs::remove_file(&sock);
     let started = Instant::now();
     let load = LoadProbe::start();
     let mut session = match Session::start(backend, spec, &sock, started, events_log, vmm_log) {
@@ -395,6 +394,44 @@ pub fn run(
     }
 }
 
+/// Boot the VM `spec` describes (its snapshot role [`SnapshotRole::Save`])
+/// to the agent's hello, then have the backend save its state, taking up to
+/// `save_limit`: seconds from VM start to hello. The VM is gone afterwards.
+pub fn boot_and_save(
+    backend: &dyn Backend,
+    spec: VmSpec,
+    boot_limit: Duration,
+    save_limit: Duration,
+    events_log: &Path,
+    vmm_log: &Path,
+) -> Result<f64, String> {
+    let Some(role) = spec.snapshot.clone() else {
+        return Err("not a VM booted to be saved".into());
+    };
+    let sock = socket_path();
+    let started = Instant::now();
+    let mut session = Session::start(backend, spec, &sock, started, events_log, vmm_log)?;
+    let saved = (|| {
+        let stream = session
+            .accept_channel(started + boot_limit)
+            .map_err(|e| crate::verdict::SessionEnd::from(&e).to_string())?;
+        let _ = stream.set_nonblocking(false);
+        // Both ends stay open while the state is saved: the guest must not
+        // see its host go away.
+        let _writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let rx = spawn_reader(stream);
+        session
+            .await_hello(&rx, started + boot_limit)
+            .map_err(|e| crate::verdict::SessionEnd::from(&e).to_string())?;
+        let boot_s = session.boot_s.unwrap_or_default();
+        backend.save_snapshot(&mut session.child, &role, Instant::now() + save_limit)?;
+        Ok(boot_s)
+    })();
+    let _ = std::fs::remove_file(&sock);
+    session.shut_down(&End::NoHello(String::new()));
+    saved
+}
+
 /// A started VM and what has been seen of it: the state of one [`run`].
 struct Session {
     child: Child,
@@ -409,6 +446,8 @@ struct Session {
     hello: Option<Hello>,
     boot_s: Option<f64>,
     messages: Vec<Received>,
+    /// Restored from a snapshot: the agent is told so before its hello.
+    restored: bool,
 }
 
 impl Session {
@@ -422,8 +461,10 @@ impl Session {
         events_log: &Path,
         vmm_log: &Path,
     ) -> Result<Session, String> {
+        let _ = std::fs::remove_file(sock);
         let listener = UnixListener::bind(sock)
             .map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
+        let restored = matches!(spec.snapshot, Some(SnapshotRole::Restore { .. }));
         spec.channel = Some(sock.to_owned());
         let events = File::create(events_log).ok();
         let stderr = File::create(vmm_log)
@@ -463,6 +504,7 @@ impl Session {
             hello: None,
             boot_s: None,
             messages: Vec::new(),
+            restored,
         })
     }
 
@@ -491,6 +533,9 @@ impl Session {
             .try_clone()
             .map_err(|_| End::NoHello("cannot clone the results channel".into()))?;
         let rx = spawn_reader(stream);
+        if self.restored {
+            send_resume(&mut writer)?;
+        }
         self.await_hello(&rx, boot_deadline)?;
         send_scenario(&mut writer, scenario, seed)?;
         Ok((rx, writer))
@@ -632,6 +677,38 @@ impl Session {
         crate::progress::vm_ended(self.child.id());
         exit
     }
+}
+
+/// Tell a restored agent so, with fresh entropy and the wall clock: every
+/// restore of a snapshot would otherwise replay the same kernel RNG state.
+fn send_resume(writer: &mut UnixStream) -> Result<(), End> {
+    write_message(writer, &resume_message())
+        .map_err(|e| End::NoHello(format!("telling the restored agent: {e}")))
+}
+
+/// What a restored agent is told first (see [`HostMessage::Resume`]).
+pub fn resume_message() -> HostMessage {
+    HostMessage::Resume {
+        entropy: host_entropy(),
+        unix_time_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// 32 bytes from the host's kernel RNG.
+fn host_entropy() -> [u64; 4] {
+    let mut words = [0u64; 4];
+    // SAFETY: `words` is 32 writable bytes; getrandom writes at most that.
+    let n = unsafe { libc::getrandom(words.as_mut_ptr().cast(), 32, 0) };
+    if n != 32 {
+        // Never the same twice, if not random: the clock and the pid.
+        words[0] = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        words[1] = u64::from(std::process::id());
+    }
+    words
 }
 
 /// Send the agent its scenario.

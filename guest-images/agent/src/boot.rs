@@ -182,6 +182,29 @@ pub fn hello() -> Hello {
     }
 }
 
+/// After a restore from a snapshot: every restore starts from the same
+/// kernel RNG state and wall clock. Mix the host's `entropy` into the pool
+/// (a write to `/dev/urandom` stirs it without crediting entropy) and set
+/// the wall clock; failures are logged, not fatal (the scenario's own seed
+/// still makes its random choices differ).
+pub fn resume(entropy: &[u64; 4], unix_time_ns: u64) {
+    let bytes: Vec<u8> = entropy.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if let Err(e) = std::fs::write("/dev/urandom", &bytes) {
+        log(&format!("resume: cannot stir /dev/urandom: {e}"));
+    }
+    let now = libc::timespec {
+        tv_sec: (unix_time_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_time_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `now` is a valid timespec that outlives the call.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &now) } != 0 {
+        log(&format!(
+            "resume: cannot set the wall clock: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
 /// Power the VM off. Never returns.
 pub fn power_off() -> ! {
     // SAFETY: sync and reboot have no memory-safety preconditions.

@@ -41,9 +41,20 @@ fn main() {
     };
     boot::set_channel(channel);
     channel.send(&GuestMessage::Hello(boot::hello()));
-    let (scenario, seed) = match channel.receive() {
-        Some(HostMessage::Run { scenario, seed }) => (scenario, seed),
-        None => boot::fatal("host closed the results channel before sending a scenario"),
+    // A snapshot is taken here, while the agent waits; each restore of it
+    // is told so first (`resume`) and answers with a fresh hello.
+    let (scenario, seed) = loop {
+        match channel.receive() {
+            Some(HostMessage::Run { scenario, seed }) => break (scenario, seed),
+            Some(HostMessage::Resume {
+                entropy,
+                unix_time_ns,
+            }) => {
+                boot::resume(&entropy, unix_time_ns);
+                channel.send(&GuestMessage::Hello(boot::hello()));
+            }
+            None => boot::fatal("host closed the results channel before sending a scenario"),
+        }
     };
     boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
     let deadline = Instant::now()

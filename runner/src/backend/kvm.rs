@@ -77,7 +77,7 @@ impl Backend for OwnVmm {
         if let Some(p) = console_label(&spec.console) {
             c.arg0(format!("arena-vmm (console {})", p.display()));
         }
-        let console = match wire_console(&mut c, &spec.console) {
+        let console = match wire_console(&mut c, spec) {
             SerialTarget::Path(p) => Console::File(p),
             SerialTarget::Stdout => Console::Stdout,
         };
@@ -107,6 +107,7 @@ mod tests {
             console: Console::File("/r/console.log".into()),
             channel: Some("/r/chan.sock".into()),
             gdb: None,
+            snapshot: None,
         };
         let args = vm_config(&spec).to_args();
         let cfg = VmConfig::from_args(&args).unwrap();
@@ -140,6 +141,7 @@ mod tests {
             console: Console::File(console.clone()),
             channel: None,
             gdb: None,
+            snapshot: None,
         };
         let mut c = OwnVmm { binary: fake }.command(&spec);
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();

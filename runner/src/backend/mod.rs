@@ -7,10 +7,13 @@ pub mod kvm;
 
 pub mod qemu;
 
+mod qmp;
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::Instant;
 
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,30 @@ pub struct VmSpec {
     pub channel: Option<PathBuf>,
     /// Start halted with a gdb remote stub on this TCP port (localhost).
     pub gdb: Option<u16>,
+    /// Boot to be snapshotted, or restore instead of booting.
+    pub snapshot: Option<SnapshotRole>,
+}
+
+/// A VM's part in boot-once, restore-per-scenario (see `snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotRole {
+    /// Boot as usual, ready for [`Backend::save_snapshot`] through
+    /// `control` (QEMU: its QMP socket; own VMM: unused, it takes SIGUSR1).
+    Save {
+        /// The backend's control endpoint, created by the VM.
+        control: PathBuf,
+        /// Where the state is saved (own VMM: given at start).
+        state: PathBuf,
+    },
+    /// Start from the state saved in `state` instead of booting.
+    Restore {
+        /// The saved state.
+        state: PathBuf,
+        /// The console of the boot the state was saved from: the restored
+        /// VM's console log starts with it, so a scenario's console reads
+        /// (and is judged) as after a cold boot.
+        boot_console: PathBuf,
+    },
 }
 
 /// Which backend a user asked for.
@@ -69,6 +96,23 @@ pub trait Backend: Send + Sync {
     /// The file of `kernel` this backend boots, or why it cannot boot it.
     fn boot_file(&self, kernel: &arena_images::kernel::Kernel) -> Result<PathBuf, String> {
         Ok(kernel.boot_image.clone())
+    }
+    /// What a snapshot of this backend depends on besides the VM's shape
+    /// (its build and version): part of the snapshot key, so another build
+    /// rebuilds rather than restores. `Err`: why it cannot snapshot.
+    fn snapshot_identity(&self) -> Result<String, String> {
+        Err(format!("the {} backend cannot snapshot a VM", self.name()))
+    }
+    /// Save the state of `vm` (started with [`SnapshotRole::Save`]) into
+    /// `role`'s state file by `deadline`, and end the VM.
+    fn save_snapshot(
+        &self,
+        vm: &mut Child,
+        role: &SnapshotRole,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let _ = (vm, role, deadline);
+        Err(format!("the {} backend cannot snapshot a VM", self.name()))
     }
 }
 
@@ -113,15 +157,22 @@ pub enum SerialTarget {
     Path(PathBuf),
 }
 
-/// Wire `console` for the VM `c` will start: for a file, start the capped
-/// capture and hand the pipe's write end to the child as [`CONSOLE_FD`].
+/// Wire `spec`'s console for the VM `c` will start: for a file, start the
+/// capped capture (a restored VM's begins with its boot's console) and hand the pipe's write end to the child as [`CONSOLE_FD`].
 /// Also makes the child die with the runner (see [`die_with_parent`]).
-pub fn wire_console(c: &mut Command, console: &Console) -> SerialTarget {
+pub fn wire_console(c: &mut Command, spec: &VmSpec) -> SerialTarget {
     die_with_parent(c);
-    let Console::File(path) = console else {
+    let Console::File(path) = &spec.console else {
         return SerialTarget::Stdout;
     };
-    match crate::console_capture::start(path) {
+    let prefix = match &spec.snapshot {
+        Some(SnapshotRole::Restore { boot_console, .. }) => std::fs::read(boot_console)
+            .unwrap_or_else(|e| {
+                format!("lab: cannot read the snapshot's boot console: {e}\n").into_bytes()
+            }),
+        _ => Vec::new(),
+    };
+    match crate::console_capture::start(path, &prefix) {
         Ok(fd) => {
             hand_over(c, fd);
             SerialTarget::Path(CONSOLE_FD_PATH.into())

@@ -34,10 +34,24 @@ pub fn sysctl(s: &SysctlStep) -> StepResult {
     let file = s
         .file()
         .ok_or_else(|| StepError::Error(format!("bad sysctl path {:?}", s.path)))?;
-    std::fs::write(&file, &s.value)
-        .map_err(|e| StepError::Error(format!("writing {:?} to {file}: {e}", s.value)))?;
-    let now = std::fs::read_to_string(&file).unwrap_or_default();
-    Ok(Outcome::said(format!("{file} = {}", now.trim())))
+    if let Some(value) = &s.value {
+        std::fs::write(&file, value)
+            .map_err(|e| StepError::Error(format!("writing {value:?} to {file}: {e}")))?;
+    }
+    let now = std::fs::read_to_string(&file);
+    match (&s.expect, now) {
+        (Some(want), Ok(now)) if now.trim() != want.trim() => Err(StepError::Fail(format!(
+            "{file} = {}, expected {}",
+            now.trim(),
+            want.trim()
+        ))),
+        // An expectation that cannot be read is not met: an error.
+        (Some(_), Err(e)) => Err(StepError::Error(format!("reading {file}: {e}"))),
+        (_, now) => Ok(Outcome::said(format!(
+            "{file} = {}",
+            now.unwrap_or_default().trim()
+        ))),
+    }
 }
 
 /// `repeat:` step.
