@@ -230,4 +230,21 @@ int bump_global(struct arena_args *ctx)
 	return 0;
 }
 
+/*
+ * arg0 page, arg1 count: bpf_arena_reserve_pages -> out0 its errno (0 on
+ * success: EBUSY for a range with allocated pages, EINVAL past the arena's
+ * end); returns 0 on success, 1 on failure, 2 where the kernel lacks it.
+ */
+SEC("syscall")
+int reserve_pages(struct arena_args *ctx)
+{
+	int ret;
+
+	if (!bpf_ksym_exists(bpf_arena_reserve_pages))
+		return 2;
+	ret = bpf_arena_reserve_pages(&arena, page_addr(ctx, ctx->arg[0]), ctx->arg[1]);
+	ctx->out[0] = ret < 0 ? (__u64)-ret : 0;
+	return ret ? 1 : 0;
+}
+
 char _license[] SEC("license") = "GPL";

@@ -11,6 +11,32 @@ pub fn clang() -> String {
     std::env::var("ARENA_LAB_CLANG").unwrap_or_else(|_| "clang-19".into())
 }
 
+/// The clang for the upstream selftests (override with
+/// `ARENA_LAB_SELFTESTS_CLANG`): the newest of clang-22 … clang-19 on the
+/// PATH, since newer trees need a newer LLVM (7.2's libarena tests: LLVM
+/// 22, for the BPF arena address sanitizer); else [`clang`].
+pub fn selftests_clang() -> String {
+    if let Ok(c) = std::env::var("ARENA_LAB_SELFTESTS_CLANG") {
+        return c;
+    }
+    (19..=22)
+        .rev()
+        .map(|v| format!("clang-{v}"))
+        .find(|c| on_path(c))
+        .unwrap_or_else(clang)
+}
+
+/// The major version in `clang --version`'s output (`… clang version 22.1.8 …`).
+pub fn clang_major(version_output: &str) -> Option<u32> {
+    let rest = version_output.split("clang version ").nth(1)?;
+    rest.split(['.', ' ', '-']).next()?.parse().ok()
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+}
+
 /// Source directory of the BPF programs.
 pub fn source_dir() -> PathBuf {
     crate::agent::workspace_root().join("guest-images/bpf")
@@ -98,4 +124,19 @@ pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
         out.push((name, obj));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clang_major_reads_the_version_line() {
+        assert_eq!(
+            clang_major("Debian clang version 22.1.8 (++20250101)\nTarget: x86_64"),
+            Some(22)
+        );
+        assert_eq!(clang_major("clang version 19.1.7-3\n"), Some(19));
+        assert_eq!(clang_major("gcc (Debian 12.2.0-14) 12.2.0"), None);
+    }
 }

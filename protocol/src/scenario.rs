@@ -38,6 +38,11 @@ pub struct Scenario {
     /// whole scenario is capped at `HARD_CAP_FACTOR` times it.
     #[serde(default = "default_timeout")]
     pub timeout_s: u64,
+    /// What the booted kernel must offer; a kernel without one of these
+    /// skips the scenario (verdict `skipped`, naming the missing one), never
+    /// passes it. Checked by the agent before the first step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<Requirement>,
     /// Steps run in order by the agent; the first failure ends the scenario.
     pub steps: Vec<Step>,
     /// Kernel bugs this scenario is known to hit, written up where the
@@ -45,6 +50,29 @@ pub struct Scenario {
     /// not a regression. Host-side only; the agent ignores it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_issues: Vec<KnownIssue>,
+}
+
+/// A capability of the booted kernel, named by what it is rather than by
+/// a version number: kernels gain features in backports and lose them in
+/// configs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Requirement {
+    /// A function in the kernel's BTF (`/sys/kernel/btf/vmlinux`), e.g. the
+    /// kfunc `bpf_arena_reserve_pages` (Linux 6.17+).
+    Kfunc(String),
+    /// A symbol in `/proc/kallsyms`, e.g. an implementation function whose
+    /// presence tells which implementation the kernel has.
+    Kallsyms(String),
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requirement::Kfunc(n) => write!(f, "kfunc {n}"),
+            Requirement::Kallsyms(n) => write!(f, "kernel symbol {n}"),
+        }
+    }
 }
 
 /// A documented kernel bug a scenario finds on some kernels.
@@ -1558,6 +1586,23 @@ mod tests {
     }
 
     #[test]
+    fn requirements_read_as_one_key_maps() {
+        let r: Vec<Requirement> = serde_json::from_str(
+            r#"[{"kfunc": "bpf_arena_reserve_pages"}, {"kallsyms": "range_tree_set"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            [
+                Requirement::Kfunc("bpf_arena_reserve_pages".into()),
+                Requirement::Kallsyms("range_tree_set".into())
+            ]
+        );
+        assert_eq!(r[0].to_string(), "kfunc bpf_arena_reserve_pages");
+        assert!(serde_json::from_str::<Vec<Requirement>>(r#"[{"version": "7.2"}]"#).is_err());
+    }
+
+    #[test]
     fn scenario_json_roundtrip() {
         let s = Scenario {
             name: "x".into(),
@@ -1565,6 +1610,10 @@ mod tests {
             tags: vec![],
             vm: VmSpec::default(),
             timeout_s: 5,
+            requires: vec![
+                Requirement::Kfunc("bpf_arena_reserve_pages".into()),
+                Requirement::Kallsyms("arena_vm_fault".into()),
+            ],
             steps: vec![Step::Sleep(SleepStep { ms: 1 })],
             known_issues: vec![KnownIssue {
                 kernel: "6.12.*".into(),

@@ -196,7 +196,7 @@ pub fn per_scenario(entries: &[ScenarioSummary]) -> Vec<PerScenario> {
         };
         let p = &mut out[i];
         match e.judgement.verdict {
-            Verdict::NotRun => {}
+            Verdict::NotRun | Verdict::Skipped => {}
             Verdict::Pass => p.attempts += 1,
             // A known kernel bug reproduced is still a failing attempt:
             // its rate is what someone chasing the race wants.

@@ -94,10 +94,10 @@ impl Entry {
     }
 }
 
-/// The verdict that matters most among attempts: a failure over a pass,
-/// a pass over `not_run`.
+/// The verdict that matters most among attempts: a failure over a known
+/// kernel bug over a pass over a skip over `not_run`.
 fn worst(verdicts: &[String]) -> String {
-    ["timeout", "error", "fail", "pass"]
+    ["timeout", "error", "fail", "known_fail", "pass", "skipped"]
         .into_iter()
         .find(|w| verdicts.iter().any(|v| v == w))
         .unwrap_or("not_run")

@@ -79,6 +79,7 @@ pub fn ktap(summary: &Summary) -> String {
             Verdict::Error => (false, Some(with_reason("FAIL error:", &j.reason))),
             Verdict::Timeout => (false, Some(with_reason("FAIL timeout:", &j.reason))),
             Verdict::NotRun => (true, Some(with_reason("SKIP not run:", &j.reason))),
+            Verdict::Skipped => (true, Some(with_reason("SKIP", &j.reason))),
         };
         out.push_str(&result_line("", k + 1, &s.name, ok, directive));
     }

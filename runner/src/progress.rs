@@ -213,7 +213,7 @@ impl Progress {
         }
         match s.judgement.verdict {
             Verdict::Pass => st.passed += 1,
-            Verdict::NotRun => {}
+            Verdict::NotRun | Verdict::Skipped => {}
             _ => st.failed += 1,
         }
         st.done = st.passed + st.failed;
@@ -356,6 +356,7 @@ pub fn result_lines(s: &ScenarioSummary) -> String {
         Verdict::Error => "ERROR",
         Verdict::Timeout => "TIMEOUT",
         Verdict::NotRun => "NOT RUN",
+        Verdict::Skipped => "SKIP",
     };
     let boot = s
         .boot_s

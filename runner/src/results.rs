@@ -174,6 +174,9 @@ pub struct Summary {
     pub timeouts: usize,
     /// Scenarios not (yet) run.
     pub not_run: usize,
+    /// Scenarios skipped: the kernel lacks what they require.
+    #[serde(default)]
+    pub skipped: usize,
     /// Wall time so far (s).
     pub wall_s: f64,
     /// Every planned scenario, in plan order.
@@ -205,6 +208,7 @@ impl Summary {
             errors: 0,
             timeouts: 0,
             not_run: 0,
+            skipped: 0,
             wall_s: 0.0,
             scenarios,
             per_scenario: Vec::new(),
@@ -227,6 +231,7 @@ impl Summary {
         self.errors = count(Verdict::Error);
         self.timeouts = count(Verdict::Timeout);
         self.not_run = count(Verdict::NotRun);
+        self.skipped = count(Verdict::Skipped);
         self.planned = self.scenarios.len();
         self.per_scenario = crate::attempts::per_scenario(&self.scenarios);
     }
@@ -286,9 +291,12 @@ impl Summary {
     }
 
     /// Every planned scenario passed (or failed only as a documented kernel
-    /// bug) and the run finished normally.
+    /// bug, or was skipped for a capability the kernel lacks: shown, and
+    /// never counted as passed) and the run finished normally.
     pub fn green(&self) -> bool {
-        self.complete && self.planned > 0 && self.passed + self.known_failures == self.planned
+        self.complete
+            && self.planned > 0
+            && self.passed + self.known_failures + self.skipped == self.planned
     }
 }
 
@@ -593,6 +601,10 @@ fn scenario_cases(out: &mut String, counts: &mut Counts, class: &str, s: &Scenar
         },
         Verdict::NotRun => Outcome::Skipped {
             message: format!("not run: {text}"),
+            text,
+        },
+        Verdict::Skipped => Outcome::Skipped {
+            message: format!("skipped: {text}"),
             text,
         },
     };

@@ -99,6 +99,7 @@ pub fn trivial_scenario() -> Scenario {
         tags: vec![],
         vm: ScenarioVm::default(),
         timeout_s: 30,
+        requires: Vec::new(),
         steps: vec![Step::Sleep(SleepStep { ms: 0 })],
         known_issues: Vec::new(),
     }
@@ -541,6 +542,12 @@ fn finish(
         totals.push_str(&format!(
             ", {} known kernel bug(s) (known_fail)",
             sum.known_failures
+        ));
+    }
+    if sum.skipped > 0 {
+        totals.push_str(&format!(
+            ", {} skipped (the kernel lacks what they require)",
+            sum.skipped
         ));
     }
     if sum.not_run > 0 {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use arena_protocol::scenario::{
     arena_range, bpf_catalogue, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp,
-    BpfCatalogue, Count, PageSet, ParallelStep, Step, WorkersExpect, MAX_ARENA_PAGES,
+    BpfCatalogue, Count, PageSet, ParallelStep, Requirement, Step, WorkersExpect, MAX_ARENA_PAGES,
 };
 use arena_protocol::Scenario;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -454,6 +454,23 @@ fn check(s: &Scenario) -> Vec<Problem> {
             c.report(
                 format!("known_issues[{i}].kernel"),
                 "`*` would excuse the failure on every kernel; name the releases",
+            );
+        }
+    }
+    for (i, r) in s.requires.iter().enumerate() {
+        let (kind, name) = match r {
+            Requirement::Kfunc(n) => ("kfunc", n),
+            Requirement::Kallsyms(n) => ("kallsyms", n),
+        };
+        let ident = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !ident {
+            c.report(
+                format!("requires[{i}].{kind}"),
+                format!("{name:?} is not a kernel symbol name (letters, digits, _)"),
             );
         }
     }

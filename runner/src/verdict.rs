@@ -40,6 +40,9 @@ pub enum Verdict {
     /// The run never got to it (aborted, killed, or still in progress); the
     /// reason says which. Never green.
     NotRun,
+    /// The booted kernel lacks what the scenario `requires`; the reason
+    /// names it. Not a pass, and not a failure of the run.
+    Skipped,
 }
 
 impl Verdict {
@@ -52,6 +55,7 @@ impl Verdict {
             Verdict::Error => "error",
             Verdict::Timeout => "timeout",
             Verdict::NotRun => "not_run",
+            Verdict::Skipped => "skipped",
         }
     }
 }
@@ -431,7 +435,9 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             killed,
         } => {
             let v = match status {
-                StepStatus::Pass | StepStatus::Skip => Verdict::Pass,
+                StepStatus::Pass => Verdict::Pass,
+                // Only a scenario whose `requires` the kernel lacks ends so.
+                StepStatus::Skip => Verdict::Skipped,
                 StepStatus::Fail => Verdict::Fail,
                 StepStatus::Error => Verdict::Error,
                 StepStatus::Timeout => Verdict::Timeout,

@@ -51,3 +51,56 @@ fn unknown_debian_channel_is_invalid_input() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown Debian kernel channel"), "{stderr}");
 }
+
+/// A scenario's `requires`: on 7.2, which has `bpf_arena_reserve_pages`,
+/// the 7.x catalogue scenario runs and passes; on the default 6.12 it is
+/// skipped with the missing kfunc named (JUnit `<skipped>`, summary
+/// `skipped`, KTAP `# SKIP`), never passed, and the run stays green. A
+/// requirement every kernel meets runs the scenario.
+#[test]
+fn capability_gated_scenarios_run_only_where_the_kernel_has_them() {
+    let dir = scratch("capabilities");
+    let present = scenario(
+        &dir,
+        "has-arena-vm-fault",
+        "name: has-arena-vm-fault
+tags: [lab_selftest]
+requires:
+  - kallsyms: arena_vm_fault
+steps:
+  - arena: { id: a, pages: 1 }
+",
+    );
+    let reserve = "scenarios/arena/ba-reserve-pages.yaml";
+    let present = present.to_str().unwrap();
+
+    let new = dir.join("7.2");
+    let out = lab_run(&new, &["--kernel", "debian:7.2", reserve, present]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&new);
+    for sc in s["scenarios"].as_array().unwrap() {
+        assert_eq!(sc["verdict"], "pass", "{sc}");
+    }
+
+    let old = dir.join("6.12");
+    let out = lab_run(&old, &[reserve, present]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&old);
+    assert_eq!(
+        (s["skipped"].as_u64(), s["passed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    let skipped = &s["scenarios"][0];
+    assert_eq!(skipped["verdict"], "skipped", "{skipped}");
+    assert_eq!(
+        skipped["reason"],
+        "this kernel lacks kfunc bpf_arena_reserve_pages"
+    );
+    let junit = std::fs::read_to_string(old.join("latest/junit.xml")).unwrap();
+    assert!(junit.contains(
+        "<skipped message=\"skipped: this kernel lacks kfunc bpf_arena_reserve_pages\">"
+    ));
+    let ktap = std::fs::read_to_string(old.join("latest/results.ktap")).unwrap();
+    assert!(ktap.contains("ok 1 ba-reserve-pages # SKIP this kernel lacks kfunc"));
+}

@@ -387,6 +387,12 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         signals: Default::default(),
         raced_reads: 0,
     };
+    if let Some(why) = crate::requirements::unmet(&scenario.requires) {
+        // Not a pass: a skip that says what the kernel lacks.
+        progress.lock().expect("lock").finished = true;
+        verdict(StepStatus::Skip, why);
+        return true;
+    }
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();
         let kind = step.kind();

@@ -10,6 +10,7 @@ mod boot;
 mod channel;
 mod crash;
 mod executor;
+mod requirements;
 mod steps;
 mod sys;
 mod worker;

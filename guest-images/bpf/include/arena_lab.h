@@ -33,6 +33,13 @@ typedef long long __s64;
 void __arena *bpf_arena_alloc_pages(void *map, void __arena *addr, __u32 page_cnt,
 				    int node_id, __u64 flags) __ksym __weak;
 void bpf_arena_free_pages(void *map, void __arena *ptr, __u32 page_cnt) __ksym __weak;
+/* Linux >= 6.17: keep a range from being allocated. Weak: the object still
+ * loads where it is missing, as long as its call is behind bpf_ksym_exists. */
+int bpf_arena_reserve_pages(void *map, void __arena *ptr, __u32 page_cnt) __ksym __weak;
+
+/* Whether a weak kfunc resolved (libbpf sets a missing one to 0, and the
+ * verifier drops the call behind a false test as dead code). */
+#define bpf_ksym_exists(sym) (!!(sym))
 
 /* Open-coded numeric iterator (Linux >= 6.4). */
 struct bpf_iter_num {

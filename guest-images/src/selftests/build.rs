@@ -38,8 +38,10 @@ pub fn build(
         ))
     })?;
     let vmlinux = fs::canonicalize(vmlinux).map_err(io_err(vmlinux))?;
-    let clang = crate::bpf::clang();
+    let clang = crate::bpf::selftests_clang();
     let clang_version = run_tool(Command::new(&clang).arg("--version"))?.stdout;
+    let libarena = crate::bpf::clang_major(&String::from_utf8_lossy(&clang_version))
+        .is_some_and(|v| v >= super::trim::LIBARENA_LLVM);
     let identity = match &source.identity {
         Some(id) => id.clone(),
         None => fingerprint(&source.root)?,
@@ -59,7 +61,18 @@ pub fn build(
     remove_stale_scratch(&builds);
     let scratch = builds.join(format!(".tmp-{}-{}", &key[..24], std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
-    let result = build_in(&scratch, &source, &source_version, &vmlinux, &clang, &dest);
+    let toolchain = Toolchain {
+        clang: &clang,
+        libarena,
+    };
+    let result = build_in(
+        &scratch,
+        &source,
+        &source_version,
+        &vmlinux,
+        &toolchain,
+        &dest,
+    );
     let _ = fs::remove_dir_all(&scratch);
     Ok(result?)
 }
@@ -88,19 +101,28 @@ fn vmlinux_sha256(vmlinux: &Path) -> Result<String> {
     Ok(sha)
 }
 
+/// The compiler the selftests are built with.
+struct Toolchain<'a> {
+    /// `clang-22`, …
+    clang: &'a str,
+    /// It is LLVM 22+: libarena and its tests can be built.
+    libarena: bool,
+}
+
 /// Copy, trim and build in `scratch`, then move the products to `dest`.
 fn build_in(
     scratch: &Path,
     source: &Source,
     source_version: &str,
     vmlinux: &Path,
-    clang: &str,
+    toolchain: &Toolchain,
     dest: &Path,
 ) -> Result<SelftestBuild> {
+    let clang = toolchain.clang;
     let work = scratch.join("work");
     copy_parts(&source.root, &work)?;
     let bpf = work.join(BPF_DIR);
-    let trimmed = trim(&bpf)?;
+    let trimmed = trim(&bpf, clang, toolchain.libarena)?;
 
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut make = Command::new("make");
@@ -118,12 +140,14 @@ fn build_in(
         .arg(format!("LSKELS_EXTRA={}", trimmed.lskels_extra.join(" ")))
         .arg("LINKED_SKELS=")
         // 7.2's signed light skeletons (fentry_test, ...): not arena tests.
-        .arg("LSKELS_SIGNED=")
-        // 7.2 links libarena's skeleton into every test_progs; only the
-        // libarena tests use it, and clang-19 crashes on its buddy.bpf.c.
-        .arg("LIBARENA_SKEL=")
-        .arg("LIBARENA_ASAN_SKEL=")
-        .arg("test_progs");
+        .arg("LSKELS_SIGNED=");
+    if !toolchain.libarena {
+        // 7.2 links libarena's skeletons into every test_progs; only the
+        // libarena tests use them, and before LLVM 22 clang cannot build
+        // them (clang-19 crashes on buddy.bpf.c).
+        make.arg("LIBARENA_SKEL=").arg("LIBARENA_ASAN_SKEL=");
+    }
+    make.arg("test_progs");
     for var in [
         "MAKEFLAGS",
         "MFLAGS",

@@ -20,12 +20,21 @@ pub fn is_arena(stem: &str) -> bool {
 
 /// Whether a file of `prog_tests/` is kept: headers, arena tests, and
 /// `verifier.c` (which is then reduced by [`reduce_verifier`]).
-pub fn keep_test_file(name: &str) -> bool {
+pub fn keep_test_file(name: &str, libarena: bool) -> bool {
     match name.strip_suffix(".c") {
-        Some(stem) => stem == "verifier" || is_arena(stem),
+        Some(stem) => stem == "verifier" || is_arena(stem) || (libarena && is_libarena(stem)),
         None => true,
     }
 }
+
+/// 7.2's tests of libarena, the BPF arena allocator library
+/// (`libarena/`): built when the selftests' clang is LLVM 22 or newer.
+pub fn is_libarena(stem: &str) -> bool {
+    matches!(stem, "libarena" | "libarena_asan")
+}
+
+/// The oldest LLVM that builds libarena and its sanitizer variant.
+pub const LIBARENA_LLVM: u32 = 22;
 
 /// Kinds of skeleton header a test includes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -245,21 +254,23 @@ pub(super) struct Trimmed {
 
 /// Why an arena-related `prog_tests` file outside the kept patterns is not
 /// built (7.2's libarena tests), or `None` if it is not arena-related.
-pub fn not_built_reason(stem: &str) -> Option<&'static str> {
+pub fn not_built_reason(stem: &str, clang: &str) -> Option<String> {
     if !stem.contains("arena") || is_arena(stem) {
         return None;
     }
     Some(match stem {
-        "libarena" => {
+        "libarena" => format!(
             "needs libarena (libarena/src/*.bpf.c, linked into test_progs as \
-             libarena.skel.h), which clang-19 cannot compile (clang crashes on \
-             libarena/src/buddy.bpf.c): needs a newer LLVM"
-        }
-        "libarena_asan" => {
+             libarena.skel.h), which needs LLVM {LIBARENA_LLVM}+ (clang-19 crashes on \
+             libarena/src/buddy.bpf.c); the selftests' clang is {clang}: install \
+             clang-{LIBARENA_LLVM} or set ARENA_LAB_SELFTESTS_CLANG"
+        ),
+        "libarena_asan" => format!(
             "needs libarena built with the BPF arena address sanitizer \
-             (-fsanitize=kernel-address for BPF), which needs LLVM 22+; this host has clang-19"
-        }
-        _ => "an arena test outside the arena_*/verifier_arena* files the lab builds",
+             (-fsanitize=kernel-address for BPF), which needs LLVM {LIBARENA_LLVM}+; the \
+             selftests' clang is {clang}"
+        ),
+        _ => "an arena test outside the arena_*/verifier_arena* files the lab builds".into(),
     })
 }
 
@@ -303,7 +314,9 @@ fn file_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Trim the copied selftests directory `bpf` to the arena tests, in place.
-pub(super) fn trim(bpf: &Path) -> Result<Trimmed> {
+/// `clang` names the compiler in reasons; `libarena`: it can build
+/// libarena, whose tests are then kept.
+pub(super) fn trim(bpf: &Path, clang: &str, libarena: bool) -> Result<Trimmed> {
     let tests_dir = bpf.join("prog_tests");
     let progs_dir = bpf.join("progs");
     let read = |p: &Path| fs::read_to_string(p).map_err(io_err(p));
@@ -311,12 +324,13 @@ pub(super) fn trim(bpf: &Path) -> Result<Trimmed> {
     let mut refs = SkeletonRefs::default();
     for name in file_names(&tests_dir)? {
         let path = tests_dir.join(&name);
-        if !keep_test_file(&name) {
-            if let Some(reason) = name.strip_suffix(".c").and_then(not_built_reason) {
+        if !keep_test_file(&name, libarena) {
+            let stem = name.strip_suffix(".c");
+            if let Some(reason) = stem.and_then(|s| not_built_reason(s, clang)) {
                 for test in test_names(&read(&path)?) {
                     trimmed.not_built.push(NotBuilt {
                         test,
-                        reason: reason.to_owned(),
+                        reason: reason.clone(),
                     });
                 }
             }
@@ -457,22 +471,30 @@ void test_verifier_array_access(void)
         ] {
             assert!(!is_arena(no), "{no}");
         }
-        assert!(keep_test_file("arena_list.c"));
-        assert!(keep_test_file("verifier.c"));
-        assert!(keep_test_file("lwt_helpers.h"));
-        assert!(!keep_test_file("atomics.c"));
-        assert!(!keep_test_file("verifier_log.c"));
+        assert!(keep_test_file("arena_list.c", false));
+        assert!(keep_test_file("verifier.c", false));
+        assert!(keep_test_file("lwt_helpers.h", false));
+        assert!(!keep_test_file("atomics.c", true));
+        assert!(!keep_test_file("verifier_log.c", true));
+        // libarena's tests only with an LLVM that builds libarena.
+        assert!(!keep_test_file("libarena.c", false));
+        assert!(keep_test_file("libarena.c", true));
+        assert!(keep_test_file("libarena_asan.c", true));
     }
 
     #[test]
     fn left_out_arena_tests_have_reasons() {
-        assert!(not_built_reason("libarena").unwrap().contains("clang-19"));
-        assert!(not_built_reason("libarena_asan")
+        let why = not_built_reason("libarena", "clang-19").unwrap();
+        assert!(
+            why.contains("LLVM 22+") && why.contains("is clang-19"),
+            "{why}"
+        );
+        assert!(not_built_reason("libarena_asan", "clang-19")
             .unwrap()
             .contains("LLVM 22"));
-        assert!(not_built_reason("htab_arena").is_some());
-        assert!(not_built_reason("arena_list").is_none());
-        assert!(not_built_reason("atomics").is_none());
+        assert!(not_built_reason("htab_arena", "clang-22").is_some());
+        assert!(not_built_reason("arena_list", "clang-22").is_none());
+        assert!(not_built_reason("atomics", "clang-22").is_none());
     }
 
     #[test]
