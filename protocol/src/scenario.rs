@@ -869,6 +869,47 @@ pub struct SelftestStep {
     /// Watchdog: seconds `test_progs` may run.
     #[serde(default = "default_selftest_timeout")]
     pub timeout_s: u64,
+    /// Tests that cannot work on some kernel configurations: where the
+    /// condition holds they are not run and are reported skipped with the
+    /// reason and the config value, never failed and never passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<Unsupported>,
+}
+
+/// `unsupported:` of a selftest step: `tests` need `CONFIG_<config>` at
+/// most `above`, for the reason `why`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unsupported {
+    /// Top-level `test_progs` test names.
+    pub tests: Vec<String>,
+    /// The option, without `CONFIG_` (e.g. `NR_CPUS`).
+    pub config: String,
+    /// The tests cannot work when the option's value is above this.
+    pub above: u64,
+    /// Why, citing the code that refuses.
+    pub why: String,
+}
+
+impl Unsupported {
+    /// The skip reason when `config` (a kernel `.config` text) sets the
+    /// option above the limit; `None` when it does not, or says nothing
+    /// (then the tests run).
+    pub fn applies(&self, config: &str) -> Option<String> {
+        let key = format!("CONFIG_{}=", self.config);
+        let value: u64 = config
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))?
+            .trim()
+            .parse()
+            .ok()?;
+        (value > self.above).then(|| {
+            format!(
+                "unsupported on this kernel: CONFIG_{}={value} (needs at most {}): {}",
+                self.config, self.above, self.why
+            )
+        })
+    }
 }
 
 fn default_selftest_timeout() -> u64 {
@@ -1583,6 +1624,26 @@ mod tests {
         );
         assert_eq!(p.total_workers(), 3);
         assert_eq!(Step::Processes(p).child_lists().len(), 2);
+    }
+
+    #[test]
+    fn unsupported_applies_only_above_its_limit() {
+        let u = Unsupported {
+            tests: vec!["libarena".into()],
+            config: "NR_CPUS".into(),
+            above: 1024,
+            why: "arena spin lock".into(),
+        };
+        let why = u.applies("CONFIG_X=y\nCONFIG_NR_CPUS=8192\n").unwrap();
+        assert_eq!(
+            why,
+            "unsupported on this kernel: CONFIG_NR_CPUS=8192 (needs at most 1024): arena spin lock"
+        );
+        assert_eq!(u.applies("CONFIG_NR_CPUS=1024\n"), None);
+        assert_eq!(u.applies("CONFIG_NR_CPUS_X=9999\n"), None);
+        // Unknown or unreadable: the tests run.
+        assert_eq!(u.applies(""), None);
+        assert_eq!(u.applies("CONFIG_NR_CPUS=lots\n"), None);
     }
 
     #[test]

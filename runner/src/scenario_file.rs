@@ -909,6 +909,28 @@ impl Checker {
                     }
                 }
             }
+            Step::Selftest(t) if scope.top && !t.unsupported.is_empty() => {
+                for (j, u) in t.unsupported.iter().enumerate() {
+                    let name = format!("{at}.selftest.unsupported[{j}]");
+                    if u.tests.is_empty() {
+                        self.report(format!("{name}.tests"), "name at least one test");
+                    }
+                    if u.config.is_empty()
+                        || !u
+                            .config
+                            .chars()
+                            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+                    {
+                        self.report(
+                            format!("{name}.config"),
+                            format!("{:?} is not a config option name (e.g. NR_CPUS)", u.config),
+                        );
+                    }
+                    if u.why.trim().is_empty() {
+                        self.report(format!("{name}.why"), "say why the tests cannot work");
+                    }
+                }
+            }
             Step::Selftest(_) if !scope.top => {
                 self.report(
                     format!("{at}.selftest"),

@@ -148,14 +148,23 @@ fn a_corrupt_snapshot_is_made_again_and_a_broken_one_boots_cold() {
     );
     assert_eq!(starts(&second)[0].2, "restored");
 
-    // A state that passes its checksum but does not restore (garbage with
-    // a matching meta.json): the scenario boots cold, with the same verdict.
-    let garbage = vec![0x5au8; 4096];
-    std::fs::write(&state, &garbage).unwrap();
+    // A state that passes its checksum but does not restore: another
+    // shape's (two vCPUs), with its own checksum, under this key. The
+    // scenario boots cold, with the same verdict.
+    let other = dir.join("other");
+    let other_yaml = root().join(FIXTURES).join("c-other-shape.yaml");
+    let out = run_with(&snaps, &other, &[other_yaml.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let other_key = starts(&other)[0].3.clone();
+    assert_ne!(other_key, key);
+    std::fs::copy(snaps.join(&other_key).join("state"), &state).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snaps.join(&other_key).join("meta.json")).unwrap())
+            .unwrap();
     let mut meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
-    meta["state_bytes"] = garbage.len().into();
-    meta["state_sha256"] = arena_images::sha256_hex(&garbage).into();
+    meta["state_bytes"] = theirs["state_bytes"].clone();
+    meta["state_sha256"] = theirs["state_sha256"].clone();
     std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
     let third = dir.join("third");
     let out = run_with(&snaps, &third, &[clean]);

@@ -1,9 +1,13 @@
 //! Building a VM, one step per function, in boot order (what [`Vm::new`]
 //! does): validate → KVM VM → guest memory → guest image and boot tables →
-//! devices → vCPUs.
+//! devices → vCPUs. [`Vm::restore`] reuses the steps that do not depend on
+//! booting: verify snapshot → KVM VM → guest memory mapped from the file →
+//! irqchip/PIT/clock state → devices with saved state → vCPUs with saved
+//! state.
 
 use std::io::Write;
-use std::sync::mpsc::{channel, Sender};
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -21,12 +25,14 @@ use crate::devices::legacy;
 use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_IRQ, COM1_PORT, UART_PORT_LEN};
 use crate::devices::{self, Bus, SharedDevice};
 use crate::memory::{self, GuestMem};
+use crate::snapshot::state::{DeviceState, MachineState, VcpuState, VmState};
+use crate::snapshot::{self, kvm_state, SnapshotError};
 use crate::vcpu::Vcpu;
 use crate::virtio::console::Console;
 use crate::virtio::mmio::MmioTransport;
 use crate::{
-    loader, new_eventfd, probe, serial_writer, ConsoleTransport, Error, ExitReason, VirtioSlot, Vm,
-    VmConfig,
+    loader, new_eventfd, probe, serial_writer, ConsoleTransport, DeviceHandles, Error, ExitReason,
+    RestoreConfig, SerialOutput, VirtioSlot, Vm, VmConfig,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,28 +40,118 @@ impl Vm {
     /// Builds the VM described by `cfg` (steps 1–5 of the crate docs).
     pub fn new(cfg: &VmConfig) -> Result<Self, Error> {
         validate(cfg)?;
-        let (kvm, vm) = create_vm()?;
-        let mem = create_memory(&vm, cfg.mem_mib)?;
+        let kvm_vm = create_vm()?;
+        let vm = &kvm_vm.1;
+        let mem = create_memory(vm, cfg.mem_mib)?;
         let console_slot = VirtioSlot::nth(0);
         let entry = load_guest(&mem, cfg, &[console_slot])?;
-        let (exit_tx, exit_rx) = channel();
-        let devs = create_devices(&vm, &mem, cfg, console_slot, &exit_tx)?;
-        let vcpus = create_vcpus(&kvm, &vm, cfg.vcpus, entry)?;
-        Ok(Self {
-            _kvm: kvm,
+        let exit = channel();
+        let host = Host {
+            serial: &cfg.serial,
+            console_socket: cfg.console_socket.as_deref(),
+            timeout: cfg.timeout,
+            snapshot_to: cfg.snapshot_to.as_deref(),
+        };
+        let devs = create_devices(vm, &mem, &host, console_slot, &exit.0, None)?;
+        let vcpus = create_vcpus(&kvm_vm.0, vm, cfg.vcpus, entry)?;
+        let machine = MachineState {
+            vcpus: cfg.vcpus,
+            mem_mib: cfg.mem_mib,
+            cmdline: cfg.cmdline.clone(),
+            kernel: cfg.kernel.display().to_string(),
+            console_slot: (console_slot.addr, console_slot.size, console_slot.irq),
+        };
+        Ok(Self::assemble(
+            kvm_vm, mem, devs, vcpus, exit, machine, &host,
+        ))
+    }
+
+    /// Rebuilds the VM saved in `cfg.snapshot`, paused where it was saved
+    /// (the restore flow in the module docs). The file is verified before
+    /// anything is built from it.
+    pub fn restore(cfg: &RestoreConfig) -> Result<Self, Error> {
+        if cfg.snapshot_to.is_some() {
+            arm_snapshot_signal()?;
+        }
+        let start = std::time::Instant::now();
+        let path = cfg.snapshot.display().to_string();
+        let snap_err = |e: SnapshotError| Error::Snapshot(path.clone(), e);
+        let id = snapshot::build_id().map_err(snap_err)?;
+        let check = if cfg.trust_checksum {
+            snapshot::format::Check::TrustCaller
+        } else {
+            snapshot::format::Check::Checksum
+        };
+        let file = snapshot::format::open(&cfg.snapshot, &id, check).map_err(snap_err)?;
+        let state = VmState::from_json(&file.state).map_err(snap_err)?;
+        if memory::checked_size(state.machine.mem_mib)? != file.header.mem_len {
+            return Err(snap_err(SnapshotError::Corrupt(format!(
+                "{} bytes of guest memory for {} MiB",
+                file.header.mem_len, state.machine.mem_mib
+            ))));
+        }
+        let verified = start.elapsed();
+        let kvm_vm = create_vm()?;
+        let vm = &kvm_vm.1;
+        let mem = Arc::new(memory::map_guest_memory_private(
+            &file.file,
+            file.header.mem_offset,
+            state.machine.mem_mib,
+        )?);
+        register_memory(vm, &mem)?;
+        kvm_state::restore_vm(vm, &state.vm).map_err(snap_err)?;
+        let exit = channel();
+        let host = Host {
+            serial: &cfg.serial,
+            console_socket: cfg.console_socket.as_deref(),
+            timeout: cfg.timeout,
+            snapshot_to: cfg.snapshot_to.as_deref(),
+        };
+        let slot = VirtioSlot::nth(0);
+        let devs = create_devices(vm, &mem, &host, slot, &exit.0, Some(&state.devices))?;
+        let vcpus = restore_vcpus(vm, &state.vcpus).map_err(snap_err)?;
+        let mut vm = Self::assemble(kvm_vm, mem, devs, vcpus, exit, state.machine, &host);
+        vm.restore_times = Some(crate::RestoreTimes {
+            verify: verified,
+            build: start.elapsed() - verified,
+        });
+        Ok(vm)
+    }
+
+    /// The built parts, as a [`Vm`] ready to run.
+    fn assemble(
+        (kvm, vm): (Kvm, VmFd),
+        mem: Arc<GuestMem>,
+        devs: Devices,
+        vcpus: Vec<Vcpu>,
+        (exit_tx, exit_rx): (Sender<ExitReason>, Receiver<ExitReason>),
+        machine: MachineState,
+        host: &Host<'_>,
+    ) -> Self {
+        Self {
+            kvm,
             vm,
-            _mem: mem,
+            mem,
             pio: Arc::new(devs.pio),
             mmio: Arc::new(devs.mmio),
             vcpus,
             exit_tx,
             exit_rx,
-            timeout: cfg.timeout,
+            timeout: host.timeout,
             irqfds: devs.irqfds,
             console: devs.console,
             console_bridge: devs.console_bridge,
-        })
+            devices: devs.handles,
+            machine,
+            snapshot_to: host.snapshot_to.map(Path::to_path_buf),
+            restore_times: None,
+        }
     }
+}
+
+/// SIGUSR1 must not kill a VM that was asked to snapshot on it.
+fn arm_snapshot_signal() -> Result<(), Error> {
+    snapshot::arm_sigusr1().map_err(|e| Error::Io("install the SIGUSR1 handler".into(), e))
 }
 
 /// Appended unless the command line already says `pci=`: the machine has no
@@ -71,6 +167,9 @@ fn validate(cfg: &VmConfig) -> Result<(), Error> {
             "vCPU count must be 1..={}",
             mptable::MAX_VCPUS
         )));
+    }
+    if cfg.snapshot_to.is_some() {
+        arm_snapshot_signal()?;
     }
     Ok(())
 }
@@ -99,6 +198,12 @@ fn create_vm() -> Result<(Kvm, VmFd), Error> {
 /// Step 2: guest RAM, registered with KVM one slot per region.
 fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<Arc<GuestMem>, Error> {
     let mem = Arc::new(memory::create_guest_memory(mem_mib)?);
+    register_memory(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Registers every region of `mem` with KVM, one slot each.
+fn register_memory(vm: &VmFd, mem: &Arc<GuestMem>) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -118,7 +223,7 @@ fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<Arc<GuestMem>, Error> {
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Step 3: kernel, initrd, command line, ACPI and MP tables, boot page
@@ -165,6 +270,16 @@ struct Devices {
     irqfds: Vec<(Arc<EventFd>, u32)>,
     console: ConsoleTransport,
     console_bridge: Option<SocketBridge>,
+    handles: DeviceHandles,
+}
+
+/// The host side of a VM: where device output goes, timeout, snapshot
+/// file (a restore gets new ones, the guest side comes from the snapshot).
+struct Host<'a> {
+    serial: &'a SerialOutput,
+    console_socket: Option<&'a Path>,
+    timeout: Option<std::time::Duration>,
+    snapshot_to: Option<&'a Path>,
 }
 
 /// An eventfd registered with KVM as the irqfd of `gsi`.
@@ -185,20 +300,27 @@ fn exit_sink(tx: &Sender<ExitReason>, reason: ExitReason) -> Box<dyn Fn() + Send
 }
 
 /// Step 4: the port-I/O devices (UART, i8042, ACPI PM, legacy ports) and the
-/// virtio-mmio console, with interrupts delivered through irqfds.
+/// virtio-mmio console, with interrupts delivered through irqfds; with
+/// `saved`, each device then takes its state from a snapshot.
 fn create_devices(
     vm: &VmFd,
     mem: &Arc<GuestMem>,
-    cfg: &VmConfig,
+    host: &Host<'_>,
     console_slot: VirtioSlot,
     exit_tx: &Sender<ExitReason>,
+    saved: Option<&DeviceState>,
 ) -> Result<Devices, Error> {
     let mut irqfds = Vec::new();
     let mut pio = Bus::new();
 
-    let serial_irq = irqfd(vm, COM1_IRQ, &mut irqfds)?;
-    let serial = SerialDevice::new(EventFdTrigger(serial_irq), serial_writer(&cfg.serial)?);
-    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORT_LEN)?;
+    let serial_irq = EventFdTrigger(irqfd(vm, COM1_IRQ, &mut irqfds)?);
+    let serial_out = serial_writer(host.serial)?;
+    let serial = Arc::new(Mutex::new(match saved {
+        Some(s) => SerialDevice::from_snapshot(serial_irq, serial_out, &s.serial)
+            .map_err(Error::Restore)?,
+        None => SerialDevice::new(serial_irq, serial_out),
+    }));
+    pio.insert(serial.clone(), COM1_PORT, UART_PORT_LEN)?;
 
     let pm = AcpiPmDevice::new(
         Box::new(exit_sink(exit_tx, ExitReason::PowerOff)),
@@ -206,24 +328,25 @@ fn create_devices(
     );
     pio.insert(Arc::new(Mutex::new(pm)), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
 
-    legacy::register(&mut pio)?;
+    let legacy = legacy::register(&mut pio)?;
 
     // 0x61 (port B) sits inside the i8042 range, so the controller gets 0x60
     // and 0x62..=0x64.
-    let i8042: SharedDevice = Arc::new(Mutex::new(I8042Device::new(Box::new(exit_sink(
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(Box::new(exit_sink(
         exit_tx,
         ExitReason::Reset,
     )))));
-    pio.insert(i8042.clone(), I8042_DATA_PORT, 1)?;
+    let i8042_dev: SharedDevice = i8042.clone();
+    pio.insert(i8042_dev.clone(), I8042_DATA_PORT, 1)?;
     pio.insert(
-        devices::Offset::shared(i8042, 2),
+        devices::Offset::shared(i8042_dev, 2),
         I8042_DATA_PORT + 2,
         I8042_PORT_LEN - 2,
     )?;
 
     let mut mmio = Bus::new();
     let console_irq = irqfd(vm, console_slot.irq, &mut irqfds)?;
-    let (console_out, console_bridge): (Box<dyn Write + Send>, _) = match &cfg.console_socket {
+    let (console_out, console_bridge): (Box<dyn Write + Send>, _) = match host.console_socket {
         Some(p) => {
             let (bridge, out) = SocketBridge::connect(p)?;
             (Box::new(out), Some(bridge))
@@ -237,12 +360,25 @@ fn create_devices(
     )));
     mmio.insert(console.clone(), console_slot.addr, console_slot.size)?;
 
+    if let Some(s) = saved {
+        devices::lock(&i8042).restore(&s.i8042);
+        devices::lock(&legacy).restore(&s.legacy);
+        let mut t = devices::lock(&console);
+        t.restore(&s.console_transport).map_err(Error::Restore)?;
+        t.device_mut().restore(&s.console).map_err(Error::Restore)?;
+    }
+
     Ok(Devices {
         pio,
         mmio,
         irqfds,
         console,
         console_bridge,
+        handles: DeviceHandles {
+            serial,
+            i8042,
+            legacy,
+        },
     })
 }
 
@@ -267,4 +403,18 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: BootEntry) -> Result<Vec
         vcpus.push(v);
     }
     Ok(vcpus)
+}
+
+/// Restore step: vCPUs created in id order, each given its saved state.
+fn restore_vcpus(vm: &VmFd, saved: &[VcpuState]) -> Result<Vec<Vcpu>, SnapshotError> {
+    saved
+        .iter()
+        .map(|s| {
+            let fd = vm
+                .create_vcpu(u64::from(s.id))
+                .map_err(|e| SnapshotError::Kvm("KVM_CREATE_VCPU", e))?;
+            kvm_state::restore_vcpu(&fd, s)?;
+            Ok(Vcpu::restored(fd, s.id))
+        })
+        .collect()
 }

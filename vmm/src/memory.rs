@@ -17,7 +17,9 @@
 //! 4 GiB ─ …                  RAM above the gap when the guest has more than 3 GiB
 //! ```
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 /// Guest memory type used throughout the VMM.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -108,16 +110,61 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     }
 }
 
-/// Creates anonymous guest memory of `mem_mib` MiB laid out by [`ram_ranges`].
-pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMem, MemoryError> {
+/// Guest RAM size in bytes for `mem_mib`, within the limits every VM obeys
+/// (fresh or restored from an untrusted snapshot).
+pub fn checked_size(mem_mib: u64) -> Result<u64, MemoryError> {
     if mem_mib < 16 {
         return Err(MemoryError::TooSmall(mem_mib));
     }
-    let size = mem_mib
+    mem_mib
         .checked_mul(1 << 20)
         .filter(|s| *s < (1 << 46))
-        .ok_or(MemoryError::TooLarge(mem_mib))?;
+        .ok_or(MemoryError::TooLarge(mem_mib))
+}
+
+/// Creates anonymous guest memory of `mem_mib` MiB laid out by [`ram_ranges`].
+pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMem, MemoryError> {
+    let size = checked_size(mem_mib)?;
     GuestMemoryMmap::from_ranges(&ram_ranges(size)).map_err(|e| MemoryError::Mmap(e.to_string()))
+}
+
+/// Maps `mem_mib` MiB of guest RAM from `file`, starting at byte `offset`,
+/// the regions of [`ram_ranges`] back to back. `MAP_PRIVATE`: pages are read
+/// from the file on first touch and copied only when the guest writes them,
+/// so restoring costs nothing for memory the guest never touches again, and
+/// the file is never modified. The caller must have checked that the file
+/// holds `offset + size` bytes (a mapping past EOF faults with SIGBUS).
+pub fn map_guest_memory_private(
+    file: &File,
+    offset: u64,
+    mem_mib: u64,
+) -> Result<GuestMem, MemoryError> {
+    let size = checked_size(mem_mib)?;
+    if !offset.is_multiple_of(4096) {
+        return Err(MemoryError::Mmap(format!(
+            "file offset {offset:#x} is not page aligned"
+        )));
+    }
+    let mut regions = Vec::new();
+    let mut at = offset;
+    for (start, len) in ram_ranges(size) {
+        let f = file
+            .try_clone()
+            .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+        let map = MmapRegion::build(
+            Some(FileOffset::new(f, at)),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        )
+        .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+        regions.push(
+            GuestRegionMmap::new(map, start)
+                .ok_or_else(|| MemoryError::Mmap("region wraps the address space".into()))?,
+        );
+        at += len as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Mmap(e.to_string()))
 }
 
 /// End (exclusive) of RAM below the MMIO gap.
@@ -162,5 +209,42 @@ mod tests {
         assert!(m.write_obj(0u32, GuestAddress(32 << 20)).is_err());
         assert_eq!(low_ram_end(&m), 32 << 20);
         assert!(create_guest_memory(1).is_err());
+    }
+
+    #[test]
+    fn size_limits() {
+        assert!(matches!(checked_size(15), Err(MemoryError::TooSmall(15))));
+        assert_eq!(checked_size(16).unwrap(), 16 << 20);
+        assert!(matches!(
+            checked_size(1 << 26),
+            Err(MemoryError::TooLarge(_))
+        ));
+        assert!(matches!(
+            checked_size(u64::MAX),
+            Err(MemoryError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn private_file_mapping_is_copy_on_write() {
+        use std::io::Write;
+        let p = std::env::temp_dir().join(format!("vmm-mem-{}", std::process::id()));
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        f.write_all(b"saved").unwrap();
+        f.set_len(4096 + (16 << 20)).unwrap();
+        drop(f);
+        let f = std::fs::File::open(&p).unwrap();
+        let m = map_guest_memory_private(&f, 4096, 16).unwrap();
+        let mut got = [0u8; 5];
+        m.read_slice(&mut got, GuestAddress(0)).unwrap();
+        assert_eq!(&got, b"saved");
+        m.write_slice(b"guest", GuestAddress(0)).unwrap();
+        m.read_slice(&mut got, GuestAddress(0)).unwrap();
+        assert_eq!(&got, b"guest");
+        let on_disk = std::fs::read(&p).unwrap();
+        assert_eq!(&on_disk[4096..4101], b"saved", "the file must not change");
+        assert!(map_guest_memory_private(&f, 100, 16).is_err());
+        let _ = std::fs::remove_file(&p);
     }
 }

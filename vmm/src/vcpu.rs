@@ -76,22 +76,36 @@ impl Vcpu {
         Ok(Self { id, fd })
     }
 
+    /// A vCPU whose state comes from a snapshot (see
+    /// `snapshot::kvm_state::restore_vcpu`), not from boot setup.
+    pub fn restored(fd: VcpuFd, id: u8) -> Self {
+        Self { id, fd }
+    }
+
+    /// The KVM vCPU.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Points the (boot) vCPU at the kernel entry.
     pub fn set_boot_entry(&self, entry: regs::BootEntry) -> Result<(), ArchError> {
         regs::setup_boot_regs(&self.fd, entry)
     }
 
-    /// Runs until the guest exits for good or the VMM asks to stop.
-    pub fn run(mut self, ctx: VcpuContext) {
+    /// Runs until the guest exits for good or the VMM asks to stop. On a
+    /// stop request the vCPU is settled (its pending I/O completed) so that
+    /// its state can be saved.
+    pub fn run(&mut self, ctx: &VcpuContext) {
         let mut first = true;
         let mut stats = ExitStats::default();
+        let mut reported = false; // this vCPU ended the VM itself
         while !ctx.stop.load(Ordering::Acquire) {
             if first {
                 let _ = ctx.started.set(std::time::Instant::now());
                 first = false;
             }
             let outcome = match self.fd.run() {
-                Ok(exit) => handle_exit(exit, &ctx, &mut stats),
+                Ok(exit) => handle_exit(exit, ctx, &mut stats),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
                 Err(e) => Some(ExitReason::VcpuError(format!("KVM_RUN: {e}"))),
             };
@@ -103,7 +117,11 @@ impl Vcpu {
             }
             let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
             let _ = ctx.exit_tx.send(reason.with_location(self.id, rip));
+            reported = true;
             break;
+        }
+        if !reported {
+            self.settle(ctx, &mut stats);
         }
         crate::devices::lock(&ctx.stats).merge(&stats);
         if trace_enabled() {
@@ -114,6 +132,30 @@ impl Vcpu {
                 );
             }
         }
+    }
+}
+
+impl Vcpu {
+    /// Completes what the last exit left pending, without running the guest
+    /// on: after a port-I/O or MMIO exit, KVM finishes the instruction (an
+    /// `in` stores its value into RAX, RIP advances) only on the next
+    /// KVM_RUN, so saved registers would be wrong without this. With
+    /// `immediate_exit` set, KVM_RUN completes that and returns EINTR; an
+    /// access split in several exits is served from the buses meanwhile.
+    fn settle(&mut self, ctx: &VcpuContext, stats: &mut ExitStats) {
+        self.fd.set_kvm_immediate_exit(1);
+        // Bounded: each round finishes one piece of one instruction.
+        for _ in 0..16 {
+            match self.fd.run() {
+                Ok(exit) => {
+                    if handle_exit(exit, ctx, stats).is_some() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
     }
 }
 

@@ -3,11 +3,13 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use vmm::{SerialOutput, VmConfig};
+use vmm::{RestoreConfig, SerialOutput, VmConfig};
 
-use super::{console_label, wire_console, Backend, Console, SerialTarget, VmSpec};
+use super::{console_label, wire_console, Backend, Console, SerialTarget, SnapshotRole, VmSpec};
 
 /// Console log level while booting under the own VMM (the agent raises it to
 /// 7 once up): warnings, oopses and worse still reach `console.log`, the
@@ -26,6 +28,23 @@ pub fn vm_config(spec: &VmSpec) -> VmConfig {
     // Out-of-range counts saturate and the VMM refuses them (max 32 vCPUs).
     cfg.vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
     cfg.mem_mib = u64::from(spec.memory_mib);
+    cfg.serial = match &spec.console {
+        Console::File(p) => SerialOutput::File(p.clone()),
+        Console::Stdout => SerialOutput::Stdout,
+    };
+    cfg.console_socket.clone_from(&spec.channel);
+    if let Some(SnapshotRole::Save { state, .. }) = &spec.snapshot {
+        cfg.snapshot_to = Some(state.clone());
+    }
+    cfg
+}
+
+/// A VM restored from `state` (the shape comes from the snapshot), with
+/// `spec`'s console and results channel.
+fn restore_config(spec: &VmSpec, state: &std::path::Path) -> RestoreConfig {
+    let mut cfg = RestoreConfig::new(state);
+    // `snapshot` checked the file's sha256 before this run's first restore.
+    cfg.trust_checksum = true;
     cfg.serial = match &spec.console {
         Console::File(p) => SerialOutput::File(p.clone()),
         Console::Stdout => SerialOutput::Stdout,
@@ -85,8 +104,60 @@ impl Backend for OwnVmm {
             console,
             ..spec.clone()
         };
-        c.args(vm_config(&spec).to_args());
+        match &spec.snapshot {
+            Some(SnapshotRole::Restore { state, .. }) => {
+                c.args(restore_config(&spec, state).to_args())
+            }
+            _ => c.args(vm_config(&spec).to_args()),
+        };
         c
+    }
+
+    /// The VMM refuses another build's snapshot itself; keying by the
+    /// binary's sha256 makes a rebuilt VMM make a new one instead.
+    fn snapshot_identity(&self) -> Result<String, String> {
+        static ID: OnceLock<Result<String, String>> = OnceLock::new();
+        ID.get_or_init(|| {
+            arena_images::sha256_file(&self.binary)
+                .map(|sha| format!("arena-vmm sha256 {sha}"))
+                .map_err(|e| format!("{}: {e}", self.binary.display()))
+        })
+        .clone()
+    }
+
+    /// SIGUSR1: the VMM pauses the vCPUs, writes the state it was started
+    /// with `--snapshot-to` for, and exits [`vmm::EXIT_SNAPSHOT_SAVED`].
+    fn save_snapshot(
+        &self,
+        vm: &mut Child,
+        role: &SnapshotRole,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        if !matches!(role, SnapshotRole::Save { .. }) {
+            return Err("not a VM booted to be saved".into());
+        }
+        let pid = libc::pid_t::try_from(vm.id()).map_err(|e| e.to_string())?;
+        // SAFETY: kill takes no pointers; `vm` is our unreaped child.
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            return Err(format!(
+                "signalling arena-vmm: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        loop {
+            if let Some(st) = vm.try_wait().map_err(|e| e.to_string())? {
+                return match st.code() {
+                    Some(vmm::EXIT_SNAPSHOT_SAVED) => Ok(()),
+                    _ => Err(format!("arena-vmm did not save the VM ({st}; see vmm.log)")),
+                };
+            }
+            if Instant::now() >= deadline {
+                let _ = vm.kill();
+                let _ = vm.wait();
+                return Err("arena-vmm did not save the VM in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -119,6 +190,45 @@ mod tests {
             matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/r/console.log"))
         );
         assert_eq!(cfg.console_socket, spec.channel);
+    }
+
+    /// Saving adds `--snapshot-to`; restoring passes the snapshot, the
+    /// console and the channel, and no kernel (the shape is the snapshot's).
+    #[test]
+    fn snapshot_roles_become_vmm_arguments() {
+        let mut spec = VmSpec {
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd".into()),
+            cmdline: "console=ttyS0".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            console: Console::File("/r/console.log".into()),
+            channel: Some("/r/chan.sock".into()),
+            gdb: None,
+            snapshot: Some(SnapshotRole::Save {
+                control: "/unused".into(),
+                state: "/c/state".into(),
+            }),
+        };
+        let cfg = VmConfig::from_args(&vm_config(&spec).to_args()).unwrap();
+        assert_eq!(
+            cfg.snapshot_to.as_deref(),
+            Some(std::path::Path::new("/c/state"))
+        );
+        spec.snapshot = Some(SnapshotRole::Restore {
+            state: "/c/state".into(),
+            boot_console: "/c/boot-console.log".into(),
+        });
+        let args = restore_config(&spec, std::path::Path::new("/c/state")).to_args();
+        let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        assert!(!text.iter().any(|a| a == "--kernel"), "{text:?}");
+        match vmm::parse_launch(&args).unwrap() {
+            vmm::Launch::Restore(r) => {
+                assert_eq!(r.snapshot, std::path::PathBuf::from("/c/state"));
+                assert_eq!(r.console_socket, spec.channel);
+            }
+            vmm::Launch::Boot(_) => panic!("a restore parsed as a boot"),
+        }
     }
 
     /// The VMM gets the capture pipe as its serial file, really as fd 3:

@@ -1,6 +1,8 @@
 //! Minimal i8042 keyboard controller: enough for the guest to probe it and
 //! to reset the machine with command 0xFE on port 0x64.
 
+use serde::{Deserialize, Serialize};
+
 use super::BusDevice;
 
 /// Data port of the controller.
@@ -48,7 +50,39 @@ pub struct I8042Device {
     expect_ctr: bool,
 }
 
+/// Saved controller registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042Snapshot {
+    /// Status register.
+    pub status: u8,
+    /// Controller configuration byte.
+    pub control: u8,
+    /// Output buffer (answer not yet read by the guest).
+    pub out: Option<u8>,
+    /// The next data byte is a new configuration byte.
+    pub expect_ctr: bool,
+}
+
 impl I8042Device {
+    /// The registers, for a snapshot.
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            status: self.status,
+            control: self.control,
+            out: self.out,
+            expect_ctr: self.expect_ctr,
+        }
+    }
+
+    /// Puts back registers saved by [`I8042Device::snapshot`] (any byte
+    /// values are valid).
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.status = s.status;
+        self.control = s.control;
+        self.out = s.out;
+        self.expect_ctr = s.expect_ctr;
+    }
+
     /// Creates the controller; `reset` fires on command 0xFE.
     pub fn new(reset: Box<dyn ResetSink>) -> Self {
         Self {
@@ -145,6 +179,21 @@ mod tests {
         d.read(4, &mut b);
         assert_eq!(b[0] & SB_OUT_DATA_AVAIL, 0);
         assert_eq!(n.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let (mut d, _) = dev();
+        d.write(4, &[CMD_WRITE_CTR]);
+        let s = d.snapshot();
+        let (mut r, _) = dev();
+        r.restore(&s);
+        r.write(0, &[0x61]);
+        r.write(4, &[CMD_READ_CTR]);
+        let mut b = [0u8];
+        r.read(0, &mut b);
+        assert_eq!(b[0], 0x61);
+        assert!(s.expect_ctr);
     }
 
     #[test]

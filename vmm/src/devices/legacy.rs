@@ -7,6 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 use super::{Bus, BusDevice, BusError, Offset, SharedDevice};
 
 /// POST diagnostic port, also used as an I/O delay.
@@ -52,10 +54,33 @@ pub struct LegacyDevice {
     port_b: u8,
 }
 
+/// Saved legacy-port state: the two registers the guest can change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacySnapshot {
+    /// Selected CMOS register.
+    pub cmos_index: u8,
+    /// Port B value.
+    pub port_b: u8,
+}
+
 impl LegacyDevice {
     /// Creates the device.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The registers, for a snapshot.
+    pub fn snapshot(&self) -> LegacySnapshot {
+        LegacySnapshot {
+            cmos_index: self.cmos_index,
+            port_b: self.port_b,
+        }
+    }
+
+    /// Puts back registers saved by [`LegacyDevice::snapshot`].
+    pub fn restore(&mut self, s: &LegacySnapshot) {
+        self.cmos_index = s.cmos_index;
+        self.port_b = s.port_b;
     }
 
     fn cmos_read(&self) -> u8 {
@@ -108,13 +133,15 @@ impl BusDevice for LegacyDevice {
     }
 }
 
-/// Registers one legacy device on every range of [`PORTS`].
-pub fn register(bus: &mut Bus) -> Result<(), BusError> {
-    let dev: SharedDevice = Arc::new(Mutex::new(LegacyDevice::new()));
+/// Registers one legacy device on every range of [`PORTS`]; returns it (its
+/// state goes into snapshots).
+pub fn register(bus: &mut Bus) -> Result<Arc<Mutex<LegacyDevice>>, BusError> {
+    let legacy = Arc::new(Mutex::new(LegacyDevice::new()));
+    let dev: SharedDevice = legacy.clone();
     for &(base, len) in PORTS {
         bus.insert(Offset::shared(dev.clone(), base), base, len)?;
     }
-    Ok(())
+    Ok(legacy)
 }
 
 #[cfg(test)]
@@ -179,5 +206,10 @@ mod tests {
         d.read_port(PORT_B, &mut b);
         assert_ne!(a[0] & PORT_B_REFRESH, b[0] & PORT_B_REFRESH);
         d.write_port(PORT_B, &[]);
+        d.write_port(CMOS_INDEX_PORT, &[0x32]);
+        let mut r = LegacyDevice::new();
+        r.restore(&d.snapshot());
+        assert_eq!(r.snapshot(), d.snapshot());
+        assert_eq!(r.cmos_read(), 20);
     }
 }

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -63,7 +65,33 @@ impl Write for Flushing {
 
 /// Port-I/O front end of the UART.
 pub struct SerialDevice {
-    inner: Serial<EventFdTrigger, vm_superio::serial::NoEvents, Flushing>,
+    inner: Serial<EventFdTrigger, NoEvents, Flushing>,
+}
+
+/// Saved UART registers and receive FIFO: vm-superio's [`SerialState`],
+/// mirrored because that type has no serde support.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet (at most the FIFO size).
+    pub in_buffer: Vec<u8>,
 }
 
 impl SerialDevice {
@@ -71,6 +99,47 @@ impl SerialDevice {
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         Self {
             inner: Serial::new(irq, Flushing(out)),
+        }
+    }
+
+    /// Rebuilds a UART from a snapshot; the FIFO length is checked (the
+    /// snapshot is untrusted). A pending interrupt is raised again.
+    pub fn from_snapshot(
+        irq: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+        s: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let inner = Serial::from_state(&state, irq, NoEvents, Flushing(out))
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(Self { inner })
+    }
+
+    /// The UART's registers and FIFO, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.inner.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -153,6 +222,34 @@ mod tests {
         // Each byte written re-asserts it once the previous one was seen.
         d.write(0, b"x");
         assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_registers_and_fifo() {
+        let (mut d, _, _) = dev();
+        d.write(3, &[0x83]); // LCR: DLAB
+        d.write(0, &[0x0c]); // divisor low
+        d.write(3, &[0x03]); // 8N1
+        d.write(7, &[0x5a]); // scratch
+        d.enqueue_input(b"ab");
+        let snap = d.snapshot();
+        let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut r =
+            SerialDevice::from_snapshot(EventFdTrigger(evt), Box::new(std::io::sink()), &snap)
+                .unwrap();
+        assert_eq!(r.snapshot(), snap);
+        let mut b = [0u8];
+        r.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        r.read(0, &mut b);
+        assert_eq!(b[0], b'a');
+        let mut big = snap.clone();
+        big.in_buffer = vec![0; 65];
+        let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        assert!(
+            SerialDevice::from_snapshot(EventFdTrigger(evt), Box::new(std::io::sink()), &big)
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
@@ -85,7 +86,164 @@ pub struct MmioTransport<D: VirtioDevice> {
     pub last_error: Option<VirtioError>,
 }
 
+/// Saved split-queue state: virtio-queue's [`QueueState`], mirrored
+/// because that type has no serde support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Maximum size the device offers.
+    pub max_size: u16,
+    /// Next available-ring entry the device will read.
+    pub next_avail: u16,
+    /// Next used-ring entry the device will write.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX negotiated.
+    pub event_idx_enabled: bool,
+    /// Size the driver selected.
+    pub size: u16,
+    /// Driver marked the queue ready.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// Saved transport registers and queues (the device's own state is saved
+/// by the device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSnapshot {
+    /// Device status register.
+    pub status: u32,
+    /// Interrupt status register.
+    pub interrupt_status: u32,
+    /// Device features page selector.
+    pub device_features_sel: u32,
+    /// Driver features page selector.
+    pub driver_features_sel: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// Selected queue.
+    pub queue_sel: u32,
+    /// Configuration generation counter.
+    pub config_generation: u32,
+    /// Why the device needs a reset, if it does.
+    pub last_error: Option<String>,
+    /// One entry per device queue.
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// Every status bit the transport knows.
+const STATUS_KNOWN: u32 = STATUS_ACKNOWLEDGE
+    | STATUS_DRIVER
+    | STATUS_DRIVER_OK
+    | STATUS_FEATURES_OK
+    | STATUS_NEEDS_RESET
+    | STATUS_FAILED;
+
 impl<D: VirtioDevice> MmioTransport<D> {
+    /// Registers and queue state, for a snapshot.
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            last_error: self.last_error.as_ref().map(ToString::to_string),
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+        }
+    }
+
+    /// Puts back state saved by [`MmioTransport::snapshot`], checking it as
+    /// untrusted input: queue count and maximum sizes must be this device's,
+    /// sizes valid, features a subset of the offer, and the queues of a live
+    /// device inside guest memory. On error nothing is changed.
+    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), String> {
+        let max = self.device.queue_max_sizes();
+        if s.queues.len() != max.len() {
+            return Err(format!(
+                "{} queues saved, the device has {}",
+                s.queues.len(),
+                max.len()
+            ));
+        }
+        if s.status & !STATUS_KNOWN != 0 {
+            return Err(format!("unknown device status bits {:#x}", s.status));
+        }
+        if s.driver_features & !self.offered_features() != 0 {
+            return Err(format!(
+                "driver features {:#x} were never offered",
+                s.driver_features
+            ));
+        }
+        let mut queues = Vec::with_capacity(max.len());
+        for (i, (q, &m)) in s.queues.iter().zip(max).enumerate() {
+            if q.max_size != m {
+                return Err(format!(
+                    "queue {i}: maximum size {} saved, the device has {m}",
+                    q.max_size
+                ));
+            }
+            let queue =
+                Queue::try_from(QueueState::from(*q)).map_err(|e| format!("queue {i}: {e}"))?;
+            if s.status & STATUS_DRIVER_OK != 0 && queue.ready() && !queue.is_valid(&*self.mem) {
+                return Err(format!("queue {i} is outside guest memory"));
+            }
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.status = s.status;
+        self.interrupt_status = s.interrupt_status;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.config_generation = s.config_generation;
+        self.last_error = s.last_error.clone().map(VirtioError::Restored);
+        Ok(())
+    }
+
+    /// The wrapped device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
     /// Wraps `device`; `irq` is the eventfd registered as its irqfd.
     pub fn new(device: D, mem: Arc<GuestMem>, irq: Arc<EventFd>) -> Self {
         let queues = device
@@ -654,5 +812,61 @@ mod tests {
         }
         // The random driver did get the device running, and broke it.
         assert!(live > 100 && broken > 10, "live {live} broken {broken}");
+    }
+
+    #[test]
+    fn snapshot_round_trip_continues_the_queues() {
+        let (mut t, mem, irq) = setup();
+        let mut tq = TestQueue::new(0x10000, 8);
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, &tq);
+        w(&mut t, reg::STATUS, ALL);
+        tq.set_desc(&mem, 0, 0x20000, 4, 0, 0);
+        tq.push_avail(&mem, 0);
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(&mem), 1);
+        let s = t.snapshot();
+        let mut r = MmioTransport::new(Null, mem.clone(), irq);
+        r.restore(&s).unwrap();
+        assert_eq!(r.snapshot(), s);
+        assert_eq!(r.status(), ALL);
+        // The restored transport picks up at the next avail entry.
+        tq.push_avail(&mem, 0);
+        w(&mut r, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(&mem), 2);
+        assert_eq!(r.snapshot().queues[0].next_avail, 2);
+    }
+
+    #[test]
+    fn untrusted_snapshot_state_is_refused() {
+        let (mut t, _, _) = setup();
+        let tq = TestQueue::new(0x10000, 8);
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, &tq);
+        w(&mut t, reg::STATUS, ALL);
+        let good = t.snapshot();
+        let (mut r, _, _) = setup();
+        let before = r.snapshot();
+        let bad: Vec<fn(&mut TransportSnapshot)> = vec![
+            |s| s.queues.clear(),
+            |s| {
+                let q = s.queues[0];
+                s.queues.push(q)
+            },
+            |s| s.queues[0].max_size = 32768,
+            |s| s.queues[0].size = 3,
+            |s| s.queues[0].size = 32,
+            |s| s.queues[0].desc_table = (16 << 20) - 8,
+            |s| s.queues[0].used_ring = 0x10001,
+            |s| s.driver_features |= 1 << 40,
+            |s| s.status |= 0x100,
+        ];
+        for (i, f) in bad.iter().enumerate() {
+            let mut s = good.clone();
+            f(&mut s);
+            assert!(r.restore(&s).is_err(), "case {i} accepted");
+            assert_eq!(r.snapshot(), before, "case {i} changed the transport");
+        }
+        r.restore(&good).unwrap();
     }
 }

@@ -49,6 +49,9 @@ pub enum VirtioError {
         /// What is wrong with it.
         kind: ChainError,
     },
+    /// An error restored from a snapshot, as it was displayed.
+    #[error("{0}")]
+    Restored(String),
 }
 
 /// What is wrong with a descriptor chain.

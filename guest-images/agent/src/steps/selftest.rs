@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arena_protocol::paths::{NOT_BUILT, SELFTESTS_DIR, TEST_PROGS};
+use arena_protocol::paths::{BOOT_DIR, NOT_BUILT, SELFTESTS_DIR, TEST_PROGS};
 use arena_protocol::scenario::SelftestStep;
 use arena_protocol::{GuestMessage, StepStatus};
 
@@ -109,6 +109,31 @@ impl Parser {
     }
 }
 
+/// The kernel's `.config` as libbpf finds it for `__kconfig` (the image's
+/// `/boot/config-$(uname -r)`); empty when there is none.
+fn kernel_config() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    std::fs::read_to_string(format!("{BOOT_DIR}/config-{}", release.trim())).unwrap_or_default()
+}
+
+/// The top-level tests `test_progs` was built with (`--list`).
+fn built_tests() -> Vec<String> {
+    Command::new(TEST_PROGS)
+        .arg("--list")
+        .current_dir(SELFTESTS_DIR)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty() && !l.contains(char::is_whitespace))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `selftest:` step.
 pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> StepResult {
     if !std::path::Path::new(TEST_PROGS).exists() {
@@ -126,6 +151,33 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     }
     for d in &s.deny {
         cmd.args(["-d", d]);
+    }
+    // Tests this kernel's config rules out: not run, reported skipped
+    // (only those this tree has).
+    let config = kernel_config();
+    let built = if s.unsupported.is_empty() {
+        Vec::new()
+    } else {
+        built_tests()
+    };
+    let mut unsupported = 0;
+    for u in &s.unsupported {
+        let Some(why) = u.applies(&config) else {
+            continue;
+        };
+        for t in u
+            .tests
+            .iter()
+            .filter(|t| selected(s, t) && built.contains(t))
+        {
+            cmd.args(["-d", t]);
+            unsupported += 1;
+            channel.send(&GuestMessage::Testcase {
+                name: t.clone(),
+                status: StepStatus::Skip,
+                log: why.clone(),
+            });
+        }
     }
     // Merge stderr into stdout so log lines stay in order.
     let (rx, tx) = crate::sys::pipe().map_err(|e| StepError::Error(e.to_string()))?;
@@ -163,7 +215,7 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     // owns or closes it, so the File takes sole ownership.
     let reader = BufReader::new(unsafe { std::fs::File::from_raw_fd(rx) });
     let mut parser = Parser::default();
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, unsupported);
     let mut output = String::new();
     for line in reader.lines() {
         let Ok(line) = line else { break };
@@ -262,6 +314,7 @@ mod tests {
             allow: a.iter().map(|s| s.to_string()).collect(),
             deny: d.iter().map(|s| s.to_string()).collect(),
             timeout_s: 1,
+            unsupported: Vec::new(),
         };
         let arena = step(&["arena"], &[], &["verifier_arena*"]);
         assert!(selected(&arena, "libarena"));
