@@ -190,6 +190,13 @@ pub enum Step {
     /// Kill the agent's worker with a signal: a self-test of the lab's crash
     /// reporting (a crashing step must become a verdict), not of the kernel.
     Crash(CrashStep),
+    /// Unmap this process's mapping of an arena and close its map fd: the
+    /// map is freed once nothing else (a BPF object, another process)
+    /// holds it.
+    Destroy(DestroyStep),
+    /// Read the scenario's cgroup memory (`memory.current`): record a
+    /// baseline, or bound the growth since one.
+    Memory(MemoryStep),
 }
 
 impl Step {
@@ -214,6 +221,8 @@ impl Step {
             Step::ExpectKernelLog(_) => "expect_kernel_log",
             Step::Selftest(_) => "selftest",
             Step::Crash(_) => "crash",
+            Step::Destroy(_) => "destroy",
+            Step::Memory(_) => "memory",
         }
     }
 
@@ -821,6 +830,39 @@ impl SysctlStep {
 pub struct SleepStep {
     /// How long to pause, in milliseconds.
     pub ms: u64,
+}
+
+/// `destroy:` unmap and close arena `arena` in this process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyStep {
+    /// Arena id.
+    pub arena: String,
+}
+
+/// `memory:` the scenario's memory cgroup. Arena pages are charged to the
+/// cgroup of the process that created the map, and the agent runs each
+/// scenario in a cgroup of its own, so `memory.current` tells whether they
+/// all came back. Either `baseline` (record) or `since` with bounds (check).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryStep {
+    /// Record `memory.current` under this name.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Check the growth since this earlier baseline.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// The growth is at most this many KiB (a shrink always passes).
+    #[serde(default)]
+    pub at_most_kib: Option<u64>,
+    /// The growth is at least this many KiB.
+    #[serde(default)]
+    pub at_least_kib: Option<u64>,
+    /// Read again until the bounds hold, for up to this long: the kernel
+    /// frees a map's pages from a workqueue, after its last reference.
+    #[serde(default)]
+    pub within_ms: u64,
 }
 
 /// `crash:` the worker raises `signal` at itself.

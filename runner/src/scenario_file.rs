@@ -348,6 +348,8 @@ struct ArenaModel {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Model {
     arenas: HashMap<String, ArenaModel>,
+    /// `memory` baselines recorded so far.
+    baselines: HashSet<String>,
     /// `bpf_load` id → (object file, arena id its programs use).
     objects: HashMap<String, (String, Option<String>)>,
 }
@@ -387,6 +389,7 @@ pub const TAG_FAMILIES: &[&str] = &[
     "race",
     "selftests",
     "lab_selftest",
+    "leak",
 ];
 
 /// BPF objects and their syscall programs, read once from the source tree's
@@ -951,6 +954,50 @@ impl Checker {
                     );
                 }
             }
+            Step::Destroy(d) => {
+                if scope.threads {
+                    self.report(format!("{at}.destroy"), "not allowed inside threads: it would unmap the arena under the other threads of the process");
+                }
+                if self.arena(model, &d.arena, field("arena")).is_some() {
+                    model.arenas.remove(&d.arena);
+                }
+            }
+            Step::Memory(m) => match (&m.baseline, &m.since) {
+                (Some(name), None) => {
+                    if m.at_most_kib.is_some() || m.at_least_kib.is_some() || m.within_ms > 0 {
+                        self.report(
+                            field("baseline"),
+                            "a baseline step records; bounds go on a later step with `since`",
+                        );
+                    }
+                    model.baselines.insert(name.clone());
+                }
+                (None, Some(name)) => {
+                    if !model.baselines.contains(name) {
+                        self.report(
+                            field("since"),
+                            format!("no earlier memory step records baseline `{name}`"),
+                        );
+                    }
+                    match (m.at_least_kib, m.at_most_kib) {
+                        (None, None) => {
+                            self.report(field("since"), "give at_most_kib, at_least_kib or both")
+                        }
+                        (Some(l), Some(h)) if l > h => self.report(
+                            field("at_least_kib"),
+                            "above at_most_kib: no growth satisfies both",
+                        ),
+                        _ => {}
+                    }
+                    if m.within_ms > 600_000 {
+                        self.report(field("within_ms"), "at most 600000 (10 minutes)");
+                    }
+                }
+                _ => self.report(
+                    field("baseline"),
+                    "give either `baseline` (to record) or `since` (to check)",
+                ),
+            },
             Step::Selftest(_) | Step::Sleep(_) | Step::Crash(_) => {}
         }
     }

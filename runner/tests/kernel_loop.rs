@@ -412,4 +412,102 @@ fn kernel_developer_loop_on_a_tiny_tree() {
         t.elapsed().as_secs_f64(),
         record["steps"].as_array().unwrap().len()
     );
+
+    fast_failure_on_oops(&repo, &build_dir, &jobs);
+}
+
+/// A kernel that oopses in `arena_vm_fault` (a NULL write on page 2's
+/// fault, built on a branch of its own): the scenario ends within seconds
+/// of the oops line, not at its 120 s timeout, as a `fail` naming the oops.
+fn fast_failure_on_oops(repo: &Path, build_dir: &Path, jobs: &str) {
+    let arena_c = repo.join("kernel/bpf/arena.c");
+    let original = git(repo, &["show", "main:kernel/bpf/arena.c"]) + "\n";
+    let anchor = "\tkaddr = kbase + (u32)(vmf->address);\n";
+    git(repo, &["checkout", "-q", "-B", "arena-lab-oops", "main"]);
+    rewrite(
+        &arena_c,
+        &original.replacen(
+            anchor,
+            &format!(
+                "{anchor}\tif (vmf->pgoff == 2)\n\t\t*(volatile int *)0 = 0; /* arena-lab test: an oops */\n"
+            ),
+            1,
+        ),
+    );
+    git(repo, &["commit", "-q", "-a", "-m", "arena: oops on page 2"]);
+    let t = Instant::now();
+    let built = lab(&[
+        "kernel",
+        "build",
+        repo.to_str().unwrap(),
+        "--base",
+        "tiny",
+        "--out",
+        build_dir.to_str().unwrap(),
+        "-j",
+        jobs,
+    ]);
+    git(repo, &["checkout", "-q", "-f", "main"]);
+    assert_eq!(built.status.code(), Some(0));
+    eprintln!("stage: oops build took {:.0} s", t.elapsed().as_secs_f64());
+
+    let dir = scratch("kernel-loop-oops");
+    let yaml = scenario(
+        &dir,
+        "oops",
+        "name: oops-on-fault
+tags: [page_fault]
+timeout_s: 120
+steps:
+  - arena: { id: a, pages: 4 }
+  - mmap: { arena: a }
+  - touch: { arena: a, page: 2, op: write, value: 0x1 }
+",
+    );
+    let results = dir.join("results");
+    let out = lab_run(
+        &results,
+        &[
+            "--kernel-tree",
+            build_dir.to_str().unwrap(),
+            yaml.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&results);
+    let sc = &s["scenarios"][0];
+    assert_eq!(sc["verdict"], "fail", "{sc}");
+    let reason = sc["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("BUG: kernel NULL pointer dereference") || reason.contains("Oops"),
+        "{reason}"
+    );
+    // From the oops line to the VM's last console line (its reboot), by
+    // the guest's own printk clock; and the whole VM far below the timeout.
+    let console =
+        std::fs::read_to_string(results.join("latest/oops-on-fault/console.log")).unwrap();
+    let stamp = |l: &str| -> Option<f64> {
+        l.trim_start()
+            .strip_prefix('[')?
+            .split(']')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let oops_at = console
+        .lines()
+        .find(|l| l.contains("BUG: kernel NULL pointer dereference") || l.contains("Oops:"))
+        .and_then(stamp)
+        .expect("the oops line");
+    let last = console.lines().filter_map(stamp).last().unwrap();
+    let total = sc["duration_s"].as_f64().unwrap();
+    eprintln!(
+        "stage: oops at {oops_at:.2} s, console ends at {last:.2} s, VM gone {total:.1} s after its start"
+    );
+    assert!(last - oops_at < 10.0, "{oops_at} .. {last}");
+    assert!(
+        total < 60.0,
+        "the VM ran {total} s: it waited for a timeout"
+    );
 }

@@ -153,6 +153,8 @@ pub struct Ctx {
     /// mappings (with their own copy of this state), so this one must not
     /// unmap or move them.
     pub shared_mm: bool,
+    /// `memory` baselines: `memory.current` in bytes, by name.
+    pub baselines: HashMap<String, u64>,
     /// Random choices made since the last report (shuffled page orders),
     /// recorded in the step's data so a run with the same seed can be
     /// checked to have made the same ones.
@@ -204,6 +206,7 @@ impl Ctx {
             deadline: self.deadline,
             last_out: self.last_out,
             shared_mm: true,
+            baselines: self.baselines.clone(),
             choices: Vec::new(),
             signals: Default::default(),
             raced_reads: 0,
@@ -374,6 +377,8 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
     let cap_s = hard_cap_s(scenario.timeout_s);
     let deadline = start + Duration::from_secs(cap_s);
     map_counters();
+    // Before anything is allocated: all of it is the scenario's.
+    crate::cgroup::join();
     let progress = Arc::new(Mutex::new(Progress::default()));
     spawn_watchdog(channel, deadline, cap_s, progress.clone());
     let mut ctx = Ctx {
@@ -383,6 +388,7 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
         deadline,
         last_out: [0; 4],
         shared_mm: false,
+        baselines: HashMap::new(),
         choices: Vec::new(),
         signals: Default::default(),
         raced_reads: 0,

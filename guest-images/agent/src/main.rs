@@ -7,6 +7,7 @@
 //! PID 1 never exits: every path ends in a power-off.
 
 mod boot;
+mod cgroup;
 mod channel;
 mod crash;
 mod executor;

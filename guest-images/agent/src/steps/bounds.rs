@@ -266,6 +266,7 @@ pub mod testing {
             deadline: Instant::now() + Duration::from_secs(30),
             last_out: [0; 4],
             shared_mm: false,
+            baselines: HashMap::new(),
             choices: Vec::new(),
             signals: Default::default(),
             raced_reads: 0,

@@ -9,8 +9,8 @@
 //! against the truth.
 
 use arena_protocol::scenario::{
-    arena_range, pages_to_bytes, Advice, MadviseStep, MmapStep, MremapStep, MunmapStep, PageSet,
-    PAGE_SIZE,
+    arena_range, pages_to_bytes, Advice, DestroyStep, MadviseStep, MmapStep, MremapStep,
+    MunmapStep, PageSet, PAGE_SIZE,
 };
 
 use super::{bounds, check_errno};
@@ -175,6 +175,48 @@ pub fn munmap(ctx: &mut Ctx, s: &MunmapStep) -> StepResult {
         None => Ok(Outcome::said(format!("{what}: refused as expected"))),
         Some(()) => Ok(Outcome::said(format!("{what}: done"))),
     }
+}
+
+/// `destroy:` step: unmap every range this process has mapped of the
+/// arena, close its map fd, and forget it.
+pub fn destroy(ctx: &mut Ctx, s: &DestroyStep) -> StepResult {
+    not_in_threads(ctx, "destroy")?;
+    let a = ctx.arena(&s.arena)?.clone();
+    let mut unmapped = 0;
+    for r in a.mapped.ranges() {
+        let (Some(addr), Ok(len)) = (
+            a.addr_of(r.start, 0),
+            pages_to_bytes("pages", r.end - r.start),
+        ) else {
+            return Err(StepError::Error(format!(
+                "arena `{}`: pages {r:?} have no address",
+                s.arena
+            )));
+        };
+        // SAFETY: a range this process mapped of the arena (its PageSet);
+        // no Rust references into it exist.
+        if unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) } != 0 {
+            return Err(StepError::Error(format!(
+                "munmap({addr:#x}, {} pages) of arena `{}`: errno {}",
+                r.end - r.start,
+                s.arena,
+                errno()
+            )));
+        }
+        unmapped += r.end - r.start;
+    }
+    // SAFETY: the arena's map fd, owned by this process's state, closed once.
+    unsafe { libc::close(a.fd) };
+    ctx.arenas.remove(&s.arena);
+    let held = if ctx.objects.is_empty() {
+        ""
+    } else {
+        " (a loaded BPF object may still hold the map)"
+    };
+    Ok(Outcome::said(format!(
+        "arena `{}`: {unmapped} pages unmapped, fd {} closed{held}",
+        s.arena, a.fd
+    )))
 }
 
 /// `mremap:` step.

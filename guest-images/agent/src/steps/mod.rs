@@ -5,6 +5,7 @@ pub mod bounds;
 pub mod bpf;
 pub mod control;
 pub mod mapping;
+pub mod memory;
 pub mod parallel;
 pub mod selftest;
 pub mod touch;
@@ -34,6 +35,8 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::Repeat(s) => control::repeat(ctx, s),
         Step::ExpectKernelLog(s) => control::kernel_log_step(s),
         Step::Crash(s) => control::crash(s),
+        Step::Destroy(s) => mapping::destroy(ctx, s),
+        Step::Memory(s) => memory::memory(ctx, s),
         Step::Selftest(_) => Err(StepError::Error(
             "selftest steps stream their own results and are only allowed at the top level".into(),
         )),
