@@ -108,6 +108,8 @@ fn worst(verdicts: &[String]) -> String {
 struct Run {
     dir: PathBuf,
     id: String,
+    /// Its kernel's release (`kernel.release`), when the summary has one.
+    kernel: Option<String>,
     complete: bool,
     scenarios: BTreeMap<String, Entry>,
 }
@@ -177,6 +179,7 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| dir.display().to_string()),
+        kernel: v["kernel"]["release"].as_str().map(str::to_owned),
         complete: v["complete"].as_bool().unwrap_or(false),
         scenarios,
     })
@@ -217,6 +220,9 @@ pub struct Comparison {
     pub new: String,
     /// NEW folder.
     pub new_dir: PathBuf,
+    /// Kernel releases of BASE and NEW: a comparison across kernels (6.12
+    /// against 7.2 in one night) shows behaviour differences, not time.
+    pub kernels: [Option<String>; 2],
     /// Whether each run finished normally (`complete` in its summary).
     pub base_complete: bool,
     /// See `base_complete`.
@@ -229,6 +235,11 @@ pub struct Comparison {
     pub still_failing: Vec<Change>,
     /// Planned in NEW but not run there (aborted, interrupted, fail-fast).
     pub not_run: Vec<Change>,
+    /// Any other change of verdict: `skipped` (a capability one kernel
+    /// lacks) or `known_fail` (a documented kernel bug) on one side. Not a
+    /// regression; across kernels, these are the behaviour differences.
+    #[serde(default)]
+    pub other_changes: Vec<Change>,
     /// Only in NEW.
     pub added: Vec<Change>,
     /// Only in BASE.
@@ -254,9 +265,11 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
         base_dir: base.dir.clone(),
         new: new.id.clone(),
         new_dir: new.dir.clone(),
+        kernels: [base.kernel.clone(), new.kernel.clone()],
         base_complete: base.complete,
         new_complete: new.complete,
         regressions: vec![],
+        other_changes: vec![],
         fixed: vec![],
         still_failing: vec![],
         not_run: vec![],
@@ -289,6 +302,8 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
             c.fixed.push(ch);
         } else if b.failed() && n.failed() {
             c.still_failing.push(ch);
+        } else if b.verdict != n.verdict && b.verdict != "not_run" {
+            c.other_changes.push(ch);
         }
         if b.verdict != "not_run" && n.verdict != "not_run" && b.duration_s > 0.0 {
             let pct = (n.duration_s - b.duration_s) / b.duration_s;
@@ -313,6 +328,11 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
 /// Markdown for people (also printed).
 pub fn markdown(c: &Comparison) -> String {
     let mut out = format!("# lab compare: {} → {}\n\n", c.base, c.new);
+    if let [Some(b), Some(n)] = &c.kernels {
+        if b != n {
+            out.push_str(&format!("Kernels differ: {b} → {n}.\n\n"));
+        }
+    }
     out.push_str(&format!(
         "{} regression(s), {} fixed, {} still failing, {} not run, {} new, {} removed, {} flaky, {} duration change(s) beyond {}%\n",
         c.regressions.len(),
@@ -353,6 +373,11 @@ pub fn markdown(c: &Comparison) -> String {
     section(&mut out, "Fixed", &c.fixed);
     section(&mut out, "Still failing", &c.still_failing);
     section(&mut out, "Not run in NEW", &c.not_run);
+    section(
+        &mut out,
+        "Other verdict changes (skipped, known kernel bugs)",
+        &c.other_changes,
+    );
     section(&mut out, "New scenarios", &c.added);
     section(&mut out, "Removed scenarios", &c.removed);
     if !c.flaky.is_empty() {
@@ -443,6 +468,7 @@ mod tests {
         Run {
             dir: PathBuf::from(id),
             id: id.into(),
+            kernel: None,
             complete: true,
             scenarios: list
                 .iter()
@@ -493,6 +519,38 @@ mod tests {
         assert_eq!(c.exit_code(), 1);
         let md = markdown(&c);
         assert!(md.contains("## Regressions\n\n| scenario | base | new |\n|---|---|---|\n| regress | pass | error |"), "{md}");
+    }
+
+    /// Across kernels: a capability only one has, a kernel bug only one
+    /// shows. Listed, never regressions.
+    #[test]
+    fn skips_and_known_bugs_are_other_changes_with_both_kernels_named() {
+        let mut base = run(
+            "b",
+            &[
+                ("reserve", entry("skipped", 0.3)),
+                ("race", entry("pass", 2.0)),
+                ("same", entry("pass", 1.0)),
+            ],
+        );
+        base.kernel = Some("6.12.117+deb12-amd64".into());
+        let mut new = run(
+            "n",
+            &[
+                ("reserve", entry("pass", 0.3)),
+                ("race", entry("known_fail", 2.0)),
+                ("same", entry("pass", 1.0)),
+            ],
+        );
+        new.kernel = Some("7.2.13+deb14-amd64".into());
+        let c = compare_runs(&base, &new, 0.5);
+        let names: Vec<&str> = c.other_changes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["race", "reserve"]);
+        assert!(c.regressions.is_empty() && c.fixed.is_empty());
+        assert_eq!(c.exit_code(), 0);
+        let md = markdown(&c);
+        assert!(md.contains("Kernels differ: 6.12.117+deb12-amd64 → 7.2.13+deb14-amd64."));
+        assert!(md.contains("| reserve | skipped | pass |"), "{md}");
     }
 
     #[test]

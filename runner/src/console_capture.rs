@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -316,14 +316,23 @@ fn splat_line(line: &[u8]) -> Option<String> {
     Some(first.title.chars().take(MAX_LINE_CHARS).collect())
 }
 
+/// The line every panic prints (`oops=panic` makes every oops one).
+pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+
 /// Copy everything readable from `input` into `log` until EOF. After a
 /// write error (disk full) the rest is read and discarded, so the VM never
-/// blocks on a full pipe; the first error is returned at the end.
-pub fn pump(input: OwnedFd, mut log: CappedLog) -> Result<CaptureStats, CaptureError> {
+/// blocks on a full pipe; the first error is returned at the end. Notes in
+/// `panicked` when [`PANIC_MARKER`] first came through (also across reads).
+pub fn pump(
+    input: OwnedFd,
+    mut log: CappedLog,
+    panicked: &OnceLock<Instant>,
+) -> Result<CaptureStats, CaptureError> {
     let path = log.path.clone();
     let mut input = File::from(input);
     let mut buf = vec![0u8; 64 << 10];
     let mut failed: Option<CaptureError> = None;
+    let mut seen = MarkerScan::default();
     loop {
         let mut pfd = libc::pollfd {
             fd: input.as_raw_fd(),
@@ -346,6 +355,9 @@ pub fn pump(input: OwnedFd, mut log: CappedLog) -> Result<CaptureStats, CaptureE
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(CaptureError::Io { path, source: e }),
             };
+            if panicked.get().is_none() && seen.feed(&buf[..n]) {
+                let _ = panicked.set(Instant::now());
+            }
             if failed.is_none() {
                 failed = log.write(&buf[..n]).err();
             }
@@ -358,6 +370,39 @@ pub fn pump(input: OwnedFd, mut log: CappedLog) -> Result<CaptureStats, CaptureE
         Some(e) => Err(e),
         None => log.finish(),
     }
+}
+
+/// Finds [`PANIC_MARKER`] in a stream read in pieces.
+#[derive(Default)]
+struct MarkerScan {
+    /// The end of the previous piece, shorter than the marker.
+    carry: Vec<u8>,
+}
+
+impl MarkerScan {
+    /// Whether the marker ends in `piece` (or straddles into it).
+    fn feed(&mut self, piece: &[u8]) -> bool {
+        let mut window = std::mem::take(&mut self.carry);
+        window.extend_from_slice(piece);
+        let found = window
+            .windows(PANIC_MARKER.len())
+            .any(|w| w == PANIC_MARKER);
+        let keep = window.len().min(PANIC_MARKER.len() - 1);
+        self.carry = window[window.len() - keep..].to_vec();
+        found
+    }
+}
+
+/// When the console of `path`'s running capture first showed a kernel
+/// panic, if it has.
+pub fn panicked_at(path: &Path) -> Option<Instant> {
+    let watches = panic_watches().lock().unwrap_or_else(|e| e.into_inner());
+    watches.get(path).and_then(|w| w.get().copied())
+}
+
+fn panic_watches() -> &'static Mutex<HashMap<PathBuf, Arc<OnceLock<Instant>>>> {
+    static W: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<Instant>>>>> = OnceLock::new();
+    W.get_or_init(Default::default)
 }
 
 /// A capture in flight, or how it ended.
@@ -381,11 +426,17 @@ pub fn start(path: &Path, prefix: &[u8]) -> Result<OwnedFd, CaptureError> {
     let _ = settle(path);
     let started = open_pipe(path).and_then(|(read, write)| {
         let mut log = CappedLog::create(path, cap())?;
+        // The prefix (a boot that reached the hello) is not watched.
         log.write(prefix)?;
         let name = format!("console {}", path.display());
+        let watch = Arc::new(OnceLock::new());
+        panic_watches()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_owned(), watch.clone());
         let handle = std::thread::Builder::new()
             .name(name)
-            .spawn(move || pump(read, log))
+            .spawn(move || pump(read, log, &watch))
             .map_err(CaptureError::io(path))?;
         Ok((handle, write))
     });
@@ -430,6 +481,10 @@ fn open_pipe(path: &Path) -> Result<(OwnedFd, OwnedFd), CaptureError> {
 /// the write end closed) and remember how it ended; at most
 /// [`SETTLE_TIMEOUT`]. `Ok` when nothing captures `path`.
 pub fn settle(path: &Path) -> Result<(), CaptureError> {
+    panic_watches()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(path);
     let running = {
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         match reg.remove(path) {
@@ -648,6 +703,37 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_is_seen_across_reads_and_only_once() {
+        let mut scan = MarkerScan::default();
+        assert!(!scan.feed(b"[ 1.0] Oops: 0002 [#1] SMP\n[ 1.1] Kernel pan"));
+        assert!(scan.feed(b"ic - not syncing: Fatal exception\n"));
+        let mut scan = MarkerScan::default();
+        assert!(!scan.feed(b"Kernel panic"));
+        assert!(!scan.feed(b" - not sync"));
+        assert!(scan.feed(b"ing: x"));
+        assert!(!MarkerScan::default().feed(b"WARNING: CPU: 0 at kernel/bpf/arena.c"));
+
+        let p = tmp("panic");
+        let w = start(
+            &p,
+            b"Kernel panic - not syncing: in the prefix, not watched\n",
+        )
+        .unwrap();
+        assert_eq!(panicked_at(&p), None);
+        let mut w = File::from(w);
+        w.write_all(b"[ 2.0] Kernel panic - not syncing: Fatal exception\n")
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while panicked_at(&p).is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(panicked_at(&p).is_some());
+        drop(w);
+        settle(&p).unwrap();
+        assert_eq!(panicked_at(&p), None, "forgotten once settled");
+    }
+
+    #[test]
     fn a_capture_that_could_not_start_fails_the_verdict_read() {
         let p = Path::new("/nonexistent-dir-arena/console.log");
         assert!(start(p, b"").is_err());
@@ -665,7 +751,7 @@ mod tests {
             ..CappedLog::create(&p, 8192).unwrap()
         };
         let (r, w) = open_pipe(&p).unwrap();
-        let t = std::thread::spawn(move || pump(r, log));
+        let t = std::thread::spawn(move || pump(r, log, &OnceLock::new()));
         let mut w = File::from(w);
         // More than a pipe holds: blocks unless the pump drains.
         for _ in 0..64 {

@@ -31,6 +31,13 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 const HOST_GRACE: Duration = Duration::from_secs(10);
 /// Poll interval while waiting (also the worst-case latency it adds).
 const TICK: Duration = Duration::from_millis(5);
+/// How long a kernel that printed a panic gets to reset the VM itself
+/// (`panic=-1`) before the runner ends it: a kernel whose reboot path
+/// hangs (seen: a tiny config with `reboot=k` on microvm) must not hold the
+/// scenario until its timeout.
+pub const PANIC_GRACE: Duration = Duration::from_secs(2);
+/// How often the console is checked for a panic while waiting.
+const PANIC_POLL: Duration = Duration::from_millis(200);
 
 /// Timeouts of a session.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +64,9 @@ pub enum End {
     HostTimeout(HostTimeout),
     /// The VM exited after hello without the agent saying done.
     VmExited(String),
+    /// The kernel panicked (its console said so) and the VM did not go
+    /// down on its own within [`PANIC_GRACE`]: the runner ended it.
+    KernelPanic,
     /// The guest broke the protocol.
     Protocol(String),
 }
@@ -448,6 +458,8 @@ struct Session {
     messages: Vec<Received>,
     /// Restored from a snapshot: the agent is told so before its hello.
     restored: bool,
+    /// The console file, watched for a kernel panic.
+    console: Option<PathBuf>,
 }
 
 impl Session {
@@ -465,6 +477,10 @@ impl Session {
         let listener = UnixListener::bind(sock)
             .map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
         let restored = matches!(spec.snapshot, Some(SnapshotRole::Restore { .. }));
+        let console = match &spec.console {
+            Console::File(p) => Some(p.clone()),
+            Console::Stdout => None,
+        };
         spec.channel = Some(sock.to_owned());
         let events = File::create(events_log).ok();
         let stderr = File::create(vmm_log)
@@ -505,6 +521,7 @@ impl Session {
             boot_s: None,
             messages: Vec::new(),
             restored,
+            console,
         })
     }
 
@@ -599,7 +616,8 @@ impl Session {
     /// timeout by `watch`.
     fn collect(&mut self, rx: &Receiver<Event>, mut watch: Watch) -> End {
         loop {
-            match next_event(rx, &mut self.child, watch.next_check()) {
+            let wake = watch.next_check().min(Instant::now() + PANIC_POLL);
+            match next_event(rx, &mut self.child, wake) {
                 Ok(Event::Message(m)) => {
                     watch.heard(&m, Instant::now());
                     if let Some(end) = self.on_message(m) {
@@ -616,12 +634,23 @@ impl Session {
                 }
                 Err(Wait::Exited(st)) => return End::VmExited(st.to_string()),
                 Err(Wait::Timeout) => {
+                    if self.panicked_long_ago() {
+                        return End::KernelPanic;
+                    }
                     if let Some(timeout) = watch.expired(Instant::now()) {
                         return End::HostTimeout(timeout);
                     }
                 }
             }
         }
+    }
+
+    /// The console showed a kernel panic more than [`PANIC_GRACE`] ago.
+    fn panicked_long_ago(&self) -> bool {
+        self.console
+            .as_deref()
+            .and_then(crate::console_capture::panicked_at)
+            .is_some_and(|t| t.elapsed() >= PANIC_GRACE)
     }
 
     /// Keep a message that came after hello (and log it); the end it

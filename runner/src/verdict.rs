@@ -21,6 +21,13 @@ const MAX_LINE_CHARS: usize = 1000;
 const SPLAT_TEXT_LINES: usize = 40;
 /// Splats whose text is kept; a flood of warnings would bloat the summary.
 const SPLAT_TEXTS: usize = 3;
+/// How a VM that the runner ended after a kernel panic went (see
+/// `session::PANIC_GRACE`).
+pub const KERNEL_PANIC_END: &str =
+    "was ended by the runner: the kernel panicked and did not reset within 2 s";
+/// Splat kinds after which the kernel is not expected to go on: a scenario
+/// that then stalls or loses its VM failed because of the kernel.
+const FATAL_SPLATS: &[&str] = &["bug", "oops", "panic"];
 
 /// A scenario's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +146,9 @@ impl From<&End> for SessionEnd {
             },
             End::VmExited(status) => SessionEnd::VmExited {
                 status: status.clone(),
+            },
+            End::KernelPanic => SessionEnd::VmExited {
+                status: KERNEL_PANIC_END.into(),
             },
             End::Protocol(reason) => SessionEnd::Protocol {
                 reason: reason.clone(),
@@ -472,6 +482,14 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             ),
             false,
         ),
+        End::KernelPanic => (
+            Verdict::Error,
+            format!(
+                "the VM {KERNEL_PANIC_END}{during}, before the agent finished{}",
+                last_lines()
+            ),
+            false,
+        ),
         End::VmExited(st) => (
             Verdict::Error,
             format!(
@@ -516,7 +534,12 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             } else {
                 format!("{title}; then: {reason}")
             };
-            if verdict == Verdict::Pass {
+            let kernel_died = FATAL_SPLATS.contains(&first.kind.as_str())
+                && matches!(
+                    record.end,
+                    End::VmExited(_) | End::KernelPanic | End::HostTimeout(_)
+                );
+            if verdict == Verdict::Pass || kernel_died {
                 verdict = Verdict::Fail;
             }
         }

@@ -139,4 +139,18 @@ steps:
     ));
     let ktap = std::fs::read_to_string(old.join("latest/results.ktap")).unwrap();
     assert!(ktap.contains("ok 1 ba-reserve-pages # SKIP this kernel lacks kfunc"));
+
+    // The nightly's cross-kernel comparison (docs/nightly.md): 6.12 → 7.2
+    // names both kernels and shows the scenario only 7.2 runs.
+    let out = lab(&[
+        "compare",
+        old.join("latest").to_str().unwrap(),
+        new.join("latest").to_str().unwrap(),
+        "--out",
+        dir.join("kernels").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let md = std::fs::read_to_string(dir.join("kernels/compare.md")).unwrap();
+    assert!(md.contains("Kernels differ: 6.12."), "{md}");
+    assert!(md.contains("→ 7.2."), "{md}");
 }

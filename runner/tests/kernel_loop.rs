@@ -482,32 +482,30 @@ steps:
         reason.contains("BUG: kernel NULL pointer dereference") || reason.contains("Oops"),
         "{reason}"
     );
-    // From the oops line to the VM's last console line (its reboot), by
-    // the guest's own printk clock; and the whole VM far below the timeout.
     let console =
         std::fs::read_to_string(results.join("latest/oops-on-fault/console.log")).unwrap();
-    let stamp = |l: &str| -> Option<f64> {
-        l.trim_start()
-            .strip_prefix('[')?
-            .split(']')
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let oops_at = console
-        .lines()
-        .find(|l| l.contains("BUG: kernel NULL pointer dereference") || l.contains("Oops:"))
-        .and_then(stamp)
+    let oops = console
+        .find("BUG: kernel NULL pointer dereference")
         .expect("the oops line");
-    let last = console.lines().filter_map(stamp).last().unwrap();
+    assert!(console[oops..].contains("Kernel panic - not syncing"));
     let total = sc["duration_s"].as_f64().unwrap();
-    eprintln!(
-        "stage: oops at {oops_at:.2} s, console ends at {last:.2} s, VM gone {total:.1} s after its start"
-    );
-    assert!(last - oops_at < 10.0, "{oops_at} .. {last}");
+    eprintln!("stage: oops; the VM was gone {total:.1} s after its start");
+    // The oops came after the VM started, so a VM gone within 10 s of its
+    // start ended within 10 s of the oops (the timeout is 120 s).
     assert!(
-        total < 60.0,
+        total < 10.0,
         "the VM ran {total} s: it waited for a timeout"
     );
+    // A splat the kernel really printed, decoded with the tree's DWARF: the
+    // faulting line in arena.c, and its caller in mm/memory.c.
+    let decoded = sc["splats"][0]["decoded"].as_str().unwrap_or_default();
+    assert!(
+        decoded.contains("arena_vm_fault+") && decoded.contains("(kernel/bpf/arena.c:"),
+        "{decoded}"
+    );
+    assert!(
+        decoded.contains("__do_fault+") && decoded.contains("(mm/memory.c:"),
+        "{decoded}"
+    );
+    assert_eq!(sc["splats"][0]["function"], "arena_vm_fault");
 }
