@@ -115,6 +115,21 @@ fn tree(src: &Path, cache: &Path) -> (PathBuf, String, String, String) {
     (repo, base, commits[1].clone(), commits[3].clone())
 }
 
+/// `lab kernel build REPO --base tiny --out BUILD_DIR -j JOBS`.
+fn build_tiny(repo: &Path, build_dir: &Path, jobs: &str) -> std::process::Output {
+    lab(&[
+        "kernel",
+        "build",
+        repo.to_str().unwrap(),
+        "--base",
+        "tiny",
+        "--out",
+        build_dir.to_str().unwrap(),
+        "-j",
+        jobs,
+    ])
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -197,17 +212,7 @@ fn kernel_developer_loop_on_a_tiny_tree() {
 
     // Build the good commit (cold the first time, incremental after).
     let t = Instant::now();
-    let built = lab(&[
-        "kernel",
-        "build",
-        repo.to_str().unwrap(),
-        "--base",
-        "tiny",
-        "--out",
-        build_dir.to_str().unwrap(),
-        "-j",
-        &jobs,
-    ]);
+    let built = build_tiny(&repo, &build_dir, &jobs);
     assert_eq!(built.status.code(), Some(0));
     let printed = String::from_utf8_lossy(&built.stdout);
     assert!(
@@ -436,17 +441,7 @@ fn fast_failure_on_oops(repo: &Path, build_dir: &Path, jobs: &str) {
     );
     git(repo, &["commit", "-q", "-a", "-m", "arena: oops on page 2"]);
     let t = Instant::now();
-    let built = lab(&[
-        "kernel",
-        "build",
-        repo.to_str().unwrap(),
-        "--base",
-        "tiny",
-        "--out",
-        build_dir.to_str().unwrap(),
-        "-j",
-        jobs,
-    ]);
+    let built = build_tiny(repo, build_dir, jobs);
     git(repo, &["checkout", "-q", "-f", "main"]);
     assert_eq!(built.status.code(), Some(0));
     eprintln!("stage: oops build took {:.0} s", t.elapsed().as_secs_f64());

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -16,21 +16,9 @@ const FIXTURES: &str = "runner/tests/fixtures/snapshot";
 
 /// `lab run --results RESULTS ARGS` with snapshots under `snaps`.
 fn run_with(snaps: &Path, results: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(["run", "--results", results.to_str().unwrap()])
-        .args(args)
-        .env("ARENA_LAB_SNAPSHOTS", snaps)
-        .current_dir(root())
-        .output()
-        .expect("run lab");
-    eprintln!(
-        "lab run {}: {}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let mut all = vec!["run", "--results", results.to_str().unwrap()];
+    all.extend_from_slice(args);
+    lab_env(&all, &[("ARENA_LAB_SNAPSHOTS", snaps)])
 }
 
 /// (name, verdict, start kind, snapshot key) of each scenario of the latest run.

@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vmm::{RestoreConfig, SerialOutput, VmConfig};
 
@@ -144,19 +144,10 @@ impl Backend for OwnVmm {
                 std::io::Error::last_os_error()
             ));
         }
-        loop {
-            if let Some(st) = vm.try_wait().map_err(|e| e.to_string())? {
-                return match st.code() {
-                    Some(vmm::EXIT_SNAPSHOT_SAVED) => Ok(()),
-                    _ => Err(format!("arena-vmm did not save the VM ({st}; see vmm.log)")),
-                };
-            }
-            if Instant::now() >= deadline {
-                let _ = vm.kill();
-                let _ = vm.wait();
-                return Err("arena-vmm did not save the VM in time".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        match super::exit_by(vm, deadline)? {
+            Some(st) if st.code() == Some(vmm::EXIT_SNAPSHOT_SAVED) => Ok(()),
+            Some(st) => Err(format!("arena-vmm did not save the VM ({st}; see vmm.log)")),
+            None => Err("arena-vmm did not save the VM in time".into()),
         }
     }
 }

@@ -140,6 +140,25 @@ pub fn select(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Strin
     }
 }
 
+/// Wait for `vm` to exit by `deadline`; past it, kill it and say so
+/// (`None`). How it exited otherwise.
+pub fn exit_by(
+    vm: &mut Child,
+    deadline: Instant,
+) -> Result<Option<std::process::ExitStatus>, String> {
+    loop {
+        if let Some(st) = vm.try_wait().map_err(|e| e.to_string())? {
+            return Ok(Some(st));
+        }
+        if Instant::now() >= deadline {
+            let _ = vm.kill();
+            let _ = vm.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The descriptor a VM finds its console pipe on.
 const CONSOLE_FD: libc::c_int = 3;
 /// The path a VM opens to write its console into the pipe. Not `/dev/fd/3`:

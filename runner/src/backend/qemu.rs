@@ -268,14 +268,8 @@ impl Backend for Qemu {
         }
         // The source is paused now; it has nothing left to do.
         let _ = qmp.execute("quit", serde_json::json!({}));
-        while vm.try_wait().map_err(|e| e.to_string())?.is_none() {
-            if Instant::now() >= deadline {
-                let _ = vm.kill();
-                let _ = vm.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // The state is complete whether QEMU quits or is killed.
+        super::exit_by(vm, deadline)?;
         Ok(())
     }
 }

@@ -23,8 +23,14 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Run `lab` with `args` from the workspace root.
 pub fn lab(args: &[&str]) -> Output {
+    lab_env(args, &[])
+}
+
+/// [`lab`] with extra environment variables.
+pub fn lab_env(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(root())
         .output()
         .expect("run lab");
