@@ -40,6 +40,8 @@ pub const FORMAT: u32 = 1;
 const KEEP: usize = 16;
 /// Time the backend gets to write the state.
 const SAVE_LIMIT: Duration = Duration::from_secs(120);
+/// A file younger than this is hashed every time (see `remembered`).
+const RACY: Duration = Duration::from_secs(2);
 /// Attempts at building a snapshot (a boot can die under TCG).
 const BUILD_ATTEMPTS: u32 = 2;
 
@@ -171,8 +173,11 @@ impl<'a> Snapshots<'a> {
 
     fn load_or_make(&self, spec: &VmSpec) -> Result<Arc<Snapshot>, String> {
         let identity = self.backend.snapshot_identity()?;
+        let memo = self.root.join("digests");
         let sha = |p: &Path| {
-            arena_images::sha256_file(p).map_err(|e| format!("hashing {}: {e}", p.display()))
+            remembered(&memo, p, |p| {
+                arena_images::sha256_file(p).map_err(|e| format!("hashing {}: {e}", p.display()))
+            })
         };
         let mut meta = Meta {
             format: FORMAT,
@@ -196,7 +201,7 @@ impl<'a> Snapshots<'a> {
         let _lock = lock(&self.root.join(format!("{}.lock", meta.key)))?;
         let dir = self.root.join(&meta.key);
         if dir.exists() {
-            match check(&dir, &meta) {
+            match check(&dir, &meta, &memo) {
                 Ok(snapshot) => {
                     touch(&dir);
                     return Ok(Arc::new(snapshot));
@@ -274,7 +279,7 @@ impl<'a> Snapshots<'a> {
             let save_s = (t.elapsed().as_secs_f64() - boot_s).max(0.0);
             let meta = Meta {
                 state_bytes: bytes,
-                state_sha256: state_digest(&state)?,
+                state_sha256: remembered(&self.root.join("digests"), &state, state_digest)?,
                 boot_to_hello_s: boot_s,
                 save_s,
                 ..meta.clone()
@@ -316,7 +321,7 @@ fn key_of(meta: &Meta) -> String {
 
 /// The snapshot in `dir`, if it was made from exactly `want`'s inputs and
 /// its state is whole.
-fn check(dir: &Path, want: &Meta) -> Result<Snapshot, String> {
+fn check(dir: &Path, want: &Meta, memo: &Path) -> Result<Snapshot, String> {
     let text = std::fs::read(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?;
     let meta: Meta = serde_json::from_slice(&text).map_err(|e| format!("meta.json: {e}"))?;
     if key_of(&meta) != want.key || meta.key != want.key {
@@ -332,7 +337,7 @@ fn check(dir: &Path, want: &Meta) -> Result<Snapshot, String> {
             meta.state_bytes
         ));
     }
-    if state_digest(&state)? != meta.state_sha256 {
+    if remembered(memo, &state, state_digest)? != meta.state_sha256 {
         return Err("state checksum mismatch".into());
     }
     if !dir.join("boot-console.log").is_file() {
@@ -387,6 +392,49 @@ fn state_digest(path: &Path) -> Result<String, String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// `digest(path)`, remembered in `memo` under the file's identity (path,
+/// size, modification time, inode): hashing a 60 MB vmlinux or a snapshot
+/// on every run costs seconds under nested TCG. Any rewrite of the file
+/// changes its identity, so a changed file is hashed again; a file changed
+/// in the last [`RACY`] is always hashed (file times are coarse: two
+/// writes within one tick look alike, as git's "racily clean" entries).
+fn remembered(
+    memo: &Path,
+    path: &Path,
+    digest: impl Fn(&Path) -> Result<String, String>,
+) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let id = format!(
+        "{} {} {}.{} {} {}",
+        path.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino(),
+        m.dev()
+    );
+    let file = memo.join(&arena_images::sha256_hex(id.as_bytes())[..24]);
+    let settled = m
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= RACY);
+    if settled {
+        if let Ok(known) = std::fs::read_to_string(&file) {
+            if known.len() == 64 {
+                return Ok(known);
+            }
+        }
+    }
+    let d = digest(path)?;
+    if settled {
+        let _ = std::fs::create_dir_all(memo);
+        let _ = arena_images::write_atomic(&file, d.as_bytes());
+    }
+    Ok(d)
+}
+
 /// An exclusive lock on `path` (created), held until the file is dropped.
 fn lock(path: &Path) -> Result<File, String> {
     let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -422,6 +470,23 @@ fn evict(root: &Path, keep: usize) {
     for (_, dir) in dirs.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(dir.with_extension("lock"));
+    }
+    // Remembered digests of files long gone or unused: a week is plenty.
+    let week = Duration::from_secs(7 * 24 * 3600);
+    for e in std::fs::read_dir(root.join("digests"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > week);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -523,7 +588,7 @@ mod tests {
     fn a_whole_snapshot_checks_out() {
         let dir = scratch("whole");
         let m = made(&dir, b"state bytes");
-        let s = check(&dir, &m).unwrap();
+        let s = check(&dir, &m, &dir.join("memo")).unwrap();
         assert_eq!(s.meta, m);
         assert_eq!(
             s.restore_role(),
@@ -540,9 +605,12 @@ mod tests {
         let m = made(&dir, b"state bytes");
         // Same size, other content.
         std::fs::write(dir.join("state"), b"state bytez").unwrap();
-        assert_eq!(check(&dir, &m).unwrap_err(), "state checksum mismatch");
+        assert_eq!(
+            check(&dir, &m, &dir.join("memo")).unwrap_err(),
+            "state checksum mismatch"
+        );
         std::fs::write(dir.join("state"), b"state").unwrap();
-        assert!(check(&dir, &m)
+        assert!(check(&dir, &m, &dir.join("memo"))
             .unwrap_err()
             .contains("5 bytes, 11 when made"));
         // Made from another kernel than the one asked for.
@@ -555,17 +623,28 @@ mod tests {
             key: key_of(&other),
             ..other
         };
-        assert_eq!(check(&dir, &other).unwrap_err(), "made from other inputs");
+        assert_eq!(
+            check(&dir, &other, &dir.join("memo")).unwrap_err(),
+            "made from other inputs"
+        );
         // A meta.json edited to claim other inputs under the same key.
         let mut forged = m.clone();
         forged.cmdline = "edited".into();
         std::fs::write(dir.join("meta.json"), serde_json::to_vec(&forged).unwrap()).unwrap();
-        assert_eq!(check(&dir, &m).unwrap_err(), "made from other inputs");
+        assert_eq!(
+            check(&dir, &m, &dir.join("memo")).unwrap_err(),
+            "made from other inputs"
+        );
         std::fs::write(dir.join("meta.json"), b"{").unwrap();
-        assert!(check(&dir, &m).unwrap_err().starts_with("meta.json:"));
+        assert!(check(&dir, &m, &dir.join("memo"))
+            .unwrap_err()
+            .starts_with("meta.json:"));
         made(&dir, b"state bytes");
         std::fs::remove_file(dir.join("boot-console.log")).unwrap();
-        assert_eq!(check(&dir, &m).unwrap_err(), "boot console missing");
+        assert_eq!(
+            check(&dir, &m, &dir.join("memo")).unwrap_err(),
+            "boot console missing"
+        );
     }
 
     #[test]
@@ -587,6 +666,37 @@ mod tests {
         f.write_all_at(b"b", (1 << 20) + 2).unwrap();
         assert_ne!(state_digest(&a).unwrap(), sparse);
         assert!(state_digest(&dir.join("missing")).is_err());
+    }
+
+    #[test]
+    fn digests_are_remembered_only_for_settled_files() {
+        let dir = scratch("memo");
+        let f = dir.join("f");
+        std::fs::write(&f, b"one").unwrap();
+        let calls = std::cell::Cell::new(0);
+        let count = |_: &Path| {
+            calls.set(calls.get() + 1);
+            Ok("a".repeat(64))
+        };
+        // Just written: hashed each time.
+        remembered(&dir.join("memo"), &f, count).unwrap();
+        remembered(&dir.join("memo"), &f, count).unwrap();
+        assert_eq!(calls.get(), 2);
+        // Settled: hashed once, then remembered.
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        remembered(&dir.join("memo"), &f, count).unwrap();
+        remembered(&dir.join("memo"), &f, count).unwrap();
+        assert_eq!(calls.get(), 3);
+        // Rewritten: another identity, hashed again.
+        std::fs::write(&f, b"two").unwrap();
+        remembered(&dir.join("memo"), &f, count).unwrap();
+        assert_eq!(calls.get(), 4);
     }
 
     #[test]
