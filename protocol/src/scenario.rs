@@ -197,6 +197,10 @@ pub enum Step {
     /// Read the scenario's cgroup memory (`memory.current`): record a
     /// baseline, or bound the growth since one.
     Memory(MemoryStep),
+    /// Write a key to `/proc/sysrq-trigger`: `w` dumps blocked tasks to the
+    /// kernel log, `c` crashes the kernel (a self-test of how the lab
+    /// handles a dying kernel and of snapshot isolation).
+    Sysrq(SysrqStep),
 }
 
 impl Step {
@@ -223,6 +227,7 @@ impl Step {
             Step::Crash(_) => "crash",
             Step::Destroy(_) => "destroy",
             Step::Memory(_) => "memory",
+            Step::Sysrq(_) => "sysrq",
         }
     }
 
@@ -863,6 +868,22 @@ pub struct MemoryStep {
     /// frees a map's pages from a workqueue, after its last reference.
     #[serde(default)]
     pub within_ms: u64,
+}
+
+/// `sysrq:` one of [`SysrqStep::KEYS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysrqStep {
+    /// The key.
+    pub key: char,
+}
+
+impl SysrqStep {
+    /// Keys a scenario may send: `w` (blocked tasks), `l` (backtraces of
+    /// all CPUs), `m` (memory), `t` (all tasks), `c` (crash the kernel).
+    /// Not `b`/`o` (reset, power off: the VM would vanish without a
+    /// splat) nor the ones that change state behind the lab's back.
+    pub const KEYS: &'static [char] = &['w', 'l', 'm', 't', 'c'];
 }
 
 /// `crash:` the worker raises `signal` at itself.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use arena_protocol::scenario::{
     arena_range, bpf_catalogue, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp,
-    BpfCatalogue, Count, PageSet, ParallelStep, Requirement, Step, WorkersExpect, MAX_ARENA_PAGES,
+    BpfCatalogue, Count, PageSet, ParallelStep, Requirement, Step, SysrqStep, WorkersExpect,
+    MAX_ARENA_PAGES,
 };
 use arena_protocol::Scenario;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -998,6 +999,18 @@ impl Checker {
                     "give either `baseline` (to record) or `since` (to check)",
                 ),
             },
+            Step::Sysrq(q) => {
+                if !SysrqStep::KEYS.contains(&q.key) {
+                    self.report(
+                        field("key"),
+                        format!(
+                            "{:?} is not one of {:?} (reset and power-off keys would end the VM without a trace)",
+                            q.key,
+                            SysrqStep::KEYS
+                        ),
+                    );
+                }
+            }
             Step::Selftest(_) | Step::Sleep(_) | Step::Crash(_) => {}
         }
     }

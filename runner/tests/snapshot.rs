@@ -170,3 +170,45 @@ fn a_corrupt_snapshot_is_made_again_and_a_broken_one_boots_cold() {
     );
     assert!(!sc["retried_after"].is_null(), "{sc}");
 }
+
+/// A scenario that crashes the kernel (sysrq `c`) ends within seconds as a
+/// `fail` naming the crash, and the next scenario, restored from the same
+/// snapshot, finds a kernel that never crashed.
+#[test]
+fn a_kernel_crash_does_not_reach_the_next_restored_scenario() {
+    let dir = scratch("snapshot-crash");
+    let snaps = dir.join("snapshots");
+    let files = dir.join("scenarios");
+    std::fs::create_dir_all(&files).unwrap();
+    let vm = "vm: { vcpus: 1, memory_mib: 256 }\ntimeout_s: 60\n";
+    scenario(
+        &files,
+        "a-crash",
+        &format!("name: a-crash\ntags: [lab_selftest]\n{vm}steps:\n  - sysrq: {{ key: c }}\n  - sleep: {{ ms: 60000 }}\n"),
+    );
+    scenario(
+        &files,
+        "b-after",
+        &format!(
+            "name: b-after\ntags: [lab_selftest]\n{vm}steps:\n  - arena: {{ id: a, pages: 4 }}\n  - mmap: {{ arena: a }}\n  - touch: {{ arena: a, page: 0, count: 4, op: write }}\n  - expect_kernel_log: {{ not_contains: ['sysrq', 'Kernel panic', 'Oops'] }}\n"
+        ),
+    );
+    let results = dir.join("results");
+    let out = run_with(&snaps, &results, &["-j1", files.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&results);
+    let crash = &s["scenarios"][0];
+    assert_eq!(crash["verdict"], "fail", "{crash}");
+    assert!(
+        crash["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("kernel splat: "),
+        "{crash}"
+    );
+    assert!(crash["duration_s"].as_f64().unwrap() < 15.0, "{crash}");
+    let after = &s["scenarios"][1];
+    assert_eq!(after["verdict"], "pass", "{after}");
+    assert_eq!(after["start"]["kind"], "restored", "{after}");
+    assert_eq!(after["start"]["snapshot"], crash["start"]["snapshot"]);
+}

@@ -1,9 +1,11 @@
-//! `sleep:`, `sysctl:`, `repeat:`, `expect_kernel_log:` and `crash:`.
+//! `sleep:`, `sysctl:`, `sysrq:`, `repeat:`, `expect_kernel_log:` and `crash:`.
 
 use std::io::Read;
 use std::time::Duration;
 
-use arena_protocol::scenario::{CrashStep, KernelLogStep, RepeatStep, SleepStep, SysctlStep};
+use arena_protocol::scenario::{
+    CrashStep, KernelLogStep, RepeatStep, SleepStep, SysctlStep, SysrqStep,
+};
 
 use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
 
@@ -27,6 +29,24 @@ pub fn crash(s: &CrashStep) -> StepResult {
         "the worker survived raising {:?}",
         s.signal
     )))
+}
+
+/// `sysrq:` step. Enables sysrq for this key's write (the kernel's
+/// default mask may refuse it), then writes the key.
+pub fn sysrq(s: &SysrqStep) -> StepResult {
+    if !SysrqStep::KEYS.contains(&s.key) {
+        return Err(StepError::Error(format!(
+            "sysrq key {:?} is not allowed",
+            s.key
+        )));
+    }
+    let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
+    std::fs::write("/proc/sysrq-trigger", s.key.to_string()).map_err(|e| {
+        StepError::Error(format!(
+            "/proc/sysrq-trigger: {e} (the kernel needs CONFIG_MAGIC_SYSRQ)"
+        ))
+    })?;
+    Ok(Outcome::said(format!("sysrq {} sent", s.key)))
 }
 
 /// `sysctl:` step.
