@@ -588,6 +588,12 @@ pub struct BpfRunStep {
     /// `null` skips a word.
     #[serde(default)]
     pub expect_out: Vec<Option<u64>>,
+    /// Texts that must appear in the program's BPF stderr stream after the
+    /// run (Linux 6.17+ `BPF_PROG_STREAM_READ_BY_FD`; e.g. the kernel's
+    /// arena-violation report). A kernel without streams makes the step an
+    /// error: gate such scenarios with `requires`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_stderr: Vec<String>,
 }
 
 /// Data structures BPF programs build in the arena.
@@ -1425,13 +1431,19 @@ pub fn bpf_catalogue(src: &std::path::Path) -> Option<BpfCatalogue> {
     Some(out)
 }
 
-/// Names of the functions that follow a `SEC("syscall")` in C source: the
-/// line after it is `int name(struct arena_args *ctx)`.
+/// Sections of programs `bpf_run` can run: syscall programs (their
+/// context is `struct arena_args`) and tc programs (the agent passes the
+/// arguments in the object's `.bss` `args`).
+const RUNNABLE_SECTIONS: &[&str] = &["SEC(\"syscall\")", "SEC(\"tc\")"];
+
+/// Names of the functions that follow a runnable section (see
+/// [`RUNNABLE_SECTIONS`]) in C source: the line after it is
+/// `int name(...)`.
 fn syscall_programs(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        if line.trim() != "SEC(\"syscall\")" {
+        if !RUNNABLE_SECTIONS.contains(&line.trim()) {
             continue;
         }
         let Some(decl) = lines.find(|l| !l.trim().is_empty()) else {
@@ -1456,6 +1468,8 @@ mod catalogue_tests {
     fn syscall_programs_are_found() {
         let src = "SEC(\".maps\") x;\nSEC(\"syscall\")\nint alloc_pages(struct arena_args *ctx)\n{\n}\n\nSEC(\"syscall\")\n\nint free_pages(struct arena_args *ctx)\n";
         assert_eq!(syscall_programs(src), vec!["alloc_pages", "free_pages"]);
+        let tc = "SEC(\"tc\")\nint tc_free_pages(void *skb)\nSEC(\"xdp\")\nint x(void *c)\n";
+        assert_eq!(syscall_programs(tc), vec!["tc_free_pages"]);
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/bpf");
         let all = bpf_catalogue(&src).unwrap();
         let ops = all.iter().find(|(o, _)| o == "arena_ops.bpf.o").unwrap();

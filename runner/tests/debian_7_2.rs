@@ -108,10 +108,15 @@ steps:
 ",
     );
     let reserve = "scenarios/arena/ba-reserve-pages.yaml";
+    let violation = "scenarios/arena/pf-bpf-violation-reported.yaml";
+    let nonsleepable = "scenarios/arena/ba-nonsleepable-alloc-free.yaml";
     let present = present.to_str().unwrap();
+    let files = [reserve, violation, nonsleepable, present];
 
     let new = dir.join("7.2");
-    let out = lab_run(&new, &["--kernel", "debian:7.2", reserve, present]);
+    let mut args = vec!["--kernel", "debian:7.2"];
+    args.extend(files);
+    let out = lab_run(&new, &args);
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&new);
     for sc in s["scenarios"].as_array().unwrap() {
@@ -119,19 +124,28 @@ steps:
     }
 
     let old = dir.join("6.12");
-    let out = lab_run(&old, &[reserve, present]);
+    let out = lab_run(&old, &files);
     assert_eq!(out.status.code(), Some(0));
     let s = summary(&old);
     assert_eq!(
         (s["skipped"].as_u64(), s["passed"].as_u64()),
-        (Some(1), Some(1)),
+        (Some(3), Some(1)),
         "{s}"
     );
-    let skipped = &s["scenarios"][0];
-    assert_eq!(skipped["verdict"], "skipped", "{skipped}");
+    let lacks: Vec<&str> = s["scenarios"].as_array().unwrap()[..3]
+        .iter()
+        .map(|sc| {
+            assert_eq!(sc["verdict"], "skipped", "{sc}");
+            sc["reason"].as_str().unwrap()
+        })
+        .collect();
     assert_eq!(
-        skipped["reason"],
-        "this kernel lacks kfunc bpf_arena_reserve_pages"
+        lacks,
+        [
+            "this kernel lacks kfunc bpf_arena_reserve_pages",
+            "this kernel lacks kernel symbol bpf_prog_report_arena_violation",
+            "this kernel lacks kernel symbol bpf_arena_alloc_pages_non_sleepable",
+        ]
     );
     let junit = std::fs::read_to_string(old.join("latest/junit.xml")).unwrap();
     assert!(junit.contains(

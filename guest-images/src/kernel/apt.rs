@@ -70,6 +70,26 @@ impl Apt {
         self.own.as_ref().map(|o| o.suite.as_str())
     }
 
+    /// Run `f` holding this state's lock, so concurrent `lab` processes
+    /// (parallel tests, two runs) never run apt on the same lists at once:
+    /// apt's own lock makes the second one fail instead of wait.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        use std::os::fd::AsRawFd;
+        let dir = match &self.own {
+            Some(o) => o.dir.clone(),
+            None => cache::dir("apt")?,
+        };
+        let path = dir.join("lab.lock");
+        let lock = std::fs::File::create(&path).map_err(io_err(&path))?;
+        // SAFETY: flock takes no pointers; the fd is open for the call.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&path)(std::io::Error::last_os_error()));
+        }
+        let out = f();
+        drop(lock);
+        out
+    }
+
     /// `tool` with the options that select this apt state.
     fn command(&self, tool: &str) -> Command {
         let mut cmd = Command::new(tool);
@@ -96,7 +116,7 @@ impl Apt {
     /// host's business: `apt-get update` is not run for it).
     pub fn update(&self) -> Result<()> {
         if self.own.is_some() {
-            run_tool(self.command("apt-get").args(["update", "-q"]))?;
+            self.locked(|| run_tool(self.command("apt-get").args(["update", "-q"])))?;
         }
         Ok(())
     }
@@ -107,29 +127,33 @@ impl Apt {
             return Ok(());
         };
         let lists = o.dir.join("lists");
-        let has_packages = std::fs::read_dir(&lists)
-            .map_err(io_err(&lists))?
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
-        if has_packages {
+        // Checked under the lock: another process may be fetching them.
+        self.locked(|| {
+            let has_packages = std::fs::read_dir(&lists)
+                .map_err(io_err(&lists))?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+            if !has_packages {
+                run_tool(self.command("apt-get").args(["update", "-q"]))?;
+            }
             Ok(())
-        } else {
-            self.update()
-        }
+        })
     }
 
     /// Package names starting with `prefix`, one a line.
     pub fn pkgnames(&self, prefix: &str) -> Result<String> {
-        let out = run_tool(self.command("apt-cache").args(["pkgnames", prefix]))?;
+        let out = self.locked(|| run_tool(self.command("apt-cache").args(["pkgnames", prefix])))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The candidate version of `package` and its dependencies.
     pub fn show(&self, package: &str) -> Result<PackageInfo> {
-        let out = run_tool(
-            self.command("apt-cache")
-                .args(["show", "--no-all-versions", package]),
-        )?;
+        let out = self.locked(|| {
+            run_tool(
+                self.command("apt-cache")
+                    .args(["show", "--no-all-versions", package]),
+            )
+        })?;
         parse_show(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
             ImageError::NoKernelPackage(format!("apt-cache shows no version of {package}"))
         })
@@ -138,11 +162,13 @@ impl Apt {
     /// Download `package` at `version` into `dir`; the `.deb`'s path.
     pub fn download(&self, package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        run_tool(
-            self.command("apt-get")
-                .args(["download", "-q", &format!("{package}={version}")])
-                .current_dir(dir),
-        )?;
+        self.locked(|| {
+            run_tool(
+                self.command("apt-get")
+                    .args(["download", "-q", &format!("{package}={version}")])
+                    .current_dir(dir),
+            )
+        })?;
         let prefix = format!("{package}_");
         std::fs::read_dir(dir)
             .map_err(io_err(dir))?

@@ -194,24 +194,12 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
     for (i, a) in s.args.iter().take(4).enumerate() {
         args.arg[i] = *a;
     }
-    // Syscall programs get their context copied back to `ctx_in` (the kernel
-    // refuses `ctx_out` for them), so the pointer must allow writes.
-    let mut opts = bpf::bpf_test_run_opts {
-        sz: std::mem::size_of::<bpf::bpf_test_run_opts>() as _,
-        ctx_in: std::ptr::addr_of_mut!(args).cast_const().cast(),
-        ctx_size_in: std::mem::size_of::<ProgArgs>() as u32,
-        ..Default::default()
+    // SAFETY: `prog` is a valid program of the open object.
+    let retval = if unsafe { bpf::bpf_program__type(prog) } == bpf::BPF_PROG_TYPE_SCHED_CLS {
+        run_tc(&obj, fd, &mut args, &s.program)?
+    } else {
+        run_syscall(fd, &mut args, &s.program)?
     };
-    // SAFETY: ctx_in is a mutable pointer to `args`, live and of the declared
-    // size for the whole call; the kernel writes the context back through it.
-    let rc = unsafe { bpf::bpf_prog_test_run_opts(fd, &mut opts) };
-    if rc != 0 {
-        return Err(StepError::Error(format!(
-            "BPF_PROG_TEST_RUN {}: error {rc}",
-            s.program
-        )));
-    }
-    let retval = opts.retval as i32 as i64;
     ctx.last_out = args.out;
     let what = format!(
         "{}({:?}) = {retval}, out [{:#x}, {:#x}, {:#x}, {:#x}]",
@@ -233,7 +221,143 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
             )));
         }
     }
-    Ok(Outcome::said(what))
+    if s.expect_stderr.is_empty() {
+        return Ok(Outcome::said(what));
+    }
+    let stderr = read_stderr_stream(fd).map_err(StepError::Error)?;
+    if let Some(missing) = s
+        .expect_stderr
+        .iter()
+        .find(|w| !stderr.contains(w.as_str()))
+    {
+        return Err(StepError::Fail(format!(
+            "{what}: the program's stderr stream lacks {missing:?}; it has {:?}",
+            stderr.chars().take(500).collect::<String>()
+        )));
+    }
+    let first = stderr.lines().next().unwrap_or_default();
+    Ok(Outcome::said(format!("{what}; stderr: {first}")))
+}
+
+/// Run a syscall program with `args` as its context; its return value.
+fn run_syscall(fd: i32, args: &mut ProgArgs, program: &str) -> Result<i64, StepError> {
+    // Syscall programs get their context copied back to `ctx_in` (the kernel
+    // refuses `ctx_out` for them), so the pointer must allow writes.
+    let mut opts = bpf::bpf_test_run_opts {
+        sz: std::mem::size_of::<bpf::bpf_test_run_opts>() as _,
+        ctx_in: std::ptr::from_mut(args).cast_const().cast(),
+        ctx_size_in: std::mem::size_of::<ProgArgs>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: ctx_in points to `args`, live and of the declared size for
+    // the whole call; the kernel writes the context back through it.
+    let rc = unsafe { bpf::bpf_prog_test_run_opts(fd, &mut opts) };
+    if rc != 0 {
+        return Err(StepError::Error(format!(
+            "BPF_PROG_TEST_RUN {program}: error {rc}"
+        )));
+    }
+    Ok(opts.retval as i32 as i64)
+}
+
+/// A zeroed Ethernet-sized packet: what a tc program runs on.
+const TC_PACKET: [u8; 64] = [0; 64];
+
+/// Run a tc program (non-sleepable): `args` goes into the object's `.bss`
+/// (which must be exactly one `struct arena_args`) before the run and is
+/// read back after it; the program runs on a zeroed packet.
+fn run_tc(
+    obj: &LoadedObject,
+    fd: i32,
+    args: &mut ProgArgs,
+    program: &str,
+) -> Result<i64, StepError> {
+    // SAFETY: the handle keeps the object open; the name is NUL-terminated.
+    let map = unsafe { bpf::bpf_object__find_map_by_name(obj.handle.0, c".bss".as_ptr()) };
+    if map.is_null() {
+        return Err(StepError::Error(format!(
+            "{program}: a tc program takes its arguments in a .bss `args`, and `{}` has no .bss",
+            obj.object
+        )));
+    }
+    // SAFETY: `map` is a non-null map of the open object.
+    let (map_fd, size) = unsafe { (bpf::bpf_map__fd(map), bpf::bpf_map__value_size(map)) };
+    if size as usize != std::mem::size_of::<ProgArgs>() {
+        return Err(StepError::Error(format!(
+            "{program}: .bss of `{}` is {size} bytes, not one struct arena_args",
+            obj.object
+        )));
+    }
+    let key = 0u32;
+    // SAFETY: key and value point to live data of the map's key and value sizes.
+    let rc = unsafe {
+        bpf::bpf_map_update_elem(
+            map_fd,
+            std::ptr::from_ref(&key).cast(),
+            std::ptr::from_ref(args).cast(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(StepError::Error(format!(
+            "{program}: writing .bss: error {rc}"
+        )));
+    }
+    let mut opts = bpf::bpf_test_run_opts {
+        sz: std::mem::size_of::<bpf::bpf_test_run_opts>() as _,
+        data_in: TC_PACKET.as_ptr().cast(),
+        data_size_in: TC_PACKET.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: data_in points to a static packet of the declared size.
+    let rc = unsafe { bpf::bpf_prog_test_run_opts(fd, &mut opts) };
+    if rc != 0 {
+        return Err(StepError::Error(format!(
+            "BPF_PROG_TEST_RUN {program}: error {rc}"
+        )));
+    }
+    // SAFETY: as for the update: live buffers of the map's sizes.
+    let rc = unsafe {
+        bpf::bpf_map_lookup_elem(
+            map_fd,
+            std::ptr::from_ref(&key).cast(),
+            std::ptr::from_mut(args).cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(StepError::Error(format!(
+            "{program}: reading .bss: error {rc}"
+        )));
+    }
+    Ok(opts.retval as i32 as i64)
+}
+
+/// `BPF_STDERR` of `include/uapi/linux/bpf.h`.
+const BPF_STDERR: u32 = 2;
+/// Most of a stream read back: the reports asserted on are short.
+const STREAM_READ_MAX: usize = 64 << 10;
+
+/// What the program's BPF stderr stream holds (reading drains it).
+fn read_stderr_stream(prog_fd: i32) -> Result<String, String> {
+    let mut buf = vec![0u8; STREAM_READ_MAX];
+    // SAFETY: `buf` is writable for its whole length, which is what we pass;
+    // libbpf accepts NULL options.
+    let n = unsafe {
+        bpf::bpf_prog_stream_read(
+            prog_fd,
+            BPF_STDERR,
+            buf.as_mut_ptr().cast(),
+            buf.len() as u32,
+            std::ptr::null_mut(),
+        )
+    };
+    let len = usize::try_from(n).map_err(|_| {
+        format!(
+            "reading the program's stderr stream: error {n} (the kernel needs BPF streams, 6.17+)"
+        )
+    })?;
+    buf.truncate(len.min(STREAM_READ_MAX));
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Read a u64 at a user address inside the arena and this process's
