@@ -1370,7 +1370,7 @@ steps:
     fn bpf_objects_programs_and_tags_are_known() {
         let e = one_error("  - bpf_load: { id: p, object: arena_opz.bpf.o, reuse_arena: a }\n");
         assert!(
-            e.contains("steps[2].bpf_load.object: no BPF object `arena_opz.bpf.o` (built from guest-images/bpf/*.bpf.c): arena_ops.bpf.o"),
+            e.contains("steps[2].bpf_load.object: no BPF object `arena_opz.bpf.o` (built from guest-images/bpf/*.bpf.c): arena_nonsleepable.bpf.o, arena_ops.bpf.o"),
             "{e}"
         );
         let e = one_error("  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - bpf_run: { object: p, program: free_page, args: [0, 1] }\n");
