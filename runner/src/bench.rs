@@ -483,7 +483,9 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     );
     restore_vs_cold(&qemu, &hello_spec, &dir, args.rounds).map_err(infra)?;
     if accel == Accel::Kvm {
-        let own = OwnVmm::locate().map_err(|e| infra(anyhow::anyhow!(e)))?;
+        let own = OwnVmm::locate()
+            .map_err(|e| infra(anyhow::anyhow!(e)))?
+            .with_snapshots();
         // The own backend adds its boot log level itself.
         restore_vs_cold(&own, &hello_spec, &dir, args.rounds).map_err(infra)?;
         own_vmm_vs_qemu(&args, &qemu, &hello_spec, &dir, &lab_with).map_err(infra)?;

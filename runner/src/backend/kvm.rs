@@ -56,26 +56,52 @@ fn restore_config(spec: &VmSpec, state: &std::path::Path) -> RestoreConfig {
 /// The own-VMM backend.
 pub struct OwnVmm {
     binary: PathBuf,
+    /// Snapshots (`ARENA_LAB_OWN_VMM_SNAPSHOTS=1`, or `lab bench`).
+    snapshots: bool,
 }
+
+/// Opts `lab run` into snapshots with the own VMM. Off by default: in a CI
+/// run under nested KVM, one restored VM (of about seventy) took a double
+/// fault in `__kmalloc_node` during its first syscalls, and until that is
+/// understood a restore is not trusted to be a pristine kernel.
+pub const SNAPSHOTS_ENV: &str = "ARENA_LAB_OWN_VMM_SNAPSHOTS";
 
 impl OwnVmm {
     /// Find `arena-vmm` next to the running `lab` binary (or `ARENA_LAB_VMM`).
     pub fn locate() -> Result<Self, String> {
         if let Some(p) = std::env::var_os("ARENA_LAB_VMM") {
-            return Ok(OwnVmm { binary: p.into() });
+            return Ok(OwnVmm::at(p.into()));
         }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let dir = exe.parent().ok_or("lab has no parent directory")?;
         // Test binaries live in target/<profile>/deps.
         for cand in [dir.join("arena-vmm"), dir.join("../arena-vmm")] {
             if cand.is_file() {
-                return Ok(OwnVmm { binary: cand });
+                return Ok(OwnVmm::at(cand));
             }
         }
         Err(format!(
             "arena-vmm not found next to {} (build it with `cargo build --release`)",
             exe.display()
         ))
+    }
+}
+
+impl OwnVmm {
+    fn at(binary: PathBuf) -> OwnVmm {
+        OwnVmm {
+            binary,
+            snapshots: std::env::var(SNAPSHOTS_ENV).is_ok_and(|v| v == "1"),
+        }
+    }
+
+    /// The same VMM with snapshots on whatever the environment says
+    /// (`lab bench` measures them).
+    pub fn with_snapshots(self) -> OwnVmm {
+        OwnVmm {
+            snapshots: true,
+            ..self
+        }
     }
 }
 
@@ -116,6 +142,12 @@ impl Backend for OwnVmm {
     /// The VMM refuses another build's snapshot itself; keying by the
     /// binary's sha256 makes a rebuilt VMM make a new one instead.
     fn snapshot_identity(&self) -> Result<String, String> {
+        if !self.snapshots {
+            return Err(format!(
+                "own-VMM snapshots are opt-in ({SNAPSHOTS_ENV}=1): a restored VM once took a \
+                 double fault under nested KVM, not yet understood"
+            ));
+        }
         static ID: OnceLock<Result<String, String>> = OnceLock::new();
         ID.get_or_init(|| {
             arena_images::sha256_file(&self.binary)
@@ -183,6 +215,22 @@ mod tests {
         assert_eq!(cfg.console_socket, spec.channel);
     }
 
+    /// Opt-in: without it the run says why and boots cold.
+    #[test]
+    fn snapshots_are_opt_in() {
+        let exe = std::env::current_exe().unwrap();
+        let off = OwnVmm {
+            binary: exe.clone(),
+            snapshots: false,
+        };
+        assert!(off.snapshot_identity().unwrap_err().contains(SNAPSHOTS_ENV));
+        let on = off.with_snapshots();
+        assert!(on
+            .snapshot_identity()
+            .unwrap()
+            .starts_with("arena-vmm sha256 "));
+    }
+
     /// Saving adds `--snapshot-to`; restoring passes the snapshot, the
     /// console and the channel, and no kernel (the shape is the snapshot's).
     #[test]
@@ -244,7 +292,7 @@ mod tests {
             gdb: None,
             snapshot: None,
         };
-        let mut c = OwnVmm { binary: fake }.command(&spec);
+        let mut c = OwnVmm::at(fake).command(&spec);
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
         let cfg = VmConfig::from_args(&args).unwrap();
         assert!(
