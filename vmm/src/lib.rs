@@ -352,14 +352,6 @@ impl VmConfig {
         if self.mem_mib != DEFAULT_MEM_MIB {
             a.extend(["--mem-mib".into(), self.mem_mib.to_string().into()]);
         }
-        match &self.serial {
-            SerialOutput::Stdout => a.extend(["--serial".into(), "-".into()]),
-            SerialOutput::File(p) => a.extend(["--serial".into(), p.clone().into()]),
-            SerialOutput::Buffer(_) | SerialOutput::Sink => {}
-        }
-        if let Some(s) = &self.console_socket {
-            a.extend(["--console-socket".into(), s.clone().into()]);
-        }
         host_io_args(
             &mut a,
             &self.serial,
@@ -883,8 +875,13 @@ mod tests {
         stdout.serial = SerialOutput::Stdout;
         stdout.timeout = Some(Duration::from_millis(1));
         for c in [plain, full, stdout] {
-            let back = VmConfig::from_args(&c.to_args()).unwrap();
-            assert!(same(&c, &back), "{:?} did not round-trip", c.to_args());
+            let args = c.to_args();
+            let back = VmConfig::from_args(&args).unwrap();
+            assert!(same(&c, &back), "{args:?} did not round-trip");
+            // Each option once.
+            for flag in ["--serial", "--console-socket", "--timeout-s"] {
+                assert!(args.iter().filter(|a| *a == flag).count() <= 1, "{args:?}");
+            }
         }
     }
 
