@@ -396,18 +396,20 @@ impl MarkerScan {
 /// When the console of `path`'s running capture first showed a kernel
 /// panic, if it has.
 pub fn panicked_at(path: &Path) -> Option<Instant> {
-    let watches = panic_watches().lock().unwrap_or_else(|e| e.into_inner());
-    watches.get(path).and_then(|w| w.get().copied())
-}
-
-fn panic_watches() -> &'static Mutex<HashMap<PathBuf, Arc<OnceLock<Instant>>>> {
-    static W: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<Instant>>>>> = OnceLock::new();
-    W.get_or_init(Default::default)
+    let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    match reg.get(path) {
+        Some(Entry::Running { panicked, .. }) => panicked.get().copied(),
+        _ => None,
+    }
 }
 
 /// A capture in flight, or how it ended.
 enum Entry {
-    Running(JoinHandle<Result<CaptureStats, CaptureError>>),
+    Running {
+        pump: JoinHandle<Result<CaptureStats, CaptureError>>,
+        /// When the pump saw a kernel panic go by.
+        panicked: Arc<OnceLock<Instant>>,
+    },
     Ended(Result<CaptureStats, CaptureError>),
 }
 
@@ -429,21 +431,18 @@ pub fn start(path: &Path, prefix: &[u8]) -> Result<OwnedFd, CaptureError> {
         // The prefix (a boot that reached the hello) is not watched.
         log.write(prefix)?;
         let name = format!("console {}", path.display());
-        let watch = Arc::new(OnceLock::new());
-        panic_watches()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_owned(), watch.clone());
-        let handle = std::thread::Builder::new()
+        let panicked = Arc::new(OnceLock::new());
+        let watch = panicked.clone();
+        let pump = std::thread::Builder::new()
             .name(name)
             .spawn(move || pump(read, log, &watch))
             .map_err(CaptureError::io(path))?;
-        Ok((handle, write))
+        Ok((Entry::Running { pump, panicked }, write))
     });
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
     match started {
-        Ok((handle, write)) => {
-            reg.insert(path.to_owned(), Entry::Running(handle));
+        Ok((running, write)) => {
+            reg.insert(path.to_owned(), running);
             Ok(write)
         }
         Err(e) => {
@@ -481,14 +480,10 @@ fn open_pipe(path: &Path) -> Result<(OwnedFd, OwnedFd), CaptureError> {
 /// the write end closed) and remember how it ended; at most
 /// [`SETTLE_TIMEOUT`]. `Ok` when nothing captures `path`.
 pub fn settle(path: &Path) -> Result<(), CaptureError> {
-    panic_watches()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(path);
     let running = {
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         match reg.remove(path) {
-            Some(Entry::Running(h)) => h,
+            Some(Entry::Running { pump, .. }) => pump,
             Some(Entry::Ended(r)) => {
                 let out = r.as_ref().map(|_| ()).map_err(clone_error);
                 reg.insert(path.to_owned(), Entry::Ended(r));

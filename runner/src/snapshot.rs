@@ -40,8 +40,6 @@ pub const FORMAT: u32 = 1;
 const KEEP: usize = 16;
 /// Time the backend gets to write the state.
 const SAVE_LIMIT: Duration = Duration::from_secs(120);
-/// A file younger than this is hashed every time (see `remembered`).
-const RACY: Duration = Duration::from_secs(2);
 /// Attempts at building a snapshot (a boot can die under TCG).
 const BUILD_ATTEMPTS: u32 = 2;
 
@@ -175,9 +173,8 @@ impl<'a> Snapshots<'a> {
         let identity = self.backend.snapshot_identity()?;
         let memo = self.root.join("digests");
         let sha = |p: &Path| {
-            remembered(&memo, p, |p| {
-                arena_images::sha256_file(p).map_err(|e| format!("hashing {}: {e}", p.display()))
-            })
+            arena_images::cache::remembered(&memo, p, arena_images::sha256_file)
+                .map_err(|e| format!("hashing {}: {e}", p.display()))
         };
         let mut meta = Meta {
             format: FORMAT,
@@ -198,7 +195,9 @@ impl<'a> Snapshots<'a> {
         meta.key = key_of(&meta);
         std::fs::create_dir_all(&self.root)
             .map_err(|e| format!("creating {}: {e}", self.root.display()))?;
-        let _lock = lock(&self.root.join(format!("{}.lock", meta.key)))?;
+        let _lock =
+            arena_images::cache::lock_exclusive(&self.root.join(format!("{}.lock", meta.key)))
+                .map_err(|e| e.to_string())?;
         let dir = self.root.join(&meta.key);
         if dir.exists() {
             match check(&dir, &meta, &memo) {
@@ -218,7 +217,7 @@ impl<'a> Snapshots<'a> {
         }
         let mut last = String::new();
         for _ in 0..BUILD_ATTEMPTS {
-            match self.make(spec, &meta, &dir) {
+            match self.make(spec, &meta, &dir, &memo) {
                 Ok(snapshot) => {
                     evict(&self.root, KEEP);
                     return Ok(Arc::new(snapshot));
@@ -231,7 +230,13 @@ impl<'a> Snapshots<'a> {
 
     /// Boot, save, checksum, then move into place: `dir` appears whole or
     /// not at all.
-    fn make(&self, spec: &VmSpec, meta: &Meta, dir: &Path) -> Result<Snapshot, String> {
+    fn make(
+        &self,
+        spec: &VmSpec,
+        meta: &Meta,
+        dir: &Path,
+        memo: &Path,
+    ) -> Result<Snapshot, String> {
         let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
@@ -279,7 +284,7 @@ impl<'a> Snapshots<'a> {
             let save_s = (t.elapsed().as_secs_f64() - boot_s).max(0.0);
             let meta = Meta {
                 state_bytes: bytes,
-                state_sha256: remembered(&self.root.join("digests"), &state, state_digest)?,
+                state_sha256: remembered(memo, &state, state_digest)?,
                 boot_to_hello_s: boot_s,
                 save_s,
                 ..meta.clone()
@@ -392,61 +397,20 @@ fn state_digest(path: &Path) -> Result<String, String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `digest(path)`, remembered in `memo` under the file's identity (path,
-/// size, modification time, inode): hashing a 60 MB vmlinux or a snapshot
-/// on every run costs seconds under nested TCG. Any rewrite of the file
-/// changes its identity, so a changed file is hashed again; a file changed
-/// in the last [`RACY`] is always hashed (file times are coarse: two
-/// writes within one tick look alike, as git's "racily clean" entries).
+/// `digest(path)`, remembered by the file's identity (see
+/// [`arena_images::cache::remembered`]).
 fn remembered(
     memo: &Path,
     path: &Path,
     digest: impl Fn(&Path) -> Result<String, String>,
 ) -> Result<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let id = format!(
-        "{} {} {}.{} {} {}",
-        path.display(),
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ino(),
-        m.dev()
-    );
-    let file = memo.join(&arena_images::sha256_hex(id.as_bytes())[..24]);
-    let settled = m
-        .modified()
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age >= RACY);
-    if settled {
-        if let Ok(known) = std::fs::read_to_string(&file) {
-            if known.len() == 64 {
-                return Ok(known);
-            }
-        }
-    }
-    let d = digest(path)?;
-    if settled {
-        let _ = std::fs::create_dir_all(memo);
-        let _ = arena_images::write_atomic(&file, d.as_bytes());
-    }
-    Ok(d)
-}
-
-/// An exclusive lock on `path` (created), held until the file is dropped.
-fn lock(path: &Path) -> Result<File, String> {
-    let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: flock takes no pointers; the fd is open for the call.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "locking {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(f)
+    arena_images::cache::remembered(memo, path, |p| {
+        digest(p).map_err(|e| arena_images::ImageError::Io {
+            path: p.to_owned(),
+            source: std::io::Error::other(e),
+        })
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Mark `dir` as just used (eviction goes by modification time).
@@ -666,37 +630,6 @@ mod tests {
         f.write_all_at(b"b", (1 << 20) + 2).unwrap();
         assert_ne!(state_digest(&a).unwrap(), sparse);
         assert!(state_digest(&dir.join("missing")).is_err());
-    }
-
-    #[test]
-    fn digests_are_remembered_only_for_settled_files() {
-        let dir = scratch("memo");
-        let f = dir.join("f");
-        std::fs::write(&f, b"one").unwrap();
-        let calls = std::cell::Cell::new(0);
-        let count = |_: &Path| {
-            calls.set(calls.get() + 1);
-            Ok("a".repeat(64))
-        };
-        // Just written: hashed each time.
-        remembered(&dir.join("memo"), &f, count).unwrap();
-        remembered(&dir.join("memo"), &f, count).unwrap();
-        assert_eq!(calls.get(), 2);
-        // Settled: hashed once, then remembered.
-        let old = std::time::SystemTime::now() - Duration::from_secs(60);
-        File::options()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        remembered(&dir.join("memo"), &f, count).unwrap();
-        remembered(&dir.join("memo"), &f, count).unwrap();
-        assert_eq!(calls.get(), 3);
-        // Rewritten: another identity, hashed again.
-        std::fs::write(&f, b"two").unwrap();
-        remembered(&dir.join("memo"), &f, count).unwrap();
-        assert_eq!(calls.get(), 4);
     }
 
     #[test]

@@ -21,10 +21,13 @@ const MAX_LINE_CHARS: usize = 1000;
 const SPLAT_TEXT_LINES: usize = 40;
 /// Splats whose text is kept; a flood of warnings would bloat the summary.
 const SPLAT_TEXTS: usize = 3;
-/// How a VM that the runner ended after a kernel panic went (see
-/// `session::PANIC_GRACE`).
-pub const KERNEL_PANIC_END: &str =
-    "was ended by the runner: the kernel panicked and did not reset within 2 s";
+/// How a VM that the runner ended after a kernel panic went.
+fn kernel_panic_end() -> String {
+    format!(
+        "was ended by the runner: the kernel panicked and did not reset within {} s",
+        crate::session::PANIC_GRACE.as_secs()
+    )
+}
 /// Splat kinds after which the kernel is not expected to go on: a scenario
 /// that then stalls or loses its VM failed because of the kernel.
 const FATAL_SPLATS: &[&str] = &["bug", "oops", "panic"];
@@ -148,7 +151,7 @@ impl From<&End> for SessionEnd {
                 status: status.clone(),
             },
             End::KernelPanic => SessionEnd::VmExited {
-                status: KERNEL_PANIC_END.into(),
+                status: kernel_panic_end(),
             },
             End::Protocol(reason) => SessionEnd::Protocol {
                 reason: reason.clone(),
@@ -485,7 +488,8 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         End::KernelPanic => (
             Verdict::Error,
             format!(
-                "the VM {KERNEL_PANIC_END}{during}, before the agent finished{}",
+                "the VM {}{during}, before the agent finished{}",
+                kernel_panic_end(),
                 last_lines()
             ),
             false,

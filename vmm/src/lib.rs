@@ -385,10 +385,14 @@ impl VmConfig {
                 "--mem-mib" => {
                     cfg.mem_mib = text()?.parse().map_err(|e| format!("--mem-mib: {e}"))?
                 }
-                "--serial" => cfg.serial = parse_serial(value()?),
-                "--console-socket" => cfg.console_socket = Some(PathBuf::from(value()?)),
-                "--timeout-s" => cfg.timeout = Some(parse_seconds(&text()?)?),
-                "--snapshot-to" => cfg.snapshot_to = Some(PathBuf::from(value()?)),
+                f if HOST_IO_FLAGS.contains(&f) => set_host_io(
+                    f,
+                    value()?,
+                    &mut cfg.serial,
+                    &mut cfg.console_socket,
+                    &mut cfg.timeout,
+                    &mut cfg.snapshot_to,
+                )?,
                 "--restore" => return Err("--restore starts a VM from a snapshot alone".into()),
                 other => return Err(format!("unknown argument {other}")),
             }
@@ -396,6 +400,37 @@ impl VmConfig {
         cfg.kernel = kernel.ok_or("--kernel is required")?;
         Ok(cfg)
     }
+}
+
+/// The host-side options shared by a fresh boot and a restore: written by
+/// [`host_io_args`], read by [`set_host_io`].
+const HOST_IO_FLAGS: [&str; 4] = [
+    "--serial",
+    "--console-socket",
+    "--timeout-s",
+    "--snapshot-to",
+];
+
+/// Sets the host-side option `flag` (one of [`HOST_IO_FLAGS`]) to `value`.
+fn set_host_io(
+    flag: &str,
+    value: &OsStr,
+    serial: &mut SerialOutput,
+    console_socket: &mut Option<PathBuf>,
+    timeout: &mut Option<Duration>,
+    snapshot_to: &mut Option<PathBuf>,
+) -> Result<(), String> {
+    match flag {
+        "--serial" => *serial = parse_serial(value),
+        "--console-socket" => *console_socket = Some(PathBuf::from(value)),
+        "--timeout-s" => {
+            let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
+            *timeout = Some(parse_seconds(v)?);
+        }
+        "--snapshot-to" => *snapshot_to = Some(PathBuf::from(value)),
+        other => return Err(format!("unknown argument {other}")),
+    }
+    Ok(())
 }
 
 /// Appends the host-side options shared by a fresh boot and a restore.
@@ -494,15 +529,14 @@ impl RestoreConfig {
             match &*flag {
                 "--restore" => snapshot = Some(PathBuf::from(value()?)),
                 "--no-verify" => cfg.trust_checksum = true,
-                "--serial" => cfg.serial = parse_serial(value()?),
-                "--console-socket" => cfg.console_socket = Some(PathBuf::from(value()?)),
-                "--timeout-s" => {
-                    let v = value()?
-                        .to_str()
-                        .ok_or_else(|| format!("{flag}: not UTF-8"))?;
-                    cfg.timeout = Some(parse_seconds(v)?)
-                }
-                "--snapshot-to" => cfg.snapshot_to = Some(PathBuf::from(value()?)),
+                f if HOST_IO_FLAGS.contains(&f) => set_host_io(
+                    f,
+                    value()?,
+                    &mut cfg.serial,
+                    &mut cfg.console_socket,
+                    &mut cfg.timeout,
+                    &mut cfg.snapshot_to,
+                )?,
                 "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--mem-mib" => {
                     return Err(format!(
                         "{flag} cannot be used with --restore: the VM's shape comes from the snapshot"

@@ -12,19 +12,21 @@ const BTF_KIND_FUNC: u32 = 12;
 
 /// Why the kernel cannot run a scenario needing `requires`, or `None`.
 pub fn unmet(requires: &[Requirement]) -> Option<String> {
+    // Read once, and only if asked: it is a few MB.
+    let kallsyms = std::cell::OnceCell::new();
     let missing: Vec<String> = requires
         .iter()
-        .filter(|r| !met(r))
+        .filter(|r| !met(r, &kallsyms))
         .map(|r| r.to_string())
         .collect();
     (!missing.is_empty()).then(|| format!("this kernel lacks {}", missing.join(", ")))
 }
 
-fn met(r: &Requirement) -> bool {
+fn met(r: &Requirement, kallsyms: &std::cell::OnceCell<String>) -> bool {
     match r {
         Requirement::Kfunc(name) => btf_has_func(name),
         Requirement::Kallsyms(name) => kallsyms_has(
-            &std::fs::read_to_string("/proc/kallsyms").unwrap_or_default(),
+            kallsyms.get_or_init(|| std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()),
             name,
         ),
     }

@@ -74,17 +74,11 @@ impl Apt {
     /// (parallel tests, two runs) never run apt on the same lists at once:
     /// apt's own lock makes the second one fail instead of wait.
     fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        use std::os::fd::AsRawFd;
         let dir = match &self.own {
             Some(o) => o.dir.clone(),
             None => cache::dir("apt")?,
         };
-        let path = dir.join("lab.lock");
-        let lock = std::fs::File::create(&path).map_err(io_err(&path))?;
-        // SAFETY: flock takes no pointers; the fd is open for the call.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(&path)(std::io::Error::last_os_error()));
-        }
+        let lock = cache::lock_exclusive(&dir.join("lab.lock"))?;
         let out = f();
         drop(lock);
         out

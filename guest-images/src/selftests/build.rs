@@ -77,28 +77,10 @@ pub fn build(
     Ok(result?)
 }
 
-/// sha256 of the vmlinux, remembered by path, size, mtime and inode (hashing
-/// 60 MB on every call would make a cached build slow to find).
+/// sha256 of the vmlinux, remembered by its identity (hashing 60 MB on
+/// every call would make a cached build slow to find).
 fn vmlinux_sha256(vmlinux: &Path) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(vmlinux).map_err(io_err(vmlinux))?;
-    let id = format!(
-        "{} {} {}.{} {}",
-        vmlinux.display(),
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ino()
-    );
-    let memo = cache::dir("selftests/sha256")?.join(&sha256_hex(id.as_bytes())[..24]);
-    if let Ok(sha) = fs::read_to_string(&memo) {
-        if sha.len() == 64 {
-            return Ok(sha);
-        }
-    }
-    let sha = sha256_file(vmlinux)?;
-    write_atomic(&memo, sha.as_bytes())?;
-    Ok(sha)
+    cache::remembered(&cache::dir("selftests/sha256")?, vmlinux, sha256_file)
 }
 
 /// The compiler the selftests are built with.

@@ -28,10 +28,7 @@ pub fn vm_config(spec: &VmSpec) -> VmConfig {
     // Out-of-range counts saturate and the VMM refuses them (max 32 vCPUs).
     cfg.vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
     cfg.mem_mib = u64::from(spec.memory_mib);
-    cfg.serial = match &spec.console {
-        Console::File(p) => SerialOutput::File(p.clone()),
-        Console::Stdout => SerialOutput::Stdout,
-    };
+    cfg.serial = serial_output(&spec.console);
     cfg.console_socket.clone_from(&spec.channel);
     if let Some(SnapshotRole::Save { state, .. }) = &spec.snapshot {
         cfg.snapshot_to = Some(state.clone());
@@ -45,12 +42,17 @@ fn restore_config(spec: &VmSpec, state: &std::path::Path) -> RestoreConfig {
     let mut cfg = RestoreConfig::new(state);
     // `snapshot` checked the file's sha256 before this run's first restore.
     cfg.trust_checksum = true;
-    cfg.serial = match &spec.console {
-        Console::File(p) => SerialOutput::File(p.clone()),
-        Console::Stdout => SerialOutput::Stdout,
-    };
+    cfg.serial = serial_output(&spec.console);
     cfg.console_socket.clone_from(&spec.channel);
     cfg
+}
+
+/// Where the VMM writes the serial console for `console`.
+fn serial_output(console: &Console) -> SerialOutput {
+    match console {
+        Console::File(p) => SerialOutput::File(p.clone()),
+        Console::Stdout => SerialOutput::Stdout,
+    }
 }
 
 /// The own-VMM backend.

@@ -113,7 +113,7 @@ pub fn skipped_for_capability(scenario: &serde_json::Value) -> bool {
             reason.starts_with("this kernel lacks "),
             "skipped without naming a missing capability: {scenario}"
         );
-        eprintln!("skipped, not passed: {}: {reason}", scenario["name"]);
+        eprintln!("SKIPPED (not passed): {}: {reason}", scenario["name"]);
     }
     skipped
 }
