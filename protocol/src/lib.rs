@@ -2,7 +2,8 @@
 //! ends cannot drift: the typed scenario model ([`scenario`]), the messages
 //! exchanged over the virtio console ([`message`]), the one serial-console
 //! line the runner looks for ([`console`]) and their framing
-//! ([`framing`]), the seed derivation both ends share ([`seed`]), and where
+//! ([`framing`]), the seed derivation both ends share ([`seed`]), the expansion of
+//! `sweep:` templates ([`sweep`]), and where
 //! the guest image puts what the agent reads ([`paths`]).
 
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@ pub mod message;
 pub mod paths;
 pub mod scenario;
 pub mod seed;
+pub mod sweep;
 
 pub use framing::{FrameError, LineReader, MAX_LINE_BYTES};
 pub use message::{GuestMessage, Hello, HostMessage, StepStatus, WorkerProgress};

@@ -201,6 +201,9 @@ pub enum Step {
     /// kernel log, `c` crashes the kernel (a self-test of how the lab
     /// handles a dying kernel and of snapshot isolation).
     Sysrq(SysrqStep),
+    /// Run `steps` once per combination of `over`'s values (a boundary
+    /// sweep or a parameter matrix), every value's outcome reported.
+    Sweep(SweepStep),
 }
 
 impl Step {
@@ -228,6 +231,7 @@ impl Step {
             Step::Destroy(_) => "destroy",
             Step::Memory(_) => "memory",
             Step::Sysrq(_) => "sysrq",
+            Step::Sweep(_) => "sweep",
         }
     }
 
@@ -240,6 +244,7 @@ impl Step {
                 .flat_map(|r| [r.setup, r.steps])
                 .collect(),
             Step::Repeat(r) => vec![&r.steps],
+            Step::Sweep(s) => s.cases.iter().map(|c| c.steps.as_slice()).collect(),
             _ => Vec::new(),
         }
     }
@@ -908,6 +913,101 @@ pub struct RepeatStep {
     pub times: u64,
     /// The steps run in order on each repetition.
     pub steps: Vec<Step>,
+}
+
+/// Most cases one sweep may expand to (the product of its value lists).
+pub const MAX_SWEEP_CASES: usize = 1024;
+
+/// `sweep:` run `steps` once per combination of the values in `over`, in
+/// order, with `${name}` (or `${name+K}`, `${name-K}`) in the steps replaced
+/// by that combination's value. Every case runs even after one fails, so
+/// the step reports every value's outcome.
+///
+/// In YAML `steps` is a template; the runner expands it into `cases`
+/// (typed, bounds-checked like any steps) and only `cases` reach the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepStep {
+    /// Variable name → its values, in the order they run; several
+    /// variables give their cartesian product (the last varies fastest).
+    pub over: std::collections::BTreeMap<String, SweepValues>,
+    /// The template (YAML only; never sent).
+    #[serde(default, skip_serializing)]
+    pub steps: Vec<serde_json::Value>,
+    /// The expanded cases (filled by the runner, never written by hand).
+    #[serde(default)]
+    pub cases: Vec<SweepCase>,
+}
+
+/// The values of one sweep variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SweepValues {
+    /// `[1, 2, 15, 16]`, or any values (`[[], [segv_on_fault]]`).
+    List(Vec<serde_json::Value>),
+    /// `{from: 0, to: 16, step: 4}`: `from`, `from+step`, … up to `to`
+    /// inclusive.
+    Range {
+        /// First value.
+        from: i64,
+        /// Last value (included when the steps land on it).
+        to: i64,
+        /// Increment, positive; default 1.
+        #[serde(default = "one_i64")]
+        step: i64,
+    },
+}
+
+fn one_i64() -> i64 {
+    1
+}
+
+impl SweepValues {
+    /// The values in order, or why there are none to give.
+    pub fn values(&self) -> Result<Vec<serde_json::Value>, String> {
+        match self {
+            SweepValues::List(v) if v.is_empty() => Err("the list of values is empty".into()),
+            SweepValues::List(v) => Ok(v.clone()),
+            SweepValues::Range { step, .. } if *step <= 0 => {
+                Err(format!("step must be positive, not {step}"))
+            }
+            SweepValues::Range { from, to, .. } if from > to => {
+                Err(format!("from ({from}) is past to ({to})"))
+            }
+            SweepValues::Range { from, to, step } => {
+                let n = (i128::from(*to) - i128::from(*from)) / i128::from(*step) + 1;
+                if n > MAX_SWEEP_CASES as i128 {
+                    return Err(format!("{n} values; at most {MAX_SWEEP_CASES}"));
+                }
+                // In range: n ≤ MAX_SWEEP_CASES and every value ≤ `to`.
+                Ok((0..n as i64).map(|i| (from + i * step).into()).collect())
+            }
+        }
+    }
+}
+
+/// One combination of a sweep's values and its concrete steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepCase {
+    /// Variable → value in this case.
+    pub values: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The steps with the values put in.
+    pub steps: Vec<Step>,
+}
+
+impl SweepCase {
+    /// `count=16 page=1023`: how reports name the case.
+    pub fn label(&self) -> String {
+        self.values
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                v => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// `expect_kernel_log:` regexes the kernel log must / must not match.

@@ -226,7 +226,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 message,
             }
         })?;
-    let errors = check(&scenario)
+    let mut scenario = scenario;
+    let mut problems = Vec::new();
+    arena_protocol::sweep::expand_all(&mut scenario.steps, "steps", &mut problems);
+    if problems.is_empty() {
+        problems = check(&scenario);
+    }
+    let errors = problems
         .into_iter()
         .map(|(field, message)| {
             let (line, column) = locate(text, &field);
@@ -1009,6 +1015,22 @@ impl Checker {
                             SysrqStep::KEYS
                         ),
                     );
+                }
+            }
+            Step::Sweep(sw) => {
+                let scope = Scope {
+                    top: false,
+                    ..scope
+                };
+                // The cases run one after another in one state. Problems
+                // name the template's field and the case's values.
+                for case in &sw.cases {
+                    let before = self.problems.len();
+                    self.block(&case.steps, &field("steps"), model, scope);
+                    let label = case.label();
+                    for (_, message) in &mut self.problems[before..] {
+                        *message = format!("with {label}: {message}");
+                    }
                 }
             }
             Step::Selftest(_) | Step::Sleep(_) | Step::Crash(_) => {}

@@ -1,10 +1,10 @@
-//! `sleep:`, `sysctl:`, `sysrq:`, `repeat:`, `expect_kernel_log:` and `crash:`.
+//! `sleep:`, `sysctl:`, `sysrq:`, `repeat:`, `sweep:`, `expect_kernel_log:` and `crash:`.
 
 use std::io::Read;
 use std::time::Duration;
 
 use arena_protocol::scenario::{
-    CrashStep, KernelLogStep, RepeatStep, SleepStep, SysctlStep, SysrqStep,
+    CrashStep, KernelLogStep, RepeatStep, SleepStep, SweepStep, SysctlStep, SysrqStep,
 };
 
 use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
@@ -91,6 +91,73 @@ pub fn repeat(ctx: &mut Ctx, s: &RepeatStep) -> StepResult {
         s.times,
         s.steps.len()
     )))
+}
+
+/// `sweep:` every case in order, each from where the last left off. A
+/// failing case does not stop the others, so the step reports every
+/// value's outcome: the detail lists them, the data holds one entry each.
+/// The step fails if any case failed, and is an error if none failed but
+/// some could not be carried out.
+pub fn sweep(ctx: &mut Ctx, s: &SweepStep) -> StepResult {
+    let mut report = Vec::with_capacity(s.cases.len());
+    let (mut failed, mut errors) = (Vec::new(), Vec::new());
+    for case in &s.cases {
+        let label = case.label();
+        let (status, detail) = match run_steps(ctx, &case.steps) {
+            Ok(()) => ("pass", String::new()),
+            Err((j, e)) => {
+                let kind = case.steps[j].kind();
+                let text = format!("{label}: step {j} ({kind}): {}", e.text());
+                let status = match e {
+                    StepError::Fail(_) => "fail",
+                    StepError::Error(_) => "error",
+                };
+                match e {
+                    StepError::Fail(_) => failed.push(text.clone()),
+                    StepError::Error(_) => errors.push(text.clone()),
+                }
+                (status, text)
+            }
+        };
+        report.push(serde_json::json!({"values": case.values, "status": status, "detail": detail}));
+    }
+    let passed: Vec<String> = s
+        .cases
+        .iter()
+        .zip(&report)
+        .filter(|(_, r)| r["status"] == "pass")
+        .map(|(c, _)| c.label())
+        .collect();
+    let n = s.cases.len();
+    let passed_text = format!(
+        "passed: {}",
+        if passed.is_empty() {
+            "none".into()
+        } else {
+            passed.join(", ")
+        }
+    );
+    if !failed.is_empty() || !errors.is_empty() {
+        let text = format!(
+            "{} of {n} cases failed, {} could not run; {}; {passed_text}",
+            failed.len(),
+            errors.len(),
+            failed
+                .iter()
+                .chain(&errors)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        return Err(match failed.is_empty() {
+            true => StepError::Error(text),
+            false => StepError::Fail(text),
+        });
+    }
+    Ok(Outcome {
+        detail: format!("{n} of {n} cases {passed_text}"),
+        data: serde_json::json!({ "cases": report }),
+    })
 }
 
 /// The first line of a `/dev/kmsg` record (`prio,seq,usec,flags;text`)

@@ -70,7 +70,10 @@ pub fn mmap(ctx: &mut Ctx, s: &MmapStep) -> StepResult {
             StepError::Error(format!("arena `{}` has no address yet to map at", s.arena))
         })?
     } else {
-        s.addr.unwrap_or(0)
+        // An arena never mapped yet knows an address only from its
+        // `map_extra`, which the kernel wants as the hint (EINVAL else).
+        let map_extra = (a.mapped_pages == 0).then_some(a.addr).flatten();
+        s.addr.or(map_extra).unwrap_or(0)
     };
     let mut flags = if s.private {
         libc::MAP_PRIVATE

@@ -38,6 +38,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::Destroy(s) => mapping::destroy(ctx, s),
         Step::Memory(s) => memory::memory(ctx, s),
         Step::Sysrq(s) => control::sysrq(s),
+        Step::Sweep(s) => control::sweep(ctx, s),
         Step::Selftest(_) => Err(StepError::Error(
             "selftest steps stream their own results and are only allowed at the top level".into(),
         )),
