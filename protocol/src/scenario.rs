@@ -194,8 +194,8 @@ pub enum Step {
     /// map is freed once nothing else (a BPF object, another process)
     /// holds it.
     Destroy(DestroyStep),
-    /// Read the scenario's cgroup memory (`memory.current`): record a
-    /// baseline, or bound the growth since one.
+    /// Record a memory baseline (the scenario's cgroup, meminfo, vmstat),
+    /// or bound the change of one of them since one.
     Memory(MemoryStep),
     /// Write a key to `/proc/sysrq-trigger`: `w` dumps blocked tasks to the
     /// kernel log, `c` crashes the kernel (a self-test of how the lab
@@ -204,6 +204,8 @@ pub enum Step {
     /// Run `steps` once per combination of `over`'s values (a boundary
     /// sweep or a parameter matrix), every value's outcome reported.
     Sweep(SweepStep),
+    /// Clear kmemleak's suspects, or scan and fail on new ones.
+    Kmemleak(KmemleakStep),
 }
 
 impl Step {
@@ -232,6 +234,7 @@ impl Step {
             Step::Memory(_) => "memory",
             Step::Sysrq(_) => "sysrq",
             Step::Sweep(_) => "sweep",
+            Step::Kmemleak(_) => "kmemleak",
         }
     }
 
@@ -856,29 +859,76 @@ pub struct DestroyStep {
     pub arena: String,
 }
 
-/// `memory:` the scenario's memory cgroup. Arena pages are charged to the
-/// cgroup of the process that created the map, and the agent runs each
-/// scenario in a cgroup of its own, so `memory.current` tells whether they
-/// all came back. Either `baseline` (record) or `since` with bounds (check).
+/// `memory:` memory accounting against a recorded baseline. Arena pages
+/// are charged to the memory cgroup of the process that created the map,
+/// and the agent runs each scenario in a cgroup of its own, so the cgroup's
+/// `memory.current` (the default source) tells whether they all came back;
+/// `meminfo` and `vmstat` give whole-kernel counters for what is not
+/// charged. Either `baseline` (record every source) or `since` with bounds
+/// (check one source).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryStep {
-    /// Record `memory.current` under this name.
+    /// Record the cgroup's `memory.current`, `/proc/meminfo` and
+    /// `/proc/vmstat` under this name.
     #[serde(default)]
     pub baseline: Option<String>,
-    /// Check the growth since this earlier baseline.
+    /// Check the change since this earlier baseline.
     #[serde(default)]
     pub since: Option<String>,
-    /// The growth is at most this many KiB (a shrink always passes).
+    /// Check this `/proc/meminfo` field (in KiB, e.g. `Slab`, `Percpu`,
+    /// `MemFree`) instead of the cgroup.
     #[serde(default)]
-    pub at_most_kib: Option<u64>,
-    /// The growth is at least this many KiB.
+    pub meminfo: Option<String>,
+    /// Check this `/proc/vmstat` counter (a count, e.g.
+    /// `nr_page_table_pages`) instead of the cgroup.
     #[serde(default)]
-    pub at_least_kib: Option<u64>,
+    pub vmstat: Option<String>,
+    /// The change is at most this many KiB (cgroup, meminfo); negative
+    /// demands a shrink.
+    #[serde(default)]
+    pub at_most_kib: Option<i64>,
+    /// The change is at least this many KiB (cgroup, meminfo); negative
+    /// bounds a shrink.
+    #[serde(default)]
+    pub at_least_kib: Option<i64>,
+    /// The change is at most this much (vmstat).
+    #[serde(default)]
+    pub at_most: Option<i64>,
+    /// The change is at least this much (vmstat).
+    #[serde(default)]
+    pub at_least: Option<i64>,
     /// Read again until the bounds hold, for up to this long: the kernel
     /// frees a map's pages from a workqueue, after its last reference.
     #[serde(default)]
     pub within_ms: u64,
+}
+
+/// `kmemleak:` the kernel's leak detector (`CONFIG_DEBUG_KMEMLEAK`), for
+/// kernel memory that no counter shows: `clear` forgets every object it
+/// suspects now, `check` waits until what the scenario allocated since is
+/// old enough to be judged, scans, and fails on every new suspect. On a
+/// kernel without kmemleak the step is an error, never a pass (declare
+/// `requires: [{kallsyms: kmemleak_scan}]` to skip such kernels instead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmemleakStep {
+    /// What to do.
+    pub action: KmemleakAction,
+    /// With `check`: only suspects whose report (backtrace included)
+    /// matches this regex count; default all.
+    #[serde(default)]
+    pub matching: Option<String>,
+}
+
+/// What a `kmemleak:` step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KmemleakAction {
+    /// Write `clear`: every current suspect is forgotten.
+    Clear,
+    /// Scan, and fail on any suspect reported since the last `clear`.
+    Check,
 }
 
 /// `sysrq:` one of [`SysrqStep::KEYS`].

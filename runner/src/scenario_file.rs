@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use arena_protocol::scenario::{
     arena_range, bpf_catalogue, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp,
-    BpfCatalogue, Count, PageSet, ParallelStep, Requirement, Step, SysrqStep, WorkersExpect,
-    MAX_ARENA_PAGES,
+    BpfCatalogue, Count, KmemleakAction, MemoryStep, PageSet, ParallelStep, Requirement, Step,
+    SysrqStep, WorkersExpect, MAX_ARENA_PAGES,
 };
 use arena_protocol::Scenario;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -499,6 +499,94 @@ impl Checker {
         }
     }
 
+    /// `memory:`: a baseline records every source; a check names at most
+    /// one source and gives bounds in its unit.
+    fn memory(&mut self, m: &MemoryStep, field: &dyn Fn(&str) -> String, model: &mut Model) {
+        let bounds_given = [m.at_most_kib, m.at_least_kib, m.at_most, m.at_least]
+            .iter()
+            .any(Option::is_some);
+        match (&m.baseline, &m.since) {
+            (Some(name), None) => {
+                if bounds_given || m.within_ms > 0 || m.meminfo.is_some() || m.vmstat.is_some() {
+                    self.report(
+                        field("baseline"),
+                        "a baseline step records every source; the source and bounds go on a later step with `since`",
+                    );
+                }
+                model.baselines.insert(name.clone());
+            }
+            (None, Some(name)) => {
+                if !model.baselines.contains(name) {
+                    self.report(
+                        field("since"),
+                        format!("no earlier memory step records baseline `{name}`"),
+                    );
+                }
+                let (unit, least, most, wrong) = match (&m.meminfo, &m.vmstat) {
+                    (Some(_), Some(_)) => {
+                        self.report(field("vmstat"), "check one source: meminfo or vmstat");
+                        return;
+                    }
+                    (_, Some(_)) => ("", "at_least", "at_most", [m.at_least_kib, m.at_most_kib]),
+                    _ => (
+                        "_kib",
+                        "at_least_kib",
+                        "at_most_kib",
+                        [m.at_least, m.at_most],
+                    ),
+                };
+                if wrong.iter().any(Option::is_some) {
+                    let source = if unit.is_empty() {
+                        "a vmstat count"
+                    } else {
+                        "KiB (cgroup, meminfo)"
+                    };
+                    self.report(
+                        field(if unit.is_empty() {
+                            "at_most_kib"
+                        } else {
+                            "at_most"
+                        }),
+                        format!("this check is in {source}: bound it with {least} / {most}"),
+                    );
+                }
+                let (l, h) = if unit.is_empty() {
+                    (m.at_least, m.at_most)
+                } else {
+                    (m.at_least_kib, m.at_most_kib)
+                };
+                match (l, h) {
+                    (None, None) => {
+                        self.report(field("since"), format!("give {most}, {least} or both"))
+                    }
+                    (Some(l), Some(h)) if l > h => self.report(
+                        field(least),
+                        format!("above {most}: no change satisfies both"),
+                    ),
+                    _ => {}
+                }
+                for (name, value) in [("meminfo", &m.meminfo), ("vmstat", &m.vmstat)] {
+                    let ok = value.as_ref().is_none_or(|v| {
+                        !v.is_empty()
+                            && v.len() <= 64
+                            && v.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "_()".contains(c))
+                    });
+                    if !ok {
+                        self.report(field(name), format!("{value:?} is not a {name} field name"));
+                    }
+                }
+                if m.within_ms > 600_000 {
+                    self.report(field("within_ms"), "at most 600000 (10 minutes)");
+                }
+            }
+            _ => self.report(
+                field("baseline"),
+                "give either `baseline` (to record) or `since` (to check)",
+            ),
+        }
+    }
+
     /// A block run `times` times with the same state: checked once, and
     /// once more from where the first run leaves the mappings if that
     /// differs (the second iteration starts there); what still differs is
@@ -969,42 +1057,16 @@ impl Checker {
                     model.arenas.remove(&d.arena);
                 }
             }
-            Step::Memory(m) => match (&m.baseline, &m.since) {
-                (Some(name), None) => {
-                    if m.at_most_kib.is_some() || m.at_least_kib.is_some() || m.within_ms > 0 {
-                        self.report(
-                            field("baseline"),
-                            "a baseline step records; bounds go on a later step with `since`",
-                        );
-                    }
-                    model.baselines.insert(name.clone());
-                }
-                (None, Some(name)) => {
-                    if !model.baselines.contains(name) {
-                        self.report(
-                            field("since"),
-                            format!("no earlier memory step records baseline `{name}`"),
-                        );
-                    }
-                    match (m.at_least_kib, m.at_most_kib) {
-                        (None, None) => {
-                            self.report(field("since"), "give at_most_kib, at_least_kib or both")
-                        }
-                        (Some(l), Some(h)) if l > h => self.report(
-                            field("at_least_kib"),
-                            "above at_most_kib: no growth satisfies both",
-                        ),
-                        _ => {}
-                    }
-                    if m.within_ms > 600_000 {
-                        self.report(field("within_ms"), "at most 600000 (10 minutes)");
+            Step::Memory(m) => self.memory(m, &field, model),
+            Step::Kmemleak(k) => {
+                if let Some(p) = &k.matching {
+                    if k.action != KmemleakAction::Check {
+                        self.report(field("matching"), "filters a `check`; a `clear` clears all");
+                    } else if let Err(e) = regex::Regex::new(p) {
+                        self.report(field("matching"), format!("bad regex: {e}"));
                     }
                 }
-                _ => self.report(
-                    field("baseline"),
-                    "give either `baseline` (to record) or `since` (to check)",
-                ),
-            },
+            }
             Step::Sysrq(q) => {
                 if !SysrqStep::KEYS.contains(&q.key) {
                     self.report(

@@ -153,8 +153,8 @@ pub struct Ctx {
     /// mappings (with their own copy of this state), so this one must not
     /// unmap or move them.
     pub shared_mm: bool,
-    /// `memory` baselines: `memory.current` in bytes, by name.
-    pub baselines: HashMap<String, u64>,
+    /// `memory` baselines by name.
+    pub baselines: HashMap<String, crate::steps::memory::Sample>,
     /// Random choices made since the last report (shuffled page orders),
     /// recorded in the step's data so a run with the same seed can be
     /// checked to have made the same ones.

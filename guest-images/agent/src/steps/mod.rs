@@ -4,6 +4,7 @@ pub mod arena;
 pub mod bounds;
 pub mod bpf;
 pub mod control;
+pub mod kmemleak;
 pub mod mapping;
 pub mod memory;
 pub mod parallel;
@@ -39,6 +40,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::Memory(s) => memory::memory(ctx, s),
         Step::Sysrq(s) => control::sysrq(s),
         Step::Sweep(s) => control::sweep(ctx, s),
+        Step::Kmemleak(s) => kmemleak::kmemleak(s),
         Step::Selftest(_) => Err(StepError::Error(
             "selftest steps stream their own results and are only allowed at the top level".into(),
         )),
