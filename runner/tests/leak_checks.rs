@@ -30,6 +30,7 @@ fn the_leak_scenarios_pass_on_the_default_kernel() {
         &[
             "scenarios/arena/leak-arena-pages-returned.yaml",
             "scenarios/arena/leak-processes-exit-holding-mappings.yaml",
+            "scenarios/arena/leak-kernel-wide-counters.yaml",
         ],
     );
     assert_eq!(out.status.code(), Some(0));
@@ -48,19 +49,30 @@ fn pages_not_given_back_or_impossible_bounds_fail() {
         (
             "still-mapped",
             "  - memory: { since: before, at_most_kib: 512, within_ms: 500 }\n",
-            "grew more than 512 KiB (still after 500 ms)",
+            "changed by more than +512 KiB (still after 500 ms)",
         ),
         // Closed by user space, but a BPF object still holds the map.
         (
             "held-by-bpf",
             "  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - destroy: { arena: a }\n  - memory: { since: before, at_most_kib: 512, within_ms: 500 }\n",
-            "grew more than 512 KiB (still after 500 ms)",
+            "changed by more than +512 KiB (still after 500 ms)",
         ),
         // More than 1000 pages can give.
         (
             "impossible",
             "  - memory: { since: before, at_least_kib: 1000000 }\n",
-            "grew less than 1000000 KiB",
+            "changed by less than +1000000 KiB",
+        ),
+        // Whole-kernel: 1000 faulted pages are out of MemFree while mapped.
+        (
+            "meminfo-still-mapped",
+            "  - memory: { since: before, meminfo: MemFree, at_least_kib: -1024 }\n",
+            "meminfo MemFree",
+        ),
+        (
+            "vmstat-impossible",
+            "  - memory: { since: before, vmstat: nr_free_pages, at_least: 1000000 }\n",
+            "changed by less than +1000000",
         ),
     ] {
         let (out, results) = run_yaml(
@@ -70,6 +82,31 @@ fn pages_not_given_back_or_impossible_bounds_fail() {
         assert_eq!(out.status.code(), Some(1), "{name}");
         let reason = first_reason(&results);
         assert!(reason.contains("(memory)") && reason.contains(want), "{name}: {reason}");
+    }
+}
+
+/// What cannot be evaluated is an error, never a pass: a meminfo field the
+/// kernel does not have, and kmemleak on a kernel built without it (the
+/// default kernel).
+#[test]
+fn unknown_counters_and_a_missing_kmemleak_are_errors() {
+    for (name, tail, want) in [
+        (
+            "no-such-field",
+            "  - memory: { since: before, meminfo: NoSuchField, at_most_kib: 0 }\n",
+            "/proc/meminfo has no `NoSuchField`: not in this kernel",
+        ),
+        (
+            "no-kmemleak",
+            "  - kmemleak: { action: check }\n",
+            "this kernel lacks CONFIG_DEBUG_KMEMLEAK",
+        ),
+    ] {
+        let (_, results) = run_yaml(&format!("leak-{name}"), &faulted_1000_pages_then(tail));
+        let s = summary(&results);
+        assert_eq!(s["scenarios"][0]["verdict"], "error", "{name}: {s}");
+        let reason = first_reason(&results);
+        assert!(reason.contains(want), "{name}: {reason}");
     }
 }
 
