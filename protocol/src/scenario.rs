@@ -1582,9 +1582,9 @@ pub fn bpf_catalogue(src: &std::path::Path) -> Option<BpfCatalogue> {
 }
 
 /// Sections of programs `bpf_run` can run: syscall programs (their
-/// context is `struct arena_args`) and tc programs (the agent passes the
-/// arguments in the object's `.bss` `args`).
-const RUNNABLE_SECTIONS: &[&str] = &["SEC(\"syscall\")", "SEC(\"tc\")"];
+/// context is `struct arena_args`), and tc and raw_tp programs (the agent
+/// passes the arguments in the object's `.bss` `args`).
+const RUNNABLE_SECTIONS: &[&str] = &["SEC(\"syscall\")", "SEC(\"tc\")", "SEC(\"raw_tp\")"];
 
 /// Names of the functions that follow a runnable section (see
 /// [`RUNNABLE_SECTIONS`]) in C source: the line after it is

@@ -195,10 +195,14 @@ pub fn run(ctx: &mut Ctx, s: &BpfRunStep) -> StepResult {
         args.arg[i] = *a;
     }
     // SAFETY: `prog` is a valid program of the open object.
-    let retval = if unsafe { bpf::bpf_program__type(prog) } == bpf::BPF_PROG_TYPE_SCHED_CLS {
-        run_tc(&obj, fd, &mut args, &s.program)?
-    } else {
-        run_syscall(fd, &mut args, &s.program)?
+    let retval = match unsafe { bpf::bpf_program__type(prog) } {
+        bpf::BPF_PROG_TYPE_SCHED_CLS => {
+            run_with_bss(&obj, fd, &mut args, &s.program, Input::Packet)?
+        }
+        bpf::BPF_PROG_TYPE_RAW_TRACEPOINT => {
+            run_with_bss(&obj, fd, &mut args, &s.program, Input::Nothing)?
+        }
+        _ => run_syscall(fd, &mut args, &s.program)?,
     };
     ctx.last_out = args.out;
     let what = format!(
@@ -263,20 +267,30 @@ fn run_syscall(fd: i32, args: &mut ProgArgs, program: &str) -> Result<i64, StepE
 /// A zeroed Ethernet-sized packet: what a tc program runs on.
 const TC_PACKET: [u8; 64] = [0; 64];
 
-/// Run a tc program (non-sleepable): `args` goes into the object's `.bss`
-/// (which must be exactly one `struct arena_args`) before the run and is
-/// read back after it; the program runs on a zeroed packet.
-fn run_tc(
+/// What a program that takes its arguments in `.bss` is test-run on.
+enum Input {
+    /// A tc program: [`TC_PACKET`].
+    Packet,
+    /// A raw_tp program: no data and no context (the kernel refuses data
+    /// for it, and the programs read no tracepoint argument).
+    Nothing,
+}
+
+/// Run a non-sleepable program (tc, raw_tp): `args` goes into the
+/// object's `.bss` (which must be exactly one `struct arena_args`) before
+/// the run and is read back after it.
+fn run_with_bss(
     obj: &LoadedObject,
     fd: i32,
     args: &mut ProgArgs,
     program: &str,
+    input: Input,
 ) -> Result<i64, StepError> {
     // SAFETY: the handle keeps the object open; the name is NUL-terminated.
     let map = unsafe { bpf::bpf_object__find_map_by_name(obj.handle.0, c".bss".as_ptr()) };
     if map.is_null() {
         return Err(StepError::Error(format!(
-            "{program}: a tc program takes its arguments in a .bss `args`, and `{}` has no .bss",
+            "{program}: a tc or raw_tp program takes its arguments in a .bss `args`, and `{}` has no .bss",
             obj.object
         )));
     }
@@ -305,11 +319,13 @@ fn run_tc(
     }
     let mut opts = bpf::bpf_test_run_opts {
         sz: std::mem::size_of::<bpf::bpf_test_run_opts>() as _,
-        data_in: TC_PACKET.as_ptr().cast(),
-        data_size_in: TC_PACKET.len() as u32,
         ..Default::default()
     };
-    // SAFETY: data_in points to a static packet of the declared size.
+    if let Input::Packet = input {
+        opts.data_in = TC_PACKET.as_ptr().cast();
+        opts.data_size_in = TC_PACKET.len() as u32;
+    }
+    // SAFETY: data_in is null or points to a static packet of the declared size.
     let rc = unsafe { bpf::bpf_prog_test_run_opts(fd, &mut opts) };
     if rc != 0 {
         return Err(StepError::Error(format!(
