@@ -10,6 +10,7 @@ mod compare;
 mod console_capture;
 mod kernel_cmd;
 mod ktap;
+mod multi_kernel;
 mod nested;
 mod plan;
 mod progress;
@@ -124,7 +125,9 @@ struct Cli {
 pub struct KernelArgs {
     /// Kernel to boot: a bzImage or vmlinux, or `debian:6.12`, `debian:7.2`,
     /// `debian:newest` (Debian's newest of that series, or sid's newest);
-    /// default: debian:6.12.
+    /// default: debian:6.12. `lab run` takes it more than once: the
+    /// scenarios run on each kernel in turn, results in
+    /// RESULTS/<kernel>/<run-id>, each compared with the first kernel's.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// lib/modules/<release> of --kernel (with modules.dep), if it is modular.
@@ -426,6 +429,11 @@ fn validate(
 }
 
 fn real_main() -> Result<u8, LabError> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let kernels = multi_kernel::kernels_of_run(&argv);
+    if kernels.len() > 1 {
+        return multi_kernel::run_each(&argv, &kernels);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),

@@ -168,3 +168,54 @@ steps:
     assert!(md.contains("Kernels differ: 6.12."), "{md}");
     assert!(md.contains("→ 7.2."), "{md}");
 }
+
+/// `lab run --kernel debian:6.12 --kernel debian:7.2`: one results root per
+/// kernel, an index naming them, and the later kernel's run compared with
+/// the first's, verdict changes included (a capability 6.12 lacks).
+#[test]
+fn one_run_over_two_kernels_compares_them() {
+    let results = scratch("two-kernels");
+    let out = lab(&[
+        "run",
+        "--kernel",
+        "debian:6.12",
+        "--kernel=debian:7.2",
+        "--results",
+        results.to_str().unwrap(),
+        "scenarios/smoke",
+        "scenarios/arena/ba-reserve-pages.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("kernels.json")).unwrap()).unwrap();
+    let kernels = index["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 2, "{index}");
+    for (k, (label, release)) in kernels
+        .iter()
+        .zip([("debian-6.12", "6.12."), ("debian-7.2", "7.2.")])
+    {
+        assert_eq!(k["exit"], 0, "{k}");
+        let root = results.join(label);
+        let s = summary(&root);
+        assert!(
+            s["kernel"].to_string().contains(release),
+            "{label} ran another kernel: {}",
+            s["kernel"]
+        );
+    }
+    let md = std::fs::read_to_string(results.join("debian-7.2/latest/compare.md")).unwrap();
+    assert!(md.contains("Kernels differ: 6.12."), "{md}");
+    assert!(md.contains("| ba-reserve-pages | skipped | pass |"), "{md}");
+    // Options naming one kernel's files are ambiguous with two kernels.
+    let out = lab(&[
+        "run",
+        "--kernel",
+        "debian:6.12",
+        "--kernel",
+        "debian:7.2",
+        "--vmlinux",
+        "/x",
+        "scenarios/smoke",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
