@@ -23,6 +23,10 @@ pub const TEST_PROGS: &str = "/selftests/test_progs";
 /// Arena tests the host could not build, as `name<TAB>reason` lines, so the
 /// guest reports each as an error rather than leaving it out silently.
 pub const NOT_BUILT: &str = "/selftests/not_built.tsv";
+/// Subtests the host knows from the build (libarena's), as
+/// `test<TAB>subtest` lines: a test the kernel's config rules out is
+/// reported skipped subtest by subtest.
+pub const SUBTESTS: &str = "/selftests/subtests.tsv";
 /// Shared libraries of `test_progs`: a default search directory of the
 /// x86_64 glibc loader, so nothing needs `LD_LIBRARY_PATH`.
 pub const LIB_DIR: &str = "/lib/x86_64-linux-gnu";

@@ -14,7 +14,7 @@ use crate::kernel::Kernel;
 use crate::{cache, io_err, run_tool, sha256_file, sha256_hex, write_atomic, ImageError, Result};
 
 /// Bumped whenever trimming or the build changes, so cached builds are redone.
-const LAYOUT: &str = "arena-selftests-v3";
+const LAYOUT: &str = "arena-selftests-v4";
 /// The build record.
 const RECORD: &str = "build.json";
 
@@ -174,6 +174,7 @@ fn build_in(
         runtime_files,
         tests: trimmed.tests,
         not_built: trimmed.not_built,
+        subtests: super::subtests::static_subtests(&bpf),
         source_version: source_version.to_owned(),
         source: source.description.clone(),
     };

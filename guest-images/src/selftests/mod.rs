@@ -27,6 +27,7 @@
 mod build;
 mod libs;
 mod source;
+mod subtests;
 mod trim;
 
 use std::fs;
@@ -108,6 +109,11 @@ pub struct SelftestBuild {
     /// reports each as an error rather than leaving it out silently.
     #[serde(default)]
     pub not_built: Vec<NotBuilt>,
+    /// Subtests known from the build (libarena's, one per program), by
+    /// test: what the guest reports when the kernel's config rules a test
+    /// out.
+    #[serde(default)]
+    pub subtests: std::collections::BTreeMap<String, Vec<String>>,
     /// `VERSION.PATCHLEVEL.SUBLEVEL` of the source tree.
     pub source_version: String,
     /// Where the source came from.
@@ -161,6 +167,24 @@ pub fn image_files_from(
         }
         files.push(ImageFile {
             guest_path: paths::entry(paths::NOT_BUILT).to_owned(),
+            host_path: path,
+            mode: 0o644,
+        });
+    }
+    if !b.subtests.is_empty() {
+        let list: String = b
+            .subtests
+            .iter()
+            .flat_map(|(t, subs)| subs.iter().map(move |s| format!("{t}\t{s}\n")))
+            .collect();
+        let path = b
+            .dir
+            .join(Path::new(paths::SUBTESTS).file_name().expect("a file"));
+        if fs::read_to_string(&path).ok().as_deref() != Some(list.as_str()) {
+            write_atomic(&path, list.as_bytes())?;
+        }
+        files.push(ImageFile {
+            guest_path: paths::entry(paths::SUBTESTS).to_owned(),
             host_path: path,
             mode: 0o644,
         });

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arena_protocol::paths::{BOOT_DIR, NOT_BUILT, SELFTESTS_DIR, TEST_PROGS};
+use arena_protocol::paths::{BOOT_DIR, NOT_BUILT, SELFTESTS_DIR, SUBTESTS, TEST_PROGS};
 use arena_protocol::scenario::SelftestStep;
 use arena_protocol::{GuestMessage, StepStatus};
 
@@ -161,6 +161,7 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
         built_tests()
     };
     let mut unsupported = 0;
+    let known_subtests = std::fs::read_to_string(SUBTESTS).unwrap_or_default();
     for u in &s.unsupported {
         let Some(why) = u.applies(&config) else {
             continue;
@@ -171,12 +172,21 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
             .filter(|t| selected(s, t) && built.contains(t))
         {
             cmd.args(["-d", t]);
-            unsupported += 1;
-            channel.send(&GuestMessage::Testcase {
-                name: t.clone(),
-                status: StepStatus::Skip,
-                log: why.clone(),
-            });
+            // The test, then each subtest the host listed: how much did
+            // not run is visible, one skipped testcase each.
+            let subtests = known_subtests
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .filter(|(test, _)| test == t)
+                .map(|(_, sub)| format!("{t}/{sub}"));
+            for name in std::iter::once(t.clone()).chain(subtests) {
+                unsupported += 1;
+                channel.send(&GuestMessage::Testcase {
+                    name,
+                    status: StepStatus::Skip,
+                    log: why.clone(),
+                });
+            }
         }
     }
     // Merge stderr into stdout so log lines stay in order.
