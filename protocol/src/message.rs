@@ -83,6 +83,10 @@ pub enum HostMessage {
         scenario: Scenario,
         /// Seed for every random choice the agent makes.
         seed: u64,
+        /// After a failing `done`, keep the VM up instead of powering off:
+        /// the host pauses it for gdb (`--gdb-on-fail`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold_on_failure: bool,
     },
     /// The VM was just restored from a snapshot taken while the agent waited
     /// for a scenario: every restore of that snapshot starts with the same

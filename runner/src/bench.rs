@@ -219,6 +219,7 @@ fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> anyhow::Result
         &HostMessage::Run {
             scenario: crate::run::trivial_scenario(),
             seed: 1,
+            hold_on_failure: false,
         },
     )?;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -11,7 +11,7 @@ use arena_protocol::scenario::{SleepStep, Step, VmSpec as ScenarioVm};
 use arena_protocol::Scenario;
 
 use crate::attempts::{self, plan_attempts, reproduce_line, Attempt, RepeatArgs, SCENARIO_COPY};
-use crate::backend::{self, Backend, BackendChoice, Console, VmSpec};
+use crate::backend::{self, Backend, BackendChoice, Console, GdbStub, GdbWhen, VmSpec};
 use crate::progress::{self, Progress, Verbosity};
 use crate::results::{self, Abort, RunDir, ScenarioSummary, Summary};
 use crate::scenario_file::{self, ScenarioFile};
@@ -67,6 +67,13 @@ pub struct RunArgs {
     /// with `nokaslr`, and every timeout is 1000 times longer.
     #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
     gdb: Option<u16>,
+    /// Keep the first failing scenario's VM for the debugger: VMs boot with
+    /// a gdb stub (`--gdb-on-fail`: port 1234, `=PORT`) and `nokaslr`, one
+    /// at a time, and when a scenario fails (or stalls) its VM stays up,
+    /// paused, until gdb kills it or Ctrl-C; no later scenario starts.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1234", conflicts_with = "gdb")]
+    gdb_on_fail: Option<u16>,
     /// Multiply every scenario's timeout and the boot timeout (slow hosts).
     #[arg(long, value_name = "X")]
     timeout_scale: Option<f64>,
@@ -191,6 +198,13 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let failed_fast = AtomicBool::new(false);
     let progress = Progress::new(summary.lock().expect("lock").planned, verbosity);
     let started = Instant::now();
+    let gdb = args
+        .gdb
+        .map(GdbStub::at_start)
+        .or(args.gdb_on_fail.map(|port| GdbStub {
+            port,
+            when: GdbWhen::OnFailure,
+        }));
     let ctx = RunCtx {
         backend: backend.as_ref(),
         known_issues: !args.no_known_issues,
@@ -203,15 +217,25 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         cmdline: cmdline(&format!(
             "{}{}",
             args.append,
-            if args.gdb.is_some() { " nokaslr" } else { "" }
+            if gdb.is_some() { " nokaslr" } else { "" }
         )),
-        gdb: args.gdb,
-        // A debugged VM boots: gdb wants to see start_kernel.
-        snapshots: (!args.cold && args.gdb.is_none())
+        gdb,
+        // A debugged VM boots: gdb wants to see start_kernel, or a stub
+        // set up from the start.
+        snapshots: (!args.cold && gdb.is_none())
             .then(|| Snapshots::new(backend.as_ref(), Duration::from_secs(args.boot_timeout))),
     };
-    if let Some(port) = args.gdb {
-        print_gdb_line(&prepared.kernel, port);
+    match gdb {
+        Some(GdbStub {
+            port,
+            when: GdbWhen::Start,
+        }) => print_gdb_line(&prepared.kernel, port, "the VM starts halted"),
+        Some(GdbStub { port, .. }) => print_gdb_line(
+            &prepared.kernel,
+            port,
+            "--gdb-on-fail: a failing scenario's VM stays up, paused",
+        ),
+        None => {}
     }
     let watching = AtomicBool::new(true);
     std::thread::scope(|scope| {
@@ -339,6 +363,16 @@ fn apply_overrides(
                 "{option} 0: expected at least 1"
             )));
         }
+    }
+    if args.gdb_on_fail.is_some() {
+        if args.jobs > 1 {
+            return Err(LabError::BadArgs(format!(
+                "--gdb-on-fail holds one failed VM for the debugger: run with -j 1, not -j {}",
+                args.jobs
+            )));
+        }
+        // The held VM is the one to look at: nothing starts after it.
+        args.fail_fast = true;
     }
     if args.gdb.is_some() {
         if scenarios.len() != 1 || args.repeat.repeated() {
@@ -576,8 +610,8 @@ struct RunCtx<'a> {
     run_dir: &'a RunDir,
     limits: Limits,
     cmdline: String,
-    /// `--gdb`: the port of the VM's gdb stub.
-    gdb: Option<u16>,
+    /// `--gdb`, `--gdb-on-fail`: the VMs' gdb stub.
+    gdb: Option<GdbStub>,
     /// Where scenarios start from snapshots (not `--cold`, not `--gdb`).
     snapshots: Option<Snapshots<'a>>,
 }
@@ -796,16 +830,14 @@ fn save_outputs(dir: &std::path::Path, record: &session::Record) {
     }
 }
 
-/// Says how to attach gdb to a VM halted with its stub on `port` (stderr:
-/// stdout may be the guest's console).
-fn print_gdb_line(kernel: &arena_images::kernel::Kernel, port: u16) {
+/// Says how to attach gdb to a VM with its stub on `port`, after `what`
+/// (stderr: stdout may be the guest's console).
+fn print_gdb_line(kernel: &arena_images::kernel::Kernel, port: u16, what: &str) {
     let vmlinux = kernel
         .vmlinux
         .as_ref()
         .map_or_else(|| "vmlinux".to_owned(), |v| v.display().to_string());
-    eprintln!(
-        "lab: the VM starts halted; attach with:\n  gdb {vmlinux} -ex 'target remote 127.0.0.1:{port}'"
-    );
+    eprintln!("lab: {what}; attach with:\n  gdb {vmlinux} -ex 'target remote 127.0.0.1:{port}'");
 }
 
 /// `lab boot`: the default image, serial console on stdout; with `gdb`, the
@@ -846,11 +878,11 @@ pub fn boot(
         memory_mib: scenario.vm.memory_mib,
         console: Console::Stdout,
         channel: None,
-        gdb,
+        gdb: gdb.map(GdbStub::at_start),
         snapshot: None,
     };
     if let Some(port) = gdb {
-        print_gdb_line(&prepared.kernel, port);
+        print_gdb_line(&prepared.kernel, port, "the VM starts halted");
         eprintln!("lab: (the VM is killed after {timeout} s; --timeout to change)");
     }
     let scratch = std::env::temp_dir().join(format!("arena-lab-boot-{}", std::process::id()));

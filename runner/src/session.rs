@@ -22,7 +22,7 @@ use arena_protocol::message::{hard_cap_s, WorkerKilled};
 use arena_protocol::{GuestMessage, Hello, HostMessage, LineReader, Scenario, StepStatus};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::backend::{Backend, Console, SnapshotRole, VmSpec};
+use crate::backend::{Backend, Console, GdbWhen, SnapshotRole, VmSpec};
 
 /// Time the VM gets to power off after the agent said it is done.
 const POWEROFF_GRACE: Duration = Duration::from_secs(10);
@@ -36,6 +36,8 @@ const TICK: Duration = Duration::from_millis(5);
 /// hangs (seen: a tiny config with `reboot=k` on microvm) must not hold the
 /// scenario until its timeout.
 pub const PANIC_GRACE: Duration = Duration::from_secs(2);
+/// How often a VM held for gdb is checked for its end.
+const HOLD_POLL: Duration = Duration::from_millis(100);
 /// How often the console is checked for a panic while waiting.
 const PANIC_POLL: Duration = Duration::from_millis(200);
 
@@ -69,6 +71,23 @@ pub enum End {
     KernelPanic,
     /// The guest broke the protocol.
     Protocol(String),
+}
+
+impl End {
+    /// A failure with the VM possibly still up: what `--gdb-on-fail`
+    /// keeps for the debugger (the agent failed, or the guest stalled).
+    pub fn is_failure(&self) -> bool {
+        match self {
+            End::Done { status, .. } => {
+                matches!(
+                    status,
+                    StepStatus::Fail | StepStatus::Error | StepStatus::Timeout
+                )
+            }
+            End::HostTimeout(_) | End::Protocol(_) => true,
+            End::NoHello(_) | End::VmExited(_) | End::KernelPanic => false,
+        }
+    }
 }
 
 /// Why the host stopped waiting for the guest.
@@ -386,12 +405,24 @@ pub fn run(
     let sock = socket_path();
     let started = Instant::now();
     let load = LoadProbe::start();
+    let hold = spec
+        .gdb
+        .filter(|g| g.when == GdbWhen::OnFailure)
+        .map(|_| VmSpec {
+            channel: Some(sock.clone()),
+            ..spec.clone()
+        });
     let mut session = match Session::start(backend, spec, &sock, started, events_log, vmm_log) {
         Ok(s) => s,
         Err(why) => return Record::unstarted(why),
     };
+    session.hold_on_failure = hold.is_some();
     let end = session.drive(scenario, seed, started + limits.boot);
     let _ = std::fs::remove_file(&sock);
+    if let Some(spec) = hold.filter(|_| end.is_failure()) {
+        session.hold_for_gdb(backend, &spec, &scenario.name, &end);
+    }
+    let _ = std::fs::remove_file(sock.with_extension("ctl"));
     let vm_exit = session.shut_down(&end);
     Record {
         hello: session.hello,
@@ -460,6 +491,8 @@ struct Session {
     restored: bool,
     /// The console file, watched for a kernel panic.
     console: Option<PathBuf>,
+    /// `--gdb-on-fail`: the agent keeps a failed VM up for the debugger.
+    hold_on_failure: bool,
 }
 
 impl Session {
@@ -522,6 +555,7 @@ impl Session {
             messages: Vec::new(),
             restored,
             console,
+            hold_on_failure: false,
         })
     }
 
@@ -554,7 +588,7 @@ impl Session {
             send_resume(&mut writer)?;
         }
         self.await_hello(&rx, boot_deadline)?;
-        send_scenario(&mut writer, scenario, seed)?;
+        send_scenario(&mut writer, scenario, seed, self.hold_on_failure)?;
         Ok((rx, writer))
     }
 
@@ -694,6 +728,29 @@ impl Session {
         }
     }
 
+    /// `--gdb-on-fail`: pause the failed VM for gdb and wait until it ends
+    /// (gdb's `kill`) or the user interrupts the run; then the run goes on.
+    fn hold_for_gdb(&mut self, backend: &dyn Backend, spec: &VmSpec, name: &str, end: &End) {
+        if self.exit_status().is_some() {
+            return;
+        }
+        let port = spec.gdb.map_or(0, |g| g.port);
+        match backend.hold_for_gdb(&mut self.child, spec) {
+            Ok(()) => eprintln!(
+                "lab: {name} failed ({}); its VM is paused with a gdb stub on 127.0.0.1:{port} \
+                 (the gdb line is above). End it with gdb's `kill`, or Ctrl-C here.",
+                crate::verdict::SessionEnd::from(end)
+            ),
+            Err(e) => {
+                eprintln!("lab: {name} failed, but its VM cannot be paused for gdb: {e}");
+                return;
+            }
+        }
+        while self.exit_status().is_none() && crate::progress::interrupted().is_none() {
+            std::thread::sleep(HOLD_POLL);
+        }
+    }
+
     /// End the VM: it gets [`POWEROFF_GRACE`] to power off when it was told
     /// to (the agent said done) or is going already, else it is killed.
     fn shut_down(&mut self, end: &End) -> VmExit {
@@ -741,10 +798,16 @@ fn host_entropy() -> [u64; 4] {
 }
 
 /// Send the agent its scenario.
-fn send_scenario(writer: &mut UnixStream, scenario: &Scenario, seed: u64) -> Result<(), End> {
+fn send_scenario(
+    writer: &mut UnixStream,
+    scenario: &Scenario,
+    seed: u64,
+    hold_on_failure: bool,
+) -> Result<(), End> {
     let run = HostMessage::Run {
         scenario: scenario.clone(),
         seed,
+        hold_on_failure,
     };
     write_message(writer, &run).map_err(|e| End::Protocol(format!("sending the scenario: {e}")))
 }

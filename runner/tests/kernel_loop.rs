@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -187,6 +188,78 @@ fn gdb_reads_banner(vmlinux: &Path, port: u16, last: &str) -> String {
         String::from_utf8_lossy(&gdb.stderr)
     );
     out
+}
+
+/// A scenario that fails at its last step (a wrong expected value).
+const FAILS: &str = "name: gdb-on-fail\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 0, op: write, value: 7 }\n  - touch: { arena: a, page: 0, op: read, expect: { value: 8 } }\n";
+
+fn gdb_on_fail(tree_arg: &str, vmlinux: &Path) {
+    let dir = scratch("kernel-loop-gdb-on-fail");
+    let failing = scenario(&dir, "fails", FAILS);
+    let later = scenario(
+        &dir,
+        "zz-later",
+        "name: zz-later\nsteps:\n  - sleep: { ms: 1 }\n",
+    );
+    let results = dir.join("results");
+    let port = free_port();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
+        .arg("--results")
+        .arg(&results)
+        .arg(format!("--gdb-on-fail={port}"))
+        .args([&failing, &later])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the runner to say the failed VM is held.
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        said.push_str(&line);
+        if line.contains("is paused with a gdb stub") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(line.contains("gdb-on-fail failed"), "lab said: {said}");
+    let gdb = Command::new("gdb")
+        .args(["-batch", "-nx"])
+        .arg(vmlinux)
+        .args([
+            "-ex",
+            &format!("target remote 127.0.0.1:{port}"),
+            "-ex",
+            "info registers rip",
+            "-ex",
+            "x/s &linux_banner",
+            "-ex",
+            "kill",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&gdb.stdout);
+    assert!(
+        out.contains("Linux version 6.12") && out.contains("rip"),
+        "gdb: {out}\n{}",
+        String::from_utf8_lossy(&gdb.stderr)
+    );
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "lab said: {said}");
+    let s = summary(&results);
+    assert_eq!(s["scenarios"][0]["verdict"], "fail", "{s}");
+    assert!(
+        s["scenarios"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("expected"),
+        "{s}"
+    );
+    // Nothing starts after the held VM.
+    assert_eq!(s["scenarios"][1]["verdict"], "not_run", "{s}");
 }
 
 #[test]
@@ -368,6 +441,10 @@ fn kernel_developer_loop_on_a_tiny_tree() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+
+    // `--gdb-on-fail`: a failing scenario's VM stays up, paused, for gdb;
+    // gdb reads it, `kill` ends it, and the run records the failure.
+    gdb_on_fail(tree_arg, &vmlinux);
 
     // Bisect base..c4: the first bad commit is c2, with its failure.
     let results = scratch("kernel-loop-bisect");

@@ -45,9 +45,13 @@ fn main() {
     channel.send(&GuestMessage::Hello(boot::hello()));
     // A snapshot is taken here, while the agent waits; each restore of it
     // is told so first (`resume`) and answers with a fresh hello.
-    let (scenario, seed) = loop {
+    let (scenario, seed, hold) = loop {
         match channel.receive() {
-            Some(HostMessage::Run { scenario, seed }) => break (scenario, seed),
+            Some(HostMessage::Run {
+                scenario,
+                seed,
+                hold_on_failure,
+            }) => break (scenario, seed, hold_on_failure),
             Some(HostMessage::Resume {
                 entropy,
                 unix_time_ns,
@@ -62,10 +66,18 @@ fn main() {
     let deadline = Instant::now()
         + Duration::from_secs(arena_protocol::message::hard_cap_s(scenario.timeout_s))
         + WORKER_GRACE;
-    supervise(channel, deadline, || {
+    let passed = supervise(channel, deadline, || {
         executor::run_scenario(channel, &scenario, seed)
     });
     channel.drain();
+    if hold && !passed {
+        // The host pauses this VM for gdb; stay up until it ends the VM.
+        boot::log("scenario failed: holding the VM for the debugger");
+        loop {
+            // SAFETY: pause takes no arguments; it only waits for a signal.
+            unsafe { libc::pause() };
+        }
+    }
     boot::power_off();
 }
 
@@ -77,8 +89,8 @@ fn read_verdict(w: &worker::Worker) -> Option<GuestMessage> {
 }
 
 /// Run `work` in a forked worker and report how it ended if it did not say
-/// `done` itself (crash, kill, or no end by `deadline`).
-fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) {
+/// `done` itself (crash, kill, or no end by `deadline`); whether it passed.
+fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) -> bool {
     // No pipes or no fork, no worker: report it; the caller powers off.
     let w = match worker::spawn(|verdict_tx| {
         executor::set_verdict_fd(verdict_tx);
@@ -95,7 +107,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
                 reason: format!("cannot start the agent worker: {e}"),
                 killed: None,
             });
-            return;
+            return false;
         }
     };
     let pid = w.pid;
@@ -106,39 +118,46 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             None => {}
         }
     };
-    match status {
+    let done = match status {
         Some(st) if libc::WIFEXITED(st) => {
             // The worker is gone, and with it its maps and mappings: only now
             // is the scenario over (teardown splats land before `done`).
-            let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
+            read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Error,
                 reason: format!(
                     "agent worker exited ({}) without a verdict",
                     sys::describe_status(st)
                 ),
                 killed: None,
-            });
-            channel.send(&done);
+            })
         }
         Some(st) => {
             let killed = w.killed_by(libc::WTERMSIG(st));
-            channel.send(&GuestMessage::Done {
+            GuestMessage::Done {
                 status: StepStatus::Fail,
                 reason: killed.to_string(),
                 killed: Some(killed),
-            });
+            }
         }
         None => {
             // SAFETY: kill takes no pointers; `pid` is our child and not yet
             // reaped, so the pid cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             // Its watchdog may have said which step hung before it got stuck.
-            let done = read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
+            read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
                 status: StepStatus::Timeout,
                 reason: "worker did not finish within the scenario's hard cap".into(),
                 killed: None,
-            });
-            channel.send(&done);
+            })
         }
-    }
+    };
+    let passed = matches!(
+        &done,
+        GuestMessage::Done {
+            status: StepStatus::Pass | StepStatus::Skip,
+            ..
+        }
+    );
+    channel.send(&done);
+    passed
 }

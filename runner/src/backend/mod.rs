@@ -42,10 +42,48 @@ pub struct VmSpec {
     pub console: Console,
     /// Unix socket (listening, owned by the runner) for the virtio console.
     pub channel: Option<PathBuf>,
-    /// Start halted with a gdb remote stub on this TCP port (localhost).
-    pub gdb: Option<u16>,
+    /// A gdb remote stub on the VM (localhost TCP).
+    pub gdb: Option<GdbStub>,
     /// Boot to be snapshotted, or restore instead of booting.
     pub snapshot: Option<SnapshotRole>,
+}
+
+/// A gdb remote stub on a VM, on a localhost TCP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GdbStub {
+    /// The port.
+    pub port: u16,
+    /// When gdb gets the VM.
+    pub when: GdbWhen,
+}
+
+/// When a VM's gdb stub takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GdbWhen {
+    /// The VM starts halted at its first instruction until gdb continues
+    /// (`--gdb`).
+    Start,
+    /// The VM runs; when its scenario fails the runner pauses it for gdb
+    /// ([`Backend::hold_for_gdb`], `--gdb-on-fail`).
+    OnFailure,
+}
+
+impl GdbStub {
+    /// `--gdb`: halted at the start.
+    pub fn at_start(port: u16) -> GdbStub {
+        GdbStub {
+            port,
+            when: GdbWhen::Start,
+        }
+    }
+}
+
+/// Where a VM run for `--gdb-on-fail` takes control commands (QEMU: QMP),
+/// beside its results channel.
+pub fn gdb_control(spec: &VmSpec) -> Option<PathBuf> {
+    let stub = spec.gdb?;
+    (stub.when == GdbWhen::OnFailure).then_some(())?;
+    spec.channel.as_ref().map(|c| c.with_extension("ctl"))
 }
 
 /// A VM's part in boot-once, restore-per-scenario (see `snapshot`).
@@ -92,6 +130,14 @@ pub trait Backend: Send + Sync {
     /// Whether [`VmSpec::gdb`] is honoured.
     fn has_gdb_stub(&self) -> bool {
         false
+    }
+    /// Pause `vm` (started with [`GdbWhen::OnFailure`]) and leave it to gdb
+    /// on its stub: its scenario failed and the user asked to debug that.
+    fn hold_for_gdb(&self, _vm: &mut Child, _spec: &VmSpec) -> Result<(), String> {
+        Err(format!(
+            "the {} backend cannot pause a failed VM for gdb",
+            self.name()
+        ))
     }
     /// The file of `kernel` this backend boots, or why it cannot boot it.
     fn boot_file(&self, kernel: &arena_images::kernel::Kernel) -> Result<PathBuf, String> {

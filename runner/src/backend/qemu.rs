@@ -7,7 +7,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::qmp::Qmp;
-use super::{console_label, wire_console, Backend, SerialTarget, SnapshotRole, VmSpec};
+use super::{
+    console_label, gdb_control, wire_console, Backend, GdbStub, GdbWhen, SerialTarget,
+    SnapshotRole, VmSpec,
+};
+
+/// How long QEMU gets to answer on its QMP socket when a failed VM is
+/// paused for gdb (it has been up since the scenario started).
+const QMP_CONNECT: Duration = Duration::from_secs(5);
 
 /// QEMU accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +118,15 @@ impl Backend for Qemu {
         true
     }
 
+    fn hold_for_gdb(&self, _vm: &mut Child, spec: &VmSpec) -> Result<(), String> {
+        let control = gdb_control(spec).ok_or("the VM was not started for --gdb-on-fail")?;
+        let mut qmp =
+            Qmp::connect(&control, Instant::now() + QMP_CONNECT).map_err(|e| e.to_string())?;
+        qmp.execute("stop", serde_json::json!({}))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     fn accelerator(&self) -> &'static str {
         match self.accel {
             Accel::Kvm => "kvm",
@@ -180,9 +196,29 @@ impl Backend for Qemu {
             }
         }
         c.args(["-serial", "chardev:serial0"]);
-        if let Some(port) = spec.gdb {
+        match spec.gdb {
             // QEMU's own stub; halted until gdb says `continue`.
-            c.arg("-gdb").arg(format!("tcp:127.0.0.1:{port}")).arg("-S");
+            Some(GdbStub {
+                port,
+                when: GdbWhen::Start,
+            }) => {
+                c.arg("-gdb").arg(format!("tcp:127.0.0.1:{port}")).arg("-S");
+            }
+            // The stub listens from the start (gdb may attach at any time);
+            // QMP pauses the VM when its scenario fails.
+            Some(GdbStub {
+                port,
+                when: GdbWhen::OnFailure,
+            }) => {
+                c.arg("-gdb").arg(format!("tcp:127.0.0.1:{port}"));
+                if let Some(control) = gdb_control(spec) {
+                    c.arg("-qmp").arg(format!(
+                        "unix:{},server=on,wait=off",
+                        qemu_escape(&control.display().to_string())
+                    ));
+                }
+            }
+            None => {}
         }
         if let Some(sock) = &spec.channel {
             c.args(["-device", "virtio-serial-device,max_ports=1"])
