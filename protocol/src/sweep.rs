@@ -14,32 +14,55 @@ use crate::scenario::{ParallelStep, Step, SweepCase, SweepStep, MAX_SWEEP_CASES}
 /// A problem found while expanding: (field path, message).
 pub type Problem = (String, String);
 
+/// Most steps all of a scenario's sweeps may expand to, nested ones
+/// multiplied out: a bound on what a (hostile) file can make the lab hold.
+pub const MAX_EXPANDED_STEPS: usize = 100_000;
+
 /// Expand every sweep in `steps`, nested ones included (inside `repeat`,
 /// `processes`/`threads` and other sweeps). `at` is the field path of the
 /// list (`steps`); problems name the template's fields.
 pub fn expand_all(steps: &mut [Step], at: &str, problems: &mut Vec<Problem>) {
+    let mut budget = MAX_EXPANDED_STEPS;
+    expand_list(steps, at, problems, &mut budget);
+}
+
+/// [`expand_all`], taking every expanded step from `budget`.
+fn expand_list(steps: &mut [Step], at: &str, problems: &mut Vec<Problem>, budget: &mut usize) {
     for (i, step) in steps.iter_mut().enumerate() {
         let field = format!("{at}[{i}]");
         match step {
-            Step::Sweep(s) => expand(s, &format!("{field}.sweep"), problems),
-            Step::Repeat(r) => expand_all(&mut r.steps, &format!("{field}.repeat.steps"), problems),
-            Step::Processes(p) => expand_parallel(p, &format!("{field}.processes"), problems),
-            Step::Threads(p) => expand_parallel(p, &format!("{field}.threads"), problems),
+            Step::Sweep(s) => expand(s, &format!("{field}.sweep"), problems, budget),
+            Step::Repeat(r) => expand_list(
+                &mut r.steps,
+                &format!("{field}.repeat.steps"),
+                problems,
+                budget,
+            ),
+            Step::Processes(p) => {
+                expand_parallel(p, &format!("{field}.processes"), problems, budget)
+            }
+            Step::Threads(p) => expand_parallel(p, &format!("{field}.threads"), problems, budget),
             _ => {}
         }
     }
 }
 
-fn expand_parallel(p: &mut ParallelStep, at: &str, problems: &mut Vec<Problem>) {
-    expand_all(&mut p.steps, &format!("{at}.steps"), problems);
+fn expand_parallel(
+    p: &mut ParallelStep,
+    at: &str,
+    problems: &mut Vec<Problem>,
+    budget: &mut usize,
+) {
+    expand_list(&mut p.steps, &format!("{at}.steps"), problems, budget);
     for (k, role) in p.roles.iter_mut().enumerate() {
-        expand_all(&mut role.setup, &format!("{at}.roles[{k}].setup"), problems);
-        expand_all(&mut role.steps, &format!("{at}.roles[{k}].steps"), problems);
+        let base = format!("{at}.roles[{k}]");
+        expand_list(&mut role.setup, &format!("{base}.setup"), problems, budget);
+        expand_list(&mut role.steps, &format!("{base}.steps"), problems, budget);
     }
 }
 
 /// Fill `s.cases` from its template; on any problem the cases stay empty.
-fn expand(s: &mut SweepStep, at: &str, problems: &mut Vec<Problem>) {
+fn expand(s: &mut SweepStep, at: &str, problems: &mut Vec<Problem>, budget: &mut usize) {
     let before = problems.len();
     if !s.cases.is_empty() {
         problems.push((
@@ -86,6 +109,18 @@ fn expand(s: &mut SweepStep, at: &str, problems: &mut Vec<Problem>) {
     }
     let mut cases = Vec::new();
     for values in product(&columns) {
+        if *budget < s.steps.len() {
+            let text = format!(
+                "the scenario's sweeps expand to more than {MAX_EXPANDED_STEPS} steps in all"
+            );
+            // Said once, by the innermost sweep that ran out.
+            if !problems.iter().any(|(_, m)| *m == text) {
+                problems.push((format!("{at}.over"), text));
+            }
+            *budget = 0;
+            return;
+        }
+        *budget -= s.steps.len();
         let label = label(&values);
         let mut steps = Vec::with_capacity(s.steps.len());
         for (j, template) in s.steps.iter().enumerate() {
@@ -94,10 +129,12 @@ fn expand(s: &mut SweepStep, at: &str, problems: &mut Vec<Problem>) {
                 .and_then(|v| serde_json::from_value::<Step>(v).map_err(|e| e.to_string()));
             match step {
                 Ok(step) => steps.push(step),
+                // One problem per field: the first case that has it.
+                Err(_) if problems[before..].iter().any(|(f, _)| *f == field) => {}
                 Err(m) => problems.push((field, format!("with {label}: {m}"))),
             }
         }
-        expand_all(&mut steps, &format!("{at}.steps"), problems);
+        expand_list(&mut steps, &format!("{at}.steps"), problems, budget);
         cases.push(SweepCase { values, steps });
     }
     if problems.len() == before {
@@ -338,7 +375,7 @@ mod tests {
     fn problems_name_the_template_field_and_the_case() {
         let (cases, problems) = expanded(sweep(
             json!({"page": [0, -1]}),
-            json!([{"touch": {"arena": "a", "page": "${page}"}}, {"sleep": {"ms": "${nope}"}}]),
+            json!([{"touch": {"arena": "a", "page": "${page}", "op": "read"}}, {"sleep": {"ms": "${nope}"}}]),
         ));
         assert!(cases.is_empty());
         let text = format!("{problems:?}");
@@ -390,6 +427,19 @@ mod tests {
                 "{want}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn nested_sweeps_cannot_multiply_past_the_budget() {
+        let inner = json!({"sweep": {"over": {"b": {"from": 0, "to": 999}}, "steps": [{"sleep": {"ms": 1}}]}});
+        let (cases, problems) =
+            expanded(sweep(json!({"a": {"from": 0, "to": 999}}), json!([inner])));
+        assert!(cases.is_empty());
+        assert!(
+            format!("{problems:?}").contains("more than 100000 steps"),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]
