@@ -48,6 +48,21 @@ int alloc_pages(struct arena_args *ctx)
 	return got ? 0 : 1;
 }
 
+/*
+ * arg0 page (or ANY_PAGE), arg1 count, arg2 NUMA node (as an int:
+ * 0xffffffff is NUMA_NO_NODE) -> out0 user address, out1 page; 0 on success.
+ */
+SEC("syscall")
+int alloc_pages_node(struct arena_args *ctx)
+{
+	void __arena *want = ctx->arg[0] == ANY_PAGE ? (void __arena *)0 : page_addr(ctx, ctx->arg[0]);
+	void __arena *got = bpf_arena_alloc_pages(&arena, want, ctx->arg[1], (int)ctx->arg[2], 0);
+
+	ctx->out[0] = (__u64)got;
+	ctx->out[1] = got ? ((__u64)got - ctx->base) / PAGE_SIZE : ~0ULL;
+	return got ? 0 : 1;
+}
+
 /* arg0 page, arg1 count. */
 SEC("syscall")
 int free_pages(struct arena_args *ctx)
