@@ -206,6 +206,9 @@ pub enum Step {
     Sweep(SweepStep),
     /// Clear kmemleak's suspects, or scan and fail on new ones.
     Kmemleak(KmemleakStep),
+    /// Make this process's non-sleeping allocations fail (kernel fault
+    /// injection), or stop it.
+    FailAllocs(FailAllocsStep),
 }
 
 impl Step {
@@ -235,6 +238,7 @@ impl Step {
             Step::Sysrq(_) => "sysrq",
             Step::Sweep(_) => "sweep",
             Step::Kmemleak(_) => "kmemleak",
+            Step::FailAllocs(_) => "fail_allocs",
         }
     }
 
@@ -919,6 +923,27 @@ pub struct KmemleakStep {
     /// matches this regex count; default all.
     #[serde(default)]
     pub matching: Option<String>,
+}
+
+/// `fail_allocs:` kernel fault injection (`fail_page_alloc` and
+/// `failslab`, `CONFIG_FAULT_INJECTION_DEBUG_FS`) for this process and
+/// the processes it forks after: with `probability` percent, an allocation
+/// the kernel makes on their behalf fails. Only allocations that may not
+/// sleep (no `__GFP_DIRECT_RECLAIM`, e.g. `GFP_NOWAIT`) fail unless
+/// `sleeping` is set: the kernel's own `ignore-gfp-wait`, which tells a
+/// path that must not fail (`GFP_KERNEL`) from one that may. `probability:
+/// 0` stops it. Without fault injection the step is an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailAllocsStep {
+    /// Percent of eligible allocations that fail (0 stops injection).
+    pub probability: u32,
+    /// Stop after this many failures; default unlimited.
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// Also fail allocations that may sleep.
+    #[serde(default)]
+    pub sleeping: bool,
 }
 
 /// What a `kmemleak:` step does.

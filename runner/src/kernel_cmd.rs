@@ -18,7 +18,8 @@ use crate::{exit, infra, plan, KernelArgs, LabError};
 pub struct BuildArgs {
     /// The kernel source tree.
     pub tree: PathBuf,
-    /// Also enable the detection options (KASAN, lockdep, DEBUG_VM, kmemleak).
+    /// Also enable the detection options (KASAN, lockdep, DEBUG_VM, kmemleak,
+    /// fault injection).
     #[arg(long)]
     pub debug: bool,
     /// Parallel jobs (default: the number of CPUs).

@@ -372,7 +372,8 @@ enum KernelCommand {
     },
     /// Print the config fragment the lab needs (for merge_config.sh).
     Config {
-        /// Add the detection options: KASAN, lockdep, DEBUG_VM, kmemleak.
+        /// Add the detection options: KASAN, lockdep, DEBUG_VM, kmemleak, fault
+        /// injection.
         #[arg(long)]
         debug: bool,
     },

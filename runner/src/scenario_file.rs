@@ -1095,6 +1095,11 @@ impl Checker {
                     }
                 }
             }
+            Step::FailAllocs(f) => {
+                if f.probability > 100 {
+                    self.report(field("probability"), "a percentage: 0..=100");
+                }
+            }
             Step::Selftest(_) | Step::Sleep(_) | Step::Crash(_) => {}
         }
     }

@@ -241,7 +241,14 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "lockdep: lock-order bugs before they deadlock",
     ),
     nice("DEBUG_VM", "page and VMA sanity checks on the fault paths"),
-    nice("KMEMLEAK", "leaked arena pages and maps"),
+    nice(
+        "DEBUG_KMEMLEAK",
+        "leaked arena pages and maps (`kmemleak:` steps)",
+    ),
+    nice(
+        "FAULT_INJECTION",
+        "allocation failures on demand (`fail_allocs:` steps)",
+    ),
     nice(
         "BPF_JIT_ALWAYS_ON",
         "no interpreter fallback hiding JIT-only paths",
@@ -417,8 +424,17 @@ const FRAGMENT_DEPENDENCIES: &[&str] = &[
     "IKCONFIG_PROC",
 ];
 
-/// What the detection options need.
-const DEBUG_DEPENDENCIES: &[&str] = &["DEBUG_KERNEL", "LOCKDEP", "KASAN_GENERIC"];
+/// What the detection options need, and the fault points and their
+/// debugfs attributes `fail_allocs:` uses.
+const DEBUG_DEPENDENCIES: &[&str] = &[
+    "DEBUG_KERNEL",
+    "LOCKDEP",
+    "KASAN_GENERIC",
+    "DEBUG_FS",
+    "FAILSLAB",
+    "FAIL_PAGE_ALLOC",
+    "FAULT_INJECTION_DEBUG_FS",
+];
 
 #[cfg(test)]
 mod tests {
@@ -497,7 +513,7 @@ CONFIG_LOCALVERSION=\"-arena\"
         let p = Preflight::new(src.clone(), &c, Some(&m.0));
         assert!(p.missing(Purpose::Lab).is_empty(), "{}", p.table());
         assert!(p.missing(Purpose::Selftests).is_empty());
-        assert_eq!(p.missing(Purpose::Detection).len(), 5);
+        assert_eq!(p.missing(Purpose::Detection).len(), 6);
 
         let without_console = modules_dir(&["kernel/drivers/virtio/virtio_mmio.ko"]);
         let p = Preflight::new(src.clone(), &c, Some(&without_console.0));

@@ -4,6 +4,7 @@ pub mod arena;
 pub mod bounds;
 pub mod bpf;
 pub mod control;
+pub mod fail_allocs;
 pub mod kmemleak;
 pub mod mapping;
 pub mod memory;
@@ -41,6 +42,7 @@ pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
         Step::Sysrq(s) => control::sysrq(s),
         Step::Sweep(s) => control::sweep(ctx, s),
         Step::Kmemleak(s) => kmemleak::kmemleak(s),
+        Step::FailAllocs(s) => fail_allocs::fail_allocs(s),
         Step::Selftest(_) => Err(StepError::Error(
             "selftest steps stream their own results and are only allowed at the top level".into(),
         )),
