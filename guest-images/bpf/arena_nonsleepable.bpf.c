@@ -26,8 +26,7 @@ struct {
 struct arena_args args;
 
 /* arg0 page (or ANY_PAGE), arg1 count -> out0 user address, out1 page; 0 on success. */
-SEC("tc")
-int tc_alloc_pages(void *skb)
+static inline __attribute__((always_inline)) int alloc_from_args(void)
 {
 	void __arena *want = args.arg[0] == ANY_PAGE ? (void __arena *)0 :
 			     (void __arena *)(args.base + args.arg[0] * PAGE_SIZE);
@@ -39,33 +38,36 @@ int tc_alloc_pages(void *skb)
 }
 
 /* arg0 page, arg1 count: freed later, from irq_work and a workqueue. */
-SEC("tc")
-int tc_free_pages(void *skb)
+static inline __attribute__((always_inline)) int free_from_args(void)
 {
 	bpf_arena_free_pages(&arena, (void __arena *)(args.base + args.arg[0] * PAGE_SIZE),
 			     args.arg[1]);
 	return 0;
+}
+
+SEC("tc")
+int tc_alloc_pages(void *skb)
+{
+	return alloc_from_args();
+}
+
+SEC("tc")
+int tc_free_pages(void *skb)
+{
+	return free_from_args();
 }
 
 /* The same two from a tracing program (raw_tp, not attached: test-run only). */
 SEC("raw_tp")
 int raw_tp_alloc_pages(void *ctx)
 {
-	void __arena *want = args.arg[0] == ANY_PAGE ? (void __arena *)0 :
-			     (void __arena *)(args.base + args.arg[0] * PAGE_SIZE);
-	void __arena *got = bpf_arena_alloc_pages(&arena, want, args.arg[1], NUMA_NO_NODE, 0);
-
-	args.out[0] = (__u64)got;
-	args.out[1] = got ? ((__u64)got - args.base) / PAGE_SIZE : ~0ULL;
-	return got ? 0 : 1;
+	return alloc_from_args();
 }
 
 SEC("raw_tp")
 int raw_tp_free_pages(void *ctx)
 {
-	bpf_arena_free_pages(&arena, (void __arena *)(args.base + args.arg[0] * PAGE_SIZE),
-			     args.arg[1]);
-	return 0;
+	return free_from_args();
 }
 
 char _license[] SEC("license") = "GPL";

@@ -153,41 +153,20 @@ pub fn image_files_from(
             mode: 0o644,
         });
     }
-    if !b.not_built.is_empty() {
-        let list: String = b
-            .not_built
-            .iter()
-            .map(|n| format!("{}\t{}\n", n.test, n.reason.replace(['\t', '\n'], " ")))
-            .collect();
-        let path = b
-            .dir
-            .join(Path::new(paths::NOT_BUILT).file_name().expect("a file"));
-        if fs::read_to_string(&path).ok().as_deref() != Some(list.as_str()) {
-            write_atomic(&path, list.as_bytes())?;
+    let not_built: String = b
+        .not_built
+        .iter()
+        .map(|n| format!("{}\t{}\n", n.test, n.reason.replace(['\t', '\n'], " ")))
+        .collect();
+    let subtests: String = b
+        .subtests
+        .iter()
+        .flat_map(|(t, subs)| subs.iter().map(move |s| format!("{t}\t{s}\n")))
+        .collect();
+    for (guest_path, list) in [(paths::NOT_BUILT, not_built), (paths::SUBTESTS, subtests)] {
+        if !list.is_empty() {
+            files.push(listing(&b.dir, guest_path, &list)?);
         }
-        files.push(ImageFile {
-            guest_path: paths::entry(paths::NOT_BUILT).to_owned(),
-            host_path: path,
-            mode: 0o644,
-        });
-    }
-    if !b.subtests.is_empty() {
-        let list: String = b
-            .subtests
-            .iter()
-            .flat_map(|(t, subs)| subs.iter().map(move |s| format!("{t}\t{s}\n")))
-            .collect();
-        let path = b
-            .dir
-            .join(Path::new(paths::SUBTESTS).file_name().expect("a file"));
-        if fs::read_to_string(&path).ok().as_deref() != Some(list.as_str()) {
-            write_atomic(&path, list.as_bytes())?;
-        }
-        files.push(ImageFile {
-            guest_path: paths::entry(paths::SUBTESTS).to_owned(),
-            host_path: path,
-            mode: 0o644,
-        });
     }
     for name in &b.runtime_files {
         files.push(ImageFile {
@@ -198,6 +177,20 @@ pub fn image_files_from(
     }
     files.extend(libs::image_files(&b.test_progs)?);
     Ok(files)
+}
+
+/// A listing for the guest at `guest_path`, kept as a file in the build's
+/// folder (rewritten only when it changes).
+fn listing(dir: &Path, guest_path: &str, list: &str) -> Result<ImageFile, SelftestsError> {
+    let path = dir.join(Path::new(guest_path).file_name().expect("a file"));
+    if fs::read_to_string(&path).ok().as_deref() != Some(list) {
+        write_atomic(&path, list.as_bytes())?;
+    }
+    Ok(ImageFile {
+        guest_path: paths::entry(guest_path).to_owned(),
+        host_path: path,
+        mode: 0o644,
+    })
 }
 
 /// The kernel's config: `config` beside a Debian kernel in the cache, or the
