@@ -192,10 +192,13 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
     }
     std::fs::create_dir_all(&args.out).map_err(infra)?;
     let out = std::fs::canonicalize(&args.out).map_err(infra)?;
+    // Absolute: `make -C TREE O=DIR` reads a relative DIR from the tree.
+    let build_dir = args.build_dir.clone().unwrap_or_else(|| out.join("build"));
+    std::fs::create_dir_all(&build_dir).map_err(infra)?;
     let cx = Ctx {
         args,
         exe: std::env::current_exe().map_err(infra)?,
-        build_dir: args.build_dir.clone().unwrap_or_else(|| out.join("build")),
+        build_dir: std::fs::canonicalize(&build_dir).map_err(infra)?,
         tree,
         scenarios: args
             .scenarios

@@ -217,6 +217,101 @@ fn class_name(m: &MutantRecord) -> &'static str {
     m.outcome.as_ref().map_or("pending", |o| o.class.name())
 }
 
+/// Columns of the per-operator table.
+const OPERATOR_HEAD: [&str; 9] = [
+    "operator",
+    "generated",
+    "run",
+    "killed",
+    "timeout",
+    "survived",
+    "build failure",
+    "error",
+    "score",
+];
+
+fn operator_rows(r: &Report) -> Vec<Vec<String>> {
+    r.per_operator
+        .iter()
+        .map(|(op, c)| {
+            let mut row = vec![op.to_string()];
+            row.extend(
+                [
+                    c.generated,
+                    c.selected,
+                    c.killed,
+                    c.timeout,
+                    c.survived,
+                    c.build_failure,
+                    c.error,
+                ]
+                .map(|n| n.to_string()),
+            );
+            row.push(percent(c.score()));
+            row
+        })
+        .collect()
+}
+
+/// Columns of the mutants table; the outcome is the fourth.
+const MUTANT_HEAD: [&str; 7] = [
+    "id", "function", "change", "outcome", "build s", "run s", "by / why",
+];
+const OUTCOME_COLUMN: usize = 3;
+
+/// Each mutant's row, with its class (for the page's colours).
+fn mutant_rows(r: &Report) -> Vec<(Vec<String>, &'static str)> {
+    r.mutants
+        .iter()
+        .map(|m| {
+            let (b, run) = m
+                .outcome
+                .as_ref()
+                .map_or((String::new(), String::new()), |o| {
+                    (seconds(o.build_s), seconds(o.run_s))
+                });
+            let class = class_name(m);
+            let row = vec![
+                m.id.clone(),
+                m.function.clone(),
+                m.description.clone(),
+                format!("{class}{}", if m.cached { " (cached)" } else { "" }),
+                b,
+                run,
+                by(m),
+            ];
+            (row, class)
+        })
+        .collect()
+}
+
+fn markdown_table(head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+    let mut s = line(head.iter().map(|h| h.to_string()).collect());
+    s.push_str(&line(head.iter().map(|_| "---".to_owned()).collect()));
+    for row in rows {
+        s.push_str(&line(
+            row.iter()
+                .map(|c| c.replace('|', "\\|").replace('\n', " "))
+                .collect(),
+        ));
+    }
+    s
+}
+
+/// A table row of escaped `cells`; `class` colours the outcome cell.
+fn html_row(tag: &str, cells: &[String], class: Option<&str>) -> String {
+    let mut s = String::from("<tr>");
+    for (i, c) in cells.iter().enumerate() {
+        match class.filter(|_| i == OUTCOME_COLUMN) {
+            Some(k) => s.push_str(&format!("<{tag} class=\"{k}\">{}</{tag}>", escape(c))),
+            None => s.push_str(&format!("<{tag}>{}</{tag}>", escape(c))),
+        }
+    }
+    s.push_str("</tr>");
+    s
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Report) -> String {
     let mut s = format!("# lab mutate: `{}`\n\n", r.file);
@@ -256,38 +351,13 @@ pub fn markdown(r: &Report) -> String {
             r.mutant_budget_s.map_or_else(|| "n/a".into(), seconds)
         ));
     }
-    s.push_str("## Per operator\n\n| operator | generated | run | killed | timeout | survived | build failure | error | score |\n|---|---|---|---|---|---|---|---|---|\n");
-    for (op, c) in &r.per_operator {
-        s.push_str(&format!(
-            "| {op} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            c.generated,
-            c.selected,
-            c.killed,
-            c.timeout,
-            c.survived,
-            c.build_failure,
-            c.error,
-            percent(c.score())
-        ));
-    }
-    s.push_str("\n## Mutants\n\n| id | function | change | outcome | build s | run s | by / why |\n|---|---|---|---|---|---|---|\n");
-    for m in &r.mutants {
-        let (b, run) = m
-            .outcome
-            .as_ref()
-            .map_or((String::new(), String::new()), |o| {
-                (seconds(o.build_s), seconds(o.run_s))
-            });
-        s.push_str(&format!(
-            "| `{}` | `{}` | {} | {}{} | {b} | {run} | {} |\n",
-            m.id,
-            m.function,
-            m.description.replace('|', "\\|"),
-            class_name(m),
-            if m.cached { " (cached)" } else { "" },
-            by(m).replace('|', "\\|")
-        ));
-    }
+    s.push_str("## Per operator\n\n");
+    s.push_str(&markdown_table(&OPERATOR_HEAD, operator_rows(r)));
+    s.push_str("\n## Mutants\n\n");
+    s.push_str(&markdown_table(
+        &MUTANT_HEAD,
+        mutant_rows(r).into_iter().map(|(row, _)| row),
+    ));
     let sections = [
         (Class::Survived, "Survivors", "every scenario passed"),
         (Class::Timeout, "Timeouts", ""),
@@ -355,37 +425,15 @@ pub fn html(r: &Report) -> String {
             b.passed
         ));
     }
-    s.push_str("<h2>Per operator</h2><table><tr><th>operator</th><th>generated</th><th>run</th><th>killed</th><th>timeout</th><th>survived</th><th>build failure</th><th>error</th><th>score</th></tr>");
-    for (op, c) in &r.per_operator {
-        s.push_str(&format!(
-            "<tr><td>{op}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            c.generated,
-            c.selected,
-            c.killed,
-            c.timeout,
-            c.survived,
-            c.build_failure,
-            c.error,
-            percent(c.score())
-        ));
+    s.push_str("<h2>Per operator</h2><table>");
+    s.push_str(&html_row("th", &OPERATOR_HEAD.map(String::from), None));
+    for row in operator_rows(r) {
+        s.push_str(&html_row("td", &row, None));
     }
-    s.push_str("</table><h2>Mutants</h2><table><tr><th>id</th><th>function</th><th>change</th><th>outcome</th><th>build s</th><th>run s</th><th>by / why</th></tr>");
-    for m in &r.mutants {
-        let (b, run) = m
-            .outcome
-            .as_ref()
-            .map_or((String::new(), String::new()), |o| {
-                (seconds(o.build_s), seconds(o.run_s))
-            });
-        let class = class_name(m);
-        s.push_str(&format!(
-            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td class=\"{class}\">{class}{}</td><td>{b}</td><td>{run}</td><td>{}</td></tr>",
-            escape(&m.id),
-            escape(&m.function),
-            escape(&m.description),
-            if m.cached { " (cached)" } else { "" },
-            escape(&by(m))
-        ));
+    s.push_str("</table><h2>Mutants</h2><table>");
+    s.push_str(&html_row("th", &MUTANT_HEAD.map(String::from), None));
+    for (row, class) in mutant_rows(r) {
+        s.push_str(&html_row("td", &row, Some(class)));
     }
     s.push_str("</table>");
     for (class, title) in [
@@ -520,7 +568,10 @@ mod tests {
         let md = markdown(&r);
         assert!(md.contains("## Survivors (1)\n\n### `c`"), "{md}");
         assert!(md.contains("```diff\n--- a/k.c"), "{md}");
-        assert!(md.contains("| `a` | `f` |"), "{md}");
+        assert!(
+            md.contains("| a | f | `<` → `<=` in `a < b` | killed |"),
+            "{md}"
+        );
         let page = html(&r);
         assert!(
             page.contains("<span class=\"del\">-&lt;a&gt;</span>"),
