@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel_cmd::Base;
-use crate::{exit, infra, LabError};
+use crate::{exit, infra, kernel_step, LabError};
 
 /// `lab bisect` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -150,10 +150,7 @@ pub fn bisect(args: &BisectArgs) -> Result<u8, LabError> {
         .arg("--repeat")
         .arg(args.repeat.to_string())
         .arg("--base")
-        .arg(match args.base {
-            Base::Defconfig => "defconfig",
-            Base::Tiny => "tiny",
-        });
+        .arg(args.base.name());
     if let Some(j) = args.jobs {
         step.arg("--jobs").arg(j.to_string());
     }
@@ -290,32 +287,17 @@ pub fn step(args: &StepArgs) -> u8 {
             let _ = writeln!(f, "{line}");
         }
     };
-    let build = crate::kernel_cmd::BuildArgs {
-        tree: args.tree.clone(),
-        debug: false,
-        jobs: args.jobs,
-        out: Some(args.out.clone()),
-        base: args.base,
-    };
+    let build = kernel_step::build_args(&args.tree, &args.out, args.base, args.jobs);
     if let Err(e) = crate::kernel_cmd::build(&build) {
         record("skip", format!("build failed: {e}"));
         return SKIP;
     }
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        "lab".into(),
-        "run".into(),
-        "--no-known-issues".into(),
-        "--kernel-tree".into(),
-        args.out.clone().into(),
-        "--results".into(),
-        args.results.join("runs").into(),
-        "--repeat".into(),
-        args.repeat.to_string().into(),
-    ];
+    let mut extra: Vec<std::ffi::OsString> =
+        vec!["--repeat".into(), args.repeat.to_string().into()];
     if let Some(o) = &args.only {
-        argv.extend(["--only".into(), o.into()]);
+        extra.extend(["--only".into(), o.into()]);
     }
-    argv.extend(args.paths.iter().map(|p| p.clone().into_os_string()));
+    let argv = kernel_step::run_argv(&args.out, &args.results.join("runs"), &extra, &args.paths);
     let code = match crate::parse_run_args(argv) {
         Ok(run) => crate::run::run(run).unwrap_or_else(|e| {
             eprintln!("lab: error: {e}");
@@ -326,7 +308,9 @@ pub fn step(args: &StepArgs) -> u8 {
             exit::INVALID
         }
     };
-    let reasons = failing_reasons(&args.results.join("runs/latest/summary.json"));
+    let reasons = kernel_step::not_passed(&args.results.join("runs/latest/summary.json"))
+        .map(|l| kernel_step::reasons(&l))
+        .unwrap_or_default();
     match code {
         exit::PASS => {
             record("good", String::new());
@@ -342,56 +326,5 @@ pub fn step(args: &StepArgs) -> u8 {
             record("skip", format!("lab run exited {other}: {reasons}"));
             SKIP
         }
-    }
-}
-
-/// The reasons of the scenarios that did not pass in a summary.
-fn failing_reasons(summary: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(summary) else {
-        return String::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return String::new();
-    };
-    v["scenarios"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["verdict"] != "pass")
-        .map(|s| {
-            format!(
-                "{}: {}: {}",
-                s["name"].as_str().unwrap_or("?"),
-                s["verdict"].as_str().unwrap_or("?"),
-                s["reason"]
-                    .as_str()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failing_reasons_lists_what_did_not_pass() {
-        let dir = std::env::temp_dir().join(format!("arena-bisect-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("summary.json");
-        std::fs::write(
-            &f,
-            r#"{"scenarios":[{"name":"a","verdict":"pass","reason":""},
-                {"name":"b","verdict":"fail","reason":"kernel splat: BUG: x\nmore"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(failing_reasons(&f), "b: fail: kernel splat: BUG: x");
-        assert_eq!(failing_reasons(&dir.join("absent.json")), "");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -42,6 +42,32 @@ pub enum Base {
     Tiny,
 }
 
+impl Base {
+    /// The `--base` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Base::Defconfig => "defconfig",
+            Base::Tiny => "tiny",
+        }
+    }
+}
+
+/// What `args` asks `make` for.
+pub fn request(args: &BuildArgs) -> BuildRequest {
+    BuildRequest {
+        tree: args.tree.clone(),
+        out: args.out.clone(),
+        debug: args.debug,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        base: match args.base {
+            Base::Defconfig => BaseConfig::Defconfig,
+            Base::Tiny => BaseConfig::Tiny,
+        },
+    }
+}
+
 /// `lab kernel config [--debug]`: the fragment, on stdout.
 pub fn config(debug: bool) -> u8 {
     print!("{}", kconfig::fragment(debug));
@@ -151,19 +177,7 @@ pub fn check(kernel: &KernelArgs) -> Result<u8, LabError> {
 
 /// `lab kernel build TREE`.
 pub fn build(args: &BuildArgs) -> Result<u8, LabError> {
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let req = BuildRequest {
-        tree: args.tree.clone(),
-        out: args.out.clone(),
-        debug: args.debug,
-        jobs,
-        base: match args.base {
-            Base::Defconfig => BaseConfig::Defconfig,
-            Base::Tiny => BaseConfig::Tiny,
-        },
-    };
+    let req = request(args);
     let started = Instant::now();
     let mut shown = BuildProgress::new();
     let built = build::build(&req, |line| shown.line(line)).map_err(|e| match e {

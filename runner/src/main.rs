@@ -9,8 +9,10 @@ mod bisect;
 mod compare;
 mod console_capture;
 mod kernel_cmd;
+mod kernel_step;
 mod ktap;
 mod multi_kernel;
+mod mutate;
 mod nested;
 mod plan;
 mod progress;
@@ -329,6 +331,14 @@ enum Command {
     /// One step of `lab bisect` (run by git; not for people).
     #[command(hide = true)]
     BisectStep(bisect::StepArgs),
+    /// Mutation testing: would the scenarios notice a bug in the kernel
+    /// code under test? Builds and runs each single-point mutant of a file
+    /// (default kernel/bpf/arena.c) and reports the score and every
+    /// survivor with its diff (mutate.md, .json, .html). Exit 0 when the
+    /// report is written, 1 when the baseline fails or the score is under
+    /// --fail-under, 2 bad input, 3 a mutant the lab could not judge, 130
+    /// interrupted (run it again to go on: outcomes are cached).
+    Mutate(mutate::MutateArgs),
 }
 
 /// `lab run` options from a full argv (`lab run ...`), parsed exactly as
@@ -531,6 +541,7 @@ fn real_main() -> Result<u8, LabError> {
         Command::Nested(args) => nested::nested(args),
         Command::Bisect(args) => bisect::bisect(&args),
         Command::BisectStep(args) => Ok(bisect::step(&args)),
+        Command::Mutate(args) => mutate::mutate(&args),
     }
 }
 

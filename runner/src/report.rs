@@ -462,7 +462,7 @@ fn trend_plots(runs: &[Run], g: &Grid) -> Result<[(&'static str, String); 2], Re
     ])
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
+pub(crate) const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;\
 vertical-align:top;text-align:left}th{background:#f0f0f0}\
 .pass{background:#d9f2d9}.fail,.error,.timeout{background:#f8d0d0}.not_run{background:#eee}\

@@ -59,15 +59,8 @@ fn tree(src: &Path, cache: &Path) -> (PathBuf, String, String, String) {
     let repo = cache.join("tree");
     if !repo.join(".git").is_dir() {
         let tmp = cache.join("tree.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
         // Hard links: fast, and git replaces (never edits) files it checks out.
-        let st = Command::new("cp")
-            .arg("-al")
-            .arg(src)
-            .arg(&tmp)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        hard_link_copy(src, &tmp);
         git(&tmp, &["init", "-q", "-b", "main"]);
         // -f: Debian's tree ignores `/*` in its top .gitignore.
         git(&tmp, &["add", "-A", "-f"]);

@@ -47,6 +47,13 @@ pub enum BaseConfig {
 /// gives the serial port its interrupt under a hardware-reduced FADT.
 /// Without PCI, x86 ACPI cannot load the tables ("AE_BAD_PARAMETER, During
 /// Region initialization"), though no PCI device is used.
+/// The arena catalogue needs more than a boot: NET (libbpf probes a
+/// socket-filter program before loading any object; without it every BPF
+/// scenario fails with EINVAL), CGROUPS and MEMCG (the leak scenarios'
+/// memory cgroup) and ADVISE_SYSCALLS (`madvise`). With them the whole
+/// catalogue runs on a tiny kernel, which `lab mutate` rebuilds per mutant.
+/// Fault injection (`fail_allocs:` steps) tells allocations that may sleep
+/// from those that may not, which no other scenario can.
 const TINY_BOOTABLE: &[&str] = &[
     "PRINTK",
     "BUG",
@@ -65,6 +72,16 @@ const TINY_BOOTABLE: &[&str] = &[
     "PCI",
     "PNP",
     "MEMFD_CREATE",
+    "NET",
+    "CGROUPS",
+    "MEMCG",
+    "ADVISE_SYSCALLS",
+    "DEBUG_KERNEL",
+    "DEBUG_FS",
+    "FAULT_INJECTION",
+    "FAILSLAB",
+    "FAIL_PAGE_ALLOC",
+    "FAULT_INJECTION_DEBUG_FS",
 ];
 
 impl BaseConfig {

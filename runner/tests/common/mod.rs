@@ -21,6 +21,20 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// `dst` as a fresh copy of the tree `src` made of hard links (`cp -al`):
+/// instant, and safe while whatever edits it replaces files instead of
+/// writing through the links.
+pub fn hard_link_copy(src: &Path, dst: &Path) {
+    let _ = std::fs::remove_dir_all(dst);
+    let st = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -al {} {}", src.display(), dst.display());
+}
+
 /// Run `lab` with `args` from the workspace root.
 pub fn lab(args: &[&str]) -> Output {
     lab_env(args, &[])
