@@ -137,8 +137,7 @@ impl Vm {
     ) -> Self {
         let debugger = host.gdb.map(|cfg| {
             let ids = vcpus.iter().map(|v| v.id).collect();
-            let sw_refused = probe::host_is_pvm().then_some(gdb::target::PVM_NO_SW_BREAKPOINTS);
-            let target = gdb::target::VmTarget::new(ids, mem.clone(), sw_refused);
+            let target = gdb::target::VmTarget::new(ids, mem.clone());
             gdb::Debugger::new(cfg, target, exit_tx.clone(), can_block_irqs(&kvm))
         });
         Self {

@@ -2,12 +2,12 @@
 //! a hostile raw client, against the `gdb_pvh` guest (which calls `tick`
 //! forever, counting in `counter`) under this host's KVM.
 //!
-//! Everything here runs under PVM too, except software breakpoints: PVM's
-//! instruction emulator fails on `int3`, so there the stub must refuse
-//! them (an error reply, gdb says it cannot insert the breakpoint) and the
-//! guest must run on; elsewhere a `break` must stop at its address.
-//! Software breakpoints under real KVM are also covered by the runner's
-//! `nested_gdb` test, inside `lab nested`.
+//! Everything here runs under PVM too, except software breakpoints: where
+//! KVM does not intercept a guest `int3` (`vmm::gdb::probe`: PVM's
+//! emulator fails on it, QEMU TCG's SVM hands it to the guest) the stub
+//! must refuse them (an error reply, gdb says it cannot insert the
+//! breakpoint) and the guest must run on; elsewhere a `break` must stop at
+//! its address. Linux under the stub is the runner's `nested_gdb` test.
 
 mod common;
 
@@ -301,7 +301,14 @@ fn sigusr2_pauses_a_running_guest_for_gdb_and_detach_lets_it_run_on() {
     let port = vmm.port("arena-vmm: paused; gdb stub on ");
     let elf = vmm.elf.clone();
     let tick = symbol(&elf, "tick");
-    let pvm = vmm::probe::host_is_pvm();
+    let sw = vmm::gdb::probe::sw_breakpoints();
+    if vmm::probe::host_is_pvm() {
+        assert!(
+            sw.is_err(),
+            "PVM fails on int3, yet the probe says it works"
+        );
+    }
+    let no_sw = sw.is_err();
     let gdb = Gdb::start(
         &elf,
         port,
@@ -327,10 +334,10 @@ fn sigusr2_pauses_a_running_guest_for_gdb_and_detach_lets_it_run_on() {
     assert!(seen[0] > 0, "paused a guest that had run: {out}");
     assert!(seen[1] > seen[0], "continue ran the guest: {out}");
     assert!(out.contains("received signal SIGINT"), "{out}");
-    if pvm {
+    if no_sw {
         // Refused, not written: the guest never met an int3.
         assert!(out.contains("Cannot insert breakpoint 1"), "{out}");
-        vmm.line("arena-vmm: gdb: software breakpoints do not work under PVM");
+        vmm.line("arena-vmm: gdb: software breakpoints do not work on this host's KVM");
     } else {
         assert!(out.contains("Breakpoint 1, "), "{out}");
         assert!(out.contains(&format!("$1 = {tick:#x}")), "{out}");
@@ -350,6 +357,31 @@ fn sigusr2_pauses_a_running_guest_for_gdb_and_detach_lets_it_run_on() {
     let (code, err) = vmm.wait();
     assert_eq!(code, vmm::EXIT_DEBUGGER_KILL, "{err}");
     assert!(!vmm_serial_has_errors(&err), "{err}");
+}
+
+/// The stub asks KVM what it can do (`vmm::gdb::probe`); under PVM the
+/// answers are known: `int3` is an emulation failure, DR0–DR3 and
+/// single-step work.
+#[test]
+fn the_capability_probe_answers_and_pvm_gets_the_known_answers() {
+    require_kvm("the_capability_probe_answers_and_pvm_gets_the_known_answers");
+    use vmm::gdb::probe::{check, Capability};
+    let answers: Vec<_> = [
+        Capability::SwBreakpoints,
+        Capability::HwBreakpoints,
+        Capability::SingleStep,
+    ]
+    .into_iter()
+    .map(|c| (c, check(c)))
+    .collect();
+    eprintln!("{answers:?}");
+    if vmm::probe::host_is_pvm() {
+        let [(_, sw), (_, hw), (_, step)] = &answers[..] else {
+            unreachable!()
+        };
+        assert!(sw.as_ref().unwrap_err().contains("InternalError"), "{sw:?}");
+        assert_eq!((hw, step), (&Ok(()), &Ok(())));
+    }
 }
 
 /// Whether the VMM's stderr reports a failure of its own.

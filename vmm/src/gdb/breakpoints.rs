@@ -33,8 +33,6 @@ pub const INT3: u8 = 0xcc;
 
 /// DR7 bit 10 always reads as 1.
 const DR7_FIXED_1: u64 = 1 << 10;
-/// DR6 bit 14 (BS): the trap came from single-stepping (RFLAGS.TF).
-pub const DR6_BS: u64 = 1 << 14;
 /// Index of DR7 in `kvm_guest_debug_arch.debugreg`.
 const DR7_INDEX: usize = 7;
 

@@ -25,13 +25,14 @@
 //! before boot must be hardware ones (`hbreak`); `break` (an `int3`
 //! written into memory) needs the code mapped and in place.
 //!
-//! Under PVM, `KVM_SET_GUEST_DEBUG` works for single-step and hardware
-//! breakpoints, but its instruction emulator fails on `int3`
-//! (`KVM_INTERNAL_ERROR_EMULATION`), so software breakpoints are refused
-//! there with an error reply.
+//! Software breakpoints need KVM to intercept the guest's `int3`; where
+//! it does not (PVM; KVM on QEMU TCG's emulated SVM, i.e. in `lab
+//! nested`), they are refused with an error reply ([`probe`]).
+//! Single-step and hardware breakpoints work on all three.
 
 pub mod breakpoints;
 pub mod memory;
+pub mod probe;
 pub mod regs;
 pub mod session;
 pub mod signal;

@@ -12,7 +12,7 @@
 
 use kvm_bindings::kvm_debug_exit_arch;
 
-use super::breakpoints::{HwBreakpoints, SwBreakpoints, DR6_BS, INT3};
+use super::breakpoints::{HwBreakpoints, SwBreakpoints, INT3};
 
 /// Vector of the debug exception (`#DB`): hardware breakpoints and steps.
 pub const DB_VECTOR: u32 = 1;
@@ -58,9 +58,11 @@ pub fn classify(
         BP_VECTOR if sw.get(exit.pc).is_some() => DebugStop::SwBreak(exit.pc),
         BP_VECTOR if byte_at_pc == Some(INT3) => DebugStop::GuestBp,
         BP_VECTOR => DebugStop::Stale,
+        // A stepping vCPU's #DB is its step even without DR6.BS: not every
+        // KVM reports DR6 the same way (TF is the stub's own doing).
         DB_VECTOR => match hw.hit(exit.dr6) {
             Some(addr) => DebugStop::HwBreak(addr),
-            None if stepping && exit.dr6 & DR6_BS != 0 => DebugStop::Step,
+            None if stepping => DebugStop::Step,
             None => DebugStop::Stale,
         },
         _ => DebugStop::Stale,
@@ -126,8 +128,13 @@ mod tests {
             DebugStop::Stale
         );
         assert_eq!(
-            c(exit(DB_VECTOR, 0x1234, 0xffff_0ff2), true, None),
+            c(exit(DB_VECTOR, 0x1234, 0xffff_0ff2), false, None),
             DebugStop::Stale
+        );
+        // A stepping vCPU's #DB without DR6.BS is still its step.
+        assert_eq!(
+            c(exit(DB_VECTOR, 0x1234, 0xffff_0ff0), true, None),
+            DebugStop::Step
         );
         assert_eq!(c(exit(6, 0, 0), true, None), DebugStop::Stale);
     }

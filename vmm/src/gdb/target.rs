@@ -29,6 +29,7 @@ use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
 
 use super::breakpoints::{HwBreakpoints, SwBreakpoint, SwBreakpoints, INT3};
+use super::probe::{self, Capability};
 use super::{memory, regs, GdbError};
 use crate::memory::GuestMem;
 use crate::vcpu::Vcpu;
@@ -80,11 +81,6 @@ impl ResumePlan {
     }
 }
 
-/// Why software breakpoints cannot be used on this host.
-pub const PVM_NO_SW_BREAKPOINTS: &str =
-    "software breakpoints do not work under PVM (its instruction emulator fails on int3 with \
-     KVM_INTERNAL_ERROR_EMULATION); use hbreak";
-
 /// The VM's debug state and its stopped vCPUs.
 pub struct VmTarget {
     vcpus: Vec<Vcpu>,
@@ -95,23 +91,19 @@ pub struct VmTarget {
     pub hw: HwBreakpoints,
     /// Software breakpoints in guest memory.
     pub sw: SwBreakpoints,
-    /// Why software breakpoints are refused, if they are.
-    sw_refused: Option<&'static str>,
     /// gdb's last resume request.
     pub plan: ResumePlan,
 }
 
 impl VmTarget {
-    /// A target for a VM with vCPUs `ids` over `mem`; `sw_refused` says why
-    /// software breakpoints cannot work on this host, if they cannot.
-    pub fn new(ids: Vec<u8>, mem: Arc<GuestMem>, sw_refused: Option<&'static str>) -> Self {
+    /// A target for a VM with vCPUs `ids` over `mem`.
+    pub fn new(ids: Vec<u8>, mem: Arc<GuestMem>) -> Self {
         Self {
             vcpus: Vec::new(),
             ids,
             mem,
             hw: HwBreakpoints::default(),
             sw: SwBreakpoints::default(),
-            sw_refused,
             plan: ResumePlan::default(),
         }
     }
@@ -174,6 +166,23 @@ fn restore_byte(mem: &GuestMem, bp: SwBreakpoint) {
     if memory::read_phys_byte(mem, bp.gpa) == Some(INT3) {
         memory::write_phys_byte(mem, bp.gpa, bp.original);
     }
+}
+
+/// An error reply when this host's KVM cannot do `cap` (`what`, for the
+/// one stderr line that says why, once per process and capability).
+fn refuse_unless(cap: Capability, what: &str) -> Result<(), TargetError<GdbError>> {
+    let Err(why) = probe::check(cap) else {
+        return Ok(());
+    };
+    static SAID: [std::sync::Once; 3] = [
+        std::sync::Once::new(),
+        std::sync::Once::new(),
+        std::sync::Once::new(),
+    ];
+    SAID[cap as usize].call_once(|| {
+        eprintln!("arena-vmm: gdb: {what} do not work on this host's KVM: {why}");
+    });
+    Err(TargetError::Errno(EOPNOTSUPP))
 }
 
 impl Target for VmTarget {
@@ -293,8 +302,13 @@ impl MultiThreadResume for VmTarget {
         Ok(())
     }
 
+    /// Offered where this host's KVM steps ([`probe`]); gdb then says it
+    /// cannot step instead of waiting for a step that never ends.
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
-        Some(self)
+        match probe::check(Capability::SingleStep) {
+            Ok(()) => Some(self),
+            Err(_) => None,
+        }
     }
 
     fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
@@ -334,13 +348,10 @@ impl Breakpoints for VmTarget {
 
 impl SwBreakpointExt for VmTarget {
     /// Writes an `int3` where `addr` maps now. Refused (an error reply,
-    /// so gdb does not fall back to writing `int3` itself) where
-    /// software breakpoints cannot work.
+    /// so gdb does not fall back to writing `int3` itself) where this
+    /// host's KVM does not intercept `int3` ([`probe`]).
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if let Some(why) = self.sw_refused {
-            eprintln!("arena-vmm: gdb: {why}");
-            return Err(TargetError::Errno(EOPNOTSUPP));
-        }
+        refuse_unless(Capability::SwBreakpoints, "software breakpoints")?;
         if self.sw.get(addr).is_some() {
             return Ok(true);
         }
@@ -370,7 +381,10 @@ impl SwBreakpointExt for VmTarget {
 }
 
 impl HwBreakpoint for VmTarget {
+    /// Takes a free debug register. Refused where this host's KVM does not
+    /// fire them ([`probe`]).
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        refuse_unless(Capability::HwBreakpoints, "hardware breakpoints")?;
         Ok(self.hw.add(addr))
     }
 
