@@ -33,7 +33,17 @@ pub fn vm_config(spec: &VmSpec) -> VmConfig {
     if let Some(SnapshotRole::Save { state, .. }) = &spec.snapshot {
         cfg.snapshot_to = Some(state.clone());
     }
+    cfg.gdb = spec.gdb.map(gdb_stub);
     cfg
+}
+
+/// The VMM's own gdb stub on localhost `port`, holding the VM's first
+/// instruction until gdb resumes it (like QEMU's `-gdb … -S`).
+fn gdb_stub(port: u16) -> vmm::gdb::GdbConfig {
+    vmm::gdb::GdbConfig {
+        addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+        wait: true,
+    }
 }
 
 /// A VM restored from `state` (the shape comes from the snapshot), with
@@ -114,6 +124,11 @@ impl Backend for OwnVmm {
 
     fn accelerator(&self) -> &'static str {
         "kvm"
+    }
+
+    /// `arena-vmm --gdb` (see `vmm::gdb`).
+    fn has_gdb_stub(&self) -> bool {
+        true
     }
 
     /// The VMM writes its serial console into the runner's capture pipe
@@ -215,6 +230,34 @@ mod tests {
             matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/r/console.log"))
         );
         assert_eq!(cfg.console_socket, spec.channel);
+    }
+
+    /// `--gdb PORT` becomes the VMM's stub on localhost, halted at start.
+    #[test]
+    fn gdb_port_becomes_the_vmms_stub() {
+        let mut spec = VmSpec {
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            console: Console::Stdout,
+            channel: None,
+            gdb: Some(4321),
+            snapshot: None,
+        };
+        let args = vm_config(&spec).to_args();
+        let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        let at = text.iter().position(|a| a == "--gdb").expect("--gdb");
+        assert_eq!(text[at + 1], "127.0.0.1:4321");
+        let cfg = VmConfig::from_args(&args).unwrap();
+        assert_eq!(cfg.gdb.map(|g| (g.addr.port(), g.wait)), Some((4321, true)));
+        spec.gdb = None;
+        assert!(VmConfig::from_args(&vm_config(&spec).to_args())
+            .unwrap()
+            .gdb
+            .is_none());
+        assert!(OwnVmm::at("/bin/true".into()).has_gdb_stub());
     }
 
     /// Opt-in: without it the run says why and boots cold.
