@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long)]
     no_preflight: bool,
     /// Debug one scenario (select it with --only): its VM starts halted with
-    /// a gdb stub (`--gdb`: port 1234, `--gdb=PORT`; QEMU backend), the kernel boots
+    /// a gdb stub (`--gdb`: port 1234, `--gdb=PORT`), the kernel boots
     /// with `nokaslr`, and every timeout is 1000 times longer.
     #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
     gdb: Option<u16>,

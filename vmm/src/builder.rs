@@ -11,7 +11,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -24,6 +25,7 @@ use crate::devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::legacy;
 use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_IRQ, COM1_PORT, UART_PORT_LEN};
 use crate::devices::{self, Bus, SharedDevice};
+use crate::gdb;
 use crate::memory::{self, GuestMem};
 use crate::snapshot::state::{DeviceState, MachineState, VcpuState, VmState};
 use crate::snapshot::{self, kvm_state, SnapshotError};
@@ -32,7 +34,7 @@ use crate::virtio::console::Console;
 use crate::virtio::mmio::MmioTransport;
 use crate::{
     loader, new_eventfd, probe, serial_writer, ConsoleTransport, DeviceHandles, Error, ExitReason,
-    RestoreConfig, SerialOutput, VirtioSlot, Vm, VmConfig,
+    RestoreConfig, SerialOutput, VirtioSlot, Vm, VmConfig, VmEvent,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -51,6 +53,7 @@ impl Vm {
             console_socket: cfg.console_socket.as_deref(),
             timeout: cfg.timeout,
             snapshot_to: cfg.snapshot_to.as_deref(),
+            gdb: cfg.gdb,
         };
         let devs = create_devices(vm, &mem, &host, console_slot, &exit.0, None)?;
         let vcpus = create_vcpus(&kvm_vm.0, vm, cfg.vcpus, entry)?;
@@ -70,8 +73,11 @@ impl Vm {
     /// (the restore flow in the module docs). The file is verified before
     /// anything is built from it.
     pub fn restore(cfg: &RestoreConfig) -> Result<Self, Error> {
-        if cfg.snapshot_to.is_some() {
-            arm_snapshot_signal()?;
+        check_host(cfg.snapshot_to.as_deref(), cfg.gdb)?;
+        if cfg.gdb.is_some_and(|g| g.wait) {
+            return Err(Error::Config(
+                "a restored VM cannot wait for gdb at its first instruction".into(),
+            ));
         }
         let start = std::time::Instant::now();
         let path = cfg.snapshot.display().to_string();
@@ -106,6 +112,7 @@ impl Vm {
             console_socket: cfg.console_socket.as_deref(),
             timeout: cfg.timeout,
             snapshot_to: cfg.snapshot_to.as_deref(),
+            gdb: cfg.gdb,
         };
         let slot = VirtioSlot::nth(0);
         let devs = create_devices(vm, &mem, &host, slot, &exit.0, Some(&state.devices))?;
@@ -124,10 +131,15 @@ impl Vm {
         mem: Arc<GuestMem>,
         devs: Devices,
         vcpus: Vec<Vcpu>,
-        (exit_tx, exit_rx): (Sender<ExitReason>, Receiver<ExitReason>),
+        (exit_tx, exit_rx): (Sender<VmEvent>, Receiver<VmEvent>),
         machine: MachineState,
         host: &Host<'_>,
     ) -> Self {
+        let debugger = host.gdb.map(|cfg| {
+            let ids = vcpus.iter().map(|v| v.id).collect();
+            let target = gdb::target::VmTarget::new(ids, mem.clone());
+            gdb::Debugger::new(cfg, target, exit_tx.clone(), can_block_irqs(&kvm))
+        });
         Self {
             kvm,
             vm,
@@ -145,13 +157,37 @@ impl Vm {
             machine,
             snapshot_to: host.snapshot_to.map(Path::to_path_buf),
             restore_times: None,
+            debugger,
         }
     }
 }
 
-/// SIGUSR1 must not kill a VM that was asked to snapshot on it.
-fn arm_snapshot_signal() -> Result<(), Error> {
-    snapshot::arm_sigusr1().map_err(|e| Error::Io("install the SIGUSR1 handler".into(), e))
+/// Whether KVM can hold interrupts off during a single step
+/// (`KVM_GUESTDBG_BLOCKIRQ`, Linux 5.16): `KVM_CAP_SET_GUEST_DEBUG2` lists
+/// the guest debug flags it supports.
+fn can_block_irqs(kvm: &Kvm) -> bool {
+    let flags = kvm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2.into());
+    flags > 0 && (flags as u32) & KVM_GUESTDBG_BLOCKIRQ != 0
+}
+
+/// Checks the host-side options that pause the VM on a signal, and arms
+/// those signals: SIGUSR1 (snapshot) and SIGUSR2 (debugger) must not kill
+/// a VM that was asked to pause on them. Armed before the VM is built, so
+/// an early signal is not fatal either.
+fn check_host(snapshot_to: Option<&Path>, gdb: Option<gdb::GdbConfig>) -> Result<(), Error> {
+    if snapshot_to.is_some() && gdb.is_some() {
+        return Err(Error::Config(
+            "a VM under a gdb stub is not snapshotted (--snapshot-to)".into(),
+        ));
+    }
+    if snapshot_to.is_some() {
+        snapshot::arm_sigusr1().map_err(|e| Error::Io("install the SIGUSR1 handler".into(), e))?;
+    }
+    if gdb.is_some() {
+        gdb::signal::arm_sigusr2()
+            .map_err(|e| Error::Io("install the SIGUSR2 handler".into(), e))?;
+    }
+    Ok(())
 }
 
 /// Appended unless the command line already says `pci=`: the machine has no
@@ -168,10 +204,7 @@ fn validate(cfg: &VmConfig) -> Result<(), Error> {
             mptable::MAX_VCPUS
         )));
     }
-    if cfg.snapshot_to.is_some() {
-        arm_snapshot_signal()?;
-    }
-    Ok(())
+    check_host(cfg.snapshot_to.as_deref(), cfg.gdb)
 }
 
 /// Step 1: KVM, the VM, in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
@@ -280,6 +313,7 @@ struct Host<'a> {
     console_socket: Option<&'a Path>,
     timeout: Option<std::time::Duration>,
     snapshot_to: Option<&'a Path>,
+    gdb: Option<gdb::GdbConfig>,
 }
 
 /// An eventfd registered with KVM as the irqfd of `gsi`.
@@ -292,10 +326,10 @@ fn irqfd(vm: &VmFd, gsi: u32, all: &mut Vec<(Arc<EventFd>, u32)>) -> Result<Arc<
 }
 
 /// A callback that ends the VM with `reason`.
-fn exit_sink(tx: &Sender<ExitReason>, reason: ExitReason) -> Box<dyn Fn() + Send> {
+fn exit_sink(tx: &Sender<VmEvent>, reason: ExitReason) -> Box<dyn Fn() + Send> {
     let tx = Mutex::new(tx.clone());
     Box::new(move || {
-        let _ = devices::lock(&tx).send(reason.clone());
+        let _ = devices::lock(&tx).send(VmEvent::Exit(reason.clone()));
     })
 }
 
@@ -307,7 +341,7 @@ fn create_devices(
     mem: &Arc<GuestMem>,
     host: &Host<'_>,
     console_slot: VirtioSlot,
-    exit_tx: &Sender<ExitReason>,
+    exit_tx: &Sender<VmEvent>,
     saved: Option<&DeviceState>,
 ) -> Result<Devices, Error> {
     let mut irqfds = Vec::new();

@@ -21,6 +21,10 @@
 //! steps 2–5: guest RAM is mapped from the file, the in-kernel irqchip, PIT
 //! and clock, the devices and the vCPUs get their saved state. See
 //! [`snapshot`] for the file format.
+//!
+//! With `--gdb` or `--gdb-on-demand` a gdb client can stop, inspect and
+//! step the guest ([`gdb`]); the run loop pauses the vCPUs for it the way
+//! it does for a snapshot.
 
 #![warn(missing_docs)]
 
@@ -29,10 +33,12 @@ pub mod bridge;
 mod builder;
 pub mod devices;
 pub mod exit_stats;
+pub mod gdb;
 pub mod loader;
 pub mod memory;
 pub mod probe;
 pub mod rss;
+mod run_loop;
 pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
@@ -40,16 +46,13 @@ pub mod virtio;
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::Killable;
 
 use arch::x86_64::ArchError;
 use devices::i8042::I8042Device;
@@ -59,7 +62,7 @@ use devices::{Bus, BusError};
 use loader::LoadError;
 use memory::{GuestMem, MemoryError};
 use snapshot::SnapshotError;
-use vcpu::{Vcpu, VcpuContext};
+use vcpu::Vcpu;
 use virtio::console::Console;
 use virtio::mmio::MmioTransport;
 
@@ -153,6 +156,20 @@ pub enum ExitReason {
     },
     /// Paused on request, but the snapshot could not be saved (no file left behind).
     SnapshotFailed(String),
+    /// The attached gdb client killed the VM (`kill`).
+    DebuggerKill,
+}
+
+/// What the run loop hears: from the vCPU threads, the devices, and the
+/// gdb client's reader thread, on one channel, so it waits in one place.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// The VM is over.
+    Exit(ExitReason),
+    /// A vCPU left `KVM_RUN` with `KVM_EXIT_DEBUG` (a debugger is attached).
+    Debug(gdb::DebugExit),
+    /// The gdb client sent bytes or hung up.
+    Gdb(gdb::ClientEvent),
 }
 
 /// `arena-vmm` exit code: guest reset or powered off.
@@ -174,6 +191,8 @@ pub const EXIT_FAIL_ENTRY: i32 = 12;
 pub const EXIT_TIMEOUT: i32 = 13;
 /// `arena-vmm` exit code: unexpected exit or KVM_RUN error.
 pub const EXIT_UNEXPECTED: i32 = 14;
+/// `arena-vmm` exit code: the gdb client killed the VM.
+pub const EXIT_DEBUGGER_KILL: i32 = 15;
 
 impl ExitReason {
     /// Process exit code for this reason.
@@ -187,6 +206,7 @@ impl ExitReason {
             ExitReason::Unexpected(_) | ExitReason::VcpuError(_) => EXIT_UNEXPECTED,
             ExitReason::SnapshotSaved { .. } => EXIT_SNAPSHOT_SAVED,
             ExitReason::SnapshotFailed(_) => EXIT_SNAPSHOT_FAILED,
+            ExitReason::DebuggerKill => EXIT_DEBUGGER_KILL,
         }
     }
 
@@ -243,6 +263,7 @@ impl std::fmt::Display for ExitReason {
                 path.display()
             ),
             ExitReason::SnapshotFailed(s) => write!(f, "snapshot failed: {s}"),
+            ExitReason::DebuggerKill => write!(f, "killed by the gdb client"),
         }
     }
 }
@@ -277,6 +298,9 @@ pub enum Error {
     /// Saved device state was refused.
     #[error("cannot restore the snapshot: {0}")]
     Restore(String),
+    /// The gdb stub could not start.
+    #[error(transparent)]
+    Gdb(#[from] gdb::GdbError),
 }
 
 /// Where the UART output goes.
@@ -313,6 +337,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Where SIGUSR1 saves a snapshot of the running VM.
     pub snapshot_to: Option<PathBuf>,
+    /// A gdb stub (`--gdb`, `--gdb-on-demand`).
+    pub gdb: Option<gdb::GdbConfig>,
 }
 
 impl VmConfig {
@@ -328,6 +354,7 @@ impl VmConfig {
             console_socket: None,
             timeout: None,
             snapshot_to: None,
+            gdb: None,
         }
     }
 }
@@ -358,6 +385,7 @@ impl VmConfig {
             &self.console_socket,
             self.timeout,
             &self.snapshot_to,
+            self.gdb,
         );
         a
     }
@@ -392,23 +420,27 @@ impl VmConfig {
                     &mut cfg.console_socket,
                     &mut cfg.timeout,
                     &mut cfg.snapshot_to,
+                    &mut cfg.gdb,
                 )?,
                 "--restore" => return Err("--restore starts a VM from a snapshot alone".into()),
                 other => return Err(format!("unknown argument {other}")),
             }
         }
         cfg.kernel = kernel.ok_or("--kernel is required")?;
+        check_gdb(cfg.gdb, &cfg.snapshot_to)?;
         Ok(cfg)
     }
 }
 
 /// The host-side options shared by a fresh boot and a restore: written by
 /// [`host_io_args`], read by [`set_host_io`].
-const HOST_IO_FLAGS: [&str; 4] = [
+const HOST_IO_FLAGS: [&str; 6] = [
     "--serial",
     "--console-socket",
     "--timeout-s",
     "--snapshot-to",
+    gdb::GDB_FLAG,
+    gdb::GDB_ON_DEMAND_FLAG,
 ];
 
 /// Sets the host-side option `flag` (one of [`HOST_IO_FLAGS`]) to `value`.
@@ -419,8 +451,20 @@ fn set_host_io(
     console_socket: &mut Option<PathBuf>,
     timeout: &mut Option<Duration>,
     snapshot_to: &mut Option<PathBuf>,
+    gdb: &mut Option<gdb::GdbConfig>,
 ) -> Result<(), String> {
     match flag {
+        gdb::GDB_FLAG | gdb::GDB_ON_DEMAND_FLAG => {
+            if gdb.is_some() {
+                return Err(format!(
+                    "give one of {} and {}, once",
+                    gdb::GDB_FLAG,
+                    gdb::GDB_ON_DEMAND_FLAG
+                ));
+            }
+            let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
+            *gdb = Some(gdb::GdbConfig::parse(flag, v)?);
+        }
         "--serial" => *serial = parse_serial(value),
         "--console-socket" => *console_socket = Some(PathBuf::from(value)),
         "--timeout-s" => {
@@ -433,6 +477,19 @@ fn set_host_io(
     Ok(())
 }
 
+/// Refuses a gdb stub together with snapshots: both pause the VM on a
+/// signal, and a VM a debugger holds (breakpoints in its memory, vCPUs
+/// stopped one by one) is no snapshot to resume from.
+fn check_gdb(gdb: Option<gdb::GdbConfig>, snapshot_to: &Option<PathBuf>) -> Result<(), String> {
+    match gdb {
+        Some(g) if snapshot_to.is_some() => Err(format!(
+            "{} cannot be used with --snapshot-to: a VM under a debugger is not snapshotted",
+            g.flag()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Appends the host-side options shared by a fresh boot and a restore.
 fn host_io_args(
     a: &mut Vec<OsString>,
@@ -440,6 +497,7 @@ fn host_io_args(
     console_socket: &Option<PathBuf>,
     timeout: Option<Duration>,
     snapshot_to: &Option<PathBuf>,
+    gdb: Option<gdb::GdbConfig>,
 ) {
     match serial {
         SerialOutput::Stdout => a.extend(["--serial".into(), "-".into()]),
@@ -456,6 +514,9 @@ fn host_io_args(
     }
     if let Some(p) = snapshot_to {
         a.extend(["--snapshot-to".into(), p.clone().into()]);
+    }
+    if let Some(g) = gdb {
+        a.extend([g.flag().into(), g.addr.to_string().into()]);
     }
 }
 
@@ -481,6 +542,9 @@ pub struct RestoreConfig {
     pub timeout: Option<Duration>,
     /// Where SIGUSR1 saves a new snapshot.
     pub snapshot_to: Option<PathBuf>,
+    /// A gdb stub on SIGUSR2 (`--gdb-on-demand`; `--gdb` is refused: a
+    /// restored VM has no first instruction to hold).
+    pub gdb: Option<gdb::GdbConfig>,
     /// Skip the checksum over the whole file (`--no-verify`): the caller
     /// verified this very file already (lab hashes it once per run). The
     /// header, build id and every bound are still checked. Under nested
@@ -497,6 +561,7 @@ impl RestoreConfig {
             console_socket: None,
             timeout: None,
             snapshot_to: None,
+            gdb: None,
             trust_checksum: false,
         }
     }
@@ -513,6 +578,7 @@ impl RestoreConfig {
             &self.console_socket,
             self.timeout,
             &self.snapshot_to,
+            self.gdb,
         );
         a
     }
@@ -536,6 +602,7 @@ impl RestoreConfig {
                     &mut cfg.console_socket,
                     &mut cfg.timeout,
                     &mut cfg.snapshot_to,
+                    &mut cfg.gdb,
                 )?,
                 "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--mem-mib" => {
                     return Err(format!(
@@ -546,6 +613,15 @@ impl RestoreConfig {
             }
         }
         cfg.snapshot = snapshot.ok_or("--restore needs a snapshot file")?;
+        if cfg.gdb.is_some_and(|g| g.wait) {
+            return Err(format!(
+                "{} cannot be used with --restore: a restored VM has no first instruction to \
+                 hold; use {}",
+                gdb::GDB_FLAG,
+                gdb::GDB_ON_DEMAND_FLAG
+            ));
+        }
+        check_gdb(cfg.gdb, &cfg.snapshot_to)?;
         Ok(cfg)
     }
 }
@@ -627,17 +703,6 @@ struct DeviceHandles {
     legacy: Arc<Mutex<LegacyDevice>>,
 }
 
-/// How often the run loop looks for a snapshot request.
-const SNAPSHOT_POLL: Duration = Duration::from_millis(5);
-
-/// Why [`Vm::run`] stops the vCPUs.
-enum Stop {
-    /// The VM is over.
-    Exit(ExitReason),
-    /// Pause and save to this file.
-    Snapshot(PathBuf),
-}
-
 /// A fully built VM, ready to [`run`](Vm::run).
 pub struct Vm {
     kvm: Kvm,
@@ -647,8 +712,8 @@ pub struct Vm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     vcpus: Vec<Vcpu>,
-    exit_tx: Sender<ExitReason>,
-    exit_rx: Receiver<ExitReason>,
+    exit_tx: Sender<VmEvent>,
+    exit_rx: Receiver<VmEvent>,
     timeout: Option<Duration>,
     irqfds: Vec<(Arc<EventFd>, u32)>,
     console: ConsoleTransport,
@@ -657,132 +722,14 @@ pub struct Vm {
     machine: snapshot::state::MachineState,
     snapshot_to: Option<PathBuf>,
     restore_times: Option<RestoreTimes>,
+    /// The gdb stub, when asked for.
+    debugger: Option<gdb::Debugger>,
 }
 
 impl Vm {
     /// The virtio-console transport (host side).
     pub fn console(&self) -> &ConsoleTransport {
         &self.console
-    }
-
-    /// Step 6: runs the vCPUs until the guest stops or the timeout expires.
-    pub fn run(mut self) -> Result<RunReport, Error> {
-        vcpu::install_kick_handler();
-        let start = Instant::now();
-        if let Some(b) = &mut self.console_bridge {
-            b.start_reader(self.console.clone())?;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads: Vec<JoinHandle<Option<Vcpu>>> = Vec::new();
-        let boot_started = Arc::new(std::sync::OnceLock::new());
-        let stats = Arc::new(Mutex::new(exit_stats::ExitStats::default()));
-        for mut v in self.vcpus.drain(..) {
-            let started = if v.id == 0 {
-                boot_started.clone()
-            } else {
-                Arc::new(std::sync::OnceLock::new())
-            };
-            let ctx = VcpuContext {
-                pio: self.pio.clone(),
-                mmio: self.mmio.clone(),
-                exit_tx: self.exit_tx.clone(),
-                stop: stop.clone(),
-                started,
-                stats: stats.clone(),
-            };
-            let id = v.id;
-            let h = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    // A bug in an exit handler must end the VM, not hang it.
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.run(&ctx)));
-                    if r.is_err() {
-                        let _ = ctx
-                            .exit_tx
-                            .send(ExitReason::VcpuError(format!("vCPU {id} thread panicked")));
-                        return None;
-                    }
-                    // Handed back for a snapshot.
-                    Some(v)
-                })
-                .map_err(|e| Error::Io("spawn vCPU thread".into(), e))?;
-            threads.push(h);
-        }
-        let why = self.wait_for_stop(start);
-        let paused_at = Instant::now();
-        stop.store(true, Ordering::Release);
-        let mut vcpus = Vec::new();
-        for h in threads {
-            while !h.is_finished() {
-                let _ = h.kill(vcpu::kick_signal());
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            vcpus.push(h.join().ok().flatten());
-        }
-        if let Some(b) = &mut self.console_bridge {
-            b.stop();
-        }
-        let exit = match why {
-            Stop::Exit(r) => r,
-            Stop::Snapshot(path) => self.snapshot(&path, vcpus, paused_at),
-        };
-        let exits = std::mem::take(&mut *devices::lock(&stats));
-        Ok(RunReport {
-            exit,
-            time_to_first_entry: boot_started.get().map(|t| t.duration_since(start)),
-            run_time: start.elapsed(),
-            first_entry_at: boot_started.get().copied(),
-            exits,
-            restore: self.restore_times,
-        })
-    }
-}
-
-impl Vm {
-    /// Waits for the guest to end, the timeout, or (with `snapshot_to`) a
-    /// snapshot request, which is polled: a signal handler can only set a flag.
-    fn wait_for_stop(&self, start: Instant) -> Stop {
-        let deadline = self.timeout.map(|t| start + t);
-        loop {
-            if let Some(p) = &self.snapshot_to {
-                if snapshot::take_request() {
-                    return Stop::Snapshot(p.clone());
-                }
-            }
-            let mut wait = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left,
-                    None => return Stop::Exit(ExitReason::Timeout),
-                },
-                None => Duration::from_secs(3600),
-            };
-            if self.snapshot_to.is_some() {
-                wait = wait.min(SNAPSHOT_POLL);
-            }
-            match self.exit_rx.recv_timeout(wait) {
-                Ok(r) => return Stop::Exit(r),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Stop::Exit(ExitReason::VcpuError("all vCPU threads ended".into()))
-                }
-            }
-        }
-    }
-
-    /// Saves the paused VM; `vcpus` are the joined vCPU threads' results
-    /// (`None` for one that panicked).
-    fn snapshot(&self, path: &Path, vcpus: Vec<Option<Vcpu>>, paused_at: Instant) -> ExitReason {
-        let Some(vcpus) = vcpus.into_iter().collect::<Option<Vec<_>>>() else {
-            return ExitReason::SnapshotFailed("a vCPU thread panicked".into());
-        };
-        match self.save_snapshot(path, &vcpus) {
-            Ok(bytes) => ExitReason::SnapshotSaved {
-                path: path.to_path_buf(),
-                bytes,
-                millis: paused_at.elapsed().as_millis() as u64,
-            },
-            Err(e) => ExitReason::SnapshotFailed(format!("{}: {e}", path.display())),
-        }
     }
 }
 
@@ -894,6 +841,7 @@ mod tests {
                 && serial(&a.serial) == serial(&b.serial)
                 && a.console_socket == b.console_socket
                 && a.timeout == b.timeout
+                && a.gdb == b.gdb
         }
         let plain = VmConfig::new("/boot/vmlinux");
         assert_eq!(plain.to_args(), ["--kernel", "/boot/vmlinux"]);
@@ -908,7 +856,10 @@ mod tests {
         let mut stdout = plain.clone();
         stdout.serial = SerialOutput::Stdout;
         stdout.timeout = Some(Duration::from_millis(1));
-        for c in [plain, full, stdout] {
+        stdout.gdb = Some(gdb::GdbConfig::parse("--gdb", "127.0.0.1:1234").unwrap());
+        let mut on_demand = full.clone();
+        on_demand.gdb = Some(gdb::GdbConfig::parse("--gdb-on-demand", "[::1]:0").unwrap());
+        for c in [plain, full, stdout, on_demand] {
             let args = c.to_args();
             let back = VmConfig::from_args(&args).unwrap();
             assert!(same(&c, &back), "{args:?} did not round-trip");
@@ -938,6 +889,7 @@ mod tests {
                 millis: 7,
             },
             ExitReason::SnapshotFailed(String::new()),
+            ExitReason::DebuggerKill,
         ];
         let mut codes: Vec<i32> = reasons.iter().map(|r| r.exit_code()).collect();
         codes.push(EXIT_SETUP_ERROR);
@@ -981,6 +933,89 @@ mod tests {
         };
         assert_eq!(b.snapshot_to, Some(PathBuf::from("/s")));
         assert!(b.to_args().contains(&OsString::from("--snapshot-to")));
+    }
+
+    #[test]
+    fn gdb_options_parse_and_refuse_what_cannot_work() {
+        let boot = |a: &[&str]| VmConfig::from_args(&args(a));
+        let c = boot(&["--kernel", "/k", "--gdb", "127.0.0.1:1234"]).unwrap();
+        assert_eq!(
+            c.gdb,
+            Some(gdb::GdbConfig {
+                addr: "127.0.0.1:1234".parse().unwrap(),
+                wait: true
+            })
+        );
+        let c = boot(&["--kernel", "/k", "--gdb-on-demand", "127.0.0.1:0"]).unwrap();
+        assert!(!c.gdb.unwrap().wait);
+        for bad in [
+            &["--kernel", "/k", "--gdb", "1234"][..],
+            &[
+                "--kernel",
+                "/k",
+                "--gdb",
+                "127.0.0.1:1",
+                "--gdb",
+                "127.0.0.1:2",
+            ],
+            &[
+                "--kernel",
+                "/k",
+                "--gdb",
+                "127.0.0.1:1",
+                "--gdb-on-demand",
+                "127.0.0.1:2",
+            ],
+            &[
+                "--kernel",
+                "/k",
+                "--gdb",
+                "127.0.0.1:1",
+                "--snapshot-to",
+                "/s",
+            ],
+            &[
+                "--kernel",
+                "/k",
+                "--snapshot-to",
+                "/s",
+                "--gdb-on-demand",
+                "127.0.0.1:1",
+            ],
+        ] {
+            assert!(boot(bad).is_err(), "{bad:?}");
+        }
+        let e = parse_launch(&args(&["--restore", "/s", "--gdb", "127.0.0.1:1"]))
+            .err()
+            .unwrap();
+        assert!(e.contains("--gdb cannot be used with --restore"), "{e}");
+        let Ok(Launch::Restore(r)) = parse_launch(&args(&[
+            "--restore",
+            "/s",
+            "--gdb-on-demand",
+            "127.0.0.1:1",
+        ])) else {
+            panic!("not parsed as a restore")
+        };
+        assert_eq!(parse_launch(&r.to_args()).ok().map(|_| ()), Some(()));
+        assert!(r.to_args().contains(&OsString::from("--gdb-on-demand")));
+        assert!(parse_launch(&args(&[
+            "--restore",
+            "/s",
+            "--snapshot-to",
+            "/t",
+            "--gdb-on-demand",
+            "127.0.0.1:1"
+        ]))
+        .is_err());
+    }
+
+    #[test]
+    fn a_gdb_stub_with_snapshots_is_refused_before_kvm() {
+        let mut c = VmConfig::new("/nonexistent");
+        c.snapshot_to = Some("/s".into());
+        c.gdb = Some(gdb::GdbConfig::parse("--gdb", "127.0.0.1:1").unwrap());
+        assert!(matches!(Vm::new(&c), Err(Error::Config(_))));
     }
 
     #[test]

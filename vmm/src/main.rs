@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! arena-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib M]
-//!           [--serial PATH|-] [--console-socket PATH] [--timeout-s S] [--snapshot-to FILE]
+//!           [--serial PATH|-] [--console-socket PATH] [--timeout-s S]
+//!           [--snapshot-to FILE | --gdb IP:PORT | --gdb-on-demand IP:PORT]
 //! arena-vmm --restore FILE [--no-verify] [--serial PATH|-] [--console-socket PATH]
-//!           [--timeout-s S] [--snapshot-to FILE]
+//!           [--timeout-s S] [--snapshot-to FILE | --gdb-on-demand IP:PORT]
 //! arena-vmm probe
 //! ```
 //!
@@ -14,20 +15,29 @@
 //! `--no-verify` skips the checksum over the file (its caller verified it;
 //! header, build id and bounds are still checked).
 //!
+//! `--gdb IP:PORT` builds the VM and holds its first instruction until a
+//! gdb client attached there resumes it (`arena-vmm: waiting for gdb on
+//! IP:PORT` on stderr; port 0 picks a free one, named in that line).
+//! `--gdb-on-demand IP:PORT` runs the VM, and on SIGUSR2 pauses it and
+//! listens (`arena-vmm: paused; gdb stub on IP:PORT`). After a detach the
+//! VM runs on, and SIGUSR2 pauses it for a client again. The host-side
+//! timeout does not count time the VM spends stopped by the debugger.
+//!
 //! Exit status: 0 guest reset/powered off, 2 setup error (a refused
 //! snapshot included), 3 snapshot saved, 4 snapshot requested but not
 //! saved, 10 triple fault, 11 KVM internal error, 12 VM entry failure,
-//! 13 host-side timeout, 14 other unexpected exit. One line on stderr
-//! names the reason.
+//! 13 host-side timeout, 14 other unexpected exit, 15 killed by the gdb
+//! client. One line on stderr names the reason.
 
 use std::process::ExitCode;
 
 use vmm::{Launch, EXIT_SETUP_ERROR};
 
 const USAGE: &str = "usage: arena-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] \
-[--mem-mib M] [--serial PATH|-] [--console-socket PATH] [--timeout-s S] [--snapshot-to FILE]\n       \
+[--mem-mib M] [--serial PATH|-] [--console-socket PATH] [--timeout-s S] \
+[--snapshot-to FILE | --gdb IP:PORT | --gdb-on-demand IP:PORT]\n       \
 arena-vmm --restore FILE [--no-verify] [--serial PATH|-] [--console-socket PATH] \
-[--timeout-s S] [--snapshot-to FILE]\n       arena-vmm probe";
+[--timeout-s S] [--snapshot-to FILE | --gdb-on-demand IP:PORT]\n       arena-vmm probe";
 
 fn main() -> ExitCode {
     let process_start = std::time::Instant::now();

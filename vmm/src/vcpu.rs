@@ -10,7 +10,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::arch::x86_64::{cpuid, msr, regs, ArchError};
 use crate::devices::Bus;
 use crate::exit_stats::{ExitKind, ExitStats};
-use crate::ExitReason;
+use crate::gdb::DebugExit;
+use crate::{ExitReason, VmEvent};
 
 /// Signal used to kick vCPU threads out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {
@@ -48,8 +49,8 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     /// MMIO bus.
     pub mmio: Arc<Bus>,
-    /// Where the first fatal or final exit is reported.
-    pub exit_tx: Sender<ExitReason>,
+    /// Where the first fatal or final exit, or a debug exit, is reported.
+    pub exit_tx: Sender<VmEvent>,
     /// Set by the VMM to stop every vCPU.
     pub stop: Arc<AtomicBool>,
     /// Set by the vCPU just before it enters the guest for the first time.
@@ -92,9 +93,10 @@ impl Vcpu {
         regs::setup_boot_regs(&self.fd, entry)
     }
 
-    /// Runs until the guest exits for good or the VMM asks to stop. On a
-    /// stop request the vCPU is settled (its pending I/O completed) so that
-    /// its state can be saved.
+    /// Runs until the guest exits for good, the vCPU stops for a debugger
+    /// (`KVM_EXIT_DEBUG`), or the VMM asks to stop. On a stop request the
+    /// vCPU is settled (its pending I/O completed) so that its state can be
+    /// saved or shown.
     pub fn run(&mut self, ctx: &VcpuContext) {
         let mut first = true;
         let mut stats = ExitStats::default();
@@ -105,6 +107,15 @@ impl Vcpu {
                 first = false;
             }
             let outcome = match self.fd.run() {
+                // Only a debugger turns these on: it takes the vCPU as it is.
+                Ok(VcpuExit::Debug(arch)) => {
+                    let _ = ctx.exit_tx.send(VmEvent::Debug(DebugExit {
+                        vcpu: self.id,
+                        arch,
+                    }));
+                    reported = true;
+                    break;
+                }
                 Ok(exit) => handle_exit(exit, ctx, &mut stats),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
                 Err(e) => Some(ExitReason::VcpuError(format!("KVM_RUN: {e}"))),
@@ -116,7 +127,9 @@ impl Vcpu {
                 *suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
             }
             let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-            let _ = ctx.exit_tx.send(reason.with_location(self.id, rip));
+            let _ = ctx
+                .exit_tx
+                .send(VmEvent::Exit(reason.with_location(self.id, rip)));
             reported = true;
             break;
         }

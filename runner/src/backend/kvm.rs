@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use vmm::{RestoreConfig, SerialOutput, VmConfig};
 
-use super::{console_label, wire_console, Backend, Console, SerialTarget, SnapshotRole, VmSpec};
+use super::{
+    console_label, wire_console, Backend, Console, GdbStub, GdbWhen, SerialTarget, SnapshotRole,
+    VmSpec,
+};
 
 /// Console log level while booting under the own VMM (the agent raises it to
 /// 7 once up): warnings, oopses and worse still reach `console.log`, the
@@ -33,7 +36,18 @@ pub fn vm_config(spec: &VmSpec) -> VmConfig {
     if let Some(SnapshotRole::Save { state, .. }) = &spec.snapshot {
         cfg.snapshot_to = Some(state.clone());
     }
+    cfg.gdb = spec.gdb.map(gdb_stub);
     cfg
+}
+
+/// The VMM's own gdb stub on localhost: `--gdb` holds the VM's first
+/// instruction until gdb resumes it (like QEMU's `-gdb … -S`);
+/// `--gdb-on-fail` opens it only on SIGUSR2 ([`Backend::hold_for_gdb`]).
+fn gdb_stub(stub: GdbStub) -> vmm::gdb::GdbConfig {
+    vmm::gdb::GdbConfig {
+        addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, stub.port)),
+        wait: stub.when == GdbWhen::Start,
+    }
 }
 
 /// A VM restored from `state` (the shape comes from the snapshot), with
@@ -114,6 +128,26 @@ impl Backend for OwnVmm {
 
     fn accelerator(&self) -> &'static str {
         "kvm"
+    }
+
+    /// `arena-vmm --gdb` (see `vmm::gdb`).
+    fn has_gdb_stub(&self) -> bool {
+        true
+    }
+
+    /// SIGUSR2: `arena-vmm --gdb-on-demand` pauses every vCPU and opens
+    /// its stub.
+    fn hold_for_gdb(&self, vm: &mut Child, _spec: &VmSpec) -> Result<(), String> {
+        let pid = libc::pid_t::try_from(vm.id()).map_err(|e| e.to_string())?;
+        // SAFETY: kill takes no pointers; `vm` is our child, not yet reaped
+        // (the caller checked it still runs), so the pid is still its own.
+        if unsafe { libc::kill(pid, libc::SIGUSR2) } != 0 {
+            return Err(format!(
+                "SIGUSR2 to arena-vmm: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     /// The VMM writes its serial console into the runner's capture pipe
@@ -215,6 +249,49 @@ mod tests {
             matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/r/console.log"))
         );
         assert_eq!(cfg.console_socket, spec.channel);
+    }
+
+    /// `--gdb PORT` becomes the VMM's stub on localhost, halted at start.
+    #[test]
+    fn gdb_port_becomes_the_vmms_stub() {
+        let mut spec = VmSpec {
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            console: Console::Stdout,
+            channel: None,
+            gdb: Some(GdbStub::at_start(4321)),
+            snapshot: None,
+        };
+        let args = vm_config(&spec).to_args();
+        let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        let at = text.iter().position(|a| a == "--gdb").expect("--gdb");
+        assert_eq!(text[at + 1], "127.0.0.1:4321");
+        let cfg = VmConfig::from_args(&args).unwrap();
+        assert_eq!(cfg.gdb.map(|g| (g.addr.port(), g.wait)), Some((4321, true)));
+        // --gdb-on-fail: the stub opens on SIGUSR2, the VM runs meanwhile.
+        spec.gdb = Some(GdbStub {
+            port: 4322,
+            when: GdbWhen::OnFailure,
+        });
+        let text: Vec<String> = vm_config(&spec)
+            .to_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        let at = text
+            .iter()
+            .position(|a| a == "--gdb-on-demand")
+            .expect("--gdb-on-demand");
+        assert_eq!(text[at + 1], "127.0.0.1:4322");
+        spec.gdb = None;
+        assert!(VmConfig::from_args(&vm_config(&spec).to_args())
+            .unwrap()
+            .gdb
+            .is_none());
+        assert!(OwnVmm::at("/bin/true".into()).has_gdb_stub());
     }
 
     /// Opt-in: without it the run says why and boots cold.

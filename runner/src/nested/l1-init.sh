@@ -48,6 +48,8 @@ if [ -n "$RESULTS" ]; then
     $B mount -t 9p -o "$P9,cache=none" results "/newroot$RESULTS" \
         || fail "cannot mount the results share at $RESULTS"
 fi
+# Loopback up: programs in L1 talk TCP to each other (gdb to a VM's stub).
+$B ip link set lo up || echo "lab nested (L1): cannot bring up lo" > /dev/console
 KVM=false
 [ -c /dev/kvm ] && KVM=true
 UP=$($B cut -d' ' -f1 /proc/uptime)
