@@ -1464,7 +1464,7 @@ steps:
         );
         let e = one_error("  - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n  - bpf_run: { object: p, program: free_page, args: [0, 1] }\n");
         assert!(
-            e.contains("steps[3].bpf_run.program: no syscall program `free_page` in arena_ops.bpf.o: alloc_pages, bump_global, count_allocated, free_pages,"),
+            e.contains("steps[3].bpf_run.program: no syscall program `free_page` in arena_ops.bpf.o: alloc_pages, alloc_pages_node, bump_global, count_allocated, free_pages,"),
             "{e}"
         );
         let e = p("name: x\ntags: [race, races]\nsteps: [ {sleep: {ms: 1}} ]\n")
