@@ -17,7 +17,11 @@
 //!    instruction, steps it, sets a hardware breakpoint on `start_kernel`,
 //!    interrupts the boot once the console shows the banner, reads
 //!    `linux_banner` through the kernel's page tables, detaches; the boot
-//!    then ends normally.
+//!    then ends normally;
+//! 3. `lab run --backend kvm --gdb-on-fail=PORT` with a failing scenario:
+//!    the runner pauses the failed VM (SIGUSR2 opens the VMM's stub), gdb
+//!    reads a register and `linux_banner` and kills it, and the run records
+//!    the failure.
 //!
 //! Breakpoints and steps are checked as this KVM does them
 //! (`vmm::gdb::probe`): where it does, each must stop where asked; where
@@ -159,6 +163,12 @@ fn inside() {
         "nested gdb: lab boot under gdb done in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    let t = Instant::now();
+    lab_run_gdb_on_fail(&syms, &scratch);
+    eprintln!(
+        "nested gdb: lab run --gdb-on-fail done in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     println!("{PASSED}");
 }
 
@@ -271,7 +281,11 @@ const CONTINUING: &str = "CONTINUING";
 /// (`p/x $pc` first, so the output proves it attached).
 struct Gdb {
     child: Child,
+    /// stdout: what the commands print, in order.
     out: Arc<Mutex<String>>,
+    /// stderr, kept apart: gdb's stdout is a buffered pipe, so its stderr
+    /// lines would otherwise land in the middle of stdout's.
+    err: Arc<Mutex<String>>,
 }
 
 impl Gdb {
@@ -299,8 +313,9 @@ impl Gdb {
             .expect("run gdb (Debian package gdb)");
         let out = Arc::new(Mutex::new(String::new()));
         collect(child.stdout.take().unwrap(), out.clone());
-        collect(child.stderr.take().unwrap(), out.clone());
-        Gdb { child, out }
+        let err = Arc::new(Mutex::new(String::new()));
+        collect(child.stderr.take().unwrap(), err.clone());
+        Gdb { child, out, err }
     }
 
     /// Ctrl-C once gdb is in the `continue` after [`CONTINUING`] (and
@@ -329,7 +344,7 @@ impl Gdb {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(200));
-        let text = self.out.lock().unwrap().clone();
+        let text = format!("{}\n{}", self.out.lock().unwrap(), self.err.lock().unwrap());
         eprintln!("gdb output:\n{text}");
         // Attached (else gdb would answer `x` from the vmlinux file, and
         // `p` with "No registers.").
@@ -627,4 +642,48 @@ fn lab_boot_under_gdb(syms: &BTreeMap<String, u64>, can: &Can) {
         Some(0),
         "the boot did not end normally after the detach: {err}"
     );
+}
+
+/// A scenario that fails at its last step (a wrong expected value).
+const FAILS: &str = "name: own-vmm-gdb-on-fail\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 0, op: write, value: 7 }\n  - touch: { arena: a, page: 0, op: read, expect: { value: 8 } }\n";
+
+/// `lab run --backend kvm --gdb-on-fail=PORT`: the failed scenario's VM is
+/// paused for gdb, which reads it and kills it; the run records the fail.
+fn lab_run_gdb_on_fail(syms: &BTreeMap<String, u64>, scratch: &Path) {
+    let file = common::scenario(scratch, "own-vmm-gdb-on-fail", FAILS);
+    let results = scratch.join("gdb-on-fail-results");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["run", "--backend", "kvm", "--results"])
+        .arg(&results)
+        .arg(format!("--gdb-on-fail={port}"))
+        .arg(&file)
+        .current_dir(common::root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lab run");
+    let mut lab = Lines::new(child);
+    let vmlinux = lab.after("  gdb ");
+    let vmlinux = vmlinux.split(" -ex ").next().unwrap().to_owned();
+    let held = lab.after("own-vmm-gdb-on-fail failed");
+    assert!(held.contains("is paused with a gdb stub"), "{held}");
+    let banner = syms["linux_banner"];
+    let gdb = Gdb::start(
+        Path::new(&vmlinux),
+        port,
+        &[
+            "info registers rip".into(),
+            format!("x/s {banner:#x}"),
+            "kill".into(),
+        ],
+    );
+    let (out, at) = gdb.finish();
+    assert!(is_virtual(at), "paused in the running kernel: {out}");
+    assert!(out.contains("\"Linux version 6."), "{out}");
+    let (code, err) = lab.wait();
+    assert_eq!(code, Some(1), "the failure is the run's verdict: {err}");
+    let summary = common::summary(&results);
+    assert_eq!(summary["scenarios"][0]["verdict"], "fail", "{summary}");
 }
