@@ -28,6 +28,9 @@ pub fn fail_allocs(s: &FailAllocsStep) -> StepResult {
     let yes_no = |b: bool| if b { "Y" } else { "N" };
     // -1: no limit (the attribute is an atomic_t).
     let times = s.times.map_or("-1".to_owned(), |t| t.to_string());
+    // fail_page_alloc skips order-0 pages unless told (`min-order`
+    // defaults to 1), and single pages are what arena allocates.
+    write(&format!("{}/min-order", POINTS[0]), "0")?;
     for point in POINTS {
         let attributes = [
             ("task-filter", "Y"),
