@@ -162,11 +162,20 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
     }
     let file = tree.join(&args.file);
     let rel = args.file.to_string_lossy().into_owned();
-    let original = std::fs::read_to_string(&file).map_err(|source| LabError::MissingFile {
+    std::fs::metadata(&file).map_err(|source| LabError::MissingFile {
         option: "--file",
         path: file.clone(),
         source,
     })?;
+    // The journal first: mutants are made from the original, never from a
+    // mutant an earlier run left in the file.
+    let (mut journal, restored) =
+        Journal::open(&arena_images::cache::root().join(JOURNALS), &file).map_err(journal_err)?;
+    if let Some(id) = restored {
+        eprintln!("lab mutate: {rel} held mutant {id}, left by an earlier run: restored");
+    }
+    let original = String::from_utf8(journal.original().to_vec())
+        .map_err(|_| LabError::BadArgs(format!("{}: not UTF-8 text", file.display())))?;
     let all = operators::generate(&original, &args.operators);
     let mut generated: BTreeMap<Operator, usize> = BTreeMap::new();
     for m in &all {
@@ -174,6 +183,7 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
     }
     let selected = pick(&all, args)?;
     if args.list {
+        journal.close().map_err(journal_err)?;
         for m in &selected {
             println!("{:<24} {:<28} {}", m.id, m.function, m.description);
         }
@@ -214,12 +224,6 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
             .unwrap_or_else(|| arena_images::cache::root().join(OUTCOMES)),
     );
     progress::install_signal_handlers();
-    let (mut journal, restored) =
-        Journal::open(&arena_images::cache::root().join(JOURNALS), &file).map_err(journal_err)?;
-    if let Some(id) = restored {
-        eprintln!("lab mutate: {rel} held mutant {id}, left by an earlier run: restored");
-    }
-    let original = String::from_utf8_lossy(journal.original()).into_owned();
     let mut keys = Vec::new();
     let mut report = Report {
         schema: report::SCHEMA,
