@@ -85,6 +85,11 @@ pub struct MutateArgs {
     /// of CPUs for the build, 1 for the scenarios).
     #[arg(short, long)]
     pub jobs: Option<usize>,
+    /// Build with the detection options (KASAN, lockdep, DEBUG_VM,
+    /// kmemleak: `lab kernel build --debug`): a lock removed or a page
+    /// leaked then splats instead of waiting for a lucky race.
+    #[arg(long)]
+    pub debug: bool,
     /// Boot every scenario's VM instead of restoring a snapshot.
     #[arg(long)]
     pub cold: bool,
@@ -229,7 +234,7 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
         schema: report::SCHEMA,
         tree: cx.tree.clone(),
         file: rel.clone(),
-        base: args.base.name().to_owned(),
+        base: config_name(args),
         scenario_paths: args.scenarios.clone(),
         scenarios: files.iter().map(|f| f.scenario.name.clone()).collect(),
         operators: args.operators.clone(),
@@ -251,7 +256,7 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
             original: original.as_bytes(),
             diff: &diff,
             scenarios: &scenario_set,
-            base: args.base.name(),
+            base: &config_name(args),
         });
         let outcome = cache.get(&key);
         report.mutants.push(MutantRecord {
@@ -311,6 +316,16 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
         cx.out.display()
     );
     Ok(final_code(code, &report, args.fail_under))
+}
+
+/// The build's config as the report and the cache key name it: the base,
+/// `+debug` with the detection options.
+fn config_name(args: &MutateArgs) -> String {
+    format!(
+        "{}{}",
+        args.base.name(),
+        if args.debug { "+debug" } else { "" }
+    )
 }
 
 /// The exit code: an interruption or a baseline that failed first, then
@@ -531,7 +546,13 @@ fn baseline(cx: &Ctx, shown: &Shown) -> Result<Result<Baseline, u8>, LabError> {
 /// `lab kernel build` of the tree into the build directory, its steps
 /// shown as they go.
 fn build(cx: &Ctx, shown: &Shown) -> Result<(), BuildError> {
-    let args = kernel_step::build_args(&cx.tree, &cx.build_dir, cx.args.base, cx.args.jobs);
+    let args = kernel_step::build_args(
+        &cx.tree,
+        &cx.build_dir,
+        cx.args.base,
+        cx.args.jobs,
+        cx.args.debug,
+    );
     let req = kernel_cmd::request(&args);
     arena_images::kernel::build::build(&req, |line| {
         if let Some(step) = line.strip_prefix("  ") {

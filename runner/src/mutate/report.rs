@@ -253,6 +253,17 @@ fn operator_rows(r: &Report) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Characters of a reason in the mutants table (the sections below it,
+/// and `mutate.json`, have it whole).
+const REASON_CHARS: usize = 200;
+
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(REASON_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Columns of the mutants table; the outcome is the fourth.
 const MUTANT_HEAD: [&str; 7] = [
     "id", "function", "change", "outcome", "build s", "run s", "by / why",
@@ -278,7 +289,7 @@ fn mutant_rows(r: &Report) -> Vec<(Vec<String>, &'static str)> {
                 format!("{class}{}", if m.cached { " (cached)" } else { "" }),
                 b,
                 run,
-                by(m),
+                clip(&by(m)),
             ];
             (row, class)
         })
