@@ -287,7 +287,7 @@ pub fn step(args: &StepArgs) -> u8 {
             let _ = writeln!(f, "{line}");
         }
     };
-    let build = kernel_step::build_args(&args.tree, &args.out, args.base, args.jobs);
+    let build = kernel_step::build_args(&args.tree, &args.out, args.base, args.jobs, false);
     if let Err(e) = crate::kernel_cmd::build(&build) {
         record("skip", format!("build failed: {e}"));
         return SKIP;

@@ -7,11 +7,17 @@ use std::path::{Path, PathBuf};
 
 use crate::kernel_cmd::{Base, BuildArgs};
 
-/// `lab kernel build TREE --out OUT --base BASE [-j JOBS]`'s options.
-pub fn build_args(tree: &Path, out: &Path, base: Base, jobs: Option<usize>) -> BuildArgs {
+/// `lab kernel build TREE --out OUT --base BASE [-j JOBS] [--debug]`'s options.
+pub fn build_args(
+    tree: &Path,
+    out: &Path,
+    base: Base,
+    jobs: Option<usize>,
+    debug: bool,
+) -> BuildArgs {
     BuildArgs {
         tree: tree.to_owned(),
-        debug: false,
+        debug,
         jobs,
         out: Some(out.to_owned()),
         base,

@@ -258,14 +258,7 @@ fn gdb_on_fail(tree_arg: &str, vmlinux: &Path) {
 #[test]
 fn kernel_developer_loop_on_a_tiny_tree() {
     let t0 = Instant::now();
-    let src = lab(&["kernel", "source"]);
-    assert_eq!(src.status.code(), Some(0));
-    let src = PathBuf::from(String::from_utf8_lossy(&src.stdout).trim());
-    let version = src.file_name().unwrap().to_string_lossy().into_owned();
-    let cache = arena_images::cache::root()
-        .join("test-kernel-loop")
-        .join(&version);
-    std::fs::create_dir_all(&cache).unwrap();
+    let (src, cache) = kernel_source_cache("test-kernel-loop");
     let (repo, base, c2, c4) = tree(&src, &cache);
     let build_dir = cache.join("build");
     let jobs = std::thread::available_parallelism()

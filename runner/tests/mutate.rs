@@ -3,8 +3,10 @@
 //! bootable config: three mutants of `kernel/bpf/arena.c`, one that a
 //! smoke scenario must kill by a failed expectation, one that crashes the
 //! fault path, one that no scenario can notice. Each is really built and
-//! booted. The tree's arena.c is byte-identical afterwards, and a second
-//! run takes every outcome from the cache.
+//! booted. The tree's arena.c is byte-identical afterwards, a second run
+//! takes every outcome from the cache, and after a SIGKILL mid-build (a
+//! mutant left in arena.c) the next run restores the original from its
+//! journal before it mutates anything.
 //!
 //! The tree (hard links into the unpacked source) and its build directory
 //! are cached outside the checkout, keyed by the source version: after the
@@ -64,14 +66,7 @@ fn find(all: &[(String, String, String)], prefix: &str, function: &str, needle: 
 #[test]
 fn mutants_of_arena_c_killed_survived_and_cached() {
     let t0 = Instant::now();
-    let src = lab(&["kernel", "source"]);
-    assert_eq!(src.status.code(), Some(0));
-    let src = PathBuf::from(String::from_utf8_lossy(&src.stdout).trim());
-    let version = src.file_name().unwrap().to_string_lossy().into_owned();
-    let cache = arena_images::cache::root()
-        .join("test-mutate")
-        .join(&version);
-    std::fs::create_dir_all(&cache).unwrap();
+    let (src, cache) = kernel_source_cache("test-mutate");
     let tree = tree(&src, &cache);
     let tree_arg = tree.to_str().unwrap();
     let arena_c = tree.join("kernel/bpf/arena.c");
@@ -95,7 +90,7 @@ fn mutants_of_arena_c_killed_survived_and_cached() {
     let jobs = std::thread::available_parallelism()
         .map_or(2, usize::from)
         .to_string();
-    let mut args = vec![
+    let mut args: Vec<&str> = vec![
         "mutate",
         "--tree",
         tree_arg,
@@ -181,8 +176,86 @@ fn mutants_of_arena_c_killed_survived_and_cached() {
     assert_eq!(again["counts"], report["counts"]);
     assert_eq!(std::fs::read(&arena_c).unwrap(), before);
     assert!(second_s < 20.0, "the cached run took {second_s} s");
+    eprintln!("stage: cached run took {second_s:.1} s");
+
+    // A crash while a mutant is in arena.c: SIGKILL to `lab mutate` and its
+    // make. The next run restores the original from the journal, then
+    // mutates that (an equivalent mutant: it survives).
+    let equivalent = find(
+        &all,
+        "loosen_cmp",
+        "arena_free_pages",
+        "full_uaddr >= uaddr_end",
+    );
+    let mut crash_args = args.clone();
+    let at = crash_args.iter().position(|a| *a == mutants).unwrap();
+    crash_args[at] = &equivalent;
+    let t = Instant::now();
+    killed_mid_build(&crash_args, &equivalent);
+    assert_ne!(
+        std::fs::read(&arena_c).unwrap(),
+        before,
+        "the crash left the mutant"
+    );
+    let rerun = lab(&crash_args);
+    assert_eq!(rerun.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&rerun.stderr).contains(&format!(
+            "held mutant {equivalent}, left by an earlier run: restored"
+        )),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(std::fs::read(&arena_c).unwrap(), before);
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mutate.json")).unwrap()).unwrap();
+    assert_eq!(after["mutants"][0]["id"], equivalent.as_str());
+    assert_eq!(
+        after["mutants"][0]["outcome"]["class"], "survived",
+        "{after}"
+    );
     eprintln!(
-        "stage: cached run took {second_s:.1} s; whole test {:.0} s",
+        "stage: crash and restore took {:.0} s; whole test {:.0} s",
+        t.elapsed().as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// Runs `lab ARGS` in a process group of its own and SIGKILLs the group
+/// (lab and its make) once the journal records mutant `id` in the file.
+fn killed_mid_build(args: &[&str], id: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .current_dir(root())
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journals = arena_images::cache::root().join("mutate/journals");
+    let recorded = || {
+        std::fs::read_dir(&journals)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|d| std::fs::read_to_string(d.path().join("journal.json")).ok())
+            .any(|j| j.contains(&format!("\"{id}\"")))
+    };
+    let t = Instant::now();
+    while !recorded() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "lab mutate ended first"
+        );
+        assert!(t.elapsed().as_secs() < 600, "no mutant in 600 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pgid = child.id() as i32;
+    // SAFETY: kill(2) of the process group of our own, unreaped child.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    let _ = child.wait();
 }

@@ -46,6 +46,12 @@ pub enum JournalError {
         /// The mutant the journal last recorded.
         mutant: String,
     },
+    /// Another `lab mutate` holds the file.
+    #[error("{}: another `lab mutate` is working on it", file.display())]
+    Busy {
+        /// The mutated file.
+        file: PathBuf,
+    },
     /// The saved original does not match its recorded sha256.
     #[error("{}: the saved original is damaged; restore the file by hand (e.g. from git) and remove the folder", journal.display())]
     Damaged {
@@ -73,13 +79,27 @@ struct Record {
 const RECORD: &str = "journal.json";
 const ORIGINAL: &str = "original";
 
-/// The journal of one file, held while `lab mutate` works on it.
+/// The journal of one file, held while `lab mutate` works on it (an
+/// exclusive lock: two runs on one file would mutate each other's
+/// original). Dropped, it gives the file its original back and goes.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     file: PathBuf,
     original: Vec<u8>,
     record: Record,
+    /// Held until the journal goes (`None` only in tests of a crash).
+    _lock: Option<std::fs::File>,
+    closed: bool,
+}
+
+/// An exclusive lock on `path`, or `None` when another process holds it.
+fn try_lock(path: &Path) -> Result<Option<std::fs::File>, JournalError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(path).map_err(io(path))?;
+    // SAFETY: flock takes no pointers; the fd is open for the call.
+    let held = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(held.then_some(f))
 }
 
 fn sha(data: &[u8]) -> String {
@@ -107,6 +127,12 @@ impl Journal {
     pub fn open(root: &Path, file: &Path) -> Result<(Journal, Option<String>), JournalError> {
         let key = sha(file.as_os_str().as_encoded_bytes());
         let dir = root.join(&key[..24]);
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let lock = try_lock(&root.join(format!("{}.lock", &key[..24])))?.ok_or_else(|| {
+            JournalError::Busy {
+                file: file.to_owned(),
+            }
+        })?;
         let current = std::fs::read(file).map_err(io(file))?;
         let mut restored = None;
         let record_path = dir.join(RECORD);
@@ -147,6 +173,8 @@ impl Journal {
             file: file.to_owned(),
             original,
             record,
+            _lock: Some(lock),
+            closed: false,
         };
         j.save()?;
         Ok((j, restored))
@@ -186,12 +214,27 @@ impl Journal {
     }
 
     /// Done with the file: it holds the original; the journal goes.
-    pub fn close(self) -> Result<(), JournalError> {
+    pub fn close(mut self) -> Result<(), JournalError> {
+        self.closed = true;
+        self.finish()
+    }
+
+    fn finish(&self) -> Result<(), JournalError> {
         let current = std::fs::read(&self.file).map_err(io(&self.file))?;
         if current != self.original {
             replace(&self.file, &self.original)?;
         }
         std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if !self.closed {
+            if let Err(e) = self.finish() {
+                eprintln!("lab mutate: giving the file back: {e}");
+            }
+        }
     }
 }
 
@@ -231,6 +274,13 @@ mod tests {
         d
     }
 
+    /// What a crash does: the process ends (its lock with it) and nothing
+    /// is restored.
+    fn crash(mut j: Journal) {
+        j._lock.take();
+        std::mem::forget(j);
+    }
+
     #[test]
     fn a_dropped_mutant_is_restored_and_a_crashed_one_on_the_next_open() {
         let d = scratch("restore");
@@ -243,15 +293,21 @@ mod tests {
             assert_eq!(std::fs::read_to_string(&file).unwrap(), "mutant 1\n");
         }
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "original\n");
-        // A crash while a mutant is in: the guard never runs.
+        // A crash while a mutant is in: neither the guard nor the journal
+        // gets to restore it.
         std::mem::forget(j.apply("m2", b"mutant 2\n").unwrap());
-        drop(j);
+        crash(j);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "mutant 2\n");
         let (j, restored) = Journal::open(&root, &file).unwrap();
         assert_eq!(restored.as_deref(), Some("m2"));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "original\n");
         j.close().unwrap();
-        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "journal gone");
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert!(left.is_empty(), "journal gone: {left:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -262,7 +318,7 @@ mod tests {
         std::fs::write(&file, "original\n").unwrap();
         let (mut j, _) = Journal::open(&root, &file).unwrap();
         std::mem::forget(j.apply("m1", b"mutant\n").unwrap());
-        drop(j);
+        crash(j);
         std::fs::write(&file, "the user's edit\n").unwrap();
         let err = Journal::open(&root, &file).unwrap_err();
         assert!(
@@ -270,6 +326,25 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "the user's edit\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn one_run_at_a_time_and_a_dropped_journal_gives_the_file_back() {
+        let d = scratch("busy");
+        let (root, file) = (d.join("journals"), d.join("arena.c"));
+        std::fs::write(&file, "original\n").unwrap();
+        let (mut j, _) = Journal::open(&root, &file).unwrap();
+        let err = Journal::open(&root, &file).unwrap_err();
+        assert!(matches!(err, JournalError::Busy { .. }), "{err}");
+        // An early return with a mutant in (its guard forgotten): the
+        // journal's drop restores it.
+        std::mem::forget(j.apply("m", b"mutant\n").unwrap());
+        drop(j);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "original\n");
+        let (j, restored) = Journal::open(&root, &file).unwrap();
+        assert_eq!(restored, None);
+        j.close().unwrap();
         let _ = std::fs::remove_dir_all(&d);
     }
 

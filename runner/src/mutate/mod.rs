@@ -85,6 +85,11 @@ pub struct MutateArgs {
     /// of CPUs for the build, 1 for the scenarios).
     #[arg(short, long)]
     pub jobs: Option<usize>,
+    /// Build with the detection options (KASAN, lockdep, DEBUG_VM,
+    /// kmemleak: `lab kernel build --debug`): a lock removed or a page
+    /// leaked then splats instead of waiting for a lucky race.
+    #[arg(long)]
+    pub debug: bool,
     /// Boot every scenario's VM instead of restoring a snapshot.
     #[arg(long)]
     pub cold: bool,
@@ -162,11 +167,20 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
     }
     let file = tree.join(&args.file);
     let rel = args.file.to_string_lossy().into_owned();
-    let original = std::fs::read_to_string(&file).map_err(|source| LabError::MissingFile {
+    std::fs::metadata(&file).map_err(|source| LabError::MissingFile {
         option: "--file",
         path: file.clone(),
         source,
     })?;
+    // The journal first: mutants are made from the original, never from a
+    // mutant an earlier run left in the file.
+    let (mut journal, restored) =
+        Journal::open(&arena_images::cache::root().join(JOURNALS), &file).map_err(journal_err)?;
+    if let Some(id) = restored {
+        eprintln!("lab mutate: {rel} held mutant {id}, left by an earlier run: restored");
+    }
+    let original = String::from_utf8(journal.original().to_vec())
+        .map_err(|_| LabError::BadArgs(format!("{}: not UTF-8 text", file.display())))?;
     let all = operators::generate(&original, &args.operators);
     let mut generated: BTreeMap<Operator, usize> = BTreeMap::new();
     for m in &all {
@@ -174,6 +188,7 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
     }
     let selected = pick(&all, args)?;
     if args.list {
+        journal.close().map_err(journal_err)?;
         for m in &selected {
             println!("{:<24} {:<28} {}", m.id, m.function, m.description);
         }
@@ -214,18 +229,12 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
             .unwrap_or_else(|| arena_images::cache::root().join(OUTCOMES)),
     );
     progress::install_signal_handlers();
-    let (mut journal, restored) =
-        Journal::open(&arena_images::cache::root().join(JOURNALS), &file).map_err(journal_err)?;
-    if let Some(id) = restored {
-        eprintln!("lab mutate: {rel} held mutant {id}, left by an earlier run: restored");
-    }
-    let original = String::from_utf8_lossy(journal.original()).into_owned();
     let mut keys = Vec::new();
     let mut report = Report {
         schema: report::SCHEMA,
         tree: cx.tree.clone(),
         file: rel.clone(),
-        base: args.base.name().to_owned(),
+        base: config_name(args),
         scenario_paths: args.scenarios.clone(),
         scenarios: files.iter().map(|f| f.scenario.name.clone()).collect(),
         operators: args.operators.clone(),
@@ -247,7 +256,7 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
             original: original.as_bytes(),
             diff: &diff,
             scenarios: &scenario_set,
-            base: args.base.name(),
+            base: &config_name(args),
         });
         let outcome = cache.get(&key);
         report.mutants.push(MutantRecord {
@@ -307,6 +316,16 @@ pub fn mutate(args: &MutateArgs) -> Result<u8, LabError> {
         cx.out.display()
     );
     Ok(final_code(code, &report, args.fail_under))
+}
+
+/// The build's config as the report and the cache key name it: the base,
+/// `+debug` with the detection options.
+fn config_name(args: &MutateArgs) -> String {
+    format!(
+        "{}{}",
+        args.base.name(),
+        if args.debug { "+debug" } else { "" }
+    )
 }
 
 /// The exit code: an interruption or a baseline that failed first, then
@@ -527,7 +546,13 @@ fn baseline(cx: &Ctx, shown: &Shown) -> Result<Result<Baseline, u8>, LabError> {
 /// `lab kernel build` of the tree into the build directory, its steps
 /// shown as they go.
 fn build(cx: &Ctx, shown: &Shown) -> Result<(), BuildError> {
-    let args = kernel_step::build_args(&cx.tree, &cx.build_dir, cx.args.base, cx.args.jobs);
+    let args = kernel_step::build_args(
+        &cx.tree,
+        &cx.build_dir,
+        cx.args.base,
+        cx.args.jobs,
+        cx.args.debug,
+    );
     let req = kernel_cmd::request(&args);
     arena_images::kernel::build::build(&req, |line| {
         if let Some(step) = line.strip_prefix("  ") {

@@ -932,6 +932,9 @@ mod tests {
                 "int f(long a)\n{\n\ta &= MASK;\n\tif (a)\n\t\tg();\n\treturn a;\n}\n",
             ]
         );
+        // An `if` with an `else` is no guard; a call is `delete_call`'s.
+        let none = "int f(long a)\n{\n\tif (a)\n\t\treturn 1;\n\telse\n\t\treturn 2;\n\tg(a);\n}\n";
+        assert!(of(Operator::DeleteStmt, none).is_empty());
     }
 
     #[test]
@@ -952,6 +955,11 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(got[0].contains("a <= b && a >= 2"));
         assert!(got[1].contains("a < b && a > 2"));
+        assert!(of(
+            Operator::LoosenCmp,
+            "int f(int a)\n{\n\treturn a == 1;\n}\n"
+        )
+        .is_empty());
     }
 
     #[test]
@@ -995,6 +1003,11 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(got[0].contains("kmalloc(8, GFP_NOWAIT | __GFP_ZERO)"));
         assert!(got[1].contains("kmalloc(8, GFP_KERNEL);"));
+        assert!(of(
+            Operator::ChangeGfp,
+            "void f(void)\n{\n\tg(__GFP_ZERO);\n}\n"
+        )
+        .is_empty());
     }
 
     #[test]

@@ -253,6 +253,17 @@ fn operator_rows(r: &Report) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Characters of a reason in the mutants table (the sections below it,
+/// and `mutate.json`, have it whole).
+const REASON_CHARS: usize = 200;
+
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(REASON_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Columns of the mutants table; the outcome is the fourth.
 const MUTANT_HEAD: [&str; 7] = [
     "id", "function", "change", "outcome", "build s", "run s", "by / why",
@@ -278,7 +289,7 @@ fn mutant_rows(r: &Report) -> Vec<(Vec<String>, &'static str)> {
                 format!("{class}{}", if m.cached { " (cached)" } else { "" }),
                 b,
                 run,
-                by(m),
+                clip(&by(m)),
             ];
             (row, class)
         })
@@ -299,13 +310,28 @@ fn markdown_table(head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) ->
     s
 }
 
+/// `text` escaped, its `backquoted` spans as `<code>`.
+fn inline_code(text: &str) -> String {
+    escape(text)
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{part}</code>")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect()
+}
+
 /// A table row of escaped `cells`; `class` colours the outcome cell.
 fn html_row(tag: &str, cells: &[String], class: Option<&str>) -> String {
     let mut s = String::from("<tr>");
     for (i, c) in cells.iter().enumerate() {
         match class.filter(|_| i == OUTCOME_COLUMN) {
             Some(k) => s.push_str(&format!("<{tag} class=\"{k}\">{}</{tag}>", escape(c))),
-            None => s.push_str(&format!("<{tag}>{}</{tag}>", escape(c))),
+            None => s.push_str(&format!("<{tag}>{}</{tag}>", inline_code(c))),
         }
     }
     s.push_str("</tr>");
@@ -394,7 +420,7 @@ pub fn html(r: &Report) -> String {
     let mut s = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>lab mutate: {}</title>\
          <style>{STYLE}.killed,.timeout{{background:#d9f2d9}}.survived{{background:#f8d0d0}}\
-         .build_failure,.error,.pending{{background:#eee}}.add{{color:#8f8}}.del{{color:#f88}}</style></head><body>",
+         .build_failure,.error,.pending{{background:#eee}}td:first-child{{white-space:nowrap}}.add{{color:#8f8}}.del{{color:#f88}}</style></head><body>",
         escape(&r.file)
     );
     s.push_str(&format!(
@@ -450,7 +476,7 @@ pub fn html(r: &Report) -> String {
             s.push_str(&format!(
                 "<h3><code>{}</code>: {}</h3><p>{}</p><pre>{}</pre>",
                 escape(&m.id),
-                escape(&m.description),
+                inline_code(&m.description),
                 escape(&by(m)),
                 diff_html(&m.diff)
             ));
@@ -579,5 +605,9 @@ mod tests {
         );
         assert!(!page.contains("<a>"));
         assert!(page.contains("s1 (fail): step 1 &lt;failed&gt;"));
+        assert!(
+            page.contains("<code>&lt;</code> → <code>&lt;=</code> in <code>a &lt; b</code>"),
+            "{page}"
+        );
     }
 }

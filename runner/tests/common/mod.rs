@@ -35,6 +35,19 @@ pub fn hard_link_copy(src: &Path, dst: &Path) {
     assert!(st.success(), "cp -al {} {}", src.display(), dst.display());
 }
 
+/// Debian's linux-source of the default kernel, unpacked once by `lab
+/// kernel source`, and a cache folder `<cache>/NAME/<its version>` (created)
+/// for a test's trees and builds: (source, folder).
+pub fn kernel_source_cache(name: &str) -> (PathBuf, PathBuf) {
+    let src = lab(&["kernel", "source"]);
+    assert_eq!(src.status.code(), Some(0));
+    let src = PathBuf::from(String::from_utf8_lossy(&src.stdout).trim());
+    let version = src.file_name().unwrap().to_string_lossy().into_owned();
+    let cache = arena_images::cache::root().join(name).join(version);
+    std::fs::create_dir_all(&cache).unwrap();
+    (src, cache)
+}
+
 /// Run `lab` with `args` from the workspace root.
 pub fn lab(args: &[&str]) -> Output {
     lab_env(args, &[])
