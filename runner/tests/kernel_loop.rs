@@ -124,14 +124,6 @@ fn build_tiny(repo: &Path, build_dir: &Path, jobs: &str) -> std::process::Output
     ])
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `nm -S`'s address and size of `symbol`.
 fn symbol(vmlinux: &Path, symbol: &str) -> (u64, u64) {
     let o = Command::new("nm").arg("-S").arg(vmlinux).output().unwrap();
@@ -195,7 +187,7 @@ fn gdb_on_fail(tree_arg: &str, vmlinux: &Path) {
         "name: zz-later\nsteps:\n  - sleep: { ms: 1 }\n",
     );
     let results = dir.join("results");
-    let port = free_port();
+    let port = common::free_port();
     let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
         .arg("--results")
@@ -392,7 +384,7 @@ fn kernel_developer_loop_on_a_tiny_tree() {
     // Real gdb on the QEMU stub: stop at start_kernel, read a register and
     // the kernel's banner by its symbol; `lab boot --gdb`, then `lab run
     // --gdb`, where the scenario goes on to pass once gdb detaches.
-    let port = free_port();
+    let port = common::free_port();
     let mut vm = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["boot", "--backend", "qemu", "--kernel-tree", tree_arg])
         .args(["--timeout", "300", &format!("--gdb={port}")])
@@ -406,7 +398,7 @@ fn kernel_developer_loop_on_a_tiny_tree() {
     let _ = vm.wait();
     assert!(out.contains("<start_kernel"), "gdb: {out}");
 
-    let port = free_port();
+    let port = common::free_port();
     let results = scratch("kernel-loop-gdb-run");
     let run = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])

@@ -160,3 +160,12 @@ pub fn assert_passed_but_known_bugs(results: &Path) -> usize {
     }
     known
 }
+
+/// A free TCP port on localhost (for a gdb stub).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
