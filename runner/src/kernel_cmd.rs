@@ -186,14 +186,19 @@ pub fn build(args: &BuildArgs) -> Result<u8, LabError> {
     })?;
     shown.finish();
     eprintln!(
-        "lab: built {} in {:.0} s{}",
+        "lab: built {} in {:.0} s{}{}",
         built.release,
         started.elapsed().as_secs_f64(),
         if built.merged_config {
             " (the lab's config fragment was merged)"
         } else {
             ""
-        }
+        },
+        built
+            .ccache
+            .as_ref()
+            .map(|d| format!(" through ccache ({})", d.display()))
+            .unwrap_or_default()
     );
     let modules = built
         .modules

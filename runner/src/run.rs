@@ -678,11 +678,14 @@ fn run_one(
     let mut console = crate::console_capture::read_for_verdict(&console_log)?;
     let mut retried_after = None;
     let tcg = ctx.backend.accelerator() == "tcg";
-    for attempt in 1..=MACHINE_RETRIES {
+    for attempt in 1.. {
         let restored = spec.snapshot.is_some();
         let Some(cause) = retry_cause(&record, &console, tcg, restored) else {
             break;
         };
+        if attempt > retries_for(&cause) {
+            break;
+        }
         if restored {
             spec.snapshot = None;
             start = VmStart::Cold {
@@ -710,17 +713,12 @@ fn run_one(
         judgement.apply_known_issues(&s.known_issues, &ctx.prepared.kernel.release);
     }
     decode_splats(&mut judgement, ctx.prepared.kernel.vmlinux.as_deref());
-    if let Some(fault) = tcg.then(|| splat::emulator_fault(&console)).flatten() {
-        // Twice in a row (or after another retry): still the emulator's
-        // doing as far as anyone can tell, so an error, never a kernel fail.
+    if let Some(fault) = splat::machine_fault(&console, tcg) {
+        // In the last attempt too: still the machine's doing, so an error,
+        // never a kernel fail. Sporadic, so later scenarios still run.
         judgement.verdict = Verdict::Error;
-        judgement.reason = format!(
-            "{}; not a kernel verdict (under hardware KVM the same splat would be one)",
-            SessionEnd::EmulatorFault {
-                title: fault.title,
-                line: fault.line
-            }
-        );
+        judgement.infra = false;
+        judgement.reason = format!("{}; not a kernel verdict", SessionEnd::from(fault));
     }
     if let VmStart::Restored { restore_s, .. } = &mut start {
         *restore_s = record.boot_s;
@@ -759,10 +757,17 @@ fn decode_splats(judgement: &mut Judgement, vmlinux: Option<&Path>) {
 }
 
 /// How many times a scenario runs again because of the machinery
-/// ([`retry_cause`]). Two: under nested KVM on TCG (`lab nested`) a stock
-/// kernel's boot died twice in a row once (RIP 0 at 0.59 s), an emulator
-/// artifact; a kernel that really cannot boot costs three boots.
-const MACHINE_RETRIES: u32 = 2;
+/// ([`retry_cause`]): a kernel that really cannot boot costs three boots.
+/// A console that proves the machine failed ([`splat::machine_fault`]) gets
+/// more: under `lab nested` those come in bursts (one CI run saw the same
+/// scenario's boot corrupted three times in a row while the other VM ran a
+/// race), and it says nothing about the kernel.
+fn retries_for(cause: &SessionEnd) -> u32 {
+    match cause {
+        SessionEnd::EmulatorFault { .. } => 4,
+        _ => 2,
+    }
+}
 
 /// How long a restored VM gets to say hello (a cold boot gets
 /// `--boot-timeout`): measured at ~0.1 s under TCG, so this is for loaded
@@ -777,8 +782,9 @@ const RESTORE_LIMIT: Duration = Duration::from_secs(30);
 ///   stock kernels (a live text patch racing another vCPU). A boot that
 ///   hangs is not retried, nor one where the agent itself gave up (e.g. no
 ///   virtio console driver).
-/// - Under TCG, the kernel hit the emulator's known splat
-///   ([`splat::emulator_fault`]) at any time, before or after the hello.
+/// - The console shows the machine failed ([`splat::machine_fault`]: a
+///   register dump with impossible EFLAGS; under TCG, the int3 oops of
+///   live text patching) at any time, before or after the hello.
 ///
 /// The summary records the cause (`retried_after`); the first attempt's
 /// logs stay as `attempt1-*`.
@@ -792,13 +798,8 @@ fn retry_cause(
         // A snapshot problem is never a verdict: boot cold.
         return Some(SessionEnd::from(&record.end));
     }
-    if tcg {
-        if let Some(fault) = splat::emulator_fault(console) {
-            return Some(SessionEnd::EmulatorFault {
-                title: fault.title,
-                line: fault.line,
-            });
-        }
+    if let Some(fault) = splat::machine_fault(console, tcg) {
+        return Some(SessionEnd::from(fault));
     }
     let agent_gave_up = arena_protocol::console::fatal_reason(console).is_some();
     let ended_itself = matches!(record.vm_exit, Some(VmExit::Exited(_)));

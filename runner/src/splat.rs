@@ -83,15 +83,83 @@ pub fn detect(log: &str) -> Vec<Splat> {
 /// (static keys, alternatives) and the patcher's int3 handler misses it.
 const INT3_OOPS: &str = "Oops: int3";
 
-/// The first splat in `log` that multi-threaded TCG is known to cause in a
-/// sound kernel: `Oops: int3` from live text patching, whose cross-CPU
-/// ordering TCG does not always honour (seen in `sched_clock_cpu` and in
-/// arena scenarios on an unmodified 6.12). Under hardware KVM the same
-/// splat is a real kernel bug, so callers ask only for TCG runs.
-pub fn emulator_fault(log: &str) -> Option<Splat> {
-    detect(log)
+/// RFLAGS bits every x86 CPU reads as zero: 3, 5, 15 and 22–63.
+const EFLAGS_READ_AS_ZERO: u64 = 0xffff_ffff_ffc0_8028;
+/// RFLAGS bit 1 always reads as one.
+const EFLAGS_READ_AS_ONE: u64 = 0x2;
+
+/// A console that shows the machine below the kernel failed, so its splat
+/// is not a verdict on the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineFault {
+    /// The splat the kernel printed (the first one in the log).
+    pub splat: Splat,
+    /// Why this is the machine's doing, one clause.
+    pub cause: String,
+}
+
+/// The first sign in `log` that the machine, not the kernel, failed:
+///
+/// - a register dump whose EFLAGS has a bit set that every CPU reads as
+///   zero (or bit 1 clear): the CPU pushed that value, so the vCPU state
+///   was corrupted by whatever runs the vCPU. Seen under `lab nested`,
+///   where QEMU 7.2's TCG emulates SVM for L1's KVM: RIP 0 or a double
+///   fault with EFLAGS such as `04182402`, a few boots in a hundred and
+///   more under load (docs/architecture.md). Valid on every backend.
+/// - only with `tcg`: `Oops: int3` from live text patching, whose
+///   cross-CPU ordering multi-threaded TCG does not always honour. Under
+///   hardware KVM the same splat is a real kernel bug.
+pub fn machine_fault(log: &str, tcg: bool) -> Option<MachineFault> {
+    let splats = detect(log);
+    if let Some((line, eflags)) = impossible_eflags(log) {
+        // The dump belongs to the splat printed before it.
+        let splat = splats
+            .iter()
+            .rev()
+            .find(|s| s.line <= line)
+            .or(splats.first())
+            .cloned()
+            .unwrap_or_else(|| Splat {
+                line,
+                kind: "oops",
+                title: format!("EFLAGS: {eflags:08x}"),
+            });
+        return Some(MachineFault {
+            splat,
+            cause: format!(
+                "corrupted vCPU state: EFLAGS {eflags:08x} (console line {line}) has bits set \
+                 that no CPU sets"
+            ),
+        });
+    }
+    if !tcg {
+        return None;
+    }
+    let splat = splats
         .into_iter()
-        .find(|s| s.title.starts_with(INT3_OOPS))
+        .find(|s| s.title.starts_with(INT3_OOPS))?;
+    Some(MachineFault {
+        splat,
+        cause: "emulator fault under multi-threaded TCG (live text patching; under hardware \
+                KVM the same splat would be a kernel bug)"
+            .into(),
+    })
+}
+
+/// The first kernel register dump line (`RSP: 0018:… EFLAGS: 04aa3602`)
+/// whose EFLAGS no CPU can hold: its 1-based line and the value.
+fn impossible_eflags(log: &str) -> Option<(usize, u64)> {
+    log.lines().enumerate().find_map(|(i, raw)| {
+        let line = strip_timestamp(raw.trim_end_matches('\r'));
+        if OWN_PREFIXES.iter().any(|p| line.starts_with(p)) {
+            return None;
+        }
+        let (_, rest) = line.split_once("EFLAGS: ")?;
+        let hex = rest.split_whitespace().next()?;
+        let value = u64::from_str_radix(hex, 16).ok()?;
+        let impossible = value & EFLAGS_READ_AS_ZERO != 0 || value & EFLAGS_READ_AS_ONE == 0;
+        impossible.then_some((i + 1, value))
+    })
 }
 
 #[cfg(test)]
@@ -128,15 +196,65 @@ mod tests {
     }
 
     #[test]
-    fn int3_oops_is_the_emulator_signature_and_nothing_else_is() {
+    fn int3_oops_is_a_machine_fault_only_under_tcg() {
         let log = "[ 1.0] WARNING: CPU: 0 PID: 1 at x\n\
 [ 2.0] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n";
-        let s = emulator_fault(log).expect("int3 oops");
-        assert_eq!(s.line, 2);
-        assert!(emulator_fault("[ 1.0] Oops: 0000 [#1] PREEMPT SMP PTI\n").is_none());
-        assert!(emulator_fault("[ 1.0] BUG: Bad page state in process x\n").is_none());
+        let f = machine_fault(log, true).expect("int3 oops");
+        assert_eq!(f.splat.line, 2);
+        assert!(f.cause.contains("TCG"), "{}", f.cause);
+        assert!(
+            machine_fault(log, false).is_none(),
+            "a kernel bug under KVM"
+        );
+        assert!(machine_fault("[ 1.0] Oops: 0000 [#1] PREEMPT SMP PTI\n", true).is_none());
+        assert!(machine_fault("[ 1.0] BUG: Bad page state in process x\n", true).is_none());
         // Only a kernel line counts, never the agent quoting one.
-        assert!(emulator_fault("arena-agent: Oops: int3\n").is_none());
+        assert!(machine_fault("arena-agent: Oops: int3\n", true).is_none());
+    }
+
+    /// The head of a real dump from `lab nested` (Debian 6.12 under the own
+    /// VMM, boot CPU in `extract_entropy`).
+    const CORRUPT_DUMP: &str = "\
+[    0.568356] BUG: kernel NULL pointer dereference, address: 0000000000000000
+[    0.568356] #PF: supervisor instruction fetch in kernel mode
+[    0.568356] Oops: Oops: 0010 [#1] PREEMPT SMP NOPTI
+[    0.568356] RIP: 0010:0x0
+[    0.568356] RSP: 0000:ffffffff82c03b70 EFLAGS: 04182402
+[    0.568356] RAX: 0000000000000000 RBX: 0000000000000000 RCX: 0000000000000000
+";
+
+    #[test]
+    fn reserved_eflags_bits_are_a_machine_fault_on_every_backend() {
+        for tcg in [false, true] {
+            let f = machine_fault(CORRUPT_DUMP, tcg).expect("corrupt EFLAGS");
+            assert_eq!(f.splat.line, 3, "the splat before the dump");
+            assert!(f.splat.title.starts_with("Oops: Oops: 0010"));
+            assert!(
+                f.cause.contains("EFLAGS 04182402 (console line 5)"),
+                "{}",
+                f.cause
+            );
+        }
+        // Bit 1 clear is as impossible as a reserved bit set.
+        let no_fixed = "[ 1.0] Oops: 0000\n[ 1.0] RSP: 0018:ffffc900 EFLAGS: 00010244\n";
+        assert!(machine_fault(no_fixed, false).is_some());
+    }
+
+    #[test]
+    fn possible_eflags_keep_the_splat_a_kernel_verdict() {
+        // Every architectural bit set (ID, VIP, VIF, AC, VM, RF, NT, IOPL,
+        // OF..CF) is a value a CPU can push: the splat stays the kernel's.
+        for v in [
+            "00010246",
+            "00000002",
+            "003f7fd7",
+            "00010206 ORIG_RAX: 0000",
+        ] {
+            let log = format!("[ 1.0] Oops: 0000 [#1]\n[ 1.0] RSP: 0018:ffffc900 EFLAGS: {v}\n");
+            assert!(machine_fault(&log, false).is_none(), "{v}");
+        }
+        // The agent quoting a dump is not a dump.
+        assert!(machine_fault("arena-agent: EFLAGS: 04182402\n", false).is_none());
     }
 
     #[test]

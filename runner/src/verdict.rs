@@ -123,14 +123,28 @@ pub enum SessionEnd {
         /// What was wrong.
         reason: String,
     },
-    /// The kernel hit a splat that multi-threaded TCG causes in sound
-    /// kernels ([`crate::splat::emulator_fault`]): not a kernel verdict.
+    /// The console shows the machine below the kernel failed
+    /// ([`crate::splat::machine_fault`]): not a kernel verdict.
     EmulatorFault {
         /// The splat's title (`Oops: int3: …`).
         title: String,
         /// 1-based line in that attempt's console log.
         line: usize,
+        /// Why it is the machine's doing (absent in older summaries: an
+        /// int3 oops under TCG, the only cause then).
+        #[serde(default)]
+        cause: String,
     },
+}
+
+impl From<crate::splat::MachineFault> for SessionEnd {
+    fn from(f: crate::splat::MachineFault) -> Self {
+        SessionEnd::EmulatorFault {
+            title: f.splat.title,
+            line: f.splat.line,
+            cause: f.cause,
+        }
+    }
 }
 
 impl From<&End> for SessionEnd {
@@ -182,10 +196,13 @@ impl fmt::Display for SessionEnd {
                 write!(f, "the VM exited ({status}) before the agent finished")
             }
             SessionEnd::Protocol { reason } => write!(f, "results channel: {reason}"),
-            SessionEnd::EmulatorFault { title, line } => write!(
-                f,
-                "emulator fault under multi-threaded TCG: {title} (console line {line})"
-            ),
+            SessionEnd::EmulatorFault { title, line, cause } => {
+                let cause = match cause.as_str() {
+                    "" => "emulator fault under multi-threaded TCG",
+                    c => c,
+                };
+                write!(f, "{cause}: {title} (console line {line})")
+            }
         }
     }
 }

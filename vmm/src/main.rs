@@ -62,6 +62,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_SETUP_ERROR as u8);
         }
     };
+    let quirks = vmm::probe::cpuid_quirks();
+    if quirks.tcg_host {
+        // In the VM's log: a guest without CMPXCHG16B takes other paths.
+        eprintln!("arena-vmm: this host's CPU is QEMU's TCG: CMPXCHG16B hidden from the guest");
+    }
     let result = match &launch {
         Launch::Boot(cfg) => vmm::run_vm(cfg),
         Launch::Restore(cfg) => vmm::restore_vm(cfg),

@@ -29,6 +29,37 @@ pub fn host_is_pvm() -> bool {
     module_loaded(Path::new(SYS_MODULE), "kvm_pvm")
 }
 
+/// The hypervisor this host itself runs under, from CPUID leaf
+/// 0x4000_0000 (`TCGTCGTCGTCG` for QEMU's TCG, `KVMKVMKVM\0\0\0` for
+/// KVM), when leaf 1 says there is one.
+pub fn host_hypervisor_vendor() -> Option<[u8; 12]> {
+    let leaf1 = std::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 31) == 0 {
+        return None;
+    }
+    // A hypervisor that sets the bit answers leaf 0x4000_0000.
+    let h = std::arch::x86_64::__cpuid(0x4000_0000);
+    let mut vendor = [0u8; 12];
+    for (i, r) in [h.ebx, h.ecx, h.edx].iter().enumerate() {
+        vendor[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    Some(vendor)
+}
+
+/// True when this host's CPU is QEMU's TCG emulator (so its KVM, if any,
+/// runs on emulated SVM/VMX: `lab nested`).
+pub fn host_is_tcg() -> bool {
+    host_hypervisor_vendor().is_some_and(|v| &v == b"TCGTCGTCGTCG")
+}
+
+/// What this host needs hidden from guests ([`cpuid::CpuidQuirks`]).
+pub fn cpuid_quirks() -> crate::arch::x86_64::cpuid::CpuidQuirks {
+    crate::arch::x86_64::cpuid::CpuidQuirks {
+        pvm: host_is_pvm(),
+        tcg_host: host_is_tcg(),
+    }
+}
+
 /// Probes the real host.
 pub fn probe() -> Probe {
     probe_with(Path::new(SYS_MODULE), Path::new(KVM_DEV), || {

@@ -118,6 +118,8 @@ pub struct Built {
     pub release: String,
     /// Whether the lab's fragment had to be merged into the config.
     pub merged_config: bool,
+    /// The ccache directory the compilers went through, if any.
+    pub ccache: Option<PathBuf>,
 }
 
 /// Why a build failed.
@@ -198,10 +200,11 @@ pub fn build(req: &BuildRequest, mut on_line: impl FnMut(&str)) -> Result<Built,
     Ok(Built {
         bzimage: dir.join("arch/x86/boot/bzImage"),
         vmlinux: dir.join("vmlinux"),
-        dir,
         modules,
         release,
         merged_config,
+        ccache: super::ccache::CompilerCache::detect(&req.tree, &dir).map(|c| c.dir),
+        dir,
     })
 }
 
@@ -270,12 +273,17 @@ fn read_config(path: &Path) -> Result<KernelConfig, BuildError> {
 }
 
 /// `make -C TREE [O=OUT]`: every make of a build runs in the same tree and
-/// build directory.
+/// build directory, with the same compilers (through ccache where it is
+/// installed: [`super::ccache`]).
 fn make_command(req: &BuildRequest) -> Command {
     let mut c = Command::new("make");
     c.arg("-C").arg(&req.tree);
     if let Some(o) = &req.out {
         c.arg(format!("O={}", o.display()));
+    }
+    let out = req.out.as_deref().unwrap_or(&req.tree);
+    if let Some(cache) = super::ccache::CompilerCache::detect(&req.tree, out) {
+        cache.apply(&mut c);
     }
     c
 }

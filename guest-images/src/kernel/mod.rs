@@ -5,6 +5,7 @@
 pub mod apt;
 pub mod build;
 pub mod bzimage;
+pub mod ccache;
 pub mod debian;
 pub mod elf;
 pub mod kconfig;

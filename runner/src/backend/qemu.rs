@@ -161,6 +161,10 @@ impl Backend for Qemu {
     fn command(&self, spec: &VmSpec) -> Command {
         let mut c = Command::new(&self.binary);
         let (accel, cpu) = match self.accel {
+            // KVM on an emulated CPU (`lab nested`): no CMPXCHG16B, which
+            // QEMU 7.2's TCG gets wrong in an SVM guest (see
+            // `vmm::arch::x86_64::cpuid::CpuidQuirks::tcg_host`).
+            Accel::Kvm if vmm::probe::host_is_tcg() => ("kvm", "host,-cx16"),
             Accel::Kvm => ("kvm", "host"),
             Accel::Tcg => ("tcg", "qemu64"),
         };

@@ -141,9 +141,7 @@ fn run_probe(cap: Capability) -> Result<(), String> {
     let mut ids = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
-    let quirks = cpuid::CpuidQuirks {
-        pvm: crate::probe::host_is_pvm(),
-    };
+    let quirks = crate::probe::cpuid_quirks();
     cpuid::patch_cpuid(&mut ids, 0, quirks);
     vcpu.set_cpuid2(&ids)
         .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;

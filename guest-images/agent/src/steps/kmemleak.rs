@@ -12,6 +12,8 @@ const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
 /// waits that long, plus a margin, so what the scenario just freed or
 /// leaked is old enough to be seen.
 const MIN_AGE: Duration = Duration::from_millis(5_500);
+/// Scans per check ([`kmemleak`]).
+const SCANS: usize = 2;
 /// Suspects quoted in a failure (all are counted).
 const QUOTED: usize = 2;
 
@@ -29,7 +31,13 @@ pub fn kmemleak(s: &KmemleakStep) -> StepResult {
         }
         KmemleakAction::Check => {
             std::thread::sleep(MIN_AGE);
-            command("scan")?;
+            // Two scans: kmemleak holds back an unreferenced object whose
+            // contents changed since the previous scan (its checksum), and
+            // a new object's first checksum always counts as changed. One
+            // scan never reports what leaked since the last one.
+            for _ in 0..SCANS {
+                command("scan")?;
+            }
             let report = std::fs::read_to_string(KMEMLEAK)
                 .map_err(|e| StepError::Error(format!("read {KMEMLEAK}: {e}")))?;
             let filter = match &s.matching {

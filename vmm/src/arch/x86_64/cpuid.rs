@@ -5,7 +5,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX: hypervisor present.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 1 ECX: CMPXCHG16B (PVM's instruction emulator lacks it).
+/// Leaf 1 ECX: CMPXCHG16B (PVM's instruction emulator lacks it; QEMU 7.2's
+/// TCG corrupts flags with it in an SVM guest).
 const LEAF1_ECX_CX16: u32 = 1 << 13;
 /// Leaf 1 EDX: hyper-threading / multi-core package.
 const LEAF1_EDX_HTT: u32 = 1 << 28;
@@ -20,13 +21,28 @@ pub struct CpuidQuirks {
     /// Host is PVM: hide CMPXCHG16B, which its CPL0 emulator lacks, so
     /// kernels take their fallback paths instead of dying.
     pub pvm: bool,
+    /// The host's own CPU is QEMU's TCG (nested KVM, `lab nested`): hide
+    /// CMPXCHG16B. QEMU 7.2's helper computes the flags from a condition
+    /// code state the translator did not write back, which after a VMRUN is
+    /// often "flags in CC_SRC" while CC_SRC holds an older operand: SLUB's
+    /// `cmpxchg16b %gs:(%rsi)` then leaves a pointer's low bits in EFLAGS
+    /// (DF, TF, reserved bits) and the guest dies. The kernel's fallback
+    /// (`this_cpu_cmpxchg16b_emu`) has no such instruction.
+    pub tcg_host: bool,
+}
+
+impl CpuidQuirks {
+    /// Whether CMPXCHG16B is hidden from the guest.
+    pub fn hides_cx16(self) -> bool {
+        self.pvm || self.tcg_host
+    }
 }
 
 /// Patches `cpuid` for vCPU `id` (which becomes its APIC ID).
 pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, quirks: CpuidQuirks) {
     for e in cpuid.as_mut_slice().iter_mut() {
         patch_entry(e, id);
-        if quirks.pvm && e.function == 1 {
+        if quirks.hides_cx16() && e.function == 1 {
             e.ecx &= !LEAF1_ECX_CX16;
         }
     }
@@ -112,8 +128,20 @@ mod tests {
         c.as_mut_slice()[0].ecx |= LEAF1_ECX_CX16;
         patch_cpuid(&mut c, 3, CpuidQuirks::default());
         assert_ne!(c.as_slice()[0].ecx & LEAF1_ECX_CX16, 0);
-        patch_cpuid(&mut c, 3, CpuidQuirks { pvm: true });
-        assert_eq!(c.as_slice()[0].ecx & LEAF1_ECX_CX16, 0);
+        for quirks in [
+            CpuidQuirks {
+                pvm: true,
+                tcg_host: false,
+            },
+            CpuidQuirks {
+                pvm: false,
+                tcg_host: true,
+            },
+        ] {
+            c.as_mut_slice()[0].ecx |= LEAF1_ECX_CX16;
+            patch_cpuid(&mut c, 3, quirks);
+            assert_eq!(c.as_slice()[0].ecx & LEAF1_ECX_CX16, 0, "{quirks:?}");
+        }
         let l1 = c.as_slice()[0];
         assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_ne!(l1.edx & LEAF1_EDX_HTT, 0);
