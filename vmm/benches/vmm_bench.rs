@@ -48,8 +48,8 @@ fn config(kernel: &Path) -> (VmConfig, SharedBuffer) {
     let buf = SharedBuffer::default();
     let mut cfg = VmConfig::new(kernel);
     cfg.mem_mib = 256;
-    cfg.serial = SerialOutput::Buffer(buf.clone());
-    cfg.timeout = Some(Duration::from_secs(60));
+    cfg.host.serial = SerialOutput::Buffer(buf.clone());
+    cfg.host.timeout = Some(Duration::from_secs(60));
     (cfg, buf)
 }
 

@@ -6,7 +6,6 @@
 //! state.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +33,7 @@ use crate::virtio::console::Console;
 use crate::virtio::mmio::MmioTransport;
 use crate::{
     loader, new_eventfd, probe, serial_writer, ConsoleTransport, DeviceHandles, Error, ExitReason,
-    RestoreConfig, SerialOutput, VirtioSlot, Vm, VmConfig, VmEvent,
+    HostIo, RestoreConfig, VirtioSlot, Vm, VmConfig, VmEvent,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -48,14 +47,8 @@ impl Vm {
         let console_slot = VirtioSlot::nth(0);
         let entry = load_guest(&mem, cfg, &[console_slot])?;
         let exit = channel();
-        let host = Host {
-            serial: &cfg.serial,
-            console_socket: cfg.console_socket.as_deref(),
-            timeout: cfg.timeout,
-            snapshot_to: cfg.snapshot_to.as_deref(),
-            gdb: cfg.gdb,
-        };
-        let devs = create_devices(vm, &mem, &host, console_slot, &exit.0, None)?;
+        let host = &cfg.host;
+        let devs = create_devices(vm, &mem, host, console_slot, &exit.0, None)?;
         let vcpus = create_vcpus(&kvm_vm.0, vm, cfg.vcpus, entry)?;
         let machine = MachineState {
             vcpus: cfg.vcpus,
@@ -65,7 +58,7 @@ impl Vm {
             console_slot: (console_slot.addr, console_slot.size, console_slot.irq),
         };
         Ok(Self::assemble(
-            kvm_vm, mem, devs, vcpus, exit, machine, &host,
+            kvm_vm, mem, devs, vcpus, exit, machine, host,
         ))
     }
 
@@ -73,8 +66,8 @@ impl Vm {
     /// (the restore flow in the module docs). The file is verified before
     /// anything is built from it.
     pub fn restore(cfg: &RestoreConfig) -> Result<Self, Error> {
-        check_host(cfg.snapshot_to.as_deref(), cfg.gdb)?;
-        if cfg.gdb.is_some_and(|g| g.wait) {
+        check_host(&cfg.host)?;
+        if cfg.host.gdb.is_some_and(|g| g.wait) {
             return Err(Error::Config(
                 "a restored VM cannot wait for gdb at its first instruction".into(),
             ));
@@ -107,17 +100,11 @@ impl Vm {
         register_memory(vm, &mem)?;
         kvm_state::restore_vm(vm, &state.vm).map_err(snap_err)?;
         let exit = channel();
-        let host = Host {
-            serial: &cfg.serial,
-            console_socket: cfg.console_socket.as_deref(),
-            timeout: cfg.timeout,
-            snapshot_to: cfg.snapshot_to.as_deref(),
-            gdb: cfg.gdb,
-        };
+        let host = &cfg.host;
         let slot = VirtioSlot::nth(0);
-        let devs = create_devices(vm, &mem, &host, slot, &exit.0, Some(&state.devices))?;
+        let devs = create_devices(vm, &mem, host, slot, &exit.0, Some(&state.devices))?;
         let vcpus = restore_vcpus(vm, &state.vcpus).map_err(snap_err)?;
-        let mut vm = Self::assemble(kvm_vm, mem, devs, vcpus, exit, state.machine, &host);
+        let mut vm = Self::assemble(kvm_vm, mem, devs, vcpus, exit, state.machine, host);
         vm.restore_times = Some(crate::RestoreTimes {
             verify: verified,
             build: start.elapsed() - verified,
@@ -133,7 +120,7 @@ impl Vm {
         vcpus: Vec<Vcpu>,
         (exit_tx, exit_rx): (Sender<VmEvent>, Receiver<VmEvent>),
         machine: MachineState,
-        host: &Host<'_>,
+        host: &HostIo,
     ) -> Self {
         let debugger = host.gdb.map(|cfg| {
             let ids = vcpus.iter().map(|v| v.id).collect();
@@ -155,7 +142,7 @@ impl Vm {
             console_bridge: devs.console_bridge,
             devices: devs.handles,
             machine,
-            snapshot_to: host.snapshot_to.map(Path::to_path_buf),
+            snapshot_to: host.snapshot_to.clone(),
             restore_times: None,
             debugger,
         }
@@ -174,7 +161,8 @@ fn can_block_irqs(kvm: &Kvm) -> bool {
 /// those signals: SIGUSR1 (snapshot) and SIGUSR2 (debugger) must not kill
 /// a VM that was asked to pause on them. Armed before the VM is built, so
 /// an early signal is not fatal either.
-fn check_host(snapshot_to: Option<&Path>, gdb: Option<gdb::GdbConfig>) -> Result<(), Error> {
+fn check_host(host: &HostIo) -> Result<(), Error> {
+    let (snapshot_to, gdb) = (&host.snapshot_to, host.gdb);
     if snapshot_to.is_some() && gdb.is_some() {
         return Err(Error::Config(
             "a VM under a gdb stub is not snapshotted (--snapshot-to)".into(),
@@ -204,7 +192,7 @@ fn validate(cfg: &VmConfig) -> Result<(), Error> {
             mptable::MAX_VCPUS
         )));
     }
-    check_host(cfg.snapshot_to.as_deref(), cfg.gdb)
+    check_host(&cfg.host)
 }
 
 /// Step 1: KVM, the VM, in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
@@ -306,16 +294,6 @@ struct Devices {
     handles: DeviceHandles,
 }
 
-/// The host side of a VM: where device output goes, timeout, snapshot
-/// file (a restore gets new ones, the guest side comes from the snapshot).
-struct Host<'a> {
-    serial: &'a SerialOutput,
-    console_socket: Option<&'a Path>,
-    timeout: Option<std::time::Duration>,
-    snapshot_to: Option<&'a Path>,
-    gdb: Option<gdb::GdbConfig>,
-}
-
 /// An eventfd registered with KVM as the irqfd of `gsi`.
 fn irqfd(vm: &VmFd, gsi: u32, all: &mut Vec<(Arc<EventFd>, u32)>) -> Result<Arc<EventFd>, Error> {
     let evt = Arc::new(new_eventfd()?);
@@ -339,7 +317,7 @@ fn exit_sink(tx: &Sender<VmEvent>, reason: ExitReason) -> Box<dyn Fn() + Send> {
 fn create_devices(
     vm: &VmFd,
     mem: &Arc<GuestMem>,
-    host: &Host<'_>,
+    host: &HostIo,
     console_slot: VirtioSlot,
     exit_tx: &Sender<VmEvent>,
     saved: Option<&DeviceState>,
@@ -348,7 +326,7 @@ fn create_devices(
     let mut pio = Bus::new();
 
     let serial_irq = EventFdTrigger(irqfd(vm, COM1_IRQ, &mut irqfds)?);
-    let serial_out = serial_writer(host.serial)?;
+    let serial_out = serial_writer(&host.serial)?;
     let serial = Arc::new(Mutex::new(match saved {
         Some(s) => SerialDevice::from_snapshot(serial_irq, serial_out, &s.serial)
             .map_err(Error::Restore)?,
@@ -380,13 +358,14 @@ fn create_devices(
 
     let mut mmio = Bus::new();
     let console_irq = irqfd(vm, console_slot.irq, &mut irqfds)?;
-    let (console_out, console_bridge): (Box<dyn Write + Send>, _) = match host.console_socket {
-        Some(p) => {
-            let (bridge, out) = SocketBridge::connect(p)?;
-            (Box::new(out), Some(bridge))
-        }
-        None => (Box::new(std::io::sink()), None),
-    };
+    let (console_out, console_bridge): (Box<dyn Write + Send>, _) =
+        match host.console_socket.as_deref() {
+            Some(p) => {
+                let (bridge, out) = SocketBridge::connect(p)?;
+                (Box::new(out), Some(bridge))
+            }
+            None => (Box::new(std::io::sink()), None),
+        };
     let console: ConsoleTransport = Arc::new(Mutex::new(MmioTransport::new(
         Console::new(console_out),
         mem.clone(),

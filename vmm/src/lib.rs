@@ -329,16 +329,36 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub mem_mib: u64,
+    /// Where its output goes, how long it may run, what signals do.
+    pub host: HostIo,
+}
+
+/// The host side of a VM, the same for a fresh boot and a restore.
+#[derive(Clone)]
+pub struct HostIo {
     /// UART output.
     pub serial: SerialOutput,
     /// Unix stream socket bridged to the virtio-console (client side).
     pub console_socket: Option<PathBuf>,
-    /// Host-side timeout.
+    /// Host-side timeout (for a restore: counted from the restore).
     pub timeout: Option<Duration>,
     /// Where SIGUSR1 saves a snapshot of the running VM.
     pub snapshot_to: Option<PathBuf>,
     /// A gdb stub (`--gdb`, `--gdb-on-demand`).
     pub gdb: Option<gdb::GdbConfig>,
+}
+
+impl Default for HostIo {
+    /// Output dropped, no console socket, no limit, no signal handling.
+    fn default() -> Self {
+        Self {
+            serial: SerialOutput::Sink,
+            console_socket: None,
+            timeout: None,
+            snapshot_to: None,
+            gdb: None,
+        }
+    }
 }
 
 impl VmConfig {
@@ -350,11 +370,7 @@ impl VmConfig {
             cmdline: String::new(),
             vcpus: DEFAULT_VCPUS,
             mem_mib: DEFAULT_MEM_MIB,
-            serial: SerialOutput::Sink,
-            console_socket: None,
-            timeout: None,
-            snapshot_to: None,
-            gdb: None,
+            host: HostIo::default(),
         }
     }
 }
@@ -379,14 +395,7 @@ impl VmConfig {
         if self.mem_mib != DEFAULT_MEM_MIB {
             a.extend(["--mem-mib".into(), self.mem_mib.to_string().into()]);
         }
-        host_io_args(
-            &mut a,
-            &self.serial,
-            &self.console_socket,
-            self.timeout,
-            &self.snapshot_to,
-            self.gdb,
-        );
+        self.host.push_args(&mut a);
         a
     }
 
@@ -413,27 +422,19 @@ impl VmConfig {
                 "--mem-mib" => {
                     cfg.mem_mib = text()?.parse().map_err(|e| format!("--mem-mib: {e}"))?
                 }
-                f if HOST_IO_FLAGS.contains(&f) => set_host_io(
-                    f,
-                    value()?,
-                    &mut cfg.serial,
-                    &mut cfg.console_socket,
-                    &mut cfg.timeout,
-                    &mut cfg.snapshot_to,
-                    &mut cfg.gdb,
-                )?,
+                f if HOST_IO_FLAGS.contains(&f) => cfg.host.set(f, value()?)?,
                 "--restore" => return Err("--restore starts a VM from a snapshot alone".into()),
                 other => return Err(format!("unknown argument {other}")),
             }
         }
         cfg.kernel = kernel.ok_or("--kernel is required")?;
-        check_gdb(cfg.gdb, &cfg.snapshot_to)?;
+        cfg.host.check_gdb()?;
         Ok(cfg)
     }
 }
 
 /// The host-side options shared by a fresh boot and a restore: written by
-/// [`host_io_args`], read by [`set_host_io`].
+/// [`HostIo::push_args`], read by [`HostIo::set`].
 const HOST_IO_FLAGS: [&str; 6] = [
     "--serial",
     "--console-socket",
@@ -443,80 +444,67 @@ const HOST_IO_FLAGS: [&str; 6] = [
     gdb::GDB_ON_DEMAND_FLAG,
 ];
 
-/// Sets the host-side option `flag` (one of [`HOST_IO_FLAGS`]) to `value`.
-fn set_host_io(
-    flag: &str,
-    value: &OsStr,
-    serial: &mut SerialOutput,
-    console_socket: &mut Option<PathBuf>,
-    timeout: &mut Option<Duration>,
-    snapshot_to: &mut Option<PathBuf>,
-    gdb: &mut Option<gdb::GdbConfig>,
-) -> Result<(), String> {
-    match flag {
-        gdb::GDB_FLAG | gdb::GDB_ON_DEMAND_FLAG => {
-            if gdb.is_some() {
-                return Err(format!(
-                    "give one of {} and {}, once",
-                    gdb::GDB_FLAG,
-                    gdb::GDB_ON_DEMAND_FLAG
-                ));
+impl HostIo {
+    /// Sets the host-side option `flag` (one of [`HOST_IO_FLAGS`]) to `value`.
+    fn set(&mut self, flag: &str, value: &OsStr) -> Result<(), String> {
+        match flag {
+            gdb::GDB_FLAG | gdb::GDB_ON_DEMAND_FLAG => {
+                if self.gdb.is_some() {
+                    return Err(format!(
+                        "give one of {} and {}, once",
+                        gdb::GDB_FLAG,
+                        gdb::GDB_ON_DEMAND_FLAG
+                    ));
+                }
+                let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
+                self.gdb = Some(gdb::GdbConfig::parse(flag, v)?);
             }
-            let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
-            *gdb = Some(gdb::GdbConfig::parse(flag, v)?);
+            "--serial" => self.serial = parse_serial(value),
+            "--console-socket" => self.console_socket = Some(PathBuf::from(value)),
+            "--timeout-s" => {
+                let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
+                self.timeout = Some(parse_seconds(v)?);
+            }
+            "--snapshot-to" => self.snapshot_to = Some(PathBuf::from(value)),
+            other => return Err(format!("unknown argument {other}")),
         }
-        "--serial" => *serial = parse_serial(value),
-        "--console-socket" => *console_socket = Some(PathBuf::from(value)),
-        "--timeout-s" => {
-            let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
-            *timeout = Some(parse_seconds(v)?);
+        Ok(())
+    }
+
+    /// Refuses a gdb stub together with snapshots: both pause the VM on a
+    /// signal, and a VM a debugger holds (breakpoints in its memory, vCPUs
+    /// stopped one by one) is no snapshot to resume from.
+    fn check_gdb(&self) -> Result<(), String> {
+        match self.gdb {
+            Some(g) if self.snapshot_to.is_some() => Err(format!(
+                "{} cannot be used with --snapshot-to: a VM under a debugger is not snapshotted",
+                g.flag()
+            )),
+            _ => Ok(()),
         }
-        "--snapshot-to" => *snapshot_to = Some(PathBuf::from(value)),
-        other => return Err(format!("unknown argument {other}")),
     }
-    Ok(())
-}
 
-/// Refuses a gdb stub together with snapshots: both pause the VM on a
-/// signal, and a VM a debugger holds (breakpoints in its memory, vCPUs
-/// stopped one by one) is no snapshot to resume from.
-fn check_gdb(gdb: Option<gdb::GdbConfig>, snapshot_to: &Option<PathBuf>) -> Result<(), String> {
-    match gdb {
-        Some(g) if snapshot_to.is_some() => Err(format!(
-            "{} cannot be used with --snapshot-to: a VM under a debugger is not snapshotted",
-            g.flag()
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Appends the host-side options shared by a fresh boot and a restore.
-fn host_io_args(
-    a: &mut Vec<OsString>,
-    serial: &SerialOutput,
-    console_socket: &Option<PathBuf>,
-    timeout: Option<Duration>,
-    snapshot_to: &Option<PathBuf>,
-    gdb: Option<gdb::GdbConfig>,
-) {
-    match serial {
-        SerialOutput::Stdout => a.extend(["--serial".into(), "-".into()]),
-        SerialOutput::File(p) => a.extend(["--serial".into(), p.clone().into()]),
-        SerialOutput::Buffer(_) | SerialOutput::Sink => {}
-    }
-    if let Some(s) = console_socket {
-        a.extend(["--console-socket".into(), s.clone().into()]);
-    }
-    if let Some(t) = timeout {
-        // Whole nanoseconds, so the round trip is exact.
-        let s = format!("{}.{:09}", t.as_secs(), t.subsec_nanos());
-        a.extend(["--timeout-s".into(), s.into()]);
-    }
-    if let Some(p) = snapshot_to {
-        a.extend(["--snapshot-to".into(), p.clone().into()]);
-    }
-    if let Some(g) = gdb {
-        a.extend([g.flag().into(), g.addr.to_string().into()]);
+    /// Appends these options to an `arena-vmm` command line.
+    fn push_args(&self, a: &mut Vec<OsString>) {
+        match &self.serial {
+            SerialOutput::Stdout => a.extend(["--serial".into(), "-".into()]),
+            SerialOutput::File(p) => a.extend(["--serial".into(), p.clone().into()]),
+            SerialOutput::Buffer(_) | SerialOutput::Sink => {}
+        }
+        if let Some(s) = &self.console_socket {
+            a.extend(["--console-socket".into(), s.clone().into()]);
+        }
+        if let Some(t) = self.timeout {
+            // Whole nanoseconds, so the round trip is exact.
+            let s = format!("{}.{:09}", t.as_secs(), t.subsec_nanos());
+            a.extend(["--timeout-s".into(), s.into()]);
+        }
+        if let Some(p) = &self.snapshot_to {
+            a.extend(["--snapshot-to".into(), p.clone().into()]);
+        }
+        if let Some(g) = self.gdb {
+            a.extend([g.flag().into(), g.addr.to_string().into()]);
+        }
     }
 }
 
@@ -534,17 +522,10 @@ fn parse_serial(v: &OsStr) -> SerialOutput {
 pub struct RestoreConfig {
     /// The snapshot file.
     pub snapshot: PathBuf,
-    /// UART output from now on.
-    pub serial: SerialOutput,
-    /// Unix stream socket the virtio-console reconnects to.
-    pub console_socket: Option<PathBuf>,
-    /// Host-side timeout, counted from the restore.
-    pub timeout: Option<Duration>,
-    /// Where SIGUSR1 saves a new snapshot.
-    pub snapshot_to: Option<PathBuf>,
-    /// A gdb stub on SIGUSR2 (`--gdb-on-demand`; `--gdb` is refused: a
-    /// restored VM has no first instruction to hold).
-    pub gdb: Option<gdb::GdbConfig>,
+    /// The host side from now on: the console socket is reconnected, the
+    /// timeout counts from the restore, and a gdb stub can only be
+    /// `--gdb-on-demand` (a restored VM has no first instruction to hold).
+    pub host: HostIo,
     /// Skip the checksum over the whole file (`--no-verify`): the caller
     /// verified this very file already (lab hashes it once per run). The
     /// header, build id and every bound are still checked. Under nested
@@ -557,11 +538,7 @@ impl RestoreConfig {
     pub fn new(snapshot: impl Into<PathBuf>) -> Self {
         Self {
             snapshot: snapshot.into(),
-            serial: SerialOutput::Sink,
-            console_socket: None,
-            timeout: None,
-            snapshot_to: None,
-            gdb: None,
+            host: HostIo::default(),
             trust_checksum: false,
         }
     }
@@ -572,14 +549,7 @@ impl RestoreConfig {
         if self.trust_checksum {
             a.push("--no-verify".into());
         }
-        host_io_args(
-            &mut a,
-            &self.serial,
-            &self.console_socket,
-            self.timeout,
-            &self.snapshot_to,
-            self.gdb,
-        );
+        self.host.push_args(&mut a);
         a
     }
 
@@ -595,15 +565,7 @@ impl RestoreConfig {
             match &*flag {
                 "--restore" => snapshot = Some(PathBuf::from(value()?)),
                 "--no-verify" => cfg.trust_checksum = true,
-                f if HOST_IO_FLAGS.contains(&f) => set_host_io(
-                    f,
-                    value()?,
-                    &mut cfg.serial,
-                    &mut cfg.console_socket,
-                    &mut cfg.timeout,
-                    &mut cfg.snapshot_to,
-                    &mut cfg.gdb,
-                )?,
+                f if HOST_IO_FLAGS.contains(&f) => cfg.host.set(f, value()?)?,
                 "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--mem-mib" => {
                     return Err(format!(
                         "{flag} cannot be used with --restore: the VM's shape comes from the snapshot"
@@ -613,7 +575,7 @@ impl RestoreConfig {
             }
         }
         cfg.snapshot = snapshot.ok_or("--restore needs a snapshot file")?;
-        if cfg.gdb.is_some_and(|g| g.wait) {
+        if cfg.host.gdb.is_some_and(|g| g.wait) {
             return Err(format!(
                 "{} cannot be used with --restore: a restored VM has no first instruction to \
                  hold; use {}",
@@ -621,7 +583,7 @@ impl RestoreConfig {
                 gdb::GDB_ON_DEMAND_FLAG
             ));
         }
-        check_gdb(cfg.gdb, &cfg.snapshot_to)?;
+        cfg.host.check_gdb()?;
         Ok(cfg)
     }
 }
@@ -803,9 +765,9 @@ mod tests {
         assert_eq!(c.initrd, Some(PathBuf::from("/i")));
         assert_eq!(c.cmdline, "console=ttyS0 quiet");
         assert_eq!((c.vcpus, c.mem_mib), (2, 256));
-        assert!(matches!(c.serial, SerialOutput::Stdout));
-        assert_eq!(c.console_socket, Some(PathBuf::from("/s")));
-        assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+        assert!(matches!(c.host.serial, SerialOutput::Stdout));
+        assert_eq!(c.host.console_socket, Some(PathBuf::from("/s")));
+        assert_eq!(c.host.timeout, Some(Duration::from_millis(1500)));
     }
 
     #[test]
@@ -819,7 +781,7 @@ mod tests {
         assert!(parse(&["--kernel", "/k", "--timeout-s", "1e300"]).is_err());
         assert!(parse(&["--kernel", "/k", "--bogus"]).is_err());
         let c = parse(&["--kernel", "/k", "--serial", "/tmp/out"]).unwrap();
-        assert!(matches!(c.serial, SerialOutput::File(_)));
+        assert!(matches!(c.host.serial, SerialOutput::File(_)));
     }
 
     /// `to_args` then `from_args` gives the same config back, for defaults
@@ -838,10 +800,10 @@ mod tests {
                 && a.cmdline == b.cmdline
                 && a.vcpus == b.vcpus
                 && a.mem_mib == b.mem_mib
-                && serial(&a.serial) == serial(&b.serial)
-                && a.console_socket == b.console_socket
-                && a.timeout == b.timeout
-                && a.gdb == b.gdb
+                && serial(&a.host.serial) == serial(&b.host.serial)
+                && a.host.console_socket == b.host.console_socket
+                && a.host.timeout == b.host.timeout
+                && a.host.gdb == b.host.gdb
         }
         let plain = VmConfig::new("/boot/vmlinux");
         assert_eq!(plain.to_args(), ["--kernel", "/boot/vmlinux"]);
@@ -850,15 +812,15 @@ mod tests {
         full.cmdline = "loglevel=5 console=ttyS0 arena.x=\"a b\"".into();
         full.vcpus = 4;
         full.mem_mib = 1024;
-        full.serial = SerialOutput::File("/r/console.log".into());
-        full.console_socket = Some("/r/chan.sock".into());
-        full.timeout = Some(Duration::new(7, 123_456_789));
+        full.host.serial = SerialOutput::File("/r/console.log".into());
+        full.host.console_socket = Some("/r/chan.sock".into());
+        full.host.timeout = Some(Duration::new(7, 123_456_789));
         let mut stdout = plain.clone();
-        stdout.serial = SerialOutput::Stdout;
-        stdout.timeout = Some(Duration::from_millis(1));
-        stdout.gdb = Some(gdb::GdbConfig::parse("--gdb", "127.0.0.1:1234").unwrap());
+        stdout.host.serial = SerialOutput::Stdout;
+        stdout.host.timeout = Some(Duration::from_millis(1));
+        stdout.host.gdb = Some(gdb::GdbConfig::parse("--gdb", "127.0.0.1:1234").unwrap());
         let mut on_demand = full.clone();
-        on_demand.gdb = Some(gdb::GdbConfig::parse("--gdb-on-demand", "[::1]:0").unwrap());
+        on_demand.host.gdb = Some(gdb::GdbConfig::parse("--gdb-on-demand", "[::1]:0").unwrap());
         for c in [plain, full, stdout, on_demand] {
             let args = c.to_args();
             let back = VmConfig::from_args(&args).unwrap();
@@ -909,10 +871,10 @@ mod tests {
     #[test]
     fn restore_command_line_round_trips_and_refuses_shape_options() {
         let mut r = RestoreConfig::new("/snap");
-        r.serial = SerialOutput::File("/after.log".into());
-        r.console_socket = Some("/c.sock".into());
-        r.timeout = Some(Duration::from_millis(2500));
-        r.snapshot_to = Some("/snap2".into());
+        r.host.serial = SerialOutput::File("/after.log".into());
+        r.host.console_socket = Some("/c.sock".into());
+        r.host.timeout = Some(Duration::from_millis(2500));
+        r.host.snapshot_to = Some("/snap2".into());
         r.trust_checksum = true;
         let Ok(Launch::Restore(back)) = parse_launch(&r.to_args()) else {
             panic!("not parsed as a restore")
@@ -931,7 +893,7 @@ mod tests {
         else {
             panic!("not parsed as a boot")
         };
-        assert_eq!(b.snapshot_to, Some(PathBuf::from("/s")));
+        assert_eq!(b.host.snapshot_to, Some(PathBuf::from("/s")));
         assert!(b.to_args().contains(&OsString::from("--snapshot-to")));
     }
 
@@ -940,14 +902,14 @@ mod tests {
         let boot = |a: &[&str]| VmConfig::from_args(&args(a));
         let c = boot(&["--kernel", "/k", "--gdb", "127.0.0.1:1234"]).unwrap();
         assert_eq!(
-            c.gdb,
+            c.host.gdb,
             Some(gdb::GdbConfig {
                 addr: "127.0.0.1:1234".parse().unwrap(),
                 wait: true
             })
         );
         let c = boot(&["--kernel", "/k", "--gdb-on-demand", "127.0.0.1:0"]).unwrap();
-        assert!(!c.gdb.unwrap().wait);
+        assert!(!c.host.gdb.unwrap().wait);
         for bad in [
             &["--kernel", "/k", "--gdb", "1234"][..],
             &[
@@ -1013,8 +975,8 @@ mod tests {
     #[test]
     fn a_gdb_stub_with_snapshots_is_refused_before_kvm() {
         let mut c = VmConfig::new("/nonexistent");
-        c.snapshot_to = Some("/s".into());
-        c.gdb = Some(gdb::GdbConfig::parse("--gdb", "127.0.0.1:1").unwrap());
+        c.host.snapshot_to = Some("/s".into());
+        c.host.gdb = Some(gdb::GdbConfig::parse("--gdb", "127.0.0.1:1").unwrap());
         assert!(matches!(Vm::new(&c), Err(Error::Config(_))));
     }
 

@@ -143,7 +143,7 @@ fn int3_without_idt_fails_like_the_host_should() {
 fn host_timeout_stops_a_spinning_guest() {
     require_kvm("host_timeout_stops_a_spinning_guest");
     let (mut cfg, buf) = config(&build_pvh("spin_pvh"));
-    cfg.timeout = Some(std::time::Duration::from_millis(500));
+    cfg.host.timeout = Some(std::time::Duration::from_millis(500));
     let (report, out) = run(&cfg, &buf);
     assert_eq!(out, "spinning\n");
     assert_eq!(report.exit, ExitReason::Timeout);

@@ -45,11 +45,11 @@ fn start_hostile_virtio(
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
     let (mut cfg, buf) = config(&kernel);
-    cfg.console_socket = Some(sock.clone());
+    cfg.host.console_socket = Some(sock.clone());
     // The endless line runs until this host-side timeout, which must leave
     // time for the phases before it (the storm alone is 40000 exits) where
     // exits are slow: under nested KVM in `lab nested` on a busy host.
-    cfg.timeout = Some(PHASES_THEN_ENDLESS);
+    cfg.host.timeout = Some(PHASES_THEN_ENDLESS);
     let rss_before = vmm::rss::rss_kib(None).unwrap_or(0);
     let vm = std::thread::spawn(move || run(&cfg, &buf));
     (listener, sock, rss_before, vm)

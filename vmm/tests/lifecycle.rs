@@ -57,7 +57,7 @@ fn no_leak_with_console_socket_and_smp() {
     };
     let (mut cfg, buf) = config(&kernel);
     cfg.vcpus = 2;
-    cfg.console_socket = Some(sock.clone());
+    cfg.host.console_socket = Some(sock.clone());
     one_vm(&cfg, &buf);
     let fds = count("/proc/self/fd");
     let threads = count("/proc/self/task");

@@ -24,8 +24,8 @@ fn real_vmlinux_prints_banner_and_e820() {
     let mut cfg = VmConfig::new(kernel);
     cfg.cmdline = "noxsave console=ttyS0".into();
     cfg.mem_mib = 512;
-    cfg.serial = SerialOutput::Buffer(buf.clone());
-    cfg.timeout = Some(Duration::from_secs(110));
+    cfg.host.serial = SerialOutput::Buffer(buf.clone());
+    cfg.host.timeout = Some(Duration::from_secs(110));
     let report = vmm::run_vm(&cfg).expect("VM setup");
     let out = buf.contents();
     eprintln!(

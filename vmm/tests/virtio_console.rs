@@ -18,7 +18,7 @@ fn guest_driver_talks_to_host_socket_with_interrupts() {
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
     let (mut cfg, buf) = config(&kernel);
-    cfg.console_socket = Some(sock.clone());
+    cfg.host.console_socket = Some(sock.clone());
     let vm = std::thread::spawn(move || run(&cfg, &buf));
 
     let conn = accept_with_timeout(&listener);
@@ -51,6 +51,6 @@ fn guest_driver_talks_to_host_socket_with_interrupts() {
 fn console_socket_that_does_not_exist_is_a_setup_error() {
     require_kvm("console_socket_that_does_not_exist_is_a_setup_error");
     let (mut cfg, _) = config(&build_pvh("hello_pvh"));
-    cfg.console_socket = Some("/nonexistent/console.sock".into());
+    cfg.host.console_socket = Some("/nonexistent/console.sock".into());
     assert!(matches!(vmm::run_vm(&cfg), Err(vmm::Error::Io(..))));
 }

@@ -31,12 +31,12 @@ pub fn vm_config(spec: &VmSpec) -> VmConfig {
     // Out-of-range counts saturate and the VMM refuses them (max 32 vCPUs).
     cfg.vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
     cfg.mem_mib = u64::from(spec.memory_mib);
-    cfg.serial = serial_output(&spec.console);
-    cfg.console_socket.clone_from(&spec.channel);
+    cfg.host.serial = serial_output(&spec.console);
+    cfg.host.console_socket.clone_from(&spec.channel);
     if let Some(SnapshotRole::Save { state, .. }) = &spec.snapshot {
-        cfg.snapshot_to = Some(state.clone());
+        cfg.host.snapshot_to = Some(state.clone());
     }
-    cfg.gdb = spec.gdb.map(gdb_stub);
+    cfg.host.gdb = spec.gdb.map(gdb_stub);
     cfg
 }
 
@@ -56,8 +56,8 @@ fn restore_config(spec: &VmSpec, state: &std::path::Path) -> RestoreConfig {
     let mut cfg = RestoreConfig::new(state);
     // `snapshot` checked the file's sha256 before this run's first restore.
     cfg.trust_checksum = true;
-    cfg.serial = serial_output(&spec.console);
-    cfg.console_socket.clone_from(&spec.channel);
+    cfg.host.serial = serial_output(&spec.console);
+    cfg.host.console_socket.clone_from(&spec.channel);
     cfg
 }
 
@@ -245,9 +245,9 @@ mod tests {
         assert_eq!(cfg.cmdline, "loglevel=5 console=ttyS0 loglevel=7");
         assert_eq!((cfg.vcpus, cfg.mem_mib), (2, 768));
         assert!(
-            matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/r/console.log"))
+            matches!(cfg.host.serial, SerialOutput::File(ref p) if p.to_str() == Some("/r/console.log"))
         );
-        assert_eq!(cfg.console_socket, spec.channel);
+        assert_eq!(cfg.host.console_socket, spec.channel);
     }
 
     /// `--gdb PORT` becomes the VMM's stub on localhost, halted at start.
@@ -269,7 +269,10 @@ mod tests {
         let at = text.iter().position(|a| a == "--gdb").expect("--gdb");
         assert_eq!(text[at + 1], "127.0.0.1:4321");
         let cfg = VmConfig::from_args(&args).unwrap();
-        assert_eq!(cfg.gdb.map(|g| (g.addr.port(), g.wait)), Some((4321, true)));
+        assert_eq!(
+            cfg.host.gdb.map(|g| (g.addr.port(), g.wait)),
+            Some((4321, true))
+        );
         // --gdb-on-fail: the stub opens on SIGUSR2, the VM runs meanwhile.
         spec.gdb = Some(GdbStub {
             port: 4322,
@@ -288,6 +291,7 @@ mod tests {
         spec.gdb = None;
         assert!(VmConfig::from_args(&vm_config(&spec).to_args())
             .unwrap()
+            .host
             .gdb
             .is_none());
         assert!(OwnVmm::at("/bin/true".into()).has_gdb_stub());
@@ -329,7 +333,7 @@ mod tests {
         };
         let cfg = VmConfig::from_args(&vm_config(&spec).to_args()).unwrap();
         assert_eq!(
-            cfg.snapshot_to.as_deref(),
+            cfg.host.snapshot_to.as_deref(),
             Some(std::path::Path::new("/c/state"))
         );
         spec.snapshot = Some(SnapshotRole::Restore {
@@ -342,7 +346,7 @@ mod tests {
         match vmm::parse_launch(&args).unwrap() {
             vmm::Launch::Restore(r) => {
                 assert_eq!(r.snapshot, std::path::PathBuf::from("/c/state"));
-                assert_eq!(r.console_socket, spec.channel);
+                assert_eq!(r.host.console_socket, spec.channel);
             }
             vmm::Launch::Boot(_) => panic!("a restore parsed as a boot"),
         }
@@ -374,7 +378,7 @@ mod tests {
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
         let cfg = VmConfig::from_args(&args).unwrap();
         assert!(
-            matches!(cfg.serial, SerialOutput::File(ref p) if p.to_str() == Some("/proc/self/fd/3"))
+            matches!(cfg.host.serial, SerialOutput::File(ref p) if p.to_str() == Some("/proc/self/fd/3"))
         );
         // A fork elsewhere in the test process may briefly hold the script
         // open for writing (ETXTBSY): try again.

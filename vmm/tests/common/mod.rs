@@ -124,8 +124,8 @@ pub fn config(kernel: &Path) -> (VmConfig, SharedBuffer) {
     let buf = SharedBuffer::default();
     let mut cfg = VmConfig::new(kernel);
     cfg.mem_mib = 64;
-    cfg.serial = SerialOutput::Buffer(buf.clone());
-    cfg.timeout = Some(Duration::from_secs(30));
+    cfg.host.serial = SerialOutput::Buffer(buf.clone());
+    cfg.host.timeout = Some(Duration::from_secs(30));
     (cfg, buf)
 }
 
