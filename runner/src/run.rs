@@ -713,13 +713,8 @@ fn run_one(
         judgement.apply_known_issues(&s.known_issues, &ctx.prepared.kernel.release);
     }
     decode_splats(&mut judgement, ctx.prepared.kernel.vmlinux.as_deref());
-    if let Some(fault) = splat::machine_fault(&console, tcg) {
-        // In the last attempt too: still the machine's doing, so an error,
-        // never a kernel fail. Sporadic, so later scenarios still run.
-        judgement.verdict = Verdict::Error;
-        judgement.infra = false;
-        judgement.reason = format!("{}; not a kernel verdict", SessionEnd::from(fault));
-    }
+    // In the last attempt too: still the machine's doing.
+    judgement.overrule_for_machine_fault(&console, tcg);
     if let VmStart::Restored { restore_s, .. } = &mut start {
         *restore_s = record.boot_s;
     }
@@ -937,6 +932,20 @@ mod tests {
                 },
             })
             .collect()
+    }
+
+    #[test]
+    fn machine_faults_get_more_retries_than_other_boot_deaths() {
+        let fault = SessionEnd::EmulatorFault {
+            title: "Oops".into(),
+            line: 1,
+            cause: "corrupted vCPU state".into(),
+        };
+        let died = SessionEnd::NoHello {
+            reason: "closed".into(),
+        };
+        assert_eq!(retries_for(&fault), 4);
+        assert_eq!(retries_for(&died), 2);
     }
 
     #[test]

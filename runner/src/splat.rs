@@ -147,14 +147,17 @@ pub fn machine_fault(log: &str, tcg: bool) -> Option<MachineFault> {
 }
 
 /// The first kernel register dump line (`RSP: 0018:… EFLAGS: 04aa3602`)
-/// whose EFLAGS no CPU can hold: its 1-based line and the value.
+/// whose EFLAGS no CPU can hold: its 1-based line and the value. The
+/// agent's own lines never start with `RSP: `.
 fn impossible_eflags(log: &str) -> Option<(usize, u64)> {
     log.lines().enumerate().find_map(|(i, raw)| {
         let line = strip_timestamp(raw.trim_end_matches('\r'));
-        if OWN_PREFIXES.iter().any(|p| line.starts_with(p)) {
+        // x86-64's `show_iret_regs` prints "RSP: ss:sp EFLAGS: flags"; any
+        // other line (a command line echoed at boot, the agent) is text.
+        let (head, rest) = line.split_once(" EFLAGS: ")?;
+        if !head.starts_with("RSP: ") {
             return None;
         }
-        let (_, rest) = line.split_once("EFLAGS: ")?;
         let hex = rest.split_whitespace().next()?;
         let value = u64::from_str_radix(hex, 16).ok()?;
         let impossible = value & EFLAGS_READ_AS_ZERO != 0 || value & EFLAGS_READ_AS_ONE == 0;
@@ -253,8 +256,15 @@ mod tests {
             let log = format!("[ 1.0] Oops: 0000 [#1]\n[ 1.0] RSP: 0018:ffffc900 EFLAGS: {v}\n");
             assert!(machine_fault(&log, false).is_none(), "{v}");
         }
-        // The agent quoting a dump is not a dump.
-        assert!(machine_fault("arena-agent: EFLAGS: 04182402\n", false).is_none());
+        // Only a register dump line counts: not the agent quoting one, not
+        // a command line the kernel echoes.
+        for text in [
+            "arena-agent: RSP: 0018:ffffc900 EFLAGS: 04182402",
+            "[ 0.0] Command line: console=ttyS0 x=EFLAGS: 04182402",
+            "[ 0.0] EFLAGS: 04182402",
+        ] {
+            assert!(machine_fault(text, false).is_none(), "{text}");
+        }
     }
 
     #[test]

@@ -295,6 +295,20 @@ impl Judgement {
         Judgement::without_vm(Verdict::NotRun, reason, false)
     }
 
+    /// Overrules this judgement when `console` proves the machine under the
+    /// kernel failed ([`splat::machine_fault`]): an `error`, never a `pass`
+    /// or a kernel `fail`, and no reason to stop the run (it is sporadic,
+    /// unlike a kernel that cannot boot). Returns whether it did.
+    pub fn overrule_for_machine_fault(&mut self, console: &str, tcg: bool) -> bool {
+        let Some(fault) = splat::machine_fault(console, tcg) else {
+            return false;
+        };
+        self.verdict = Verdict::Error;
+        self.infra = false;
+        self.reason = format!("{}; not a kernel verdict", SessionEnd::from(fault));
+        true
+    }
+
     /// A scenario that could not be prepared (no VM ran): an infrastructure error.
     pub fn infra_error(reason: impl Into<String>) -> Judgement {
         Judgement::without_vm(Verdict::Error, reason, true)
@@ -683,6 +697,35 @@ mod tests {
         let j = judge(&record(done(StepStatus::Fail), vec![]), "");
         assert_eq!(j.verdict, Verdict::Fail);
         assert_eq!(j.reason, "step 1 (touch): expected X");
+    }
+
+    /// The head of a dump whose EFLAGS no CPU can hold (`lab nested`).
+    const CORRUPT_DUMP: &str = "[ 0.5] Oops: Oops: 0010 [#1] PREEMPT SMP NOPTI\n\
+[ 0.5] RSP: 0000:ffffffff82c03b70 EFLAGS: 04182402\n";
+
+    #[test]
+    fn a_machine_fault_is_an_error_never_a_pass_or_a_kernel_fail() {
+        for end in [
+            done(StepStatus::Pass),
+            done(StepStatus::Fail),
+            End::NoHello("x".into()),
+        ] {
+            let mut j = judge(&record(end, vec![]), CORRUPT_DUMP);
+            assert!(j.overrule_for_machine_fault(CORRUPT_DUMP, false));
+            assert_eq!(j.verdict, Verdict::Error);
+            assert!(!j.infra, "sporadic: the run goes on");
+            assert!(j.reason.contains("EFLAGS 04182402"), "{}", j.reason);
+            assert!(j.reason.ends_with("not a kernel verdict"), "{}", j.reason);
+        }
+        // A sound dump leaves the kernel's verdict alone.
+        let sound = CORRUPT_DUMP.replace("04182402", "00010246");
+        let mut j = judge(&record(done(StepStatus::Pass), vec![]), &sound);
+        assert!(!j.overrule_for_machine_fault(&sound, false));
+        assert_eq!(
+            j.verdict,
+            Verdict::Fail,
+            "the oops still fails the scenario"
+        );
     }
 
     #[test]

@@ -175,6 +175,85 @@ fn gdb_reads_banner(vmlinux: &Path, port: u16, last: &str) -> String {
     out
 }
 
+/// gdb does to a vCPU what QEMU 7.2's nested SVM did (docs/architecture.md,
+/// "Machine faults"): at `arena_map_alloc` it sets EFLAGS bit 22, which no
+/// CPU sets, and TF, so the kernel's #DB handler prints a register dump
+/// with it (`WARNING … exc_debug_kernel`, then goes on). The run must call
+/// that attempt a machine fault, run the scenario again (held for gdb
+/// again: attach and detach), and take the clean attempt's pass.
+fn machine_fault_is_retried(tree_arg: &str, vmlinux: &Path) {
+    let port = common::free_port();
+    let results = scratch("kernel-loop-machine-fault");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
+        .arg("--results")
+        .arg(&results)
+        .args([&format!("--gdb={port}"), "--only", "arena-mmap-readback"])
+        .arg("scenarios/smoke")
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gdb = |commands: &[&str]| {
+        let mut c = Command::new("gdb");
+        c.args(["-batch", "-nx"]).arg(vmlinux).args([
+            "-ex",
+            "set tcp connect-timeout 120",
+            "-ex",
+            &format!("target remote 127.0.0.1:{port}"),
+        ]);
+        for command in commands {
+            c.args(["-ex", command]);
+        }
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = gdb(&[
+        "hbreak arena_map_alloc",
+        "continue",
+        "set $eflags = $eflags | 0x400100",
+        "info registers eflags",
+        "delete",
+        "detach",
+    ]);
+    assert!(out.contains("TF"), "gdb: {out}");
+    // The retry boots held for gdb again; only then attach (the first VM's
+    // stub is the same port).
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        said.push_str(&line);
+        if line.contains("running it once more") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        line.contains("corrupted vCPU state: EFLAGS 00400"),
+        "lab said: {said}"
+    );
+    gdb(&["detach"]);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "lab said: {said}{rest}");
+    let s = &summary(&results)["scenarios"][0];
+    assert_eq!(s["verdict"], "pass", "{s}");
+    assert_eq!(s["retried_after"]["kind"], "emulator_fault", "{s}");
+    assert!(
+        s["retried_after"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("exc_debug_kernel"),
+        "{s}"
+    );
+    let first = results.join("latest/arena-mmap-readback/attempt1-console.log");
+    let first = std::fs::read_to_string(first).unwrap();
+    assert!(first.contains("EFLAGS: 00400"), "{first}");
+}
+
 /// A scenario that fails at its last step (a wrong expected value).
 const FAILS: &str = "name: gdb-on-fail\nsteps:\n  - arena: { id: a, pages: 4 }\n  - mmap: { arena: a }\n  - touch: { arena: a, page: 0, op: write, value: 7 }\n  - touch: { arena: a, page: 0, op: read, expect: { value: 8 } }\n";
 
@@ -423,6 +502,10 @@ fn kernel_developer_loop_on_a_tiny_tree() {
     // `--gdb-on-fail`: a failing scenario's VM stays up, paused, for gdb;
     // gdb reads it, `kill` ends it, and the run records the failure.
     gdb_on_fail(tree_arg, &vmlinux);
+
+    // A vCPU whose EFLAGS gdb corrupts is a machine fault: retried, and the
+    // clean retry's verdict stands.
+    machine_fault_is_retried(tree_arg, &vmlinux);
 
     // Bisect base..c4: the first bad commit is c2, with its failure.
     let results = scratch("kernel-loop-bisect");
