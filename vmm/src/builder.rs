@@ -10,11 +10,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ,
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::regs::BootEntry;
 use crate::arch::x86_64::{acpi, mptable, regs};
@@ -97,7 +96,11 @@ impl Vm {
             file.header.mem_offset,
             state.machine.mem_mib,
         )?);
-        register_memory(vm, &mem)?;
+        // SAFETY: the `Vm` holds a clone of `mem` (`_mem`, dropped after
+        // `vm`, field order), and so do the virtio transports on the MMIO
+        // bus, which every running vCPU thread holds: no vCPU runs while the
+        // memory is unmapped.
+        unsafe { memory::register_with_kvm(vm, &mem) }?;
         kvm_state::restore_vm(vm, &state.vm).map_err(snap_err)?;
         let exit = channel();
         let host = &cfg.host;
@@ -219,32 +222,9 @@ fn create_vm() -> Result<(Kvm, VmFd), Error> {
 /// Step 2: guest RAM, registered with KVM one slot per region.
 fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<Arc<GuestMem>, Error> {
     let mem = Arc::new(memory::create_guest_memory(mem_mib)?);
-    register_memory(vm, &mem)?;
+    // SAFETY: as in `Vm::restore`: every holder of a vCPU holds `mem`.
+    unsafe { memory::register_with_kvm(vm, &mem) }?;
     Ok(mem)
-}
-
-/// Registers every region of `mem` with KVM, one slot each.
-fn register_memory(vm: &VmFd, mem: &Arc<GuestMem>) -> Result<(), Error> {
-    for (slot, region) in mem.iter().enumerate() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| Error::Config("guest region without host mapping".into()))?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: `host..host + len` is this region's mapping, which lives as
-        // long as any clone of `mem`: the `Vm` holds one (`_mem`, dropped
-        // after `vm`, field order) and the virtio transports on the MMIO bus,
-        // which every running vCPU thread holds, hold others. So no vCPU can
-        // run while the memory is unmapped.
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-    }
-    Ok(())
 }
 
 /// Step 3: kernel, initrd, command line, ACPI and MP tables, boot page

@@ -98,6 +98,33 @@ pub enum MemoryError {
     Mmap(String),
 }
 
+/// Registers every region of `mem` with KVM as guest RAM, one slot each.
+///
+/// # Safety
+///
+/// `mem` must stay mapped for as long as any vCPU of `vm` can run: KVM
+/// reads and writes the regions through their host addresses.
+pub unsafe fn register_with_kvm(vm: &kvm_ioctls::VmFd, mem: &GuestMem) -> Result<(), crate::Error> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| crate::Error::Config("guest region without host mapping".into()))?;
+        let r = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: `host..host + len` is this region's mapping; the caller
+        // keeps it mapped while the VM can run.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| crate::Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(())
+}
+
 /// Splits `size` bytes of RAM around the MMIO gap: returns `(start, len)` pairs.
 pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     if size <= MMIO_GAP_START {

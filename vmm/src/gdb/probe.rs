@@ -29,9 +29,9 @@ use std::sync::mpsc::channel;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::breakpoints::{dr6_hit, guest_debug, DebugRequest, HwBreakpoints, INT3};
 use super::stop::{BP_VECTOR, DB_VECTOR};
@@ -112,23 +112,9 @@ fn run_probe(cap: Capability) -> Result<(), String> {
         GuestMem::from_ranges(&[(GuestAddress(0), PROBE_BYTES)]).map_err(|e| e.to_string())?;
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-    for (slot, region) in mem.iter().enumerate() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| e.to_string())?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: `host..host + len` is this region's mapping, owned by
-        // `mem`, which is dropped after `vm` and its vCPU (declared before
-        // them), so the VM never runs on unmapped memory.
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-    }
+    // SAFETY: `mem` is declared before `vm` and its vCPU, so it is
+    // dropped after them: the VM never runs on unmapped memory.
+    unsafe { crate::memory::register_with_kvm(&vm, &mem) }.map_err(|e| e.to_string())?;
     let fill = vec![HLT; PROBE_BYTES];
     mem.write_slice(&fill, GuestAddress(0))
         .map_err(|e| e.to_string())?;
