@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use common::*;
@@ -138,34 +138,70 @@ fn symbol(vmlinux: &Path, symbol: &str) -> (u64, u64) {
     (addr, size)
 }
 
+/// Real gdb in batch mode on `vmlinux`, connected to the stub on `port`
+/// (it waits for a stub that is not listening yet, as while QEMU starts),
+/// then `commands` in order.
+fn gdb_batch(vmlinux: &Path, port: u16, commands: &[&str]) -> std::process::Output {
+    let mut c = Command::new("gdb");
+    c.args(["-batch", "-nx"]).arg(vmlinux).args([
+        "-ex",
+        "set tcp connect-timeout 120",
+        "-ex",
+        &format!("target remote 127.0.0.1:{port}"),
+    ]);
+    for command in commands {
+        c.args(["-ex", command]);
+    }
+    c.output().unwrap()
+}
+
+/// `lab run --gdb=PORT` of the smoke scenario `arena-mmap-readback` on the
+/// tree: its VM waits for gdb at the first instruction.
+fn smoke_under_gdb(tree_arg: &str, results: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
+        .arg("--results")
+        .arg(results)
+        .args([&format!("--gdb={port}"), "--only", "arena-mmap-readback"])
+        .arg("scenarios/smoke")
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads `stderr` up to the first line containing `marker`: everything
+/// read, and that line (empty when the stream ended first).
+fn read_until(stderr: &mut impl BufRead, marker: &str) -> (String, String) {
+    let mut said = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        said.push_str(&line);
+        if line.contains(marker) {
+            return (said, line);
+        }
+        line.clear();
+    }
+    (said, line)
+}
+
 /// Real gdb in batch mode against a halted VM's stub on `port`: breaks at
 /// `start_kernel`, prints `rip` and `linux_banner`, then `last` (`kill`,
 /// `detach`). Returns its output, having checked the banner.
 fn gdb_reads_banner(vmlinux: &Path, port: u16, last: &str) -> String {
-    // The stub listens once QEMU is up; gdb waits for it meanwhile.
-    let gdb = Command::new("gdb")
-        .args(["-batch", "-nx"])
-        .arg(vmlinux)
-        .args([
-            "-ex",
-            "set tcp connect-timeout 120",
-            "-ex",
-            &format!("target remote 127.0.0.1:{port}"),
-            "-ex",
+    let gdb = gdb_batch(
+        vmlinux,
+        port,
+        &[
             "hbreak start_kernel",
-            "-ex",
             "continue",
-            "-ex",
             "info registers rip",
-            "-ex",
             "x/s &linux_banner",
-            "-ex",
             "delete",
-            "-ex",
             last,
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let out = String::from_utf8_lossy(&gdb.stdout).into_owned();
     assert!(
         out.contains("Linux version 6.12"),
@@ -184,57 +220,30 @@ fn gdb_reads_banner(vmlinux: &Path, port: u16, last: &str) -> String {
 fn machine_fault_is_retried(tree_arg: &str, vmlinux: &Path) {
     let port = common::free_port();
     let results = scratch("kernel-loop-machine-fault");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
-        .arg("--results")
-        .arg(&results)
-        .args([&format!("--gdb={port}"), "--only", "arena-mmap-readback"])
-        .arg("scenarios/smoke")
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let gdb = |commands: &[&str]| {
-        let mut c = Command::new("gdb");
-        c.args(["-batch", "-nx"]).arg(vmlinux).args([
-            "-ex",
-            "set tcp connect-timeout 120",
-            "-ex",
-            &format!("target remote 127.0.0.1:{port}"),
-        ]);
-        for command in commands {
-            c.args(["-ex", command]);
-        }
-        let out = c.output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = gdb(&[
-        "hbreak arena_map_alloc",
-        "continue",
-        "set $eflags = $eflags | 0x400100",
-        "info registers eflags",
-        "delete",
-        "detach",
-    ]);
+    let mut run = smoke_under_gdb(tree_arg, &results, port);
+    let gdb = gdb_batch(
+        vmlinux,
+        port,
+        &[
+            "hbreak arena_map_alloc",
+            "continue",
+            "set $eflags = $eflags | 0x400100",
+            "info registers eflags",
+            "delete",
+            "detach",
+        ],
+    );
+    let out = String::from_utf8_lossy(&gdb.stdout);
     assert!(out.contains("TF"), "gdb: {out}");
     // The retry boots held for gdb again; only then attach (the first VM's
     // stub is the same port).
     let mut stderr = BufReader::new(run.stderr.take().unwrap());
-    let mut said = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        said.push_str(&line);
-        if line.contains("running it once more") {
-            break;
-        }
-        line.clear();
-    }
+    let (said, line) = read_until(&mut stderr, "running it once more");
     assert!(
         line.contains("corrupted vCPU state: EFLAGS 00400"),
         "lab said: {said}"
     );
-    gdb(&["detach"]);
+    gdb_batch(vmlinux, port, &["detach"]);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = run.wait().unwrap();
@@ -280,31 +289,13 @@ fn gdb_on_fail(tree_arg: &str, vmlinux: &Path) {
         .unwrap();
     // Wait for the runner to say the failed VM is held.
     let mut stderr = BufReader::new(run.stderr.take().unwrap());
-    let mut said = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        said.push_str(&line);
-        if line.contains("is paused with a gdb stub") {
-            break;
-        }
-        line.clear();
-    }
+    let (said, line) = read_until(&mut stderr, "is paused with a gdb stub");
     assert!(line.contains("gdb-on-fail failed"), "lab said: {said}");
-    let gdb = Command::new("gdb")
-        .args(["-batch", "-nx"])
-        .arg(vmlinux)
-        .args([
-            "-ex",
-            &format!("target remote 127.0.0.1:{port}"),
-            "-ex",
-            "info registers rip",
-            "-ex",
-            "x/s &linux_banner",
-            "-ex",
-            "kill",
-        ])
-        .output()
-        .unwrap();
+    let gdb = gdb_batch(
+        vmlinux,
+        port,
+        &["info registers rip", "x/s &linux_banner", "kill"],
+    );
     let out = String::from_utf8_lossy(&gdb.stdout);
     assert!(
         out.contains("Linux version 6.12") && out.contains("rip"),
@@ -479,17 +470,7 @@ fn kernel_developer_loop_on_a_tiny_tree() {
 
     let port = common::free_port();
     let results = scratch("kernel-loop-gdb-run");
-    let run = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(["run", "--backend", "qemu", "--kernel-tree", tree_arg])
-        .arg("--results")
-        .arg(&results)
-        .args([&format!("--gdb={port}"), "--only", "arena-mmap-readback"])
-        .arg("scenarios/smoke")
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = smoke_under_gdb(tree_arg, &results, port);
     gdb_reads_banner(&vmlinux, port, "detach");
     let run = run.wait_with_output().unwrap();
     assert_eq!(

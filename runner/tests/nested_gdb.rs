@@ -91,22 +91,8 @@ fn own_vmm_gdb_stub_debugs_linux_under_real_kvm() {
     // `lab boot` in L1 would otherwise build the agent there, under TCG.
     let warm = common::lab(&["image"]);
     assert_eq!(warm.status.code(), Some(0), "lab image failed");
-    let me = std::env::current_exe().unwrap();
-    let mut inner = vec!["/usr/bin/env".to_owned(), format!("{IN_L1}=1")];
-    inner.extend(env.iter().map(|(k, v)| format!("{k}={}", v.display())));
-    inner.extend([
-        me.to_string_lossy().into_owned(),
-        "--exact".into(),
-        TEST.into(),
-        "--nocapture".into(),
-    ]);
-    let mut args = vec!["nested", "--exec", "--"];
-    args.extend(inner.iter().map(String::as_str));
-    let out = common::lab(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ready with /dev/kvm"), "{stderr}");
-    assert_eq!(out.status.code(), Some(0), "the run inside L1 failed");
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let stdout = common::rerun_in_l1(IN_L1, TEST, &env);
     assert!(stdout.contains(PASSED), "{stdout}");
     eprintln!(
         "nested gdb: {:.0} s in all (one L1 boot)",

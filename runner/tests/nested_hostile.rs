@@ -66,27 +66,13 @@ fn hostile_guests_end_only_their_vm_under_real_kvm() {
     let vmm = cargo_executable(&["build", "-p", "vmm", "--bin", "arena-vmm"], "arena-vmm");
     let kernel = arena_images::kernel::debian::default_kernel().expect("the default kernel");
     let initrd = linux_initramfs(&kernel);
-    let me = std::env::current_exe().unwrap();
-    let env = |k: &str, v: &Path| format!("{k}={}", v.display());
-    let inner = [
-        "/usr/bin/env".to_owned(),
-        format!("{IN_L1}=1"),
-        env(SUITE, &suite),
-        env(VMM, &vmm),
-        env(KERNEL, &kernel.boot_image),
-        env(INITRD, &initrd),
-        me.to_string_lossy().into_owned(),
-        "--exact".into(),
-        TEST.into(),
-        "--nocapture".into(),
+    let env: [(&str, &Path); 4] = [
+        (SUITE, &suite),
+        (VMM, &vmm),
+        (KERNEL, &kernel.boot_image),
+        (INITRD, &initrd),
     ];
-    let mut args = vec!["nested", "--exec", "--"];
-    args.extend(inner.iter().map(String::as_str));
-    let out = common::lab(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ready with /dev/kvm"), "{stderr}");
-    assert_eq!(out.status.code(), Some(0), "the run inside L1 failed");
+    let stdout = common::rerun_in_l1(IN_L1, TEST, &env);
     // The inner run's own report: it ran, and ran everything.
     assert!(stdout.contains(&summary(1)), "{stdout}");
     let listed = listed_tests(&suite);

@@ -176,6 +176,29 @@ pub fn assert_passed_but_known_bugs(results: &Path) -> usize {
     known
 }
 
+/// Runs this test binary's test `test` again inside `lab nested`'s L1,
+/// where `/dev/kvm` is real KVM, with `in_l1=1` and `env` set. Checks that
+/// L1 came up with `/dev/kvm` and the inner run passed; returns its stdout
+/// for the caller's checks of what ran inside.
+pub fn rerun_in_l1(in_l1: &str, test: &str, env: &[(&str, &Path)]) -> String {
+    let me = std::env::current_exe().unwrap();
+    let mut inner = vec!["/usr/bin/env".to_owned(), format!("{in_l1}=1")];
+    inner.extend(env.iter().map(|(k, v)| format!("{k}={}", v.display())));
+    inner.extend([
+        me.to_string_lossy().into_owned(),
+        "--exact".into(),
+        test.into(),
+        "--nocapture".into(),
+    ]);
+    let mut args = vec!["nested", "--exec", "--"];
+    args.extend(inner.iter().map(String::as_str));
+    let out = lab(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ready with /dev/kvm"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "the run inside L1 failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A free TCP port on localhost (for a gdb stub).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
