@@ -254,15 +254,8 @@ mod tests {
     #[test]
     fn gdb_port_becomes_the_vmms_stub() {
         let mut spec = VmSpec {
-            kernel: "/k/vmlinux".into(),
-            initrd: None,
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 256,
-            console: Console::Stdout,
-            channel: None,
             gdb: Some(GdbStub::at_start(4321)),
-            snapshot: None,
+            ..VmSpec::minimal("/k/vmlinux")
         };
         let args = vm_config(&spec).to_args();
         let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
@@ -364,15 +357,8 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let console = dir.join("console.log");
         let spec = VmSpec {
-            kernel: "/k/vmlinux".into(),
-            initrd: None,
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 256,
             console: Console::File(console.clone()),
-            channel: None,
-            gdb: None,
-            snapshot: None,
+            ..VmSpec::minimal("/k/vmlinux")
         };
         let mut c = OwnVmm::at(fake).command(&spec);
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();

@@ -48,6 +48,25 @@ pub struct VmSpec {
     pub snapshot: Option<SnapshotRole>,
 }
 
+#[cfg(test)]
+impl VmSpec {
+    /// One vCPU, 256 MiB, `kernel` alone, console on stdout, nothing else:
+    /// what backend tests start from.
+    pub fn minimal(kernel: &str) -> VmSpec {
+        VmSpec {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            console: Console::Stdout,
+            channel: None,
+            gdb: None,
+            snapshot: None,
+        }
+    }
+}
+
 /// A gdb remote stub on a VM, on a localhost TCP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GdbStub {

@@ -380,15 +380,8 @@ mod tests {
     #[test]
     fn snapshot_roles_add_qmp_or_incoming() {
         let spec = |role| VmSpec {
-            kernel: PathBuf::from("/k"),
-            initrd: None,
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 256,
-            console: Console::Stdout,
-            channel: None,
-            gdb: None,
             snapshot: Some(role),
+            ..VmSpec::minimal("/k")
         };
         let args = |c: Command| -> Vec<String> {
             c.get_args()
