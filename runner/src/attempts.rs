@@ -3,7 +3,6 @@
 //! seed, results folder and summary entry, and a failing one prints the
 //! command line that replays it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arena_protocol::seed;
@@ -12,7 +11,6 @@ use serde::Serialize;
 use crate::results::ScenarioSummary;
 use crate::scenario_file::ScenarioFile;
 use crate::verdict::Verdict;
-use crate::KernelArgs;
 
 /// The scenario file each attempt's folder keeps: `lab repro` runs it.
 pub const SCENARIO_COPY: &str = "scenario.yaml";
@@ -228,33 +226,6 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// The command that replays one attempt as a run of its own:
-/// `lab run [--kernel K ...] --seed S --only NAME FILE` (the default kernel
-/// needs no option).
-pub fn reproduce_line(kernel: &KernelArgs, run_seed: u64, name: &str, file: &Path) -> String {
-    let mut words = vec!["lab".to_owned(), "run".to_owned()];
-    for (option, path) in [
-        ("--kernel", &kernel.kernel),
-        ("--modules", &kernel.modules),
-        ("--kernel-src", &kernel.kernel_src),
-        ("--vmlinux", &kernel.vmlinux),
-        ("--kernel-tree", &kernel.kernel_tree),
-    ] {
-        if let Some(p) = path {
-            words.push(option.to_owned());
-            words.push(shell_quote(&p.to_string_lossy()));
-        }
-    }
-    words.extend([
-        "--seed".to_owned(),
-        run_seed.to_string(),
-        "--only".to_owned(),
-        shell_quote(name),
-        shell_quote(&file.to_string_lossy()),
-    ]);
-    words.join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,22 +368,5 @@ mod tests {
         assert_eq!(p[0].failing_seeds, [101]);
         assert_eq!(p[0].failing_attempts, [2]);
         assert!((p[0].failure_rate - 1.0 / 3.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn reproduce_lines_quote_and_omit_the_default_kernel() {
-        let k = KernelArgs::default();
-        assert_eq!(
-            reproduce_line(&k, 5, "a", Path::new("s/a.yaml")),
-            "lab run --seed 5 --only a s/a.yaml"
-        );
-        let k = KernelArgs {
-            kernel: Some("my dir/bzImage".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            reproduce_line(&k, 5, "a", Path::new("s/it's.yaml")),
-            r"lab run --kernel 'my dir/bzImage' --seed 5 --only a 's/it'\''s.yaml'"
-        );
     }
 }

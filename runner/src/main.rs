@@ -17,6 +17,7 @@ mod nested;
 mod plan;
 mod progress;
 mod report;
+mod replay;
 mod repro;
 mod results;
 mod run;

@@ -40,12 +40,10 @@ pub struct Prepared {
     pub kernel_src: Option<PathBuf>,
 }
 
-/// `--kernel debian:<channel>` (`6.12`, `7.2`, `newest`): one of Debian's
-/// kernels instead of a file. `None` for anything else (a path); an unknown
-/// channel is an error.
-pub fn debian_channel(
-    spec: &std::path::Path,
-) -> Option<Result<debian::Channel, debian::BadChannel>> {
+/// `--kernel debian:<channel>[.<patch>]` (`6.12`, `7.2`, `newest`, or a
+/// pinned `7.2.13`): one of Debian's kernels instead of a file. `None` for
+/// anything else (a path); an unknown channel is an error.
+pub fn debian_channel(spec: &std::path::Path) -> Option<Result<debian::Spec, debian::BadChannel>> {
     let channel = spec.to_str()?.strip_prefix("debian:")?;
     Some(channel.parse())
 }
@@ -54,7 +52,7 @@ pub fn debian_channel(
 /// (Debian's newest 6.12).
 pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
     let user = args.kernel_file();
-    let channel = match user.as_deref().map(debian_channel) {
+    let spec = match user.as_deref().map(debian_channel) {
         Some(Some(c)) => c?,
         Some(None) => {
             let p = user.expect("given");
@@ -66,12 +64,15 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
                 modules.as_deref(),
             )?);
         }
-        None => debian::DEFAULT,
+        None => debian::Spec {
+            channel: debian::DEFAULT,
+            patch: None,
+        },
     };
-    if matches!(channel, debian::Channel::Newest) || debian::cached(channel).is_none() {
-        eprintln!("lab: resolving Debian's {channel} kernel (fetched once, then cached)");
+    if matches!(spec.channel, debian::Channel::Newest) || debian::cached(spec.channel).is_none() {
+        eprintln!("lab: resolving Debian's {spec} kernel (fetched once, then cached)");
     }
-    Ok(debian::kernel_for(channel)?)
+    Ok(debian::kernel_for_spec(spec)?)
 }
 
 /// Build the agent, resolve modules and compile BPF objects.

@@ -1,7 +1,10 @@
 //! `lab repro RESULTS/<run>/<scenario>[/attempt-<k>]`: run one recorded
 //! attempt again as a run of its own, from what its run recorded (the
-//! kernel, the copy of the scenario file, the attempt's run seed, the VM
-//! shape, the backend), so the same seed makes the same choices.
+//! exact kernel and its sha256, the copy of the scenario file, the
+//! attempt's run seed, the VM shape, the backend and the options that
+//! decide verdicts: `replay.rs`), so the same seed makes the same choices.
+//! A kernel whose sha256 differs from the recorded one is refused (exit 2)
+//! unless `--any-kernel`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,10 @@ pub struct ReproArgs {
     /// Results directory of the new run.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// Run even if the kernel is no longer the one that ran (its sha256
+    /// differs, e.g. a rebuilt tree): a replay in name only, said so.
+    #[arg(long)]
+    pub any_kernel: bool,
 }
 
 /// Why a folder cannot be replayed.
@@ -58,12 +65,11 @@ pub struct Target {
     pub seed: u64,
     /// The scenario file copy.
     pub file: PathBuf,
-    /// `--kernel` and `--modules` of a user kernel; `None`: the default.
-    pub kernel: Option<(String, Option<String>)>,
-    /// Backend name (`qemu`, `kvm`).
-    pub backend: Option<String>,
-    /// vCPUs, MiB.
-    pub vm: (u64, u64),
+    /// The run's recorded replay options (kernel, `--kernel-sha256`,
+    /// backend, verdict options): `replay::run_args`.
+    pub recorded: Vec<String>,
+    /// vCPUs and MiB of the attempt's VM.
+    pub vm: arena_protocol::scenario::VmSpec,
 }
 
 fn run_folder(dir: &Path) -> Option<PathBuf> {
@@ -118,54 +124,60 @@ pub fn locate(dir: &Path) -> Result<Target, ReproError> {
     if !file.is_file() {
         return Err(ReproError::NotRecorded(dir, "a copy of the scenario file"));
     }
-    let kernel = &summary["kernel"];
-    let kernel = (kernel["origin"]["kind"].as_str() == Some("user")).then(|| {
-        (
-            kernel["origin"]["path"].as_str().unwrap_or("").to_owned(),
-            kernel["modules"].as_str().map(str::to_owned),
-        )
-    });
+    let recorded: Vec<String> = match summary["replay_args"].as_array() {
+        Some(words) if !words.is_empty() => words
+            .iter()
+            .map(|w| w.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("`replay_args` holds a non-string".into()))?,
+        // Written before replay options were recorded: the kernel record
+        // (pinned, with its sha256) and the backend are all there is.
+        _ => {
+            let kernel: arena_images::kernel::Kernel =
+                serde_json::from_value(summary["kernel"].clone())
+                    .map_err(|e| bad(format!("`kernel`: {e}")))?;
+            let modules = kernel.modules.clone();
+            let mut a = crate::replay::from_kernel_record(&kernel, modules.as_deref());
+            if let Some(b) = summary["backend"].as_str() {
+                a.extend(["--backend".into(), b.to_owned()]);
+            }
+            a
+        }
+    };
+    let vm = serde_json::from_value(entry["vm"].clone()).unwrap_or_default();
     Ok(Target {
         name: entry["name"].as_str().unwrap_or("").to_owned(),
         attempt: entry["attempt"].as_u64().unwrap_or(1),
         run_seed,
         seed: entry["seed"].as_u64().unwrap_or(0),
         file,
-        kernel,
-        backend: summary["backend"].as_str().map(str::to_owned),
-        vm: (
-            entry["vm"]["vcpus"].as_u64().unwrap_or(2),
-            entry["vm"]["memory_mib"].as_u64().unwrap_or(512),
-        ),
+        recorded,
+        vm,
     })
 }
 
 impl Target {
-    /// The `lab run` arguments that replay it, results under `results`.
-    pub fn run_args(&self, results: &Path) -> Vec<String> {
-        let mut a: Vec<String> = vec!["run".into()];
-        if let Some((kernel, modules)) = &self.kernel {
-            a.extend(["--kernel".into(), kernel.clone()]);
-            if let Some(m) = modules {
-                a.extend(["--modules".into(), m.clone()]);
+    /// The `lab run` arguments that replay it, results under `results`;
+    /// `any_kernel` drops the recorded `--kernel-sha256`.
+    pub fn run_args(&self, results: &Path, any_kernel: bool) -> Vec<String> {
+        let mut recorded = self.recorded.clone();
+        if any_kernel {
+            if let Some(i) = recorded.iter().position(|w| w == "--kernel-sha256") {
+                recorded.drain(i..(i + 2).min(recorded.len()));
             }
         }
-        if let Some(b) = &self.backend {
-            a.extend(["--backend".into(), b.clone()]);
-        }
-        a.extend([
+        let mut a: Vec<String> = vec![
+            "run".into(),
             "--results".into(),
             results.to_string_lossy().into_owned(),
-            "--seed".into(),
-            self.run_seed.to_string(),
-            "--vcpus".into(),
-            self.vm.0.to_string(),
-            "--memory-mib".into(),
-            self.vm.1.to_string(),
-            "--only".into(),
-            self.name.clone(),
-            self.file.to_string_lossy().into_owned(),
-        ]);
+        ];
+        a.extend(crate::replay::attempt_args(
+            &recorded,
+            self.run_seed,
+            &self.vm,
+            &self.name,
+            &self.file,
+        ));
         a
     }
 }
@@ -186,7 +198,10 @@ enum RunOnly {
 /// `lab repro`.
 pub fn repro(args: ReproArgs) -> Result<u8, LabError> {
     let target = locate(&args.dir).map_err(|e| LabError::BadArgs(e.to_string()))?;
-    let argv = target.run_args(&args.results);
+    let argv = target.run_args(&args.results, args.any_kernel);
+    if args.any_kernel {
+        eprintln!("lab: --any-kernel: the kernel's sha256 is not checked against the recorded one");
+    }
     eprintln!(
         "lab: replaying {} attempt {} (seed {}): lab {}",
         target.name,
@@ -223,6 +238,8 @@ mod tests {
         let summary = serde_json::json!({
             "kernel": {"origin": {"kind": "user", "path": "/k/bzImage"}, "modules": null},
             "backend": "qemu",
+            "replay_args": ["--kernel", "debian:7.2.13", "--kernel-sha256", "feed",
+                            "--backend", "qemu", "--no-known-issues", "--boot-timeout", "120"],
             "scenarios": [
                 entry("a", "a/attempt-1", 1, "pass", 1),
                 entry("a", "a/attempt-2", 2, "fail", 2),
@@ -241,20 +258,27 @@ mod tests {
         let t = locate(&run.join("a")).unwrap();
         assert_eq!((t.attempt, t.seed, t.run_seed), (2, 2, 1002));
         assert_eq!(t.file, run.join("a/attempt-2").join(SCENARIO_COPY));
-        assert_eq!(t.vm, (4, 256));
+        assert_eq!((t.vm.vcpus, t.vm.memory_mib), (4, 256));
         // One attempt named directly.
         assert_eq!(locate(&run.join("a/attempt-1/")).unwrap().attempt, 1);
         let t = locate(&run.join("b")).unwrap();
-        let args = t.run_args(Path::new("r"));
+        let args = t.run_args(Path::new("r"), false);
         let file = run.join("b").join(SCENARIO_COPY);
+        // The recorded options come whole: the pinned kernel, its sha256,
+        // --no-known-issues and the timeouts.
         let want = [
             "run",
-            "--kernel",
-            "/k/bzImage",
-            "--backend",
-            "qemu",
             "--results",
             "r",
+            "--kernel",
+            "debian:7.2.13",
+            "--kernel-sha256",
+            "feed",
+            "--backend",
+            "qemu",
+            "--no-known-issues",
+            "--boot-timeout",
+            "120",
             "--seed",
             "1003",
             "--vcpus",
@@ -269,11 +293,48 @@ mod tests {
         // The parsed arguments are a valid `lab run`.
         let full = std::iter::once("lab".to_owned()).chain(args);
         assert!(RunCommand::try_parse_from(full).is_ok());
+        // --any-kernel drops the digest, and only it.
+        let any = t.run_args(Path::new("r"), true);
+        assert!(!any.iter().any(|w| w == "--kernel-sha256" || w == "feed"));
+        assert_eq!(any.len(), want.len() + 1 - 2);
         assert!(matches!(
             locate(&run.join("c")),
             Err(ReproError::NoEntry(_))
         ));
         assert!(matches!(locate(&root), Err(ReproError::NoRun(_))));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_old_summary_replays_its_kernel_record_pinned() {
+        let root = std::env::temp_dir().join(format!("lab-repro-old-{}", std::process::id()));
+        let run = write_run(&root);
+        let path = run.join("summary.json");
+        let mut summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        summary.as_object_mut().unwrap().remove("replay_args");
+        summary["kernel"] = serde_json::json!({
+            "origin": {"kind": "debian", "package": "linux-image-6.12.118+deb12-amd64",
+                       "version": "6.12.118-1"},
+            "boot_image": "/c/vmlinux", "bzimage": null, "vmlinux": null, "modules": null,
+            "release": "6.12.118+deb12-amd64", "version": "Linux version 6.12.118",
+            "sha256": "beef",
+        });
+        std::fs::write(&path, summary.to_string()).unwrap();
+        let args = locate(&run.join("b"))
+            .unwrap()
+            .run_args(Path::new("r"), false);
+        assert_eq!(
+            args[3..9],
+            [
+                "--kernel",
+                "debian:6.12.118",
+                "--kernel-sha256",
+                "beef",
+                "--backend",
+                "qemu"
+            ]
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -179,6 +179,11 @@ pub struct Summary {
     pub skipped: usize,
     /// Wall time so far (s).
     pub wall_s: f64,
+    /// The `lab run` options that replay this run's kernel (pinned, with
+    /// its sha256), backend and verdict-deciding options; `lab repro` and
+    /// each `reproduce` line use them. Empty until the kernel is resolved.
+    #[serde(default)]
+    pub replay_args: Vec<String>,
     /// Every planned scenario, in plan order.
     pub scenarios: Vec<ScenarioSummary>,
     /// Per scenario name: attempts, failures, failure rate, failing seeds.
@@ -210,6 +215,7 @@ impl Summary {
             not_run: 0,
             skipped: 0,
             wall_s: 0.0,
+            replay_args: Vec::new(),
             scenarios,
             per_scenario: Vec::new(),
         };

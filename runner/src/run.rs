@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arena_protocol::scenario::{SleepStep, Step, VmSpec as ScenarioVm};
 use arena_protocol::Scenario;
 
-use crate::attempts::{self, plan_attempts, reproduce_line, Attempt, RepeatArgs, SCENARIO_COPY};
+use crate::attempts::{self, plan_attempts, Attempt, RepeatArgs, SCENARIO_COPY};
 use crate::backend::{self, Backend, BackendChoice, Console, GdbStub, GdbWhen, VmSpec};
 use crate::progress::{self, Progress, Verbosity};
 use crate::results::{self, Abort, RunDir, ScenarioSummary, Summary};
@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// what is missing, after a boot.
     #[arg(long)]
     no_preflight: bool,
+    /// Refuse to run unless the resolved kernel's sha256 is HEX (what the
+    /// `reproduce:` lines and `lab repro` pass: a replay on another kernel
+    /// is no replay).
+    #[arg(long, value_name = "HEX")]
+    kernel_sha256: Option<String>,
     /// Debug one scenario (select it with --only): its VM starts halted with
     /// a gdb stub (`--gdb`: port 1234, `--gdb=PORT`), the kernel boots
     /// with `nokaslr`, and every timeout is 1000 times longer.
@@ -153,6 +158,12 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         .shard
         .apply(scenarios, |f| f.scenario.name.as_str())
         .map_err(|e| LabError::BadArgs(e.to_string()))?;
+    let replay_options = crate::replay::Options {
+        no_known_issues: args.no_known_issues,
+        timeout_scale: args.timeout_scale,
+        boot_timeout: args.boot_timeout,
+        append: args.append.clone(),
+    };
     let scenarios = apply_overrides(&mut args, scenarios)?;
     args.kernel.check()?;
     let verbosity = if args.quiet {
@@ -182,6 +193,12 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         Ok(ready) => ready,
         Err(stopped) => return aborted(&run_dir, summary, t0, stopped),
     };
+    summary.replay_args = crate::replay::run_args(
+        &replay_options,
+        &args.kernel,
+        &prepared.kernel,
+        backend.name(),
+    );
     if verbosity != Verbosity::Quiet {
         eprintln!(
             "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
@@ -192,6 +209,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         );
     }
     run_dir.write(&summary).map_err(infra)?;
+    let replay_args = summary.replay_args.clone();
     let summary = Mutex::new(summary);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -273,8 +291,13 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                     // (it is no news), but it does end an --until-fail loop.
                     let news = failed && s.judgement.verdict != Verdict::KnownFail;
                     if failed {
-                        let line = reproduce_line(&args.kernel, a.run_seed, &s.name, &file.path);
-                        s.reproduce = Some(line);
+                        s.reproduce = Some(crate::replay::line(
+                            &replay_args,
+                            a.run_seed,
+                            &s.vm,
+                            &s.name,
+                            &file.path,
+                        ));
                     }
                     progress.ended(i, &s);
                     if let Some(line) = &s.reproduce {
@@ -455,6 +478,22 @@ fn prepare_run(
     };
     let kernel = plan::kernel(&args.kernel).map_err(|e| stage("kernel", e))?;
     summary.kernel = Some(kernel.clone());
+    if let Some(want) = args.kernel_sha256.as_deref() {
+        if !want.eq_ignore_ascii_case(&kernel.sha256) {
+            return Err(Stopped {
+                invalid_input: true,
+                abort: Abort {
+                    reason: format!(
+                        "--kernel-sha256: the kernel {} has sha256 {}, not the recorded {want}: \
+                         refusing to replay on another kernel (lab repro --any-kernel runs it anyway)",
+                        kernel.boot_image.display(),
+                        kernel.sha256
+                    ),
+                    scenario: None,
+                },
+            });
+        }
+    }
     // Before any boot: a kernel that lacks what the lab needs is refused
     // with the options named, instead of a boot timeout.
     if !args.no_preflight {

@@ -95,7 +95,28 @@ fn known_failures_are_shown_but_not_red_and_only_where_documented() {
         &["--no-known-issues", "--only", "known", scenarios],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(verdict_of(&summary(&results), "known")["verdict"], "fail");
+    let s = summary(&results);
+    let known = verdict_of(&s, "known");
+    assert_eq!(known["verdict"], "fail");
+    // Its reproduce line and `lab repro` keep --no-known-issues: a real
+    // failure must not replay as `known_fail`, exit 0.
+    let line = known["reproduce"].as_str().unwrap();
+    assert!(line.contains(" --no-known-issues "), "{line}");
+    let run_dir = std::fs::canonicalize(results.join("latest")).unwrap();
+    let replayed = dir.join("replayed");
+    let out = lab(&[
+        "repro",
+        "--results",
+        replayed.to_str().unwrap(),
+        run_dir.join("known").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(verdict_of(&summary(&replayed), "known")["verdict"], "fail");
 }
 
 #[test]

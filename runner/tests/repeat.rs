@@ -107,9 +107,23 @@ fn until_fail_stops_at_the_failure_and_its_reproduce_line_replays_it() {
         .find_map(|l| l.strip_prefix("reproduce: lab "))
         .expect("a reproduce line");
     let attempt_seed = seed::attempt_seed(run_seed, 2).to_string();
-    assert_eq!(
-        line,
-        format!("run --seed {attempt_seed} --only order-dependent {ORDER}")
+    // The exact kernel (the default Debian kernel, pinned to the release
+    // that ran) and its sha256, the backend and the timeouts come along.
+    let sha = sum["kernel"]["sha256"].as_str().unwrap();
+    let release = sum["kernel"]["release"].as_str().unwrap();
+    let pinned = release.split('+').next().unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "run --kernel debian:{pinned} --kernel-sha256 {sha} --backend "
+        )),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(&format!(
+            "--seed {attempt_seed} --vcpus {} --memory-mib {} --only order-dependent {ORDER}",
+            failing["vm"]["vcpus"], failing["vm"]["memory_mib"]
+        )),
+        "{line}"
     );
     let words: Vec<&str> = line.split(' ').collect();
     let again = dir.join("again");
@@ -134,4 +148,34 @@ fn until_fail_stops_at_the_failure_and_its_reproduce_line_replays_it() {
     let replay = summary(&repro);
     assert_eq!(replay["scenarios"][0]["seed"], failing["seed"]);
     assert_eq!(replay["scenarios"][0]["verdict"], "fail");
+
+    // A run whose kernel is no longer there as recorded (a rebuilt tree):
+    // refused with both digests, exit 2; `--any-kernel` runs it anyway.
+    let recorded = run_dir.join("summary.json");
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    std::fs::write(&recorded, text.replace(sha, &"0".repeat(64))).unwrap();
+    let refused = dir.join("refused");
+    let folder = run_dir.join("order-dependent");
+    let out = lab(&[
+        "repro",
+        "--results",
+        refused.to_str().unwrap(),
+        folder.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(sha) && err.contains(&"0".repeat(64)), "{err}");
+    let out = lab(&[
+        "repro",
+        "--any-kernel",
+        "--results",
+        refused.to_str().unwrap(),
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

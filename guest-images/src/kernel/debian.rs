@@ -63,6 +63,73 @@ impl FromStr for Channel {
     }
 }
 
+/// A `debian:` kernel spec: a channel, optionally pinned to one patch
+/// level (`7.2.13`), which is how a replay names the exact release a run
+/// used instead of whatever is newest by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// The series (or `newest`).
+    pub channel: Channel,
+    /// `Some(13)` for `7.2.13`: that release and no other.
+    pub patch: Option<u32>,
+}
+
+impl FromStr for Spec {
+    type Err = BadChannel;
+    fn from_str(s: &str) -> std::result::Result<Spec, BadChannel> {
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.len() != 3 {
+            return Ok(Spec {
+                channel: s.parse()?,
+                patch: None,
+            });
+        }
+        let bad = || BadChannel(s.to_owned());
+        Ok(Spec {
+            channel: format!("{}.{}", parts[0], parts[1])
+                .parse()
+                .map_err(|_| bad())?,
+            patch: Some(parts[2].parse().map_err(|_| bad())?),
+        })
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.patch {
+            Some(p) => write!(f, "{}.{p}", self.channel),
+            None => write!(f, "{}", self.channel),
+        }
+    }
+}
+
+impl Spec {
+    /// The spec that pins `kernel` (a Debian kernel) to its own release:
+    /// `debian:<this>` resolves to exactly that kernel again.
+    pub fn pinning(kernel: &Kernel) -> Option<Spec> {
+        if !matches!(kernel.origin, KernelOrigin::Debian { .. }) {
+            return None;
+        }
+        let (a, b, c) = release_numbers(&kernel.release)?;
+        Some(Spec {
+            channel: Channel::Series(a, b),
+            patch: Some(c),
+        })
+    }
+}
+
+/// The kernel a spec names: a pinned release from the cache or, when it is
+/// not cached, fetched at that patch level; else as [`kernel_for`].
+pub fn kernel_for_spec(spec: Spec) -> Result<Kernel> {
+    let Some(patch) = spec.patch else {
+        return kernel_for(spec.channel);
+    };
+    if let Some(k) = cached_where(spec.channel, |n| n.2 == patch) {
+        return Ok(k);
+    }
+    fetch_with(spec.channel, Some(patch), false)
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -247,6 +314,11 @@ pub fn layout(root: &Path, release: &str) -> Result<Layout> {
 
 /// The newest cached kernel of a series, if any.
 pub fn cached(channel: Channel) -> Option<Kernel> {
+    cached_where(channel, |_| true)
+}
+
+/// The newest cached kernel of a series whose release numbers pass `keep`.
+fn cached_where(channel: Channel, keep: impl Fn((u32, u32, u32)) -> bool) -> Option<Kernel> {
     let dir = cache::root().join("kernels");
     let mut best: Option<((u32, u32, u32), Kernel)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -256,7 +328,8 @@ pub fn cached(channel: Channel) -> Option<Kernel> {
         if !matches!(k.origin, KernelOrigin::Debian { .. }) {
             continue;
         }
-        let Some(n) = release_numbers(&k.release).filter(|n| channel.matches(*n)) else {
+        let Some(n) = release_numbers(&k.release).filter(|n| channel.matches(*n) && keep(*n))
+        else {
             continue;
         };
         if best.as_ref().is_none_or(|(b, _)| n > *b) {
@@ -430,6 +503,18 @@ fn unpack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_pin_a_patch_level_or_follow_the_channel() {
+        let s: Spec = "7.2.13".parse().unwrap();
+        assert_eq!((s.channel, s.patch), (Channel::Series(7, 2), Some(13)));
+        assert_eq!(s.to_string(), "7.2.13");
+        let s: Spec = "6.12".parse().unwrap();
+        assert_eq!((s.channel, s.patch), (Channel::Series(6, 12), None));
+        assert_eq!("newest".parse::<Spec>().unwrap().channel, Channel::Newest);
+        assert!("7.2.x".parse::<Spec>().is_err());
+        assert!("7.2.1.1".parse::<Spec>().is_err());
+    }
 
     #[test]
     fn newest_picks_highest_patch_numerically() {
