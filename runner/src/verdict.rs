@@ -28,9 +28,10 @@ fn kernel_panic_end() -> String {
         crate::session::PANIC_GRACE.as_secs()
     )
 }
-/// Splat kinds after which the kernel is not expected to go on: a scenario
-/// that then stalls or loses its VM failed because of the kernel.
-const FATAL_SPLATS: &[&str] = &["bug", "oops", "panic"];
+/// Splat kinds after which the kernel is not expected to go on: whatever
+/// the scenario then did (errored, stalled, lost its VM, reset, timed out)
+/// happened because of the kernel, so the verdict is `fail`.
+const FATAL_SPLATS: &[&str] = &["bug", "oops", "gpf", "panic"];
 
 /// A scenario's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -569,12 +570,14 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             } else {
                 format!("{title}; then: {reason}")
             };
-            let kernel_died = FATAL_SPLATS.contains(&first.kind.as_str())
-                && matches!(
-                    record.end,
-                    End::VmExited(_) | End::KernelPanic | End::HostTimeout(_)
-                );
-            if verdict == Verdict::Pass || kernel_died {
+            // Any fatal splat, not only the first: a WARNING often comes
+            // before the oops it leads to.
+            let kernel_died = splats
+                .iter()
+                .any(|s| FATAL_SPLATS.contains(&s.kind.as_str()));
+            if verdict == Verdict::Pass
+                || (kernel_died && matches!(verdict, Verdict::Error | Verdict::Timeout))
+            {
                 verdict = Verdict::Fail;
             }
         }
@@ -635,12 +638,15 @@ mod tests {
         let j = judge(&record(done(StepStatus::Pass), vec![]), console);
         assert!(
             j.reason.starts_with(
-                "kernel splat: BUG: Bad page state in process init  pfn:05c23 in free_unref_page (console.log:1)"
+                "kernel splat: BUG: Bad page state in process init  pfn:05c23 in bpf_arena_free_pages (console.log:1)"
             ),
             "{}",
             j.reason
         );
-        assert_eq!(j.splats[0].function.as_deref(), Some("free_unref_page"));
+        assert_eq!(
+            j.splats[0].function.as_deref(),
+            Some("bpf_arena_free_pages")
+        );
         assert_eq!(j.splats[0].decoded, None);
     }
 
@@ -690,6 +696,53 @@ mod tests {
             j.reason,
             "kernel splat: WARNING: CPU: 1 PID: 7 at kernel/bpf/arena.c:10 f+0x1 (console.log:2)"
         );
+    }
+
+    #[test]
+    fn an_oops_bug_gpf_or_panic_fails_whatever_the_vm_did_next() {
+        use crate::session::Stop;
+        // The GPF title is its own kind (`gpf`): it was once judged `error`.
+        let gpf = "[ 5.1] Oops: general protection fault, probably for non-canonical \
+                   address 0xa5e1a0128a8043b6: 0000 [#1] PREEMPT SMP NOPTI\n\
+                   [ 5.1] RIP: 0010:tlb_flush_mmu+0x2a/0x140\n";
+        // A WARNING first, the oops after it: the oops still decides.
+        let warn_then_bug = "[ 1.0] WARNING: CPU: 0 PID: 9 at mm/x.c:1 f+0x1/0x2\n\
+                             [ 1.1] BUG: unable to handle page fault for address: 0\n";
+        let panic = "[ 2.0] Kernel panic - not syncing: Fatal exception\n";
+        let timeout = HostTimeout {
+            stop: Stop::Stalled(Duration::from_secs(120)),
+            silent: Duration::from_secs(120),
+        };
+        let ends = [
+            ("exits", End::VmExited("exit status: 0".into())),
+            ("resets", End::VmExited("reset".into())),
+            ("panics", End::KernelPanic),
+            ("stalls", End::HostTimeout(timeout)),
+            ("errors", done(StepStatus::Error)),
+            ("hits the agent's cap", done(StepStatus::Timeout)),
+            ("keeps going", done(StepStatus::Pass)),
+            ("fails a step", done(StepStatus::Fail)),
+            ("breaks the protocol", End::Protocol("garbage".into())),
+        ];
+        for console in [gpf, warn_then_bug, panic] {
+            for (what, end) in &ends {
+                let j = judge(&record(end.clone(), vec![]), console);
+                assert_eq!(
+                    j.verdict,
+                    Verdict::Fail,
+                    "VM {what} after {console}: {}",
+                    j.reason
+                );
+                assert!(!j.infra);
+                assert!(j.reason.starts_with("kernel splat: "), "{}", j.reason);
+            }
+        }
+        // A warning alone does not turn a lab error into a kernel verdict.
+        let j = judge(
+            &record(done(StepStatus::Error), vec![]),
+            "[ 1.0] WARNING: CPU: 0 PID: 9 at mm/x.c:1 f+0x1/0x2\n",
+        );
+        assert_eq!(j.verdict, Verdict::Error);
     }
 
     #[test]
