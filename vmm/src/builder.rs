@@ -6,6 +6,7 @@
 //! state.
 
 use std::io::Write;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -140,6 +141,8 @@ impl Vm {
             exit_tx,
             exit_rx,
             timeout: host.timeout,
+            stall_timeout: host.stall_timeout,
+            serial_progress: devs.serial_progress,
             irqfds: devs.irqfds,
             console: devs.console,
             console_bridge: devs.console_bridge,
@@ -272,6 +275,7 @@ struct Devices {
     console: ConsoleTransport,
     console_bridge: Option<SocketBridge>,
     handles: DeviceHandles,
+    serial_progress: Arc<AtomicU64>,
 }
 
 /// An eventfd registered with KVM as the irqfd of `gsi`.
@@ -306,7 +310,8 @@ fn create_devices(
     let mut pio = Bus::new();
 
     let serial_irq = EventFdTrigger(irqfd(vm, COM1_IRQ, &mut irqfds)?);
-    let serial_out = serial_writer(&host.serial)?;
+    let serial_progress = Arc::new(AtomicU64::new(0));
+    let serial_out = serial_writer(&host.serial, &serial_progress)?;
     let serial = Arc::new(Mutex::new(match saved {
         Some(s) => SerialDevice::from_snapshot(serial_irq, serial_out, &s.serial)
             .map_err(Error::Restore)?,
@@ -367,6 +372,7 @@ fn create_devices(
         irqfds,
         console,
         console_bridge,
+        serial_progress,
         handles: DeviceHandles {
             serial,
             i8042,

@@ -141,6 +141,12 @@ pub enum ExitReason {
     },
     /// Host-side timeout expired.
     Timeout,
+    /// The guest wrote nothing to the serial port for the whole stall
+    /// window (`--stall-timeout-s`): it stopped making progress.
+    Stalled {
+        /// The stall window.
+        window: Duration,
+    },
     /// Any other exit the VMM cannot handle.
     Unexpected(String),
     /// KVM_RUN itself failed.
@@ -193,6 +199,8 @@ pub const EXIT_TIMEOUT: i32 = 13;
 pub const EXIT_UNEXPECTED: i32 = 14;
 /// `arena-vmm` exit code: the gdb client killed the VM.
 pub const EXIT_DEBUGGER_KILL: i32 = 15;
+/// `arena-vmm` exit code: no serial output for the stall window.
+pub const EXIT_STALLED: i32 = 16;
 
 impl ExitReason {
     /// Process exit code for this reason.
@@ -203,6 +211,7 @@ impl ExitReason {
             ExitReason::InternalError { .. } => EXIT_INTERNAL_ERROR,
             ExitReason::FailEntry { .. } => EXIT_FAIL_ENTRY,
             ExitReason::Timeout => EXIT_TIMEOUT,
+            ExitReason::Stalled { .. } => EXIT_STALLED,
             ExitReason::Unexpected(_) | ExitReason::VcpuError(_) => EXIT_UNEXPECTED,
             ExitReason::SnapshotSaved { .. } => EXIT_SNAPSHOT_SAVED,
             ExitReason::SnapshotFailed(_) => EXIT_SNAPSHOT_FAILED,
@@ -251,6 +260,11 @@ impl std::fmt::Display for ExitReason {
                 "KVM_EXIT_FAIL_ENTRY hardware reason {reason:#x} on host CPU {cpu}"
             ),
             ExitReason::Timeout => write!(f, "host-side timeout"),
+            ExitReason::Stalled { window } => write!(
+                f,
+                "guest stalled: no serial output for {:.3} s",
+                window.as_secs_f64()
+            ),
             ExitReason::Unexpected(s) => write!(f, "unexpected vCPU exit: {s}"),
             ExitReason::VcpuError(s) => write!(f, "vCPU error: {s}"),
             ExitReason::SnapshotSaved {
@@ -301,6 +315,9 @@ pub enum Error {
     /// The gdb stub could not start.
     #[error(transparent)]
     Gdb(#[from] gdb::GdbError),
+    /// The vCPU kick signal's handler could not be installed.
+    #[error(transparent)]
+    Kick(#[from] vcpu::KickError),
 }
 
 /// Where the UART output goes.
@@ -342,6 +359,11 @@ pub struct HostIo {
     pub console_socket: Option<PathBuf>,
     /// Host-side timeout (for a restore: counted from the restore).
     pub timeout: Option<Duration>,
+    /// Progress bound: the VM ends as [`ExitReason::Stalled`] when the
+    /// guest writes nothing to the serial port for this long (time a
+    /// debugger holds the VM excluded). Unlike `timeout`, a slow guest
+    /// that keeps printing is never cut off.
+    pub stall_timeout: Option<Duration>,
     /// Where SIGUSR1 saves a snapshot of the running VM.
     pub snapshot_to: Option<PathBuf>,
     /// A gdb stub (`--gdb`, `--gdb-on-demand`).
@@ -355,6 +377,7 @@ impl Default for HostIo {
             serial: SerialOutput::Sink,
             console_socket: None,
             timeout: None,
+            stall_timeout: None,
             snapshot_to: None,
             gdb: None,
         }
@@ -435,10 +458,11 @@ impl VmConfig {
 
 /// The host-side options shared by a fresh boot and a restore: written by
 /// [`HostIo::push_args`], read by [`HostIo::set`].
-const HOST_IO_FLAGS: [&str; 6] = [
+const HOST_IO_FLAGS: [&str; 7] = [
     "--serial",
     "--console-socket",
     "--timeout-s",
+    "--stall-timeout-s",
     "--snapshot-to",
     gdb::GDB_FLAG,
     gdb::GDB_ON_DEMAND_FLAG,
@@ -464,6 +488,10 @@ impl HostIo {
             "--timeout-s" => {
                 let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
                 self.timeout = Some(parse_seconds(v)?);
+            }
+            "--stall-timeout-s" => {
+                let v = value.to_str().ok_or_else(|| format!("{flag}: not UTF-8"))?;
+                self.stall_timeout = Some(parse_seconds(v)?);
             }
             "--snapshot-to" => self.snapshot_to = Some(PathBuf::from(value)),
             other => return Err(format!("unknown argument {other}")),
@@ -494,10 +522,13 @@ impl HostIo {
         if let Some(s) = &self.console_socket {
             a.extend(["--console-socket".into(), s.clone().into()]);
         }
+        // Whole nanoseconds, so the round trip is exact.
+        let secs = |t: Duration| format!("{}.{:09}", t.as_secs(), t.subsec_nanos());
         if let Some(t) = self.timeout {
-            // Whole nanoseconds, so the round trip is exact.
-            let s = format!("{}.{:09}", t.as_secs(), t.subsec_nanos());
-            a.extend(["--timeout-s".into(), s.into()]);
+            a.extend(["--timeout-s".into(), secs(t).into()]);
+        }
+        if let Some(t) = self.stall_timeout {
+            a.extend(["--stall-timeout-s".into(), secs(t).into()]);
         }
         if let Some(p) = &self.snapshot_to {
             a.extend(["--snapshot-to".into(), p.clone().into()]);
@@ -677,6 +708,9 @@ pub struct Vm {
     exit_tx: Sender<VmEvent>,
     exit_rx: Receiver<VmEvent>,
     timeout: Option<Duration>,
+    stall_timeout: Option<Duration>,
+    /// Bytes the guest has written to the serial port: its progress.
+    serial_progress: Arc<std::sync::atomic::AtomicU64>,
     irqfds: Vec<(Arc<EventFd>, u32)>,
     console: ConsoleTransport,
     console_bridge: Option<bridge::SocketBridge>,
@@ -707,7 +741,33 @@ fn new_eventfd() -> Result<EventFd, Error> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))
 }
 
-fn serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
+/// Counts what passes through into `progress`.
+struct Counting(Box<dyn Write + Send>, Arc<std::sync::atomic::AtomicU64>);
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Counted even when the output fails: the guest did write it.
+        self.1
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.0.write(buf).or(Ok(buf.len()))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The UART's output, counting every byte into `progress`.
+fn serial_writer(
+    out: &SerialOutput,
+    progress: &Arc<std::sync::atomic::AtomicU64>,
+) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(Box::new(Counting(
+        plain_serial_writer(out)?,
+        progress.clone(),
+    )))
+}
+
+fn plain_serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match out {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::File(p) => Box::new(
@@ -803,6 +863,7 @@ mod tests {
                 && serial(&a.host.serial) == serial(&b.host.serial)
                 && a.host.console_socket == b.host.console_socket
                 && a.host.timeout == b.host.timeout
+                && a.host.stall_timeout == b.host.stall_timeout
                 && a.host.gdb == b.host.gdb
         }
         let plain = VmConfig::new("/boot/vmlinux");
@@ -815,6 +876,7 @@ mod tests {
         full.host.serial = SerialOutput::File("/r/console.log".into());
         full.host.console_socket = Some("/r/chan.sock".into());
         full.host.timeout = Some(Duration::new(7, 123_456_789));
+        full.host.stall_timeout = Some(Duration::new(30, 5));
         let mut stdout = plain.clone();
         stdout.host.serial = SerialOutput::Stdout;
         stdout.host.timeout = Some(Duration::from_millis(1));
@@ -826,7 +888,12 @@ mod tests {
             let back = VmConfig::from_args(&args).unwrap();
             assert!(same(&c, &back), "{args:?} did not round-trip");
             // Each option once.
-            for flag in ["--serial", "--console-socket", "--timeout-s"] {
+            for flag in [
+                "--serial",
+                "--console-socket",
+                "--timeout-s",
+                "--stall-timeout-s",
+            ] {
                 assert!(args.iter().filter(|a| *a == flag).count() <= 1, "{args:?}");
             }
         }
@@ -852,6 +919,9 @@ mod tests {
             },
             ExitReason::SnapshotFailed(String::new()),
             ExitReason::DebuggerKill,
+            ExitReason::Stalled {
+                window: Duration::from_secs(1),
+            },
         ];
         let mut codes: Vec<i32> = reasons.iter().map(|r| r.exit_code()).collect();
         codes.push(EXIT_SETUP_ERROR);

@@ -3,9 +3,11 @@
 //! ```text
 //! arena-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib M]
 //!           [--serial PATH|-] [--console-socket PATH] [--timeout-s S]
+//!           [--stall-timeout-s S]
 //!           [--snapshot-to FILE | --gdb IP:PORT | --gdb-on-demand IP:PORT]
 //! arena-vmm --restore FILE [--no-verify] [--serial PATH|-] [--console-socket PATH]
-//!           [--timeout-s S] [--snapshot-to FILE | --gdb-on-demand IP:PORT]
+//!           [--timeout-s S] [--stall-timeout-s S]
+//!           [--snapshot-to FILE | --gdb-on-demand IP:PORT]
 //! arena-vmm probe
 //! ```
 //!
@@ -23,11 +25,17 @@
 //! VM runs on, and SIGUSR2 pauses it for a client again. The host-side
 //! timeout does not count time the VM spends stopped by the debugger.
 //!
+//! `--timeout-s S` ends the VM after S seconds of running, whatever the
+//! guest does; `--stall-timeout-s S` ends it only when the guest has
+//! written nothing to the serial port for S seconds (it stopped making
+//! progress), so a slow guest that keeps printing runs to its end.
+//!
 //! Exit status: 0 guest reset/powered off, 2 setup error (a refused
 //! snapshot included), 3 snapshot saved, 4 snapshot requested but not
 //! saved, 10 triple fault, 11 KVM internal error, 12 VM entry failure,
 //! 13 host-side timeout, 14 other unexpected exit, 15 killed by the gdb
-//! client. One line on stderr names the reason.
+//! client, 16 stalled (no serial output for the stall window). One line
+//! on stderr names the reason.
 
 use std::process::ExitCode;
 
@@ -35,9 +43,10 @@ use vmm::{Launch, EXIT_SETUP_ERROR};
 
 const USAGE: &str = "usage: arena-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] \
 [--mem-mib M] [--serial PATH|-] [--console-socket PATH] [--timeout-s S] \
-[--snapshot-to FILE | --gdb IP:PORT | --gdb-on-demand IP:PORT]\n       \
+[--stall-timeout-s S] [--snapshot-to FILE | --gdb IP:PORT | --gdb-on-demand IP:PORT]\n       \
 arena-vmm --restore FILE [--no-verify] [--serial PATH|-] [--console-socket PATH] \
-[--timeout-s S] [--snapshot-to FILE | --gdb-on-demand IP:PORT]\n       arena-vmm probe";
+[--timeout-s S] [--stall-timeout-s S] [--snapshot-to FILE | --gdb-on-demand IP:PORT]\n       \
+arena-vmm probe";
 
 fn main() -> ExitCode {
     let process_start = std::time::Instant::now();

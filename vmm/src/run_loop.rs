@@ -10,7 +10,7 @@
 //! back.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -25,6 +25,36 @@ use crate::{devices, exit_stats, snapshot, Error, ExitReason, RunReport, Vm, VmE
 /// How often the loop looks for a signal's request (snapshot, debugger):
 /// a signal handler can only set a flag.
 const SIGNAL_POLL: Duration = Duration::from_millis(5);
+
+/// How often the loop looks at the guest's serial output for progress.
+const STALL_POLL: Duration = Duration::from_millis(100);
+
+/// When the guest's serial output last grew.
+struct Progress<'a> {
+    bytes: &'a AtomicU64,
+    last: u64,
+    since: Instant,
+}
+
+impl<'a> Progress<'a> {
+    fn new(bytes: &'a AtomicU64) -> Self {
+        Self {
+            bytes,
+            last: bytes.load(Ordering::Relaxed),
+            since: Instant::now(),
+        }
+    }
+
+    /// Time since the output last grew.
+    fn idle(&mut self) -> Duration {
+        let now = self.bytes.load(Ordering::Relaxed);
+        if now != self.last {
+            self.last = now;
+            self.since = Instant::now();
+        }
+        self.since.elapsed()
+    }
+}
 
 /// Why the loop paused the vCPUs.
 enum Stop {
@@ -60,7 +90,7 @@ impl Vm {
     /// Step 6: runs the vCPUs until the guest stops, the timeout expires,
     /// or the VM is saved or killed on request.
     pub fn run(mut self) -> Result<RunReport, Error> {
-        vcpu::install_kick_handler();
+        vcpu::install_kick_handler()?;
         let start = Instant::now();
         if let Some(b) = &mut self.console_bridge {
             b.start_reader(self.console.clone())?;
@@ -178,12 +208,20 @@ impl Vm {
         Ok(threads)
     }
 
-    /// Waits for the guest to end, the timeout, a debug exit, the gdb
-    /// client, or a signal's request (polled).
+    /// Waits for the guest to end, the timeout, a stall, a debug exit, the
+    /// gdb client, or a signal's request (polled).
     fn wait_for_stop(&self, clock: &Clock, mut debugger: Option<&mut Debugger>) -> Stop {
         let deadline = self.timeout.map(|t| clock.start + clock.held + t);
         let poll = self.snapshot_to.is_some() || debugger.is_some();
+        // The stall window restarts with every resume: time the VM was
+        // held (debugger) is not the guest's.
+        let mut progress = Progress::new(&self.serial_progress);
         loop {
+            if let Some(window) = self.stall_timeout {
+                if progress.idle() >= window {
+                    return Stop::Exit(ExitReason::Stalled { window });
+                }
+            }
             if self.snapshot_to.is_some() && snapshot::take_request() {
                 if let Some(p) = &self.snapshot_to {
                     return Stop::Snapshot(p.clone());
@@ -206,6 +244,9 @@ impl Vm {
             };
             if poll {
                 wait = wait.min(SIGNAL_POLL);
+            }
+            if let Some(window) = self.stall_timeout {
+                wait = wait.min(STALL_POLL.min(window.saturating_sub(progress.idle())));
             }
             match self.exit_rx.recv_timeout(wait) {
                 Ok(VmEvent::Exit(r)) => return Stop::Exit(r),

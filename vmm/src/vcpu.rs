@@ -20,13 +20,35 @@ pub fn kick_signal() -> i32 {
 
 extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// Installs the (empty) kick signal handler once per process.
-pub fn install_kick_handler() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // If this fails the VMM still works, it just stops vCPUs later.
-        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler);
-    });
+/// The kick signal's handler could not be installed. Its default action
+/// (SIGRTMIN: terminate) would then kill the VMM at the first pause.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the handler of the vCPU kick signal {signal}: {source}")]
+pub struct KickError {
+    /// The signal number.
+    pub signal: i32,
+    /// Why `sigaction` refused it.
+    pub source: vmm_sys_util::errno::Error,
+}
+
+/// Installs the (empty) kick signal handler once per process. A failure
+/// is an error, every time it is asked again: without the handler a kick
+/// would terminate the process.
+pub fn install_kick_handler() -> Result<(), KickError> {
+    static RESULT: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    let signal = kick_signal();
+    RESULT
+        .get_or_init(|| install_handler(signal).map_err(|e| e.source.errno()))
+        .map_err(|errno| KickError {
+            signal,
+            source: vmm_sys_util::errno::Error::new(errno),
+        })
+}
+
+/// Installs the empty handler for real-time signal `signal`.
+fn install_handler(signal: i32) -> Result<(), KickError> {
+    vmm_sys_util::signal::register_signal_handler(signal, noop_handler)
+        .map_err(|source| KickError { signal, source })
 }
 
 /// True when `ARENA_VMM_TRACE` is set: every vCPU exit is logged to stderr.
@@ -255,6 +277,28 @@ mod tests {
             },
             log,
         )
+    }
+
+    #[test]
+    fn kick_handler_installs_and_a_refused_signal_is_an_error() {
+        install_kick_handler().unwrap();
+        // Installed: a kick no longer terminates the process.
+        // SAFETY: `sigaction` is plain old data; all zeroes is a valid value.
+        let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one into `cur`.
+        let r = unsafe { libc::sigaction(kick_signal(), std::ptr::null(), &mut cur) };
+        assert_eq!(r, 0);
+        assert_ne!(cur.sa_sigaction, libc::SIG_DFL, "default action: terminate");
+        assert_ne!(cur.sa_sigaction, libc::SIG_IGN);
+        // The same installer, asked for a signal the kernel refuses (past
+        // SIGRTMAX), reports it instead of carrying on.
+        let bad = libc::SIGRTMAX() + 1;
+        let e = install_handler(bad).unwrap_err();
+        assert_eq!(e.signal, bad);
+        assert!(e.to_string().contains("kick signal"), "{e}");
+        // And one that can never be caught.
+        let e = install_handler(libc::SIGKILL).unwrap_err();
+        assert_eq!(e.source.errno(), libc::EINVAL);
     }
 
     #[test]

@@ -45,6 +45,31 @@ fn cli_exit_codes_name_the_reason() {
 }
 
 #[test]
+fn cli_stall_timeout_ends_a_guest_that_stops_printing() {
+    require_kvm("cli_stall_timeout_ends_a_guest_that_stops_printing");
+    let spin = build_pvh("spin_pvh");
+    let (code, out, err) = run_cli(&[
+        "--kernel",
+        spin.to_str().unwrap(),
+        "--serial",
+        "-",
+        "--stall-timeout-s",
+        "0.5",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (vmm::EXIT_STALLED, "spinning\n"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .is_some_and(|l| l.contains("stalled: no serial output for 0.500 s")),
+        "{err}"
+    );
+}
+
+#[test]
 fn cli_serial_file_is_appended() {
     require_kvm("cli_serial_file_is_appended");
     let hello = build_pvh("hello_pvh");

@@ -150,6 +150,23 @@ fn host_timeout_stops_a_spinning_guest() {
     assert!(report.run_time < std::time::Duration::from_secs(10));
 }
 
+/// The progress bound the tests rely on instead of wall-clock timeouts: a
+/// guest that stops writing to the serial port gets the stall verdict
+/// (here with a short window), with no wall-clock timeout set at all.
+#[test]
+fn a_guest_that_stops_printing_gets_the_stall_verdict() {
+    require_kvm("a_guest_that_stops_printing_gets_the_stall_verdict");
+    let (mut cfg, buf) = config(&build_pvh("spin_pvh"));
+    let window = std::time::Duration::from_millis(700);
+    cfg.host.timeout = None;
+    cfg.host.stall_timeout = Some(window);
+    let (report, out) = run(&cfg, &buf);
+    assert_eq!(out, "spinning\n");
+    assert_eq!(report.exit, ExitReason::Stalled { window });
+    assert_eq!(report.exit.exit_code(), vmm::EXIT_STALLED);
+    assert!(report.run_time >= window, "{:?}", report.run_time);
+}
+
 #[test]
 fn smp_guest_wakes_every_vcpu_with_init_sipi() {
     require_kvm("smp_guest_wakes_every_vcpu_with_init_sipi");

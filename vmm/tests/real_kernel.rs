@@ -25,7 +25,9 @@ fn real_vmlinux_prints_banner_and_e820() {
     cfg.cmdline = "noxsave console=ttyS0".into();
     cfg.mem_mib = 512;
     cfg.host.serial = SerialOutput::Buffer(buf.clone());
-    cfg.host.timeout = Some(Duration::from_secs(110));
+    // Bounded by progress: a kernel that stops printing (e.g. after its
+    // panic for want of an init) ends the VM; a slow boot is not cut off.
+    cfg.host.stall_timeout = Some(Duration::from_secs(60));
     let report = vmm::run_vm(&cfg).expect("VM setup");
     let out = buf.contents();
     eprintln!(

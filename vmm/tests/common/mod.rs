@@ -119,13 +119,21 @@ pub fn write_file(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// A config for `kernel` with serial output captured in memory.
+/// How long a test guest may go without writing to the serial port before
+/// it counts as stuck. Tests bound guests by progress, never by wall-clock
+/// time: a guest slowed down by a busy or nested host keeps printing and
+/// is never cut off; one that stopped printing ends as `Stalled`. Guests
+/// with long silent loops print progress markers.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// A config for `kernel` with serial output captured in memory, bounded
+/// by [`STALL`] (no wall-clock timeout).
 pub fn config(kernel: &Path) -> (VmConfig, SharedBuffer) {
     let buf = SharedBuffer::default();
     let mut cfg = VmConfig::new(kernel);
     cfg.mem_mib = 64;
     cfg.host.serial = SerialOutput::Buffer(buf.clone());
-    cfg.host.timeout = Some(Duration::from_secs(30));
+    cfg.host.stall_timeout = Some(STALL);
     (cfg, buf)
 }
 

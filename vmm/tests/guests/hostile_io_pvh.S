@@ -3,7 +3,9 @@
  * ports, so it cannot end the VM by accident) and a random address in the
  * 32-bit MMIO gap (outside the virtio window, IOAPIC, LAPIC and the KVM
  * TSS/identity map at the top). Every access is a VM exit the VMM must
- * answer without panicking. Then "io done" and reset. */
+ * answer without panicking. A "." every 1024 rounds shows progress (the
+ * tests bound the guest by a stall in its output, not by wall-clock
+ * time). Then "io done" and reset. */
     .include "pvh_head.inc"
     .set ROUNDS, 20000
 pvh_start:
@@ -54,7 +56,10 @@ mmio:
     mov (%edi), %eax
     movzwl 2(%edi), %eax
 next:
-    dec %ebp
+    test $1023, %ebp
+    jnz 2f
+    PRINT "."                       /* progress marker */
+2:  dec %ebp
     jnz round
     PRINT "io done\n"
     jmp reset

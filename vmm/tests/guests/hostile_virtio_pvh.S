@@ -5,7 +5,9 @@
  * memory; a notify storm; a reset with a transfer pending. Each broken
  * phase must leave the device in DEVICE_NEEDS_RESET (never a VMM panic).
  * Then it transmits "after reset\n" and finally an endless line (4 KiB
- * chains of 'x', no newline) until the host-side timeout ends the VM.
+ * chains of 'x', no newline) until the host ends the VM. Long phases
+ * print "." to the serial port as progress markers: every 1024 storm
+ * rounds, and every 256 chains (1 MiB) of the endless line.
  * Registers and queue setup are shared with virtio_console_pvh.S
  * (virtio_mmio.inc). */
     .include "pvh_head.inc"
@@ -104,7 +106,10 @@ pvh_start:
     movl $0, VIRTIO + R_QUEUE_NOTIFY
     mov %ecx, VIRTIO + R_QUEUE_NOTIFY
     movl $0xffffffff, VIRTIO + R_INT_ACK
-    dec %ecx
+    test $1023, %ecx
+    jnz 3f
+    PRINT "."                       /* progress marker */
+3:  dec %ecx
     jnz 1b
     cmpl $0xf, VIRTIO + R_STATUS
     jne fail
@@ -128,7 +133,7 @@ pvh_start:
     jne fail
     PRINT "reset: ok\n"
 
-    /* 10. An endless line, until the host-side timeout. */
+    /* 10. An endless line, until the host ends the VM. */
     PRINT "endless\n"
     TXDESC 0, $xs, $0, $4096, $0, $0
     xor %ecx, %ecx
@@ -138,6 +143,9 @@ pvh_start:
     inc %ecx
     movw %cx, TXQ + 0x1000 + 2
     movl $1, VIRTIO + R_QUEUE_NOTIFY
+    test $255, %ecx
+    jnz 2b
+    PRINT "."                       /* 1 MiB more offered */
     jmp 2b
 
 fail:
