@@ -152,6 +152,8 @@ struct Watch {
     heard: Instant,
     /// The position of the last `progress`.
     last_key: Option<(String, u64, Option<u64>)>,
+    /// The path of the last step started.
+    last_started: Option<String>,
 }
 
 impl Watch {
@@ -163,22 +165,37 @@ impl Watch {
             advanced: sent,
             heard: sent,
             last_key: None,
+            last_started: None,
         }
     }
 
-    /// Note `m`, arrived at `now`: any event is progress (a step started
-    /// or ended...), a `progress` heartbeat only when its position moved.
+    /// Note `m`, arrived at `now`: a step that starts or ends, a selftest
+    /// result or the end is progress; a `progress` heartbeat only when its
+    /// position moved; anything else (output, log lines, a step started
+    /// again) is not, so chatter cannot hold off the stall clock.
     fn heard(&mut self, m: &GuestMessage, now: Instant) {
         self.heard = now;
-        match progress_key(m) {
-            Some((path, ticks, iteration)) => {
+        let advanced = match m {
+            GuestMessage::Progress { .. } => {
+                let (path, ticks, iteration) = progress_key(m).expect("a progress message");
                 let key = (path.to_owned(), ticks, iteration);
-                if self.last_key.as_ref() != Some(&key) {
-                    self.advanced = now;
-                    self.last_key = Some(key);
-                }
+                let moved = self.last_key.as_ref() != Some(&key);
+                self.last_key = Some(key);
+                moved
             }
-            None => self.advanced = now,
+            GuestMessage::StepStarted { path, .. } => {
+                let new = self.last_started.as_deref() != Some(path.as_str());
+                self.last_started = Some(path.clone());
+                new
+            }
+            GuestMessage::StepEnded { .. }
+            | GuestMessage::Testcase { .. }
+            | GuestMessage::Done { .. }
+            | GuestMessage::Fatal { .. } => true,
+            _ => false,
+        };
+        if advanced {
+            self.advanced = now;
         }
     }
 
@@ -894,21 +911,92 @@ fn next_event(rx: &Receiver<Event>, child: &mut Child, deadline: Instant) -> Res
     }
 }
 
-fn spawn_reader(stream: UnixStream) -> Receiver<Event> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = LineReader::new(stream);
-        loop {
-            let ev = match reader.next_message::<GuestMessage>() {
-                Ok(Some(m)) => Event::Message(m),
-                Ok(None) => Event::Eof,
-                Err(e) => Event::Bad(e.to_string()),
-            };
-            let stop = !matches!(ev, Event::Message(_));
-            if tx.send(ev).is_err() || stop {
-                return;
-            }
+/// What one VM's results channel may carry in all: far above any real
+/// scenario (a progress line a second, a few hundred selftest results and
+/// their output), so reaching it means a flood, which ends the scenario
+/// instead of growing the runner's memory and the events log without end.
+pub const CHANNEL_MAX_MESSAGES: u64 = 200_000;
+/// Bytes of the same budget (each line is also capped at
+/// `framing::MAX_LINE_BYTES`).
+pub const CHANNEL_MAX_BYTES: u64 = 64 << 20;
+/// Messages the reader may be ahead of the session: a guest that writes
+/// faster than the host judges waits, instead of queueing in host memory.
+const CHANNEL_QUEUE: usize = 256;
+
+/// The per-VM budget of the results channel: lines (blank ones too) and
+/// their bytes.
+#[derive(Debug)]
+struct ChannelBudget {
+    messages: u64,
+    bytes: u64,
+    max_messages: u64,
+    max_bytes: u64,
+}
+
+impl ChannelBudget {
+    fn new(max_messages: u64, max_bytes: u64) -> ChannelBudget {
+        ChannelBudget {
+            messages: 0,
+            bytes: 0,
+            max_messages,
+            max_bytes,
         }
+    }
+
+    /// Count one line of `len` bytes; the flood's description once over.
+    fn take(&mut self, len: usize) -> Result<(), String> {
+        self.messages += 1;
+        self.bytes += len as u64 + 1;
+        if self.messages > self.max_messages || self.bytes > self.max_bytes {
+            return Err(format!(
+                "the guest flooded the results channel: {} messages, {} bytes, over the \
+                 per-scenario bound of {} messages or {} bytes",
+                self.messages, self.bytes, self.max_messages, self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The guest's lines as events, within `budget`; the first line over it
+/// ends the stream as [`Event::Bad`].
+fn read_events(
+    mut reader: LineReader<impl std::io::Read>,
+    mut budget: ChannelBudget,
+    tx: &mpsc::SyncSender<Event>,
+) {
+    loop {
+        let ev = match reader.next_line() {
+            Ok(Some(line)) => match budget.take(line.len()) {
+                Err(flood) => Event::Bad(flood),
+                Ok(()) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(()) => match serde_json::from_slice::<GuestMessage>(&line) {
+                    Ok(m) => Event::Message(m),
+                    Err(e) => Event::Bad(
+                        arena_protocol::framing::FrameError::Malformed {
+                            line: String::from_utf8_lossy(&line[..line.len().min(200)])
+                                .into_owned(),
+                            source: e,
+                        }
+                        .to_string(),
+                    ),
+                },
+            },
+            Ok(None) => Event::Eof,
+            Err(e) => Event::Bad(e.to_string()),
+        };
+        let stop = !matches!(ev, Event::Message(_));
+        if tx.send(ev).is_err() || stop {
+            return;
+        }
+    }
+}
+
+fn spawn_reader(stream: UnixStream) -> Receiver<Event> {
+    let (tx, rx) = mpsc::sync_channel(CHANNEL_QUEUE);
+    std::thread::spawn(move || {
+        let budget = ChannelBudget::new(CHANNEL_MAX_MESSAGES, CHANNEL_MAX_BYTES);
+        read_events(LineReader::new(stream), budget, &tx);
     });
     rx
 }
@@ -998,6 +1086,74 @@ mod tests {
                 silent: S(1),
             })
         );
+    }
+
+    #[test]
+    fn chatter_and_repeated_starts_do_not_hold_off_the_stall_clock() {
+        let t = Instant::now();
+        let mut w = Watch::new(10, t);
+        let started = GuestMessage::StepStarted {
+            path: "0".into(),
+            kind: "touch".into(),
+        };
+        w.heard(&started, t + S(1));
+        // The same step started again, output and log lines: heard, no advance.
+        for k in 2..=12 {
+            w.heard(&started, t + S(k));
+            w.heard(
+                &GuestMessage::Output {
+                    name: "x".into(),
+                    text: "x".into(),
+                },
+                t + S(k),
+            );
+        }
+        assert_eq!(
+            w.expired(t + S(12)),
+            Some(HostTimeout {
+                stop: Stop::Stalled(S(11)),
+                silent: S(0),
+            })
+        );
+    }
+
+    /// A guest that writes `lines` to the channel, read within `budget`.
+    fn read_all(lines: &[u8], budget: ChannelBudget) -> Vec<Event> {
+        let (tx, rx) = mpsc::sync_channel(1 << 20);
+        read_events(LineReader::new(lines), budget, &tx);
+        drop(tx);
+        rx.into_iter().collect()
+    }
+
+    #[test]
+    fn a_flood_ends_the_channel_with_its_reason() {
+        let hb = serde_json::to_string(&heartbeat(1, 1)).unwrap();
+        let three = format!("{hb}\n{hb}\n{hb}\n");
+        // Within the budget: every message, then the end of the stream.
+        let evs = read_all(three.as_bytes(), ChannelBudget::new(3, 1 << 20));
+        assert_eq!(evs.len(), 4);
+        assert!(matches!(evs[3], Event::Eof));
+        // One message over: it is not delivered; the flood is named.
+        let evs = read_all(three.as_bytes(), ChannelBudget::new(2, 1 << 20));
+        assert_eq!(evs.len(), 3);
+        let Event::Bad(why) = &evs[2] else {
+            panic!("not a flood: {:?}", evs.len())
+        };
+        assert!(
+            why.contains("flooded the results channel: 3 messages"),
+            "{why}"
+        );
+        // Blank lines count too, and so do bytes.
+        let blanks = "\n".repeat(1000);
+        let evs = read_all(blanks.as_bytes(), ChannelBudget::new(100, 1 << 20));
+        assert!(matches!(&evs[..], [Event::Bad(w)] if w.contains("101 messages")));
+        let evs = read_all(
+            three.as_bytes(),
+            ChannelBudget::new(100, hb.len() as u64 + 1),
+        );
+        assert!(matches!(&evs[..], [Event::Message(_), Event::Bad(_)]));
+        // The real bounds leave room for any real scenario.
+        const { assert!(CHANNEL_MAX_MESSAGES >= 100_000 && CHANNEL_MAX_BYTES >= 32 << 20) };
     }
 
     #[test]
