@@ -257,6 +257,66 @@ impl Step {
     }
 }
 
+/// Why a `processes:` step is refused inside `threads:`.
+pub const PROCESSES_IN_THREADS: &str = "not allowed inside threads: its workers are forked processes, and the agent forks only while it has a single thread (a child forked beside running threads can inherit a lock one of them holds, and wait for it forever)";
+/// Why a touch that accepts a signal is refused inside `threads:`.
+pub const SIGNAL_TOUCH_IN_THREADS: &str = "a touch that expects (or accepts) a signal runs in a forked child, which cannot be made while the threads of a `threads:` step run (the agent forks only while it has a single thread)";
+
+/// Nested steps of `threads:` that would have to fork while the other
+/// threads run, which the agent refuses (`worker::spawn` forks only in a
+/// single-threaded process): a `processes:` step, or a `touch` whose
+/// `expect` accepts a signal (it runs in a forked child that survives the
+/// fault). Returned as (field, message) for `steps` listed under `at`,
+/// in the runner's field-path style: `steps[2].threads.steps[1].processes`,
+/// `steps[2].threads.roles[0].steps[0].touch.expect`. A touch that forks
+/// only because of its arena's flags or this process's mapping is not
+/// known here; the agent refuses it when it runs.
+pub fn forks_inside_threads(steps: &[Step], at: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    forks_in(steps, at, false, &mut out);
+    out
+}
+
+fn forks_in(steps: &[Step], at: &str, threads: bool, out: &mut Vec<(String, String)>) {
+    for (i, step) in steps.iter().enumerate() {
+        let here = format!("{at}[{i}].{}", step.kind());
+        let mut report = |field: String, message: &str| {
+            // A sweep's cases share the template's fields: one problem each.
+            if !out.iter().any(|(f, _)| *f == field) {
+                out.push((field, message.to_owned()));
+            }
+        };
+        match step {
+            Step::Processes(_) if threads => report(here, PROCESSES_IN_THREADS),
+            Step::Touch(t) if threads && !t.expect.accepted_signals().is_empty() => {
+                report(format!("{here}.expect"), SIGNAL_TOUCH_IN_THREADS)
+            }
+            // A forked worker has one thread again; threads run in one.
+            Step::Processes(p) | Step::Threads(p) => {
+                let inner = matches!(step, Step::Threads(_));
+                for (r, role) in p.role_views().iter().enumerate() {
+                    let list = |name: &str| {
+                        if role.implicit {
+                            format!("{here}.{name}")
+                        } else {
+                            format!("{here}.roles[{r}].{name}")
+                        }
+                    };
+                    forks_in(role.setup, &list("setup"), inner, out);
+                    forks_in(role.steps, &list("steps"), inner, out);
+                }
+            }
+            Step::Repeat(r) => forks_in(&r.steps, &format!("{here}.steps"), threads, out),
+            Step::Sweep(s) => {
+                for case in &s.cases {
+                    forks_in(&case.steps, &format!("{here}.steps"), threads, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Arena creation flags (beyond the implied `BPF_F_MMAPABLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1876,6 +1936,47 @@ mod tests {
         );
         assert_eq!(p.total_workers(), 3);
         assert_eq!(Step::Processes(p).child_lists().len(), 2);
+    }
+
+    #[test]
+    fn steps_that_fork_are_refused_inside_threads() {
+        let steps = |json: &str| serde_json::from_str::<Vec<Step>>(json).unwrap();
+        let write = r#"{"touch": {"arena": "a", "page": 0, "count": 64, "op": "write"}}"#;
+        let pattern = r#"{"touch": {"arena": "a", "page": 0, "count": 64, "op": "read", "expect": {"pattern": true}}}"#;
+        let segv = r#"{"touch": {"arena": "a", "page": 9, "op": "read", "expect": {"signal": "SIGSEGV"}}}"#;
+        let raced = r#"{"touch": {"arena": "a", "page": 9, "op": "read", "expect": {"any_of": [{"zero": true}, {"signal": "SIGSEGV"}]}}}"#;
+        let procs = format!(r#"{{"processes": {{"count": 2, "steps": [{segv}]}}}}"#);
+        // scenarios/arena/race-threads-same-mm.yaml: plain touches only.
+        let same_mm = steps(&format!(
+            r#"[{{"arena": {{"id": "a", "pages": 64}}}}, {{"mmap": {{"arena": "a"}}}},
+                {{"threads": {{"count": 4, "iterations": 300, "steps": [{write}, {pattern}]}}}},
+                {pattern}]"#
+        ));
+        assert_eq!(forks_inside_threads(&same_mm, "steps"), vec![]);
+        // Forks outside threads (and in processes inside nothing) are fine.
+        let outside = steps(&format!(
+            r#"[{segv}, {procs}, {{"processes": {{"count": 1, "steps": [{{"threads": {{"count": 2, "steps": [{write}]}}}}]}}}}]"#
+        ));
+        assert_eq!(forks_inside_threads(&outside, "steps"), vec![]);
+        let inside = steps(&format!(
+            r#"[{write},
+                {{"threads": {{"count": 2, "steps": [{write}, {procs}, {{"repeat": {{"times": 2, "steps": [{raced}]}}}}]}}}},
+                {{"threads": {{"roles": [{{"name": "r", "count": 1, "setup": [{segv}], "steps": [{write}]}}]}}}},
+                {{"processes": {{"count": 1, "steps": [{{"threads": {{"count": 2, "steps": [{segv}]}}}}]}}}}]"#
+        ));
+        let problems = forks_inside_threads(&inside, "steps");
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "steps[1].threads.steps[1].processes",
+                "steps[1].threads.steps[2].repeat.steps[0].touch.expect",
+                "steps[2].threads.roles[0].setup[0].touch.expect",
+                "steps[3].processes.steps[0].threads.steps[0].touch.expect",
+            ]
+        );
+        assert_eq!(problems[0].1, PROCESSES_IN_THREADS);
+        assert_eq!(problems[1].1, SIGNAL_TOUCH_IN_THREADS);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The results channel: the virtio console `/dev/hvc0`, put in raw mode,
-//! carrying one JSON message per line each way.
+//! carrying one JSON message per line each way. Two processes write to it:
+//! PID 1 (`progress`, timeouts, `done`) and the scenario's worker (steps),
+//! one message at a time (see [`Channel::send`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -7,10 +9,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use arena_protocol::framing::write_message;
 use arena_protocol::{GuestMessage, HostMessage, LineReader};
 
-use crate::boot;
+use crate::{boot, executor};
 
 /// Device node of the first virtio console port.
 const HVC: &str = "/dev/hvc0";
@@ -54,16 +55,44 @@ impl Channel {
         }
         let file = OpenOptions::new().read(true).write(true).open(HVC)?;
         make_raw(&file)?;
-        Ok(Channel {
-            reader: Mutex::new(LineReader::new(file.try_clone()?)),
-            writer: Mutex::new(file),
-        })
+        Ok(Channel::from_files(file.try_clone()?, file))
     }
 
-    /// Send one message; a broken channel is logged, never fatal.
+    /// A channel that reads from `reader` and writes to `writer` (the tty's
+    /// two handles; a pipe or socket in tests).
+    pub fn from_files(reader: File, writer: File) -> Channel {
+        Channel {
+            reader: Mutex::new(LineReader::new(reader)),
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// Send one message as one line; a broken channel is logged, never
+    /// fatal. PID 1 and the worker both send, so lines must not mix:
+    /// - each process sends during its turn ([`executor::channel_turn`],
+    ///   a lock in the page they share), taken after this process's own
+    ///   mutex, so one message is written at a time across both;
+    /// - the line goes out in one `write(2)` where the kernel allows: a
+    ///   blocking tty write holds the tty's write lock for the whole call
+    ///   (and a pipe write of up to `PIPE_BUF` bytes is atomic), so even a
+    ///   writer that took the turn from a stuck holder cannot split a line
+    ///   written whole. Only a write cut short (by a signal) continues in a
+    ///   second call, still during the turn.
+    ///
+    /// The line is the framing's (`framing::write_message`: the JSON, then
+    /// a newline), built whole before anything is written.
     pub fn send(&self, msg: &GuestMessage) {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = write_message(&mut *w, msg) {
+        let mut line = match serde_json::to_vec(msg) {
+            Ok(l) => l,
+            Err(e) => {
+                boot::log(&format!("results channel: cannot encode a message: {e}"));
+                return;
+            }
+        };
+        line.push(b'\n');
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = executor::channel_turn();
+        if let Err(e) = write_whole(w.as_raw_fd(), &line) {
             boot::log(&format!("results channel write failed: {e}"));
         }
     }
@@ -88,6 +117,28 @@ impl Channel {
         // its fd is open for the whole call.
         unsafe { libc::tcdrain(w.as_raw_fd()) };
     }
+}
+
+/// Write all of `buf` to `fd`: one `write(2)` unless the kernel cuts it
+/// short.
+fn write_whole(fd: i32, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a live slice of `buf.len()` initialised bytes;
+        // the caller keeps `fd` open (it borrows the channel's File).
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
 }
 
 fn make_raw(file: &File) -> std::io::Result<()> {

@@ -1,15 +1,16 @@
 //! Runs a scenario's steps in order, reporting each one on the results
-//! channel, with a watchdog that sends `progress` every second (the host
-//! judges stalls from it) and reports a timeout if a step outlives the
-//! scenario's hard cap.
+//! channel, and publishes the running step in the shared page PID 1 reads:
+//! PID 1 is the watchdog ([`crate::watchdog`]) that sends `progress` every
+//! second (the host judges stalls from it) and reports a timeout if a step
+//! outlives the scenario's hard cap. The worker has no watchdog thread: it
+//! forks (`processes:`, touch probes), and forks only while single-threaded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arena_protocol::message::hard_cap_s;
-use arena_protocol::scenario::{PageSet, Signal, Step, PAGE_SIZE};
+use arena_protocol::scenario::{forks_inside_threads, PageSet, Signal, Step, PAGE_SIZE};
 use arena_protocol::{GuestMessage, Scenario, StepStatus, WorkerProgress};
 
 use crate::channel::Channel;
@@ -231,8 +232,9 @@ const SLOTS: usize = 500;
 /// A slot's flag: the worker is done.
 const FINISHED: u64 = 1 << 63;
 
-/// Progress counters in one `MAP_SHARED` anonymous page mapped before any
-/// fork, so forked `processes:` workers update what the watchdog reads.
+/// Progress counters in one `MAP_SHARED` anonymous page that PID 1 maps
+/// before it forks the worker, so the worker and its forked `processes:`
+/// workers update what PID 1's watchdog reads.
 #[repr(C)]
 pub struct Counters {
     /// Nested steps finished, by any worker (the host's progress measure).
@@ -243,6 +245,16 @@ pub struct Counters {
     workers: AtomicU32,
     /// Iterations per worker of the owning step.
     iterations: AtomicU64,
+    /// The top-level step running now, plus 1 (0: none). Written by the
+    /// worker during its turn on the channel ([`channel_turn`]), read by
+    /// PID 1 during its own.
+    step: AtomicU64,
+    /// When that step started, [`monotonic_ns`].
+    step_started_ns: AtomicU64,
+    /// 1 once the worker has run its last step (only its verdict follows).
+    finished: AtomicU32,
+    /// Pid of the process whose turn it is on the results channel (0: none).
+    sender: AtomicU32,
     /// Per worker: iterations done, plus [`FINISHED`].
     slots: [AtomicU64; SLOTS],
 }
@@ -257,12 +269,20 @@ fn counters() -> Option<&'static Counters> {
     unsafe { COUNTERS.load(Ordering::Acquire).as_ref() }
 }
 
-/// Map the shared counters (idempotent; without them progress shows no
-/// ticks, which only makes stalls look likelier).
-fn map_counters() {
+/// Map the shared counters (idempotent; without them PID 1 sees no step
+/// and sends no progress, which only makes stalls look likelier). PID 1
+/// calls it before forking the worker: a mapping made later would not be
+/// shared between them.
+pub fn map_counters() {
     if counters().is_some() {
         return;
     }
+    map_fresh_counters();
+}
+
+/// Map a new, zeroed page for the counters, replacing any (tests run in
+/// forked children of the harness, which must not share its page).
+fn map_fresh_counters() {
     // SAFETY: a fresh anonymous shared mapping; zeroed memory is a valid
     // `Counters` (all atomics).
     let p = unsafe {
@@ -278,6 +298,158 @@ fn map_counters() {
     if p != libc::MAP_FAILED {
         COUNTERS.store(p.cast(), Ordering::Release);
     }
+}
+
+/// A page of counters for this process alone, whatever it inherited.
+#[cfg(test)]
+pub fn fresh_counters() {
+    map_fresh_counters();
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: a clock PID 1 and the worker read
+/// alike (an `Instant` means nothing in another process).
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a live timespec the call fills in.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+/// How long a process waits for its turn on the results channel before it
+/// takes it anyway: a turn is one message, so a holder that keeps it this
+/// long is stuck writing to a host that does not read (or is dead).
+const TURN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One process's turn on the results channel, which PID 1 (progress,
+/// timeouts, `done`) and the worker (steps) both write to; released on
+/// drop. Without the shared page (before PID 1 maps it) there is one
+/// writer and no turn is needed.
+pub struct ChannelTurn {
+    lock: Option<&'static AtomicU32>,
+    me: u32,
+}
+
+impl Drop for ChannelTurn {
+    fn drop(&mut self) {
+        if let Some(l) = self.lock {
+            let _ = l.compare_exchange(self.me, 0, Ordering::Release, Ordering::Relaxed);
+        }
+    }
+}
+
+fn this_pid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// Whether the process `pid` still exists (a reaped one does not).
+fn exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only probes; `pid` is positive, never a group.
+    let probed = unsafe { libc::kill(pid, 0) };
+    probed == 0 || crate::sys::errno() == libc::EPERM
+}
+
+/// Try once to take the channel; `Err(holder)` when another process has it.
+fn take_turn(lock: &'static AtomicU32, me: u32) -> Result<ChannelTurn, u32> {
+    match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+        Ok(_) => Ok(ChannelTurn {
+            lock: Some(lock),
+            me,
+        }),
+        // Ours already: a send inside this process's own turn (PID 1's
+        // progress tick). The outer turn releases it. Threads of one
+        // process are kept apart by the channel's mutex, taken first.
+        Err(holder) if holder == me => Ok(ChannelTurn { lock: None, me }),
+        Err(holder) => Err(holder),
+    }
+}
+
+/// Wait for this process's turn on the results channel. A holder that no
+/// longer exists (a reaped worker) or holds it past [`TURN_PATIENCE`]
+/// loses it: a stuck writer must not silence the other.
+pub fn channel_turn() -> ChannelTurn {
+    let Some(c) = counters() else {
+        return ChannelTurn { lock: None, me: 0 };
+    };
+    let me = this_pid();
+    let give_up = Instant::now() + TURN_PATIENCE;
+    loop {
+        match take_turn(&c.sender, me) {
+            Ok(turn) => return turn,
+            Err(holder) if !exists(holder) || Instant::now() >= give_up => {
+                if c.sender
+                    .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return ChannelTurn {
+                        lock: Some(&c.sender),
+                        me,
+                    };
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_micros(100)),
+        }
+    }
+}
+
+/// The channel's turn if it is free now (PID 1's progress tick: a worker
+/// in the middle of a message is waited for by trying again shortly, never
+/// by blocking PID 1, which must also reap the worker when it dies).
+pub fn try_channel_turn() -> Option<ChannelTurn> {
+    let Some(c) = counters() else {
+        return Some(ChannelTurn { lock: None, me: 0 });
+    };
+    take_turn(&c.sender, this_pid()).ok()
+}
+
+/// The worker starts top-level step `index`: from now on PID 1 reports its
+/// progress. Call it after sending the step's `step_started`.
+pub fn step_started(index: usize) {
+    let Some(c) = counters() else { return };
+    let _turn = channel_turn();
+    c.step_started_ns.store(monotonic_ns(), Ordering::Relaxed);
+    c.step.store(index as u64 + 1, Ordering::Release);
+}
+
+/// The worker's running step is over. Cleared during the worker's turn on
+/// the channel, and PID 1 checks the step during its own turn before it
+/// sends `progress`: once this returns, no `progress` for the step can
+/// follow, so call it before sending the step's `step_ended`.
+pub fn step_done() {
+    let Some(c) = counters() else { return };
+    let _turn = channel_turn();
+    c.step.store(0, Ordering::Release);
+}
+
+/// The worker runs no more steps; only its verdict follows (PID 1 then
+/// gives it a grace period past the hard cap to exit).
+pub fn scenario_done() {
+    let Some(c) = counters() else { return };
+    let _turn = channel_turn();
+    c.step.store(0, Ordering::Release);
+    c.finished.store(1, Ordering::Release);
+}
+
+/// The top-level step the worker runs now and when it started
+/// ([`monotonic_ns`]); read by PID 1 during its turn on the channel.
+pub fn running_step() -> Option<(usize, u64)> {
+    let c = counters()?;
+    let step = c.step.load(Ordering::Acquire);
+    let started = c.step_started_ns.load(Ordering::Relaxed);
+    (step > 0).then(|| ((step - 1) as usize, started))
+}
+
+/// Whether the worker said it runs no more steps.
+pub fn worker_finished() -> bool {
+    counters().is_some_and(|c| c.finished.load(Ordering::Acquire) != 0)
 }
 
 /// Ownership of the worker slots by one parallel step; released on drop.
@@ -343,7 +515,7 @@ fn worker_progress(slots: &[u64], workers: u32, iterations: u64) -> Option<Worke
 }
 
 /// A snapshot of the shared counters: (ticks, worker progress).
-fn read_counters() -> (u64, Option<WorkerProgress>) {
+pub fn read_counters() -> (u64, Option<WorkerProgress>) {
     let Some(c) = counters() else {
         return (0, None);
     };
@@ -358,29 +530,19 @@ fn read_counters() -> (u64, Option<WorkerProgress>) {
     (c.ticks.load(Ordering::Relaxed), progress)
 }
 
-/// How often the watchdog tells the host how far the scenario got.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// Shared between the step loop and the watchdog.
-#[derive(Default)]
-struct Progress {
-    current: Option<(String, &'static str, Instant)>,
-    finished: bool,
-}
-
 /// Run a whole scenario, streaming events; returns whether it passed.
-pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -> bool {
+pub fn run_scenario(channel: &Channel, scenario: &Scenario, seed: u64) -> bool {
     let start = Instant::now();
     // `timeout_s` bounds a stall, which the host judges from `progress`;
-    // the guest only enforces the hard cap, so it never kills a worker
-    // that is still progressing before the host would give up.
+    // the guest only enforces the hard cap (PID 1 does, see
+    // `crate::watchdog`), so it never kills a worker that is still
+    // progressing before the host would give up.
     let cap_s = hard_cap_s(scenario.timeout_s);
     let deadline = start + Duration::from_secs(cap_s);
+    // PID 1 mapped them before the fork (this is a no-op then).
     map_counters();
     // Before anything is allocated: all of it is the scenario's.
     crate::cgroup::join();
-    let progress = Arc::new(Mutex::new(Progress::default()));
-    spawn_watchdog(channel, deadline, cap_s, progress.clone());
     let mut ctx = Ctx {
         arenas: HashMap::new(),
         objects: HashMap::new(),
@@ -395,35 +557,48 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
     };
     if let Some(why) = crate::requirements::unmet(&scenario.requires) {
         // Not a pass: a skip that says what the kernel lacks.
-        progress.lock().expect("lock").finished = true;
+        scenario_done();
         verdict(StepStatus::Skip, why);
         return true;
+    }
+    // What would fork beside running threads is refused before any step
+    // runs (the runner's validation says the same about the file).
+    if let Some((field, why)) = forks_inside_threads(&scenario.steps, "steps")
+        .into_iter()
+        .next()
+    {
+        scenario_done();
+        verdict(StepStatus::Error, format!("{field}: {why}"));
+        return false;
     }
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();
         let kind = step.kind();
         let t0 = Instant::now();
-        progress.lock().expect("lock").current = Some((path.clone(), kind, t0));
         channel.send(&GuestMessage::StepStarted {
             path: path.clone(),
             kind: kind.into(),
         });
+        // After `step_started`, so no `progress` comes before it.
+        step_started(i);
         let result =
             steps::run_top_level(&mut ctx, step, channel).map(|o| o.with_choices(&mut ctx));
         let duration_ms = t0.elapsed().as_millis() as u64;
-        let mut p = progress.lock().expect("lock");
-        p.current = None;
         match result {
-            Ok(outcome) => channel.send(&GuestMessage::StepEnded {
-                path,
-                kind: kind.into(),
-                status: StepStatus::Pass,
-                detail: outcome.detail,
-                duration_ms,
-                data: outcome.data,
-            }),
+            Ok(outcome) => {
+                // Before `step_ended`, so no `progress` follows it.
+                step_done();
+                channel.send(&GuestMessage::StepEnded {
+                    path,
+                    kind: kind.into(),
+                    status: StepStatus::Pass,
+                    detail: outcome.detail,
+                    duration_ms,
+                    data: outcome.data,
+                })
+            }
             Err(e) => {
-                p.finished = true;
+                scenario_done();
                 channel.send(&GuestMessage::StepEnded {
                     path: path.clone(),
                     kind: kind.into(),
@@ -438,70 +613,9 @@ pub fn run_scenario(channel: &'static Channel, scenario: &Scenario, seed: u64) -
             }
         }
     }
-    progress.lock().expect("lock").finished = true;
+    scenario_done();
     verdict(StepStatus::Pass, String::new());
     true
-}
-
-/// Send `progress` every [`PROGRESS_EVERY`] while a step runs; at
-/// `deadline` (the hard cap) report the open step as timed out and end the
-/// worker.
-fn spawn_watchdog(
-    channel: &'static Channel,
-    deadline: Instant,
-    cap_s: u64,
-    progress: Arc<Mutex<Progress>>,
-) {
-    std::thread::spawn(move || loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        std::thread::sleep(left.min(PROGRESS_EVERY));
-        // Held while sending, so no `progress` follows its step's end.
-        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
-        if p.finished {
-            return;
-        }
-        if Instant::now() < deadline {
-            if let Some((path, kind, started)) = &p.current {
-                let (ticks, workers) = read_counters();
-                channel.send(&GuestMessage::Progress {
-                    path: path.clone(),
-                    kind: (*kind).into(),
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    ticks,
-                    workers,
-                });
-            }
-            continue;
-        }
-        let (path, kind, started) = p
-            .current
-            .clone()
-            .unwrap_or_else(|| ("?".into(), "?", Instant::now()));
-        let at = read_counters()
-            .1
-            .map(|w| format!(", {w}"))
-            .unwrap_or_default();
-        let detail = format!(
-            "hard cap {cap_s} s reached while still running{at}, {:.1} s into the step",
-            started.elapsed().as_secs_f64()
-        );
-        channel.send(&GuestMessage::StepEnded {
-            path: path.clone(),
-            kind: kind.into(),
-            status: StepStatus::Timeout,
-            detail: detail.clone(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            data: serde_json::Value::Null,
-        });
-        verdict(
-            StepStatus::Timeout,
-            format!("step {path} ({kind}): {detail}"),
-        );
-        channel.drain();
-        // SAFETY: _exit has no preconditions; it ends the whole worker (every
-        // thread, no destructors run), and PID 1 then powers the VM off.
-        unsafe { libc::_exit(3) };
-    });
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! image lists, open the virtio console (`hvc0`), say hello, receive one
 //! scenario, run it in a forked worker process (so a crashing step cannot
 //! take PID 1 down), report how the worker ended, and power the VM off.
-//! PID 1 never exits: every path ends in a power-off.
+//! PID 1 never exits: every path ends in a power-off. While the worker
+//! runs, PID 1 is its watchdog ([`watchdog`]): `progress` every second, a
+//! timeout at the hard cap.
 
 mod boot;
 mod cgroup;
@@ -14,18 +16,19 @@ mod executor;
 mod requirements;
 mod steps;
 mod sys;
+mod watchdog;
 mod worker;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arena_protocol::{GuestMessage, HostMessage, StepStatus};
 
 use crate::channel::Channel;
 
-/// Extra time PID 1 grants the worker beyond the scenario's hard cap
-/// (`HARD_CAP_FACTOR` × `timeout_s`) before it gives up on it (the worker's
-/// own watchdog normally reports first). Stalls shorter than that are the
-/// host's to judge, from the worker's `progress` messages.
+/// Extra time PID 1 grants a worker that has run all its steps beyond the
+/// scenario's hard cap (`HARD_CAP_FACTOR` × `timeout_s`) to exit. A worker
+/// still in a step at the cap is timed out then. Stalls shorter than the
+/// cap are the host's to judge, from PID 1's `progress` messages.
 const WORKER_GRACE: Duration = Duration::from_secs(5);
 
 fn main() {
@@ -63,10 +66,13 @@ fn main() {
         }
     };
     boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
-    let deadline = Instant::now()
-        + Duration::from_secs(arena_protocol::message::hard_cap_s(scenario.timeout_s))
-        + WORKER_GRACE;
-    let passed = supervise(channel, deadline, || {
+    let watch = watchdog::Watch {
+        kinds: scenario.steps.iter().map(|s| s.kind()).collect(),
+        cap_s: arena_protocol::message::hard_cap_s(scenario.timeout_s),
+        every: watchdog::PROGRESS_EVERY,
+        grace: WORKER_GRACE,
+    };
+    let passed = supervise(channel, &watch, || {
         executor::run_scenario(channel, &scenario, seed)
     });
     channel.drain();
@@ -88,9 +94,14 @@ fn read_verdict(w: &worker::Worker) -> Option<GuestMessage> {
         .find_map(|l| serde_json::from_str(l).ok())
 }
 
-/// Run `work` in a forked worker and report how it ended if it did not say
-/// `done` itself (crash, kill, or no end by `deadline`); whether it passed.
-fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) -> bool {
+/// Run `work` in a forked worker, watched by this process (`progress`, the
+/// hard cap: [`watchdog::watch`]), and send the `done`: the worker's
+/// verdict, or how it ended without one (crash, kill, hard cap); whether
+/// it passed.
+fn supervise(channel: &Channel, watch: &watchdog::Watch, work: impl FnOnce() -> bool) -> bool {
+    // Mapped before the fork, so that the worker and PID 1 share it: the
+    // worker publishes its step there and PID 1 reads it.
+    executor::map_counters();
     // No pipes or no fork, no worker: report it; the caller powers off.
     let w = match worker::spawn(|verdict_tx| {
         executor::set_verdict_fd(verdict_tx);
@@ -110,16 +121,8 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
             return false;
         }
     };
-    let pid = w.pid;
-    let status = loop {
-        match sys::reap_children_until(pid, deadline) {
-            Some(status) => break Some(status),
-            None if Instant::now() >= deadline => break None,
-            None => {}
-        }
-    };
-    let done = match status {
-        Some(st) if libc::WIFEXITED(st) => {
+    let done = match watchdog::watch(channel, w.pid, watch) {
+        watchdog::Ended::Exited(st) if libc::WIFEXITED(st) => {
             // The worker is gone, and with it its maps and mappings: only now
             // is the scenario over (teardown splats land before `done`).
             read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
@@ -131,7 +134,7 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
                 killed: None,
             })
         }
-        Some(st) => {
+        watchdog::Ended::Exited(st) => {
             let killed = w.killed_by(libc::WTERMSIG(st));
             GuestMessage::Done {
                 status: StepStatus::Fail,
@@ -139,17 +142,14 @@ fn supervise(channel: &Channel, deadline: Instant, work: impl FnOnce() -> bool) 
                 killed: Some(killed),
             }
         }
-        None => {
-            // SAFETY: kill takes no pointers; `pid` is our child and not yet
-            // reaped, so the pid cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            // Its watchdog may have said which step hung before it got stuck.
-            read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
-                status: StepStatus::Timeout,
-                reason: "worker did not finish within the scenario's hard cap".into(),
-                killed: None,
-            })
-        }
+        // The watchdog sent the step's end and the `done`.
+        watchdog::Ended::TimedOut => return false,
+        // It had its verdict but did not exit: the verdict stands.
+        watchdog::Ended::Lingered => read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
+            status: StepStatus::Timeout,
+            reason: "worker did not finish within the scenario's hard cap".into(),
+            killed: None,
+        }),
     };
     let passed = matches!(
         &done,

@@ -456,6 +456,11 @@ fn record(ctx: &mut Ctx, what: &str, seed: u64, order: &[u32], reports: &[Worker
 
 /// `processes:` step.
 pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
+    if ctx.shared_mm {
+        return Err(StepError::Error(
+            "processes cannot be forked while the threads of a `threads:` step run (the agent forks only while it has a single thread)".into(),
+        ));
+    }
     let seed = s.seed.unwrap_or_else(|| ctx.draw());
     let roles = s.role_views();
     let all = workers(&roles, seed);
@@ -737,5 +742,22 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..6).collect::<Vec<_>>());
         assert!((0..32).any(|s| start_order(s, 6) != o));
+    }
+
+    #[test]
+    fn processes_inside_threads_are_an_error_not_a_fork() {
+        let (ctx, _) = crate::steps::bounds::testing::fake_arena(9, 4, 4);
+        let mut t = ctx.clone_for_thread(1);
+        let mut s = step(vec![], WorkersExpect::default());
+        s.count = Some(2);
+        match processes(&mut t, &s) {
+            Err(StepError::Error(e)) => assert!(
+                e.starts_with(
+                    "processes cannot be forked while the threads of a `threads:` step run"
+                ),
+                "{e}"
+            ),
+            other => panic!("expected a step error, got {other:?}"),
+        }
     }
 }

@@ -208,6 +208,9 @@ pub fn run(s: &SelftestStep, channel: &Channel, scenario_deadline: Instant) -> S
     drop(cmd);
     let pid = child.id() as i32;
     let deadline = (Instant::now() + Duration::from_secs(s.timeout_s)).min(scenario_deadline);
+    // A second thread until the join below: nothing here forks while it
+    // runs (`worker::spawn` would refuse); test_progs was spawned before it
+    // (Command forks and execs at once).
     let watchdog = std::thread::spawn(move || {
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));

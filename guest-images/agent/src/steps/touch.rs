@@ -190,6 +190,13 @@ pub fn plan(s: &TouchStep, a: &ArenaState) -> Result<Plan, StepError> {
 pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
     let a = ctx.arena(&s.arena)?.clone();
     let plan = plan(s, &a)?;
+    if plan.in_child && ctx.shared_mm {
+        return Err(StepError::Error(format!(
+            "touch at page {} needs a forked child ({}), which cannot be made while the threads of a `threads:` step run (the agent forks only while it has a single thread)",
+            s.page,
+            why_in_child(s, &a, &plan)
+        )));
+    }
     let order = draw_order(ctx, s);
     if plan.in_child {
         return touch_in_child(ctx, s, &a, &plan, &order);
@@ -197,6 +204,21 @@ pub fn touch(ctx: &mut Ctx, s: &TouchStep) -> StepResult {
     let (text, raced) = access(s, plan.base, &order).map_err(StepError::Fail)?;
     ctx.raced_reads += raced;
     Ok(Outcome::said(text))
+}
+
+/// Why a touch runs in a forked child (see [`Plan::in_child`]).
+fn why_in_child(s: &TouchStep, a: &ArenaState, plan: &Plan) -> String {
+    if !s.expect.accepted_signals().is_empty() {
+        "its expect accepts a signal".into()
+    } else if a.flags & sys::BPF_F_SEGV_ON_FAULT != 0 {
+        format!("arena `{}` is segv_on_fault", s.arena)
+    } else {
+        let unmapped = plan.unmapped.iter().fold(PageSet::new(), |mut set, r| {
+            set.insert(r.clone());
+            set
+        });
+        format!("pages {unmapped} are not mapped here")
+    }
 }
 
 fn touch_in_child(
@@ -359,6 +381,7 @@ fn describe(status: i32, text: &str) -> String {
 mod tests {
     use super::*;
     use crate::steps::bounds::testing::{backing, fake_arena, ID};
+    use crate::worker::testing::in_single_threaded_child;
     use arena_protocol::scenario::{PageSet, Signal, TouchExpect};
 
     fn step(page: u64, count: u64, op: AccessOp) -> TouchStep {
@@ -476,6 +499,10 @@ mod tests {
 
     #[test]
     fn shorter_mapping_and_holes_fault_in_a_child() {
+        in_single_threaded_child(shorter_mapping_and_holes_fault_in_a_child_body);
+    }
+
+    fn shorter_mapping_and_holes_fault_in_a_child_body() {
         let (mut ctx, base) = fake_arena(1, 32, 16);
         // Beyond the 16 mapped pages but inside the arena.
         let e = error_text(touch(&mut ctx, &step(20, 1, AccessOp::Write)));
@@ -571,6 +598,10 @@ mod tests {
 
     #[test]
     fn an_accepted_signal_passes_and_is_counted() {
+        in_single_threaded_child(an_accepted_signal_passes_and_is_counted_body);
+    }
+
+    fn an_accepted_signal_passes_and_is_counted_body() {
         let (mut ctx, _) = fake_arena(7, 32, 16);
         let segv = TouchExpect {
             signal: Some(Signal::SIGSEGV),
@@ -596,6 +627,10 @@ mod tests {
 
     #[test]
     fn a_probe_never_lands_in_other_memory() {
+        in_single_threaded_child(a_probe_never_lands_in_other_memory_body);
+    }
+
+    fn a_probe_never_lands_in_other_memory_body() {
         let (mut ctx, base) = fake_arena(2, 32, 16);
         // Something else of the process's now lives at page 24's address.
         // SAFETY: a fresh mapping at a free address of the test region.
@@ -614,5 +649,23 @@ mod tests {
         assert!(e.contains("other memory of the agent"), "{e}");
         // The probe of a free page next to it still works.
         assert!(touch(&mut ctx, &probe(25)).is_ok());
+    }
+
+    #[test]
+    fn a_touch_that_needs_a_child_is_an_error_inside_threads() {
+        let (ctx, _) = fake_arena(8, 32, 16);
+        let mut t = ctx.clone_for_thread(1);
+        // Not forked: an error at once, even in the multi-threaded harness.
+        let e = error_text(touch(&mut t, &probe(20)));
+        assert_eq!(
+            e,
+            "touch at page 20 needs a forked child (its expect accepts a signal), which cannot be made while the threads of a `threads:` step run (the agent forks only while it has a single thread)"
+        );
+        t.arenas.get_mut(ID).unwrap().flags |= sys::BPF_F_SEGV_ON_FAULT;
+        let e = error_text(touch(&mut t, &step(3, 1, AccessOp::Read)));
+        assert!(e.contains("(arena `a` is segv_on_fault)"), "{e}");
+        // Touches of mapped pages run in the thread itself.
+        let mut t = ctx.clone_for_thread(2);
+        touch(&mut t, &step(3, 1, AccessOp::Write)).unwrap();
     }
 }
