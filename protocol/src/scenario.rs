@@ -64,6 +64,10 @@ pub enum Requirement {
     /// A symbol in `/proc/kallsyms`, e.g. an implementation function whose
     /// presence tells which implementation the kernel has.
     Kallsyms(String),
+    /// A kernel config option, probed in the guest by what it creates.
+    /// Steps that need one require it without saying so
+    /// ([`Scenario::requirements`]).
+    Config(KernelOption),
 }
 
 impl std::fmt::Display for Requirement {
@@ -71,7 +75,86 @@ impl std::fmt::Display for Requirement {
         match self {
             Requirement::Kfunc(n) => write!(f, "kfunc {n}"),
             Requirement::Kallsyms(n) => write!(f, "kernel symbol {n}"),
+            Requirement::Config(o) => write!(f, "CONFIG_{} ({})", o.name(), o.what()),
         }
+    }
+}
+
+/// Kernel config options the catalogue's steps depend on. A developer's
+/// `defconfig` + `kvm_guest.config` build has none of them: a scenario
+/// that needs one is `skipped` there, with the option named, never an
+/// error of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KernelOption {
+    /// The memory controller: a cgroup's `memory.current` (`memory:`
+    /// checks without `meminfo`/`vmstat`).
+    #[serde(rename = "MEMCG")]
+    Memcg,
+    /// kmemleak's debugfs file (`kmemleak:` steps).
+    #[serde(rename = "DEBUG_KMEMLEAK")]
+    DebugKmemleak,
+    /// `fail_page_alloc` and `failslab` in debugfs (`fail_allocs:` steps):
+    /// FAULT_INJECTION, FAIL_PAGE_ALLOC, FAILSLAB, FAULT_INJECTION_DEBUG_FS.
+    #[serde(rename = "FAULT_INJECTION")]
+    FaultInjection,
+}
+
+impl KernelOption {
+    /// The option's name without `CONFIG_`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelOption::Memcg => "MEMCG",
+            KernelOption::DebugKmemleak => "DEBUG_KMEMLEAK",
+            KernelOption::FaultInjection => "FAULT_INJECTION",
+        }
+    }
+
+    /// What it gives the lab, for people.
+    pub fn what(self) -> &'static str {
+        match self {
+            KernelOption::Memcg => "the memory controller, for cgroup memory checks",
+            KernelOption::DebugKmemleak => "kmemleak, for kmemleak steps",
+            KernelOption::FaultInjection => {
+                "fail_page_alloc and failslab in debugfs, for fail_allocs steps"
+            }
+        }
+    }
+
+    /// The option a step needs, if any.
+    pub fn needed_by(step: &Step) -> Option<KernelOption> {
+        match step {
+            Step::Memory(m)
+                if m.baseline.is_none() && m.meminfo.is_none() && m.vmstat.is_none() =>
+            {
+                Some(KernelOption::Memcg)
+            }
+            Step::Kmemleak(_) => Some(KernelOption::DebugKmemleak),
+            Step::FailAllocs(_) => Some(KernelOption::FaultInjection),
+            _ => None,
+        }
+    }
+}
+
+impl Scenario {
+    /// Everything the kernel must offer: `requires`, then the config
+    /// options its steps need (nested steps included), each once.
+    pub fn requirements(&self) -> Vec<Requirement> {
+        fn walk(steps: &[Step], out: &mut Vec<Requirement>) {
+            for step in steps {
+                if let Some(o) = KernelOption::needed_by(step) {
+                    let r = Requirement::Config(o);
+                    if !out.contains(&r) {
+                        out.push(r);
+                    }
+                }
+                for list in step.child_lists() {
+                    walk(list, out);
+                }
+            }
+        }
+        let mut out = self.requires.clone();
+        walk(&self.steps, &mut out);
+        out
     }
 }
 
@@ -1997,6 +2080,39 @@ mod tests {
         // Unknown or unreadable: the tests run.
         assert_eq!(u.applies(""), None);
         assert_eq!(u.applies("CONFIG_NR_CPUS=lots\n"), None);
+    }
+
+    #[test]
+    fn steps_require_the_config_options_they_need() {
+        let s: Scenario = serde_json::from_value(serde_json::json!({
+            "name": "x",
+            "requires": [{"kfunc": "bpf_arena_alloc_pages"}],
+            "steps": [
+                {"memory": {"baseline": "b"}},
+                {"memory": {"since": "b", "meminfo": "SUnreclaim", "at_most_kib": 1}},
+                {"repeat": {"times": 2, "steps": [
+                    {"memory": {"since": "b", "at_most_kib": 1}},
+                    {"memory": {"since": "b", "at_most_kib": 2}},
+                    {"kmemleak": {"action": "clear"}}
+                ]}},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            s.requirements(),
+            [
+                Requirement::Kfunc("bpf_arena_alloc_pages".into()),
+                Requirement::Config(KernelOption::Memcg),
+                Requirement::Config(KernelOption::DebugKmemleak),
+            ]
+        );
+        assert_eq!(
+            Requirement::Config(KernelOption::Memcg).to_string(),
+            "CONFIG_MEMCG (the memory controller, for cgroup memory checks)"
+        );
+        let r: Requirement = serde_json::from_str(r#"{"config": "FAULT_INJECTION"}"#).unwrap();
+        assert_eq!(r, Requirement::Config(KernelOption::FaultInjection));
+        assert!(serde_json::from_str::<Requirement>(r#"{"config": "MEMCGG"}"#).is_err());
     }
 
     #[test]

@@ -247,7 +247,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         .collect();
     match ScenarioError::combine(errors) {
         Some(e) => Err(e),
-        None => Ok(scenario),
+        None => {
+            // The agent checks what the steps need as well as what the
+            // file declares: a kernel without it skips, naming it.
+            scenario.requires = scenario.requirements();
+            Ok(scenario)
+        }
     }
 }
 
@@ -471,6 +476,7 @@ fn check(s: &Scenario) -> Vec<Problem> {
         let (kind, name) = match r {
             Requirement::Kfunc(n) => ("kfunc", n),
             Requirement::Kallsyms(n) => ("kallsyms", n),
+            Requirement::Config(_) => continue,
         };
         let ident = !name.is_empty()
             && name.len() <= 128

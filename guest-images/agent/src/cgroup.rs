@@ -22,6 +22,13 @@ pub fn join() {
         .get_or_init(|| try_join().map_err(|e| format!("no memory cgroup for the scenario: {e}")));
 }
 
+/// Whether this process is in a scenario cgroup with the memory
+/// controller on (joining it first, if not yet): `CONFIG_MEMCG`.
+pub fn has_memory_controller() -> bool {
+    join();
+    matches!(JOINED.get(), Some(Ok(_)))
+}
+
 /// `memory.current` of the scenario's cgroup, in bytes.
 pub fn memory_current() -> Result<u64, String> {
     let dir = JOINED

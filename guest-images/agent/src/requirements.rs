@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 
-use arena_protocol::scenario::Requirement;
+use arena_protocol::scenario::{KernelOption, Requirement};
 use libbpf_sys as bpf;
 
 /// `BTF_KIND_FUNC` (include/uapi/linux/btf.h).
@@ -29,6 +29,20 @@ fn met(r: &Requirement, kallsyms: &std::cell::OnceCell<String>) -> bool {
             kallsyms.get_or_init(|| std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()),
             name,
         ),
+        Requirement::Config(option) => has_option(*option),
+    }
+}
+
+/// Whether the kernel has `option`, by what the option creates (the agent
+/// mounted debugfs and cgroup2 at boot).
+fn has_option(option: KernelOption) -> bool {
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    match option {
+        KernelOption::Memcg => crate::cgroup::has_memory_controller(),
+        KernelOption::DebugKmemleak => exists("/sys/kernel/debug/kmemleak"),
+        KernelOption::FaultInjection => {
+            exists("/sys/kernel/debug/fail_page_alloc") && exists("/sys/kernel/debug/failslab")
+        }
     }
 }
 
