@@ -103,6 +103,22 @@ pub struct RunArgs {
     paths: Vec<PathBuf>,
 }
 
+/// The guarded value even if a worker panicked while holding the lock:
+/// the run's state is still the best record there is, and one panic must
+/// not turn every other worker's next lock into another.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A panic's message, for the scenario's reason.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// A one-step scenario used by `lab boot`, `lab image` and benchmarks.
 pub fn trivial_scenario() -> Scenario {
     Scenario {
@@ -214,7 +230,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let failed_fast = AtomicBool::new(false);
-    let progress = Progress::new(summary.lock().expect("lock").planned, verbosity);
+    let progress = Progress::new(lock(&summary).planned, verbosity);
     let started = Instant::now();
     let gdb = args
         .gdb
@@ -264,18 +280,32 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                     if stop.load(Ordering::SeqCst) || progress::interrupted().is_some() {
                         return;
                     }
-                    let Some(a) = queue.lock().expect("lock").pop_front() else {
+                    let Some(a) = lock(&queue).pop_front() else {
                         return;
                     };
                     // A key for the display only: summary indices move.
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let file = &scenarios[a.scenario];
                     progress.started(i, &file.scenario.name, &run_dir.path.join(&a.dir));
-                    let mut s = match run_one(&ctx, file, &images[a.scenario], &a) {
-                        Ok(s) => s,
-                        Err(e) => {
+                    // A panic of the lab's own code is the lab's failure: the
+                    // scenario is an error, the run stops (exit 3) and still
+                    // writes a complete summary.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_one(&ctx, file, &images[a.scenario], &a)
+                    }));
+                    let mut s = match ran {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
                             let mut s = attempts::pending(file, &a);
                             s.judgement = Judgement::infra_error(error_text(&e));
+                            s
+                        }
+                        Err(panic) => {
+                            let mut s = attempts::pending(file, &a);
+                            s.judgement = Judgement::infra_error(format!(
+                                "the lab itself panicked while running it: {}",
+                                panic_text(panic.as_ref())
+                            ));
                             s
                         }
                     };
@@ -303,7 +333,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                     if let Some(line) = &s.reproduce {
                         progress.println(&format!("reproduce: {line}"));
                     }
-                    let mut sum = summary.lock().expect("lock");
+                    let mut sum = lock(&summary);
                     if args.fail_fast && news {
                         stop.store(true, Ordering::SeqCst);
                         failed_fast.store(true, Ordering::SeqCst);
@@ -321,7 +351,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                     let next_attempt = args.repeat.next(seed, &name, &a, !failed, started);
                     if let Some(n) = next_attempt.filter(|_| !stop.load(Ordering::SeqCst)) {
                         attempts::slot(&mut sum.scenarios, &attempts::pending(file, &n));
-                        queue.lock().expect("lock").push_back(n);
+                        lock(&queue).push_back(n);
                     }
                     sum.recount();
                     sum.wall_s = t0.elapsed().as_secs_f64();
@@ -337,7 +367,9 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         watching.store(false, Ordering::SeqCst);
     });
     progress.finish();
-    let mut sum = summary.into_inner().expect("lock");
+    let mut sum = summary
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(signal) = progress::interrupted() {
         sum.interrupt(signal);
         println!(
@@ -655,12 +687,23 @@ struct RunCtx<'a> {
     snapshots: Option<Snapshots<'a>>,
 }
 
+/// The lab's own tests make `run_one` panic for the scenario named here
+/// (`runner/tests/honest_results.rs`): a panic must still leave a complete
+/// summary and exit 3.
+const PANIC_HOOK_ENV: &str = "ARENA_LAB_TEST_PANIC_IN";
+
 fn run_one(
     ctx: &RunCtx,
     file: &ScenarioFile,
     image: &Path,
     attempt: &Attempt,
 ) -> anyhow::Result<ScenarioSummary> {
+    if std::env::var(PANIC_HOOK_ENV).is_ok_and(|n| n == file.scenario.name) {
+        panic!(
+            "{PANIC_HOOK_ENV} asked for a panic in {}",
+            file.scenario.name
+        );
+    }
     let s = &file.scenario;
     let dir = ctx.run_dir.scenario_dir(&attempt.dir)?;
     // `lab repro` runs this copy: the file may change or go afterwards.

@@ -196,3 +196,41 @@ fn an_abort_while_preparing_still_accounts_for_every_scenario() {
     assert!(testcase(&junit, "lab-run-aborted").contains("<error "));
     assert!(Path::new(&results.join("latest")).exists());
 }
+
+/// A panic in the lab's own code while a scenario runs (forced through the
+/// lab's test hook) still leaves a complete summary: that scenario an
+/// error naming the panic, the rest judged or `not_run` with the abort's
+/// reason, and exit 3. Before, the poisoned summary lock took every other
+/// worker down and `lab` ended without a summary.
+#[test]
+fn a_panicking_worker_leaves_a_complete_summary_and_exit_3() {
+    let results = scratch("honest-panic").join("results");
+    let out = lab_env(
+        &[
+            "run",
+            "--results",
+            results.to_str().unwrap(),
+            "-j",
+            "2",
+            "--only",
+            "arena-mmap-readback",
+            "scenarios/smoke",
+            "scenarios/arena",
+        ],
+        &[("ARENA_LAB_TEST_PANIC_IN", Path::new("arena-mmap-readback"))],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let s = summary(&results);
+    assert_eq!(s["planned"], 1, "{s}");
+    let sc = &s["scenarios"][0];
+    assert_eq!(sc["verdict"], "error", "{sc}");
+    let reason = sc["reason"].as_str().unwrap();
+    assert!(reason.contains("the lab itself panicked"), "{reason}");
+    assert!(s["aborted"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("panicked"));
+    assert_eq!(s["complete"], false);
+    let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
+    assert!(junit.contains("lab-run-aborted"), "{junit}");
+}
