@@ -495,6 +495,11 @@ fn check(s: &Scenario) -> Vec<Problem> {
         threads: false,
     };
     c.block(&s.steps, "steps", &mut Model::default(), scope);
+    // The agent forks only while it has one thread: refused here, before
+    // a boot, with the field, as the agent would refuse it at run time.
+    for (field, message) in arena_protocol::scenario::forks_inside_threads(&s.steps, "steps") {
+        c.report(field, message);
+    }
     c.problems
 }
 
@@ -1412,6 +1417,17 @@ steps:
         assert!(
             e[0].contains("steps[2].threads.steps[1].munmap: not allowed inside threads"),
             "{e:#?}"
+        );
+        // What would fork beside running threads is refused before a boot.
+        let e = one_error("  - threads:\n      count: 2\n      steps:\n        - touch: { arena: a, page: 0, op: read, expect: { signal: SIGSEGV } }\n");
+        assert!(
+            e.contains("steps[2].threads.steps[0].touch.expect: a touch that expects (or accepts) a signal runs in a forked child"),
+            "{e}"
+        );
+        let e = one_error("  - threads:\n      count: 2\n      steps:\n        - processes: { count: 1, steps: [ { sleep: { ms: 1 } } ] }\n");
+        assert!(
+            e.contains("steps[2].threads.steps[0].processes: not allowed inside threads: its workers are forked"),
+            "{e}"
         );
     }
 
