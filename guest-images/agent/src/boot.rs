@@ -2,40 +2,15 @@
 //! hello message, power-off.
 
 use std::ffi::CString;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arena_protocol::paths::MODULE_LIST;
 use arena_protocol::Hello;
 
+use crate::log::{self, log};
+
 /// `finit_module` flag: the file is compressed, the kernel decompresses it.
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
-
-/// Kernel log priority of the agent's ordinary lines: debug, so they sit in
-/// the kernel's ring buffer without being printed twice on the console.
-const KMSG_LOG_PRIORITY: u8 = 7;
-/// Kernel log priority of a fatal line: critical, printed on the console by
-/// printk itself even when the console tty is broken.
-const KMSG_FATAL_PRIORITY: u8 = 2;
-
-/// Writes `line` to stderr (the console tty) and to `/dev/kmsg` at
-/// `priority`. Never panics: under a broken VMM or kernel, writes to the
-/// console tty fail with EIO, and `eprintln!` turned that into a silent
-/// exit 101 of PID 1 (the first cause of issue 8's dead agent).
-fn emit(line: &str, priority: u8) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        // One write is one record; keep it within the kernel's record limit.
-        let text: String = line.chars().take(900).collect();
-        let _ = kmsg.write_all(format!("<{priority}>{text}\n").as_bytes());
-    }
-}
-
-/// Log a line on the kernel console (captured as `console.log`) and in the
-/// kernel log.
-pub fn log(msg: &str) {
-    emit(&format!("arena-agent: {msg}"), KMSG_LOG_PRIORITY);
-}
 
 /// The results channel once open, so a dying PID 1 can say why on it.
 static CHANNEL: std::sync::OnceLock<&'static crate::channel::Channel> = std::sync::OnceLock::new();
@@ -49,10 +24,7 @@ pub fn set_channel(channel: &'static crate::channel::Channel) {
 /// it whatever the tty does), on the results channel if it is open, then
 /// power off. Never returns and never exits.
 pub fn fatal(msg: &str) -> ! {
-    emit(
-        &format!("{}{msg}", arena_protocol::console::FATAL_PREFIX),
-        KMSG_FATAL_PRIORITY,
-    );
+    log::critical(&format!("{}{msg}", arena_protocol::console::FATAL_PREFIX));
     if let Some(c) = CHANNEL.get() {
         c.send(&arena_protocol::GuestMessage::Fatal {
             reason: msg.to_owned(),
@@ -73,7 +45,7 @@ pub fn install_panic_hook() {
         if unsafe { libc::getpid() } == 1 {
             fatal(&msg);
         }
-        emit(&format!("arena-agent worker: {msg}"), KMSG_FATAL_PRIORITY);
+        log::critical(&format!("arena-agent worker: {msg}"));
     }));
 }
 
@@ -145,18 +117,6 @@ pub fn load_modules() {
     }
 }
 
-/// Wait for a device node to appear (devtmpfs creates it when the driver binds).
-pub fn wait_for(path: &str, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if std::path::Path::new(path).exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
-
 fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
@@ -215,60 +175,5 @@ pub fn power_off() -> ! {
     // reboot only returns on error; PID 1 must not exit.
     loop {
         std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs `f` in a forked child whose stderr is `/dev/full` (every write
-    /// fails, with ENOSPC, as console writes failed with EIO); returns the
-    /// child's exit status. Not a pipe: a child forked meanwhile by another
-    /// test would inherit its read end, and the writes would succeed.
-    fn with_broken_stderr(f: fn()) -> i32 {
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .expect("/dev/full");
-        // SAFETY: the child only redirects fd 2, runs `f` and exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: dup2 takes no pointers; `full` is open and fd 2 has no
-            // Rust owner that would later close the replaced descriptor.
-            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&full), 2) };
-            let ok = std::panic::catch_unwind(f).is_ok();
-            // SAFETY: _exit has no preconditions; skipping destructors only
-            // leaks, and keeps the child out of the harness's exit code.
-            unsafe { libc::_exit(if ok { 0 } else { 101 }) };
-        }
-        drop(full);
-        let mut status = 0;
-        // SAFETY: `status` is a live local the kernel writes an int into;
-        // `pid` is our own, not yet reaped child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -libc::WTERMSIG(status)
-        }
-    }
-
-    #[test]
-    fn logging_survives_a_console_that_fails_every_write() {
-        assert_eq!(with_broken_stderr(|| log("still alive")), 0);
-    }
-
-    #[test]
-    fn the_broken_console_harness_can_fail() {
-        // What PID 1 did before: `eprintln!` panics when the write fails
-        // (spelled out, since the test harness captures `eprintln!`).
-        assert_eq!(
-            with_broken_stderr(|| {
-                use std::io::Write;
-                writeln!(std::io::stderr(), "dies").expect("failed printing to stderr");
-            }),
-            101
-        );
     }
 }

@@ -7,11 +7,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arena_protocol::{GuestMessage, HostMessage, LineReader};
 
-use crate::{boot, executor};
+use crate::counters;
+use crate::log::log;
 
 /// Device node of the first virtio console port.
 const HVC: &str = "/dev/hvc0";
@@ -47,7 +48,7 @@ impl Channel {
                 ));
             }
         }
-        if !boot::wait_for(HVC, HVC_WAIT) {
+        if !wait_for(HVC, HVC_WAIT) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("{HVC} did not appear within {HVC_WAIT:?}"),
@@ -69,7 +70,7 @@ impl Channel {
 
     /// Send one message as one line; a broken channel is logged, never
     /// fatal. PID 1 and the worker both send, so lines must not mix:
-    /// - each process sends during its turn ([`executor::channel_turn`],
+    /// - each process sends during its turn ([`counters::channel_turn`],
     ///   a lock in the page they share), taken after this process's own
     ///   mutex, so one message is written at a time across both;
     /// - the line goes out in one `write(2)` where the kernel allows: a
@@ -85,15 +86,15 @@ impl Channel {
         let mut line = match serde_json::to_vec(msg) {
             Ok(l) => l,
             Err(e) => {
-                boot::log(&format!("results channel: cannot encode a message: {e}"));
+                log(&format!("results channel: cannot encode a message: {e}"));
                 return;
             }
         };
         line.push(b'\n');
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let _turn = executor::channel_turn();
+        let _turn = counters::channel_turn();
         if let Err(e) = write_whole(w.as_raw_fd(), &line) {
-            boot::log(&format!("results channel write failed: {e}"));
+            log(&format!("results channel write failed: {e}"));
         }
     }
 
@@ -103,7 +104,7 @@ impl Channel {
         match r.next_message::<HostMessage>() {
             Ok(m) => m,
             Err(e) => {
-                boot::log(&format!("bad host message: {e}"));
+                log(&format!("bad host message: {e}"));
                 None
             }
         }
@@ -117,6 +118,18 @@ impl Channel {
         // its fd is open for the whole call.
         unsafe { libc::tcdrain(w.as_raw_fd()) };
     }
+}
+
+/// Wait for a device node to appear (devtmpfs creates it when the driver binds).
+pub fn wait_for(path: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::path::Path::new(path).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 /// Write all of `buf` to `fd`: one `write(2)` unless the kernel cuts it

@@ -11,8 +11,10 @@
 mod boot;
 mod cgroup;
 mod channel;
+mod counters;
 mod crash;
 mod executor;
+mod log;
 mod requirements;
 mod steps;
 mod sys;
@@ -21,7 +23,7 @@ mod worker;
 
 use std::time::Duration;
 
-use arena_protocol::{GuestMessage, HostMessage, StepStatus};
+use arena_protocol::{GuestMessage, HostMessage};
 
 use crate::channel::Channel;
 
@@ -33,7 +35,7 @@ const WORKER_GRACE: Duration = Duration::from_secs(5);
 
 fn main() {
     boot::install_panic_hook();
-    boot::log("starting");
+    log::log("starting");
     boot::mount_filesystems();
     boot::set_console_loglevel(7);
     boot::load_modules();
@@ -65,99 +67,24 @@ fn main() {
             None => boot::fatal("host closed the results channel before sending a scenario"),
         }
     };
-    boot::log(&format!("running scenario {} (seed {seed})", scenario.name));
+    log::log(&format!("running scenario {} (seed {seed})", scenario.name));
     let watch = watchdog::Watch {
         kinds: scenario.steps.iter().map(|s| s.kind()).collect(),
         cap_s: arena_protocol::message::hard_cap_s(scenario.timeout_s),
         every: watchdog::PROGRESS_EVERY,
         grace: WORKER_GRACE,
     };
-    let passed = supervise(channel, &watch, || {
+    let passed = watchdog::supervise(channel, &watch, || {
         executor::run_scenario(channel, &scenario, seed)
     });
     channel.drain();
     if hold && !passed {
         // The host pauses this VM for gdb; stay up until it ends the VM.
-        boot::log("scenario failed: holding the VM for the debugger");
+        log::log("scenario failed: holding the VM for the debugger");
         loop {
             // SAFETY: pause takes no arguments; it only waits for a signal.
             unsafe { libc::pause() };
         }
     }
     boot::power_off();
-}
-
-/// The `done` message the worker left in its verdict pipe, if any.
-fn read_verdict(w: &worker::Worker) -> Option<GuestMessage> {
-    String::from_utf8_lossy(&w.output())
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-}
-
-/// Run `work` in a forked worker, watched by this process (`progress`, the
-/// hard cap: [`watchdog::watch`]), and send the `done`: the worker's
-/// verdict, or how it ended without one (crash, kill, hard cap); whether
-/// it passed.
-fn supervise(channel: &Channel, watch: &watchdog::Watch, work: impl FnOnce() -> bool) -> bool {
-    // Mapped before the fork, so that the worker and PID 1 share it: the
-    // worker publishes its step there and PID 1 reads it.
-    executor::map_counters();
-    // No pipes or no fork, no worker: report it; the caller powers off.
-    let w = match worker::spawn(|verdict_tx| {
-        executor::set_verdict_fd(verdict_tx);
-        if work() {
-            0
-        } else {
-            1
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            channel.send(&GuestMessage::Done {
-                status: StepStatus::Error,
-                reason: format!("cannot start the agent worker: {e}"),
-                killed: None,
-            });
-            return false;
-        }
-    };
-    let done = match watchdog::watch(channel, w.pid, watch) {
-        watchdog::Ended::Exited(st) if libc::WIFEXITED(st) => {
-            // The worker is gone, and with it its maps and mappings: only now
-            // is the scenario over (teardown splats land before `done`).
-            read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
-                status: StepStatus::Error,
-                reason: format!(
-                    "agent worker exited ({}) without a verdict",
-                    sys::describe_status(st)
-                ),
-                killed: None,
-            })
-        }
-        watchdog::Ended::Exited(st) => {
-            let killed = w.killed_by(libc::WTERMSIG(st));
-            GuestMessage::Done {
-                status: StepStatus::Fail,
-                reason: killed.to_string(),
-                killed: Some(killed),
-            }
-        }
-        // The watchdog sent the step's end and the `done`.
-        watchdog::Ended::TimedOut => return false,
-        // It had its verdict but did not exit: the verdict stands.
-        watchdog::Ended::Lingered => read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
-            status: StepStatus::Timeout,
-            reason: "worker did not finish within the scenario's hard cap".into(),
-            killed: None,
-        }),
-    };
-    let passed = matches!(
-        &done,
-        GuestMessage::Done {
-            status: StepStatus::Pass | StepStatus::Skip,
-            ..
-        }
-    );
-    channel.send(&done);
-    passed
 }

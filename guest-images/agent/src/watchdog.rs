@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use arena_protocol::{GuestMessage, StepStatus};
 
 use crate::channel::Channel;
-use crate::{executor, sys};
+use crate::executor::set_verdict_fd;
+use crate::worker::{spawn, Worker};
+use crate::{counters, sys};
 
 /// How often PID 1 tells the host how far the scenario got.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -70,7 +72,7 @@ pub fn watch(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
         }
         let now = Instant::now();
         if now >= cap {
-            if !executor::worker_finished() {
+            if !counters::worker_finished() {
                 return time_out(channel, pid, w);
             }
             if now >= give_up {
@@ -95,9 +97,9 @@ fn kind_of(kinds: &[&'static str], i: usize) -> &'static str {
     kinds.get(i).copied().unwrap_or("?")
 }
 
-/// Milliseconds since `started_ns` ([`executor::monotonic_ns`]).
+/// Milliseconds since `started_ns` ([`counters::monotonic_ns`]).
 fn elapsed_ms(started_ns: u64) -> u64 {
-    executor::monotonic_ns().saturating_sub(started_ns) / 1_000_000
+    counters::monotonic_ns().saturating_sub(started_ns) / 1_000_000
 }
 
 /// Send `progress` for the running step, if any; `false` when the worker
@@ -105,11 +107,11 @@ fn elapsed_ms(started_ns: u64) -> u64 {
 fn tick(channel: &Channel, kinds: &[&'static str]) -> bool {
     // During PID 1's turn the worker can neither send nor end its step, so
     // the step read here has not ended yet on the channel.
-    let Some(_turn) = executor::try_channel_turn() else {
+    let Some(_turn) = counters::try_channel_turn() else {
         return false;
     };
-    if let Some((i, started_ns)) = executor::running_step() {
-        let (ticks, workers) = executor::read_counters();
+    if let Some((i, started_ns)) = counters::running_step() {
+        let (ticks, workers) = counters::read_counters();
         channel.send(&GuestMessage::Progress {
             path: i.to_string(),
             kind: kind_of(kinds, i).into(),
@@ -134,9 +136,9 @@ fn kill(pid: libc::pid_t) {
 fn time_out(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
     // The channel is PID 1's from here: the worker is not killed in the
     // middle of a message, and its step cannot end on the channel first.
-    let _turn = executor::channel_turn();
-    let running = executor::running_step();
-    let at = executor::read_counters()
+    let _turn = counters::channel_turn();
+    let running = counters::running_step();
+    let at = counters::read_counters()
         .1
         .map(|p| format!(", {p}"))
         .unwrap_or_default();
@@ -166,6 +168,81 @@ fn time_out(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
     Ended::TimedOut
 }
 
+/// The `done` message the worker left in its verdict pipe, if any.
+fn read_verdict(w: &Worker) -> Option<GuestMessage> {
+    String::from_utf8_lossy(&w.output())
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// Run `work` in a forked worker, watched by this process (`progress`, the
+/// hard cap: [`watch`]), and send the `done`: the worker's
+/// verdict, or how it ended without one (crash, kill, hard cap); whether
+/// it passed.
+pub fn supervise(channel: &Channel, limits: &Watch, work: impl FnOnce() -> bool) -> bool {
+    // Mapped before the fork, so that the worker and PID 1 share it: the
+    // worker publishes its step there and PID 1 reads it.
+    counters::map_counters();
+    // No pipes or no fork, no worker: report it; the caller powers off.
+    let w = match spawn(|verdict_tx| {
+        set_verdict_fd(verdict_tx);
+        if work() {
+            0
+        } else {
+            1
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            channel.send(&GuestMessage::Done {
+                status: StepStatus::Error,
+                reason: format!("cannot start the agent worker: {e}"),
+                killed: None,
+            });
+            return false;
+        }
+    };
+    let done = match watch(channel, w.pid, limits) {
+        Ended::Exited(st) if libc::WIFEXITED(st) => {
+            // The worker is gone, and with it its maps and mappings: only now
+            // is the scenario over (teardown splats land before `done`).
+            read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
+                status: StepStatus::Error,
+                reason: format!(
+                    "agent worker exited ({}) without a verdict",
+                    sys::describe_status(st)
+                ),
+                killed: None,
+            })
+        }
+        Ended::Exited(st) => {
+            let killed = w.killed_by(libc::WTERMSIG(st));
+            GuestMessage::Done {
+                status: StepStatus::Fail,
+                reason: killed.to_string(),
+                killed: Some(killed),
+            }
+        }
+        // The watchdog sent the step's end and the `done`.
+        Ended::TimedOut => return false,
+        // It had its verdict but did not exit: the verdict stands.
+        Ended::Lingered => read_verdict(&w).unwrap_or_else(|| GuestMessage::Done {
+            status: StepStatus::Timeout,
+            reason: "worker did not finish within the scenario's hard cap".into(),
+            killed: None,
+        }),
+    };
+    let passed = matches!(
+        &done,
+        GuestMessage::Done {
+            status: StepStatus::Pass | StepStatus::Skip,
+            ..
+        }
+    );
+    channel.send(&done);
+    passed
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs::File;
@@ -175,7 +252,7 @@ mod tests {
     use arena_protocol::WorkerProgress;
 
     use super::*;
-    use crate::executor::WorkerCounters;
+    use crate::counters::WorkerCounters;
     use crate::worker::{self, testing::in_single_threaded_child};
 
     /// A file both processes of a test write the channel's lines to (a
@@ -226,7 +303,7 @@ mod tests {
     fn fork_many(channel: &Channel) -> bool {
         let t0 = Instant::now();
         channel.send(&started("processes"));
-        executor::step_started(0);
+        counters::step_started(0);
         let mut ok = 0;
         for wave in 0..CHILDREN / 20 {
             let children: Vec<_> = (0..20)
@@ -255,7 +332,7 @@ mod tests {
         }
         // Long enough for many ticks, however fast the forks were.
         std::thread::sleep(Duration::from_millis(300).saturating_sub(t0.elapsed()));
-        executor::step_done();
+        counters::step_done();
         channel.send(&GuestMessage::StepEnded {
             path: "0".into(),
             kind: "processes".into(),
@@ -264,14 +341,14 @@ mod tests {
             duration_ms: t0.elapsed().as_millis() as u64,
             data: serde_json::Value::Null,
         });
-        executor::scenario_done();
+        counters::scenario_done();
         let all = ok == CHILDREN;
         let status = if all {
             StepStatus::Pass
         } else {
             StepStatus::Fail
         };
-        executor::verdict(status, format!("{ok} of {CHILDREN} children"));
+        crate::executor::verdict(status, format!("{ok} of {CHILDREN} children"));
         all
     }
 
@@ -283,7 +360,7 @@ mod tests {
             let channel = Channel::from_files(File::open("/dev/null").unwrap(), theirs);
             // PID 1's part, busy: a tick every 5 ms.
             let w = watch(vec!["processes"], 120, Duration::from_millis(5));
-            assert!(crate::supervise(&channel, &w, || fork_many(&channel)));
+            assert!(supervise(&channel, &w, || fork_many(&channel)));
         });
         let msgs = messages(&out);
         assert_eq!(msgs[0], started("processes"));
@@ -343,9 +420,9 @@ mod tests {
             let channel = Channel::from_files(File::open("/dev/null").unwrap(), theirs);
             let w = watch(vec!["threads"], 1, Duration::from_millis(100));
             let t0 = Instant::now();
-            let passed = crate::supervise(&channel, &w, || {
+            let passed = supervise(&channel, &w, || {
                 channel.send(&started("threads"));
-                executor::step_started(0);
+                counters::step_started(0);
                 let workers = WorkerCounters::claim(2, 10).unwrap();
                 workers.iteration_done(0);
                 std::thread::sleep(Duration::from_secs(60));

@@ -153,7 +153,7 @@ pub mod testing {
         // fork-safe by the C library).
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            crate::executor::fresh_counters();
+            crate::counters::fresh_counters();
             let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
                 Ok(()) => 0,
                 Err(p) => {

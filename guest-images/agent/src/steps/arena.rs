@@ -3,7 +3,7 @@
 use arena_protocol::scenario::{ArenaFlag, ArenaStep, PageSet};
 
 use super::check_errno;
-use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
+use super::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys;
 
 /// Map flags for a step.

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use arena_protocol::scenario::{BoundsError, PAGE_SIZE};
 
-use crate::executor::{ArenaState, StepError};
+use super::{ArenaState, StepError};
 
 /// A step error from a bounds problem.
 pub fn error(e: BoundsError) -> StepError {
@@ -224,7 +224,7 @@ pub mod testing {
 
     use arena_protocol::scenario::{PageSet, PAGE_SIZE};
 
-    use crate::executor::{ArenaState, Ctx};
+    use crate::steps::{ArenaState, Ctx};
 
     /// The test arena's id.
     pub const ID: &str = "a";

@@ -13,7 +13,7 @@ use arena_protocol::scenario::{
 use libbpf_sys as bpf;
 
 use super::check_errno;
-use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
+use super::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys::BPF_MAP_TYPE_ARENA;
 
 /// Nodes a walk follows before it calls the structure corrupt (a cycle).

@@ -7,7 +7,7 @@ use arena_protocol::scenario::{
     CrashStep, KernelLogStep, RepeatStep, SleepStep, SweepStep, SysctlStep, SysrqStep,
 };
 
-use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult};
+use super::{run_steps, Ctx, Outcome, StepError, StepResult};
 
 /// `sleep:` step.
 pub fn sleep(s: &SleepStep) -> StepResult {

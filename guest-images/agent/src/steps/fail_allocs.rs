@@ -4,7 +4,7 @@
 
 use arena_protocol::scenario::FailAllocsStep;
 
-use crate::executor::{Outcome, StepError, StepResult};
+use super::{Outcome, StepError, StepResult};
 
 /// The two fault points allocations go through: pages and slab objects
 /// (the maple and range trees' nodes are slab objects).

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use arena_protocol::scenario::{KmemleakAction, KmemleakStep};
 
-use crate::executor::{Outcome, StepError, StepResult};
+use super::{Outcome, StepError, StepResult};
 
 /// kmemleak's control and report file (the agent mounts debugfs at boot).
 const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";

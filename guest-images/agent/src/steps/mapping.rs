@@ -14,7 +14,7 @@ use arena_protocol::scenario::{
 };
 
 use super::{bounds, check_errno};
-use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
+use super::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys::errno;
 
 /// Map `len` bytes of the arena `fd` at `addr` (0 = anywhere).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use arena_protocol::scenario::MemoryStep;
 
-use crate::executor::{Ctx, Outcome, StepError, StepResult};
+use super::{Ctx, Outcome, StepError, StepResult};
 
 /// Pause between reads while waiting for deferred frees.
 const POLL: Duration = Duration::from_millis(20);

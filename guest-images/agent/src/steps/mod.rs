@@ -4,6 +4,7 @@ pub mod arena;
 pub mod bounds;
 pub mod bpf;
 pub mod control;
+mod ctx;
 pub mod fail_allocs;
 pub mod kmemleak;
 pub mod mapping;
@@ -15,7 +16,7 @@ pub mod touch;
 use arena_protocol::scenario::{errno_name, Step, SyscallExpect};
 
 use crate::channel::Channel;
-use crate::executor::{Ctx, StepError, StepResult};
+pub use ctx::{ArenaState, Ctx, Outcome, StepError, StepResult};
 
 /// Run one step in the current process.
 pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
@@ -81,6 +82,15 @@ pub fn check_errno<T>(
             errno_name(n)
         ))),
     }
+}
+
+/// Run `steps` in order; the first failing step ends the list.
+pub fn run_steps(ctx: &mut Ctx, list: &[Step]) -> Result<(), (usize, StepError)> {
+    for (i, step) in list.iter().enumerate() {
+        run(ctx, step).map_err(|e| (i, e))?;
+        crate::counters::tick();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

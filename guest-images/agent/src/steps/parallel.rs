@@ -14,7 +14,8 @@ use arena_protocol::scenario::{Count, ParallelStep, RoleView, Signal, WorkersExp
 use arena_protocol::seed;
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{run_steps, Ctx, Outcome, StepError, StepResult, WorkerCounters};
+use super::{run_steps, Ctx, Outcome, StepError, StepResult};
+use crate::counters::WorkerCounters;
 use crate::sys;
 use crate::worker;
 

@@ -12,8 +12,8 @@ use arena_protocol::paths::{BOOT_DIR, NOT_BUILT, SELFTESTS_DIR, SUBTESTS, TEST_P
 use arena_protocol::scenario::SelftestStep;
 use arena_protocol::{GuestMessage, StepStatus};
 
+use super::{Outcome, StepError, StepResult};
 use crate::channel::Channel;
-use crate::executor::{Outcome, StepError, StepResult};
 
 /// Log lines kept per test (the tail).
 const MAX_LOG_LINES: usize = 200;

@@ -20,7 +20,7 @@ use arena_protocol::seed;
 
 use super::bounds;
 use super::mapping::map;
-use crate::executor::{ArenaState, Ctx, Outcome, StepError, StepResult};
+use super::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys;
 use crate::worker;
 
