@@ -19,8 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::devices::lock;
+use crate::error::Error;
 use crate::virtio::console::RX_QUEUE;
-use crate::{ConsoleTransport, Error};
+use crate::virtio::ConsoleTransport;
 
 /// How long pending guest output may take to drain at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);

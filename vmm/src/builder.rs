@@ -5,6 +5,7 @@
 //! irqchip/PIT/clock state → devices with saved state → vCPUs with saved
 //! state.
 
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -19,11 +20,15 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::arch::x86_64::regs::BootEntry;
 use crate::arch::x86_64::{acpi, mptable, regs};
 use crate::bridge::SocketBridge;
+use crate::config::{HostIo, RestoreConfig, SerialOutput, VmConfig};
 use crate::devices::acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use crate::devices::i8042::{I8042Device, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::legacy;
 use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_IRQ, COM1_PORT, UART_PORT_LEN};
 use crate::devices::{self, Bus, SharedDevice};
+use crate::error::Error;
+use crate::event::VmEvent;
+use crate::exit_reason::ExitReason;
 use crate::gdb;
 use crate::memory::{self, GuestMem};
 use crate::snapshot::state::{DeviceState, MachineState, VcpuState, VmState};
@@ -31,10 +36,9 @@ use crate::snapshot::{self, kvm_state, SnapshotError};
 use crate::vcpu::Vcpu;
 use crate::virtio::console::Console;
 use crate::virtio::mmio::MmioTransport;
-use crate::{
-    loader, new_eventfd, probe, serial_writer, ConsoleTransport, DeviceHandles, Error, ExitReason,
-    HostIo, RestoreConfig, VirtioSlot, Vm, VmConfig, VmEvent,
-};
+use crate::virtio::{ConsoleTransport, VirtioSlot};
+use crate::vm::{DeviceHandles, RestoreTimes, Vm};
+use crate::{loader, probe};
 use vmm_sys_util::eventfd::EventFd;
 
 impl Vm {
@@ -109,7 +113,7 @@ impl Vm {
         let devs = create_devices(vm, &mem, host, slot, &exit.0, Some(&state.devices))?;
         let vcpus = restore_vcpus(vm, &state.vcpus).map_err(snap_err)?;
         let mut vm = Self::assemble(kvm_vm, mem, devs, vcpus, exit, state.machine, host);
-        vm.restore_times = Some(crate::RestoreTimes {
+        vm.restore_times = Some(RestoreTimes {
             verify: verified,
             build: start.elapsed() - verified,
         });
@@ -414,4 +418,49 @@ fn restore_vcpus(vm: &VmFd, saved: &[VcpuState]) -> Result<Vec<Vcpu>, SnapshotEr
             Ok(Vcpu::restored(fd, s.id))
         })
         .collect()
+}
+
+fn new_eventfd() -> Result<EventFd, Error> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))
+}
+
+/// Counts what passes through into `progress`.
+struct Counting(Box<dyn Write + Send>, Arc<std::sync::atomic::AtomicU64>);
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Counted even when the output fails: the guest did write it.
+        self.1
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.0.write(buf).or(Ok(buf.len()))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The UART's output, counting every byte into `progress`.
+fn serial_writer(
+    out: &SerialOutput,
+    progress: &Arc<std::sync::atomic::AtomicU64>,
+) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(Box::new(Counting(
+        plain_serial_writer(out)?,
+        progress.clone(),
+    )))
+}
+
+fn plain_serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match out {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File(p) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| Error::Io(p.display().to_string(), e))?,
+        ),
+        SerialOutput::Buffer(b) => Box::new(b.clone()),
+        SerialOutput::Sink => Box::new(std::io::sink()),
+    })
 }

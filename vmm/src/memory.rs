@@ -96,6 +96,12 @@ pub enum MemoryError {
     /// mmap of the guest RAM failed.
     #[error("cannot map guest memory: {0}")]
     Mmap(String),
+    /// A guest region has no host mapping to register.
+    #[error("invalid configuration: guest region without host mapping")]
+    Unmapped,
+    /// `KVM_SET_USER_MEMORY_REGION` failed.
+    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
+    Register(kvm_ioctls::Error),
 }
 
 /// Registers every region of `mem` with KVM as guest RAM, one slot each.
@@ -104,12 +110,12 @@ pub enum MemoryError {
 ///
 /// `mem` must stay mapped for as long as any vCPU of `vm` can run: KVM
 /// reads and writes the regions through their host addresses.
-pub unsafe fn register_with_kvm(vm: &kvm_ioctls::VmFd, mem: &GuestMem) -> Result<(), crate::Error> {
+pub unsafe fn register_with_kvm(vm: &kvm_ioctls::VmFd, mem: &GuestMem) -> Result<(), MemoryError> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| crate::Error::Config("guest region without host mapping".into()))?;
+            .map_err(|_| MemoryError::Unmapped)?;
         let r = kvm_bindings::kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -119,8 +125,7 @@ pub unsafe fn register_with_kvm(vm: &kvm_ioctls::VmFd, mem: &GuestMem) -> Result
         };
         // SAFETY: `host..host + len` is this region's mapping; the caller
         // keeps it mapped while the VM can run.
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(|e| crate::Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        unsafe { vm.set_user_memory_region(r) }.map_err(MemoryError::Register)?;
     }
     Ok(())
 }

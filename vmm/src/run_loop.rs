@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::Killable;
 
-use crate::gdb::{self, DebugExit, Debugger, Outcome};
+use crate::error::Error;
+use crate::event::{DebugExit, VmEvent};
+use crate::exit_reason::ExitReason;
+use crate::gdb::{self, Debugger, Outcome};
 use crate::vcpu::{self, Vcpu, VcpuContext};
-use crate::{devices, exit_stats, snapshot, Error, ExitReason, RunReport, Vm, VmEvent};
+use crate::vm::{RunReport, Vm};
+use crate::{devices, exit_stats, snapshot};
 
 /// How often the loop looks for a signal's request (snapshot, debugger):
 /// a signal handler can only set a flag.

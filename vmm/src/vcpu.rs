@@ -9,9 +9,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::arch::x86_64::{cpuid, msr, regs, ArchError};
 use crate::devices::Bus;
+use crate::event::{DebugExit, VmEvent};
+use crate::exit_reason::ExitReason;
 use crate::exit_stats::{ExitKind, ExitStats};
-use crate::gdb::DebugExit;
-use crate::{ExitReason, VmEvent};
 
 /// Signal used to kick vCPU threads out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {

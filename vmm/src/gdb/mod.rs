@@ -41,8 +41,8 @@ pub mod target;
 
 use std::net::SocketAddr;
 
+pub use crate::event::{ClientEvent, ClientInput, DebugExit};
 pub use session::{Debugger, Outcome};
-pub use stop::DebugExit;
 
 /// `arena-vmm` flag: stub on ADDR, the VM halted until a client resumes it.
 pub const GDB_FLAG: &str = "--gdb";
@@ -99,25 +99,6 @@ pub enum GdbError {
     /// `gdbstub` refused the session.
     #[error("gdb stub: {0}")]
     Protocol(String),
-}
-
-/// What the client's reader thread saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientInput {
-    /// Bytes, as read.
-    Bytes(Vec<u8>),
-    /// The connection closed.
-    HungUp,
-}
-
-/// Client input, tagged with its session so that a late event of an ended
-/// session is never taken for the next one's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientEvent {
-    /// The session it belongs to.
-    pub session: u64,
-    /// What came.
-    pub input: ClientInput,
 }
 
 #[cfg(test)]

@@ -24,11 +24,12 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 
 use super::breakpoints::{guest_debug, DebugRequest};
-use super::stop::{classify, DebugExit, DebugStop};
+use super::stop::{classify, DebugStop};
 use super::target::{tid_of, Action, ResumePlan, VmTarget};
 use super::{memory, ClientEvent, ClientInput, GdbConfig, GdbError};
+use crate::event::{DebugExit, VmEvent};
+use crate::exit_reason::ExitReason;
 use crate::vcpu::Vcpu;
-use crate::{ExitReason, VmEvent};
 
 /// How long a reply may wait for a client that does not read: past it
 /// the session ends instead of stalling the VMM.

@@ -19,15 +19,6 @@ pub const DB_VECTOR: u32 = 1;
 /// Vector of the breakpoint exception (`#BP`): `int3`.
 pub const BP_VECTOR: u32 = 3;
 
-/// A vCPU that left `KVM_RUN` with `KVM_EXIT_DEBUG`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DebugExit {
-    /// Which vCPU.
-    pub vcpu: u8,
-    /// What KVM reported.
-    pub arch: kvm_debug_exit_arch,
-}
-
 /// What a debug exit means to the stub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DebugStop {

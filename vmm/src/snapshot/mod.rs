@@ -51,7 +51,6 @@
 
 pub mod format;
 pub mod kvm_state;
-mod save;
 pub mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -21,7 +21,7 @@ use crate::devices::serial::SerialSnapshot;
 use crate::memory;
 use crate::virtio::console::ConsoleSnapshot;
 use crate::virtio::mmio::TransportSnapshot;
-use crate::VirtioSlot;
+use crate::virtio::VirtioSlot;
 
 /// Most MSRs a vCPU state may carry (KVM lists a few hundred at most).
 pub const MAX_MSRS: usize = 4096;

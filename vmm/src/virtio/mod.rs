@@ -9,10 +9,14 @@
 pub mod console;
 pub mod mmio;
 
+use std::sync::{Arc, Mutex};
+
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
 
 use crate::memory::GuestMem;
+use console::Console;
+use mmio::MmioTransport;
 
 /// Device status: guest noticed the device.
 pub const STATUS_ACKNOWLEDGE: u32 = 1;
@@ -170,6 +174,45 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, VirtioError>;
     /// Forgets all driver-visible state (the driver wrote status 0).
     fn reset(&mut self);
+}
+
+/// First interrupt line used by virtio-mmio devices (one per slot).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+
+/// The virtio-console behind its MMIO transport.
+pub type ConsoleTransport = Arc<Mutex<MmioTransport<Console>>>;
+
+/// One virtio-mmio device slot: where the guest finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// MMIO base address.
+    pub addr: u64,
+    /// Size of the register window.
+    pub size: u64,
+    /// Interrupt line (GSI).
+    pub irq: u32,
+}
+
+impl VirtioSlot {
+    /// Slot `i` of the virtio-mmio window.
+    pub fn nth(i: u32) -> Self {
+        Self {
+            addr: crate::memory::VIRTIO_MMIO_BASE
+                + u64::from(i) * crate::memory::VIRTIO_MMIO_SLOT_SIZE,
+            size: crate::memory::VIRTIO_MMIO_SLOT_SIZE,
+            irq: VIRTIO_IRQ_BASE + i,
+        }
+    }
+
+    /// `virtio_mmio.device=` kernel parameter describing this slot.
+    pub fn cmdline_param(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size >> 10,
+            self.addr,
+            self.irq
+        )
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::devices::acpi_pm::{
 };
 use crate::devices::serial::{COM1_IRQ, COM1_PORT, UART_PORT_LEN};
 use crate::memory::{GuestMem, ACPI_START, APIC_START, BIOS_END, IOAPIC_START};
-use crate::VirtioSlot;
+use crate::virtio::VirtioSlot;
 
 /// OEM ID in every table header.
 pub const OEM_ID: [u8; 6] = *b"ARENA ";
