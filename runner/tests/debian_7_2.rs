@@ -1,49 +1,102 @@
-//! Debian's 7.2 (from sid, through the lab's own apt state) as a kernel:
-//! fetched with `lab kernel fetch --series 7.2`, then the smoke scenarios
-//! under QEMU/TCG with `--kernel debian:7.2`, then the catalogue and 7.2's
-//! selftests. The first run downloads about
-//! 125 MB (measured: 23 s cold, 3 s warm for the fetch); later runs use the cache.
+//! Debian's 7.2 (from sid, through the lab's own apt state) as a kernel,
+//! pinned by the kernel lock `guest-images/kernels.lock`: the smoke
+//! scenarios under QEMU/TCG, the catalogue and 7.2's selftests on exactly
+//! the locked kernel (`--kernel debian:7.2.13 --kernel-sha256 <locked>`),
+//! never whatever sid has moved on to. A run with the locked kernel in the
+//! cache makes no apt call; without it, that exact version is fetched (about
+//! 125 MB; 23 s measured) or the test fails saying why it cannot be.
+//!
+//! Refreshing the lock (newest 7.2 from sid's refreshed lists, newest 6.12
+//! from the host's) is explicit: `ARENA_LAB_REFRESH_KERNEL_LOCK=1 cargo test
+//! --release -p arena-runner --test debian_7_2` rewrites the lock, then runs
+//! these tests on it.
 
 mod common;
 
+use std::sync::OnceLock;
+
+use arena_images::kernel::lock::{self, Lock, Locked};
+use arena_images::kernel::Kernel;
 use common::*;
 
+/// The lock, refreshed first (once per test binary) when
+/// `ARENA_LAB_REFRESH_KERNEL_LOCK=1`.
+fn kernel_lock() -> &'static Lock {
+    static LOCK: OnceLock<Lock> = OnceLock::new();
+    LOCK.get_or_init(|| {
+        let path = root().join(lock::PATH_IN_REPO);
+        if std::env::var_os("ARENA_LAB_REFRESH_KERNEL_LOCK").is_some_and(|v| v == "1") {
+            let before = std::fs::read_to_string(&path).unwrap_or_default();
+            let new = lock::refresh(&path, &["7.2", "6.12"])
+                .unwrap_or_else(|e| panic!("refreshing {}: {e}", path.display()));
+            let after = new.render();
+            eprintln!(
+                "kernel lock {}: {}\n{after}",
+                path.display(),
+                if before == after {
+                    "unchanged"
+                } else {
+                    "REWRITTEN (review and commit it)"
+                }
+            );
+            return new;
+        }
+        Lock::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// The locked kernel of `series`, in the cache and checked against the
+/// lock's sha256 (fetched at exactly that version if missing), or a panic
+/// saying why it cannot be had.
+fn locked(series: &str) -> (Locked, Kernel) {
+    let l = kernel_lock()
+        .get(series)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone();
+    let k = lock::resolve(&l).unwrap_or_else(|e| panic!("kernel lock: {e}"));
+    (l, k)
+}
+
+/// `--kernel debian:X.Y.Z --kernel-sha256 <locked>`: the lab refuses any
+/// other kernel (exit 2).
+fn kernel_args(l: &Locked) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        format!("debian:{}", l.spec()),
+        "--kernel-sha256".into(),
+        l.sha256.clone(),
+    ]
+}
+
+/// The kernel a run's summary names is the locked one.
+fn assert_ran_locked(s: &serde_json::Value, l: &Locked) {
+    let k = &s["kernel"];
+    assert_eq!(k["sha256"], l.sha256.as_str(), "not the locked kernel: {k}");
+    assert_eq!(k["release"], l.release.as_str(), "{k}");
+    assert_eq!(k["origin"]["package"], l.package.as_str(), "{k}");
+    assert_eq!(k["origin"]["version"], l.version.as_str(), "{k}");
+}
+
 #[test]
-fn fetch_7_2_then_smoke_catalogue_and_selftests_pass_on_it() {
-    let out = lab(&["kernel", "fetch", "--series", "7.2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let k: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(k["release"].as_str().unwrap().starts_with("7.2."), "{k}");
-    assert_eq!(k["origin"]["suite"], "sid");
-    assert!(k["origin"]["package"]
-        .as_str()
-        .unwrap()
-        .starts_with("linux-binary-7.2."));
-    assert!(k["origin"]["other_packages"]
-        .as_array()
-        .unwrap()
+fn locked_7_2_then_smoke_catalogue_and_selftests_pass_on_it() {
+    let (l, k) = locked("7.2");
+    assert!(k.release.starts_with("7.2."), "{k:?}");
+    assert_eq!(l.suite.as_deref(), Some("sid"));
+    assert!(l.package.starts_with("linux-binary-7.2."));
+    assert!(l
+        .other_packages
         .iter()
-        .any(|p| p.as_str().unwrap().starts_with("linux-modules-7.2.")));
-    assert!(k["origin"]["version"].as_str().unwrap().starts_with("7.2."));
+        .any(|p| p.starts_with("linux-modules-7.2.")));
+    assert!(l.version.starts_with("7.2."));
 
     // The smoke set, the catalogue and 7.2's own selftests (built from
-    // linux-source-7.2 with the newest clang): green, with every selftest
-    // result in the JUnit and none failed.
+    // linux-source-7.2 at the kernel's version, with the newest clang):
+    // green, with every selftest result in the JUnit and none failed.
     let results = scratch("debian-7.2");
-    let out = lab_run(
-        &results,
-        &[
-            "--kernel",
-            "debian:7.2",
-            "scenarios/smoke",
-            "scenarios/arena",
-            "scenarios/selftests",
-        ],
-    );
+    let mut args = kernel_args(&l);
+    args.extend(["scenarios/smoke", "scenarios/arena", "scenarios/selftests"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab_run(&results, &args);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -53,8 +106,7 @@ fn fetch_7_2_then_smoke_catalogue_and_selftests_pass_on_it() {
     assert_passed_but_known_bugs(&results);
     let s = summary(&results);
     assert_eq!(s["complete"], true);
-    assert_eq!(s["kernel"]["release"], k["release"]);
-    assert_eq!(s["kernel"]["origin"]["package"], k["origin"]["package"]);
+    assert_ran_locked(&s, &l);
     let junit = std::fs::read_to_string(results.join("latest/junit.xml")).unwrap();
     for test in [
         "arena_spin_lock/arena_spin_lock_1\"",
@@ -98,8 +150,43 @@ fn unknown_debian_channel_is_invalid_input() {
     assert!(stderr.contains("unknown Debian kernel channel"), "{stderr}");
 }
 
+/// A kernel that is not the locked one is refused, naming both digests:
+/// by the lab (`--kernel-sha256`, exit 2, before any boot) and by the lock.
+#[test]
+fn a_kernel_other_than_the_locked_one_is_refused() {
+    let (l, _) = locked("7.2");
+    let results = scratch("debian-wrong-sha");
+    let wrong = "0".repeat(64);
+    let spec = format!("debian:{}", l.spec());
+    let out = lab_run(
+        &results,
+        &[
+            "--kernel",
+            &spec,
+            "--kernel-sha256",
+            &wrong,
+            "scenarios/smoke",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&l.sha256) && stderr.contains(&wrong),
+        "{stderr}"
+    );
+
+    let mut other = l.clone();
+    other.sha256 = wrong.clone();
+    let err = lock::resolve(&other).unwrap_err().to_string();
+    assert!(
+        err.contains(&l.sha256) && err.contains(&wrong) && err.contains("refusing it"),
+        "{err}"
+    );
+    assert!(err.contains(lock::REFRESH_COMMAND), "{err}");
+}
+
 /// A scenario's `requires`: on 7.2, which has `bpf_arena_reserve_pages`,
-/// the 7.x catalogue scenario runs and passes; on the default 6.12 it is
+/// the 7.x catalogue scenario runs and passes; on 6.12 (the default series) it is
 /// skipped with the missing kfunc named (JUnit `<skipped>`, summary
 /// `skipped`, KTAP `# SKIP`), never passed, and the run stays green. A
 /// requirement every kernel meets runs the scenario.
@@ -123,20 +210,27 @@ steps:
     let present = present.to_str().unwrap();
     let files = [reserve, violation, nonsleepable, present];
 
+    let (l72, _) = locked("7.2");
+    let (l612, _) = locked("6.12");
+    let run_on = |results: &std::path::Path, l: &Locked| {
+        let mut args = kernel_args(l);
+        args.extend(files.map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = lab_run(results, &args);
+        assert_eq!(out.status.code(), Some(0));
+        let s = summary(results);
+        assert_ran_locked(&s, l);
+        s
+    };
+
     let new = dir.join("7.2");
-    let mut args = vec!["--kernel", "debian:7.2"];
-    args.extend(files);
-    let out = lab_run(&new, &args);
-    assert_eq!(out.status.code(), Some(0));
-    let s = summary(&new);
+    let s = run_on(&new, &l72);
     for sc in s["scenarios"].as_array().unwrap() {
         assert_eq!(sc["verdict"], "pass", "{sc}");
     }
 
     let old = dir.join("6.12");
-    let out = lab_run(&old, &files);
-    assert_eq!(out.status.code(), Some(0));
-    let s = summary(&old);
+    let s = run_on(&old, &l612);
     assert_eq!(
         (s["skipped"].as_u64(), s["passed"].as_u64()),
         (Some(3), Some(1)),
@@ -179,17 +273,24 @@ steps:
     assert!(md.contains("→ 7.2."), "{md}");
 }
 
-/// `lab run --kernel debian:6.12 --kernel debian:7.2`: one results root per
-/// kernel, an index naming them, and the later kernel's run compared with
-/// the first's, verdict changes included (a capability 6.12 lacks).
+/// `lab run --kernel debian:6.12.N --kernel debian:7.2.N` (the locked
+/// kernels): one results root per kernel, an index naming them, and the
+/// later kernel's run compared with the first's, verdict changes included
+/// (a capability 6.12 lacks).
 #[test]
 fn one_run_over_two_kernels_compares_them() {
+    // --kernel-sha256 names one kernel: with two, each run's summary is
+    // checked against the lock instead.
+    let (l612, _) = locked("6.12");
+    let (l72, _) = locked("7.2");
     let results = scratch("two-kernels");
+    let old = format!("debian:{}", l612.spec());
+    let new = format!("--kernel=debian:{}", l72.spec());
     let out = lab(&[
         "run",
         "--kernel",
-        "debian:6.12",
-        "--kernel=debian:7.2",
+        &old,
+        &new,
         "--results",
         results.to_str().unwrap(),
         "scenarios/smoke",
@@ -200,20 +301,15 @@ fn one_run_over_two_kernels_compares_them() {
         serde_json::from_slice(&std::fs::read(results.join("kernels.json")).unwrap()).unwrap();
     let kernels = index["kernels"].as_array().unwrap();
     assert_eq!(kernels.len(), 2, "{index}");
-    for (k, (label, release)) in kernels
-        .iter()
-        .zip([("debian-6.12", "6.12."), ("debian-7.2", "7.2.")])
-    {
+    let labels = [
+        format!("debian-{}", l612.spec()),
+        format!("debian-{}", l72.spec()),
+    ];
+    for (k, (label, l)) in kernels.iter().zip(labels.iter().zip([&l612, &l72])) {
         assert_eq!(k["exit"], 0, "{k}");
-        let root = results.join(label);
-        let s = summary(&root);
-        assert!(
-            s["kernel"].to_string().contains(release),
-            "{label} ran another kernel: {}",
-            s["kernel"]
-        );
+        assert_ran_locked(&summary(&results.join(label)), l);
     }
-    let md = std::fs::read_to_string(results.join("debian-7.2/latest/compare.md")).unwrap();
+    let md = std::fs::read_to_string(results.join(&labels[1]).join("latest/compare.md")).unwrap();
     assert!(md.contains("Kernels differ: 6.12."), "{md}");
     assert!(md.contains("| ba-reserve-pages | skipped | pass |"), "{md}");
     // Options naming one kernel's files are ambiguous with two kernels.

@@ -153,6 +153,31 @@ impl Apt {
         })
     }
 
+    /// Every version of `package` this state's lists know (`apt-cache
+    /// madison`), newest first; empty when the lists do not know it.
+    pub fn versions(&self, package: &str) -> Result<Vec<String>> {
+        let out = self.locked(|| run_tool(self.command("apt-cache").args(["madison", package])))?;
+        Ok(parse_madison(
+            &String::from_utf8_lossy(&out.stdout),
+            package,
+        ))
+    }
+
+    /// The `Date:` of a private state's release file (when its lists were
+    /// published), for messages; `None` for the host's apt or no lists.
+    pub fn lists_date(&self) -> Option<String> {
+        let lists = self.own.as_ref()?.dir.join("lists");
+        std::fs::read_dir(lists)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("Release"))
+            .find_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("Date:").map(|d| d.trim().to_owned()))
+            })
+    }
+
     /// Download `package` at `version` into `dir`; the `.deb`'s path.
     pub fn download(&self, package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -198,6 +223,24 @@ pub fn parse_show(text: &str) -> Option<PackageInfo> {
         .map(str::to_owned)
         .collect();
     Some(PackageInfo { version, depends })
+}
+
+/// The versions of `package` in `apt-cache madison` output
+/// (`package | version | source` lines), in order, without repeats.
+pub fn parse_madison(text: &str, package: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let mut cols = line.split('|').map(str::trim);
+        if cols.next() != Some(package) {
+            continue;
+        }
+        if let Some(v) = cols.next().filter(|v| !v.is_empty()) {
+            if !out.iter().any(|o| o == v) {
+                out.push(v.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// The base URL and keyring of the host's Debian archive entry.
@@ -290,6 +333,19 @@ mod tests {
             .contains(&"linux-binary-7.2.13+deb14-amd64".to_owned()));
         assert!(info.depends.contains(&"initramfs-tools".to_owned()));
         assert!(parse_show("Package: x\n").is_none());
+    }
+
+    #[test]
+    fn madison_versions_parsed() {
+        let text = "linux-binary-7.2.13+deb14-amd64 |   7.2.13-1 | http://m/debian sid/main amd64 Packages\n\
+                    linux-binary-7.2.13+deb14-amd64 |   7.2.13-1 | http://m/debian sid/main amd64 Packages\n\
+                    linux-binary-7.2.13+deb14-amd64 |   7.2.13-2 | http://m/debian sid/main amd64 Packages\n\
+                    other | 1 | http://m/debian sid/main amd64 Packages\n";
+        assert_eq!(
+            parse_madison(text, "linux-binary-7.2.13+deb14-amd64"),
+            ["7.2.13-1", "7.2.13-2"]
+        );
+        assert!(parse_madison("", "x").is_empty());
     }
 
     #[test]

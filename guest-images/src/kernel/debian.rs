@@ -339,7 +339,8 @@ fn cached_where(channel: Channel, keep: impl Fn((u32, u32, u32)) -> bool) -> Opt
     best.map(|(_, k)| k)
 }
 
-fn load_record(dir: &Path) -> Option<Kernel> {
+/// The [`Kernel`] record of a complete cache directory, if any.
+pub(crate) fn load_record(dir: &Path) -> Option<Kernel> {
     let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -399,6 +400,27 @@ pub fn fetch_with(channel: Channel, patch: Option<u32>, refresh: bool) -> Result
     }
     let packaging = Packaging::of(&candidate, &info);
     unpack(&apt, &candidate, &info.version, &packaging, &dest)
+}
+
+/// Download and unpack exactly `packaging` at `version` as the kernel
+/// `release` into `kernels/<release>/` of the cache (replacing what is
+/// there): no list refresh and no choice of the newest, for a kernel a
+/// lock file names ([`super::lock`]). apt must know that version.
+pub(crate) fn fetch_exact(
+    apt: &Apt,
+    release: &str,
+    version: &str,
+    packaging: &Packaging,
+) -> Result<Kernel> {
+    let candidate = Candidate {
+        package: format!("linux-image-{release}"),
+        release: release.to_owned(),
+        numbers: release_numbers(release).ok_or_else(|| {
+            ImageError::NoKernelPackage(format!("{release} is not a MAJOR.MINOR.PATCH release"))
+        })?,
+    };
+    let dest = cache::dir("kernels")?.join(release);
+    unpack(apt, &candidate, version, packaging, &dest)
 }
 
 /// Download `packages` at `version` with `apt` into the scratch directory

@@ -9,6 +9,7 @@ pub mod ccache;
 pub mod debian;
 pub mod elf;
 pub mod kconfig;
+pub mod lock;
 
 use std::path::{Path, PathBuf};
 
