@@ -8,16 +8,9 @@
 pub mod rng;
 pub mod targets;
 
-/// The runner's splat detector, compiled from its source: the runner is a
-/// binary crate, and this keeps it one without a library split.
-#[allow(dead_code)]
-#[path = "../../runner/src/splat.rs"]
-pub mod splat;
-
-/// The runner's scenario loader, compiled from its source (see [`splat`]).
-#[allow(dead_code)]
-#[path = "../../runner/src/scenario_file.rs"]
-pub mod scenario_file;
+/// The runner's splat detector and scenario loader, from its library.
+pub use arena_runner::judge::splat;
+pub use arena_runner::plan::scenario_file;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};

@@ -2,115 +2,18 @@
 //! place: 0 all passed, 1 a scenario failed or timed out, 2 invalid input,
 //! 3 infrastructure error.
 
-mod attempts;
-mod backend;
-mod bench;
-mod bisect;
-mod compare;
-mod console_capture;
-mod kernel_cmd;
-mod kernel_step;
-mod ktap;
-mod multi_kernel;
-mod mutate;
-mod nested;
-mod plan;
-mod progress;
-mod report;
-mod replay;
-mod repro;
-mod results;
-mod run;
-mod scenario_file;
-mod selection;
-mod session;
-mod shard;
-mod snapshot;
-mod splat;
-mod symbolize;
-mod verdict;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use backend::BackendChoice;
-
-/// Exit codes.
-pub mod exit {
-    /// Every scenario passed.
-    pub const PASS: u8 = 0;
-    /// At least one scenario failed, errored or timed out.
-    pub const FAIL: u8 = 1;
-    /// Invalid input: bad YAML, unknown step or field, missing file.
-    pub const INVALID: u8 = 2;
-    /// Infrastructure: kernel not fetchable or bootable, VM died before hello.
-    pub const INFRA: u8 = 3;
-    /// SIGINT or SIGTERM stopped the run (128 + SIGINT, as shells report it).
-    pub const INTERRUPTED: u8 = 130;
-}
-
-/// A failure of the tool itself, classified for the exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum LabError {
-    /// The user's input is wrong.
-    #[error(transparent)]
-    Invalid(#[from] scenario_file::ScenarioError),
-    /// A file named by a command-line option is missing: invalid input too.
-    #[error("{option} {}: {source}", path.display())]
-    MissingFile {
-        /// The option, e.g. `--kernel`.
-        option: &'static str,
-        /// The path given.
-        path: PathBuf,
-        /// Why it cannot be used.
-        source: std::io::Error,
-    },
-    /// A command-line value that cannot be used (`--history`, `--timeout-scale`,
-    /// `lab compare` input): invalid input too.
-    #[error("{0}")]
-    BadArgs(String),
-    /// The lab could not do its job.
-    #[error("{}", error_text(.0))]
-    Infra(anyhow::Error),
-}
-
-impl LabError {
-    pub fn code(&self) -> u8 {
-        match self {
-            LabError::Invalid(_) | LabError::MissingFile { .. } | LabError::BadArgs(_) => {
-                exit::INVALID
-            }
-            LabError::Infra(_) => exit::INFRA,
-        }
-    }
-}
-
-/// Infrastructure errors from anything else; a [`LabError`] carried inside
-/// (e.g. `plan` found the user's input wrong) keeps its own class.
-pub fn infra<E: Into<anyhow::Error>>(e: E) -> LabError {
-    match e.into().downcast::<LabError>() {
-        Ok(own) => own,
-        Err(e) => LabError::Infra(e),
-    }
-}
-
-/// An error and its causes on one line, each text once: errors that already
-/// show their cause (`{path}: {source}`) would otherwise print it twice.
-pub fn error_text(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
-}
+use arena_runner::execute::backend::BackendChoice;
+use arena_runner::plan::{self, scenario_file, selection, shard};
+use arena_runner::run;
+use arena_runner::tools::{
+    bench, bisect, compare, kernel_cmd, multi_kernel, mutate, nested, report, repro,
+};
+use arena_runner::{exit, infra, KernelArgs, LabError};
 
 #[derive(Parser)]
 #[command(
@@ -122,126 +25,6 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
-
-/// Options that pick the kernel.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct KernelArgs {
-    /// Kernel to boot: a bzImage or vmlinux, or `debian:6.12`, `debian:7.2`,
-    /// `debian:newest` (Debian's newest of that series, or sid's newest);
-    /// default: debian:6.12. `lab run` takes it more than once: the
-    /// scenarios run on each kernel in turn, results in
-    /// RESULTS/<kernel>/<run-id>, each compared with the first kernel's.
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// lib/modules/<release> of --kernel (with modules.dep), if it is modular.
-    #[arg(long)]
-    pub modules: Option<PathBuf>,
-    /// Source tree of --kernel, for the upstream selftests (default kernel:
-    /// Debian's matching linux-source package).
-    #[arg(long)]
-    pub kernel_src: Option<PathBuf>,
-    /// The ELF vmlinux of --kernel: its BTF builds the selftests, its
-    /// symbols and DWARF decode stack traces. Found by itself for a bzImage
-    /// in a build tree (TREE/arch/x86/boot/bzImage next to TREE/vmlinux).
-    #[arg(long)]
-    pub vmlinux: Option<PathBuf>,
-    /// A kernel build directory (in-tree or `make O=`), as `lab kernel build`
-    /// leaves it: its bzImage, vmlinux, installed modules and source (for
-    /// the selftests) are used.
-    #[arg(long, conflicts_with_all = ["kernel", "vmlinux", "modules", "kernel_src"])]
-    pub kernel_tree: Option<PathBuf>,
-}
-
-impl KernelArgs {
-    /// The files these options name exist: a missing one is invalid input
-    /// (exit 2), reported before anything is fetched, built or booted.
-    pub fn check(&self) -> Result<(), LabError> {
-        let given = [
-            ("--kernel", &self.kernel),
-            ("--modules", &self.modules),
-            ("--kernel-src", &self.kernel_src),
-            ("--vmlinux", &self.vmlinux),
-            ("--kernel-tree", &self.kernel_tree),
-        ];
-        if let Some(Some(Err(e))) = self.kernel.as_deref().map(plan::debian_channel) {
-            return Err(LabError::MissingFile {
-                option: "--kernel",
-                path: self.kernel.clone().unwrap_or_default(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            });
-        }
-        for (option, path) in given {
-            if let Some(path) = path {
-                if option == "--kernel" && plan::debian_channel(path).is_some() {
-                    continue;
-                }
-                std::fs::metadata(path).map_err(|source| LabError::MissingFile {
-                    option,
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-        }
-        if let Some(tree) = &self.kernel_tree {
-            let bz = tree.join(TREE_BZIMAGE);
-            std::fs::metadata(&bz).map_err(|source| LabError::MissingFile {
-                option: "--kernel-tree",
-                path: bz,
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The kernel image to boot: --kernel, or the tree's bzImage.
-    pub fn kernel_file(&self) -> Option<PathBuf> {
-        self.kernel_tree
-            .as_ref()
-            .map(|t| t.join(TREE_BZIMAGE))
-            .or_else(|| self.kernel.clone())
-    }
-
-    /// The vmlinux: --vmlinux, or the tree's.
-    pub fn vmlinux_file(&self) -> Option<PathBuf> {
-        self.kernel_tree
-            .as_ref()
-            .map(|t| t.join("vmlinux"))
-            .filter(|v| v.is_file())
-            .or_else(|| self.vmlinux.clone())
-    }
-
-    /// `lib/modules/<release>`: --modules, or what `lab kernel build`
-    /// installed in the tree.
-    pub fn modules_dir(&self) -> Option<PathBuf> {
-        let Some(tree) = &self.kernel_tree else {
-            return self.modules.clone();
-        };
-        let installed = tree
-            .join(arena_images::kernel::build::MODULES_ROOT)
-            .join("lib/modules");
-        let mut releases = std::fs::read_dir(installed).ok()?.flatten();
-        let first = releases.next()?.path();
-        // Several releases installed: none of them is known to match.
-        releases.next().is_none().then_some(first)
-    }
-
-    /// The source tree for the selftests: --kernel-src, or the tree's own
-    /// (an `O=` build directory links it as `source`).
-    pub fn source_tree(&self) -> Option<PathBuf> {
-        let Some(tree) = &self.kernel_tree else {
-            return self.kernel_src.clone();
-        };
-        let linked = tree.join("source");
-        Some(if linked.is_dir() {
-            linked
-        } else {
-            tree.clone()
-        })
-    }
-}
-
-/// Where a build tree keeps its bzImage.
-const TREE_BZIMAGE: &str = "arch/x86/boot/bzImage";
 
 // Parsed once per process: the size of `run`'s options does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -342,20 +125,16 @@ enum Command {
     Mutate(mutate::MutateArgs),
 }
 
-/// `lab run` options from a full argv (`lab run ...`), parsed exactly as
-/// the command line would be: for commands that run the lab themselves.
-pub fn parse_run_args<I, T>(argv: I) -> Result<run::RunArgs, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    match Cli::try_parse_from(argv)?.command {
-        Command::Run(r) => Ok(r),
-        _ => Err(clap::Error::raw(
-            clap::error::ErrorKind::InvalidSubcommand,
-            "expected `lab run ...`",
-        )),
-    }
+/// An inner `lab` command line as `lab nested` needs to know it.
+fn nested_inner(args: &[String]) -> Option<nested::Inner> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().map(String::as_str))).ok()?;
+    Some(match cli.command {
+        Command::Run(r) => nested::Inner::Run(Box::new(r)),
+        Command::Boot { kernel, .. } | Command::Image { kernel } => nested::Inner::Boots(kernel),
+        Command::Bench(b) => nested::Inner::Boots(b.kernel),
+        _ => nested::Inner::Other,
+    })
 }
 
 #[derive(Subcommand)]
@@ -539,7 +318,7 @@ fn real_main() -> Result<u8, LabError> {
             append,
         } => run::boot(&kernel, backend, timeout, &append.join(" "), gdb),
         Command::Bench(args) => bench::bench(args),
-        Command::Nested(args) => nested::nested(args),
+        Command::Nested(args) => nested::nested(args, nested_inner),
         Command::Bisect(args) => bisect::bisect(&args),
         Command::BisectStep(args) => Ok(bisect::step(&args)),
         Command::Mutate(args) => mutate::mutate(&args),

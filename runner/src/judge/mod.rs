@@ -1,0 +1,7 @@
+//! From what a VM session saw to a verdict: kernel splats in the console,
+//! stack traces symbolised, and the judgement of a scenario.
+
+pub mod outcome;
+pub mod splat;
+pub mod symbolize;
+pub mod verdict;

@@ -1,0 +1,592 @@
+//! `lab compare BASE NEW`: what changed between two runs, for the nightly
+//! job to gate on regressions only (a scenario that was already failing
+//! yesterday is not news) and for people to read (`compare.md`).
+//!
+//! Summaries are read as plain JSON rather than into the writer's types so
+//! that runs written by older or newer `lab`s (e.g. with `attempts` from
+//! `--repeat`) still compare; only `name`, `verdict` and `duration_s` are
+//! required of a scenario.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Why two runs cannot be compared: bad input (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A run folder without a readable summary.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The summary.json.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A summary that is not the lab's JSON.
+    #[error("{}: not a lab summary: {why}", path.display())]
+    Parse {
+        /// The summary.json.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// `--history` has fewer than two runs.
+    #[error("{}: needs at least two runs with a summary.json, found {found}", dir.display())]
+    History {
+        /// The results root.
+        dir: PathBuf,
+        /// Runs found.
+        found: usize,
+    },
+    /// A `--duration-threshold` that is not a percentage.
+    #[error("--duration-threshold {0:?}: expected a percentage such as 50%")]
+    Threshold(String),
+    /// Neither two runs nor `--history` given.
+    #[error("give two run folders (BASE NEW) or --history DIR")]
+    Usage,
+    /// The report could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: arena_images::ImageError,
+    },
+}
+
+/// `--duration-threshold 50%` as a fraction (0.5); a bare number is a
+/// percentage too.
+pub fn parse_threshold(s: &str) -> Result<f64, CompareError> {
+    let n = s.trim().trim_end_matches('%').trim();
+    n.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v / 100.0)
+        .ok_or_else(|| CompareError::Threshold(s.to_owned()))
+}
+
+/// One scenario of one run, as far as comparing goes.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    verdict: String,
+    duration_s: f64,
+    /// Verdicts of repeated attempts (`--repeat`), when recorded.
+    attempts: Vec<String>,
+    /// `failures` of `attempts` when only counts are recorded.
+    counts: Option<(u64, u64)>,
+}
+
+impl Entry {
+    fn failed(&self) -> bool {
+        matches!(self.verdict.as_str(), "fail" | "error" | "timeout")
+    }
+
+    /// Mixed verdicts across repeated attempts.
+    fn flaky(&self) -> bool {
+        let runs: Vec<&String> = self.attempts.iter().filter(|v| *v != "not_run").collect();
+        let mixed = runs.iter().any(|v| *v == "pass") && runs.iter().any(|v| *v != "pass");
+        let counted = self
+            .counts
+            .is_some_and(|(attempts, failures)| failures > 0 && failures < attempts);
+        mixed || counted
+    }
+}
+
+/// The verdict that matters most among attempts: a failure over a known
+/// kernel bug over a pass over a skip over `not_run`.
+fn worst(verdicts: &[String]) -> String {
+    ["timeout", "error", "fail", "known_fail", "pass", "skipped"]
+        .into_iter()
+        .find(|w| verdicts.iter().any(|v| v == w))
+        .unwrap_or("not_run")
+        .to_owned()
+}
+
+/// A run read back.
+struct Run {
+    dir: PathBuf,
+    id: String,
+    /// Its kernel's release (`kernel.release`), when the summary has one.
+    kernel: Option<String>,
+    complete: bool,
+    scenarios: BTreeMap<String, Entry>,
+}
+
+fn read_run(dir: &Path) -> Result<Run, CompareError> {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| CompareError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let parse = |why: String| CompareError::Parse {
+        path: path.clone(),
+        why,
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?;
+    let list = v["scenarios"]
+        .as_array()
+        .ok_or_else(|| parse("no `scenarios` array".into()))?;
+    let mut scenarios: BTreeMap<String, Entry> = BTreeMap::new();
+    for (i, s) in list.iter().enumerate() {
+        let (Some(name), Some(verdict)) = (s["name"].as_str(), s["verdict"].as_str()) else {
+            return Err(parse(format!("scenario {i} has no name or verdict")));
+        };
+        let duration_s = s["duration_s"].as_f64().unwrap_or(0.0);
+        let counts = s["attempts"]
+            .as_u64()
+            .map(|a| (a, s["failures"].as_u64().unwrap_or(0)));
+        let mut attempts: Vec<String> = match &s["attempts"] {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x["verdict"].as_str().or(x.as_str()).map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        match scenarios.get_mut(name) {
+            // `--repeat`: one entry per attempt. The scenario's verdict is
+            // its worst attempt's (a failure anywhere is news), its time the
+            // mean of the attempts that ran.
+            Some(e) => {
+                if e.attempts.is_empty() {
+                    e.attempts.push(e.verdict.clone());
+                }
+                e.attempts.push(verdict.to_owned());
+                let ran = e.attempts.iter().filter(|v| *v != "not_run").count() as f64;
+                if verdict != "not_run" && ran > 0.0 {
+                    e.duration_s += (duration_s - e.duration_s) / ran;
+                }
+                e.verdict = worst(&e.attempts);
+            }
+            None => {
+                attempts.retain(|v| !v.is_empty());
+                scenarios.insert(
+                    name.to_owned(),
+                    Entry {
+                        verdict: verdict.to_owned(),
+                        duration_s,
+                        attempts,
+                        counts,
+                    },
+                );
+            }
+        }
+    }
+    Ok(Run {
+        dir: dir.to_owned(),
+        id: v["run_id"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| dir.display().to_string()),
+        kernel: v["kernel"]["release"].as_str().map(str::to_owned),
+        complete: v["complete"].as_bool().unwrap_or(false),
+        scenarios,
+    })
+}
+
+/// A scenario whose verdict is listed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Change {
+    /// Scenario name.
+    pub name: String,
+    /// Verdict in BASE (`None` for a new scenario).
+    pub base: Option<String>,
+    /// Verdict in NEW (`None` for a removed one).
+    pub new: Option<String>,
+}
+
+/// A scenario whose wall time moved beyond the threshold.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DurationChange {
+    /// Scenario name.
+    pub name: String,
+    /// BASE wall time (s).
+    pub base_s: f64,
+    /// NEW wall time (s).
+    pub new_s: f64,
+    /// (new − base) / base, in percent.
+    pub change_pct: f64,
+}
+
+/// The comparison, as written to `compare.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// BASE run id and folder.
+    pub base: String,
+    /// BASE folder.
+    pub base_dir: PathBuf,
+    /// NEW run id.
+    pub new: String,
+    /// NEW folder.
+    pub new_dir: PathBuf,
+    /// Kernel releases of BASE and NEW: a comparison across kernels (6.12
+    /// against 7.2 in one night) shows behaviour differences, not time.
+    pub kernels: [Option<String>; 2],
+    /// Whether each run finished normally (`complete` in its summary).
+    pub base_complete: bool,
+    /// See `base_complete`.
+    pub new_complete: bool,
+    /// pass → fail, error or timeout: the only thing that makes the exit 1.
+    pub regressions: Vec<Change>,
+    /// fail, error or timeout → pass.
+    pub fixed: Vec<Change>,
+    /// fail, error or timeout in both.
+    pub still_failing: Vec<Change>,
+    /// Planned in NEW but not run there (aborted, interrupted, fail-fast).
+    pub not_run: Vec<Change>,
+    /// Any other change of verdict: `skipped` (a capability one kernel
+    /// lacks) or `known_fail` (a documented kernel bug) on one side. Not a
+    /// regression; across kernels, these are the behaviour differences.
+    #[serde(default)]
+    pub other_changes: Vec<Change>,
+    /// Only in NEW.
+    pub added: Vec<Change>,
+    /// Only in BASE.
+    pub removed: Vec<Change>,
+    /// Mixed verdicts across repeated attempts, in either run.
+    pub flaky: Vec<String>,
+    /// Threshold used for `durations`, in percent.
+    pub duration_threshold_pct: f64,
+    /// Scenarios that ran in both and whose wall time changed more than the threshold.
+    pub durations: Vec<DurationChange>,
+}
+
+impl Comparison {
+    /// Exit code: 1 on regressions, else 0.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(!self.regressions.is_empty())
+    }
+}
+
+fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
+    let mut c = Comparison {
+        base: base.id.clone(),
+        base_dir: base.dir.clone(),
+        new: new.id.clone(),
+        new_dir: new.dir.clone(),
+        kernels: [base.kernel.clone(), new.kernel.clone()],
+        base_complete: base.complete,
+        new_complete: new.complete,
+        regressions: vec![],
+        other_changes: vec![],
+        fixed: vec![],
+        still_failing: vec![],
+        not_run: vec![],
+        added: vec![],
+        removed: vec![],
+        flaky: vec![],
+        duration_threshold_pct: threshold * 100.0,
+        durations: vec![],
+    };
+    let change = |name: &str, b: Option<&Entry>, n: Option<&Entry>| Change {
+        name: name.to_owned(),
+        base: b.map(|e| e.verdict.clone()),
+        new: n.map(|e| e.verdict.clone()),
+    };
+    for (name, n) in &new.scenarios {
+        let b = base.scenarios.get(name);
+        if n.flaky() || b.is_some_and(Entry::flaky) {
+            c.flaky.push(name.clone());
+        }
+        let Some(b) = b else {
+            c.added.push(change(name, None, Some(n)));
+            continue;
+        };
+        let ch = change(name, Some(b), Some(n));
+        if n.verdict == "not_run" {
+            c.not_run.push(ch);
+        } else if b.verdict == "pass" && n.failed() {
+            c.regressions.push(ch);
+        } else if b.failed() && n.verdict == "pass" {
+            c.fixed.push(ch);
+        } else if b.failed() && n.failed() {
+            c.still_failing.push(ch);
+        } else if b.verdict != n.verdict && b.verdict != "not_run" {
+            c.other_changes.push(ch);
+        }
+        if b.verdict != "not_run" && n.verdict != "not_run" && b.duration_s > 0.0 {
+            let pct = (n.duration_s - b.duration_s) / b.duration_s;
+            if pct.abs() > threshold {
+                c.durations.push(DurationChange {
+                    name: name.clone(),
+                    base_s: b.duration_s,
+                    new_s: n.duration_s,
+                    change_pct: (pct * 1000.0).round() / 10.0,
+                });
+            }
+        }
+    }
+    for (name, b) in &base.scenarios {
+        if !new.scenarios.contains_key(name) {
+            c.removed.push(change(name, Some(b), None));
+        }
+    }
+    c
+}
+
+/// Markdown for people (also printed).
+pub fn markdown(c: &Comparison) -> String {
+    let mut out = format!("# lab compare: {} → {}\n\n", c.base, c.new);
+    if let [Some(b), Some(n)] = &c.kernels {
+        if b != n {
+            out.push_str(&format!("Kernels differ: {b} → {n}.\n\n"));
+        }
+    }
+    out.push_str(&format!(
+        "{} regression(s), {} fixed, {} still failing, {} not run, {} new, {} removed, {} flaky, {} duration change(s) beyond {}%\n",
+        c.regressions.len(),
+        c.fixed.len(),
+        c.still_failing.len(),
+        c.not_run.len(),
+        c.added.len(),
+        c.removed.len(),
+        c.flaky.len(),
+        c.durations.len(),
+        c.duration_threshold_pct
+    ));
+    for (run, complete) in [(&c.base, c.base_complete), (&c.new, c.new_complete)] {
+        if !complete {
+            out.push_str(&format!(
+                "\n**Run {run} is not complete** (aborted, interrupted, fail-fast, or still running).\n"
+            ));
+        }
+    }
+    let verdict = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let section = |out: &mut String, title: &str, list: &[Change]| {
+        if list.is_empty() {
+            return;
+        }
+        out.push_str(&format!(
+            "\n## {title}\n\n| scenario | base | new |\n|---|---|---|\n"
+        ));
+        for ch in list {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                ch.name,
+                verdict(&ch.base),
+                verdict(&ch.new)
+            ));
+        }
+    };
+    section(&mut out, "Regressions", &c.regressions);
+    section(&mut out, "Fixed", &c.fixed);
+    section(&mut out, "Still failing", &c.still_failing);
+    section(&mut out, "Not run in NEW", &c.not_run);
+    section(
+        &mut out,
+        "Other verdict changes (skipped, known kernel bugs)",
+        &c.other_changes,
+    );
+    section(&mut out, "New scenarios", &c.added);
+    section(&mut out, "Removed scenarios", &c.removed);
+    if !c.flaky.is_empty() {
+        out.push_str("\n## Flaky (mixed verdicts across attempts)\n\n");
+        for f in &c.flaky {
+            out.push_str(&format!("- {f}\n"));
+        }
+    }
+    if !c.durations.is_empty() {
+        out.push_str(&format!(
+            "\n## Duration changes beyond {}%\n\n| scenario | base (s) | new (s) | change |\n|---|---|---|---|\n",
+            c.duration_threshold_pct
+        ));
+        for d in &c.durations {
+            out.push_str(&format!(
+                "| {} | {:.2} | {:.2} | {:+.1}% |\n",
+                d.name, d.base_s, d.new_s, d.change_pct
+            ));
+        }
+    }
+    out
+}
+
+/// What `lab compare` was asked.
+pub struct Request<'a> {
+    /// BASE and NEW run folders, or none with `history`.
+    pub runs: &'a [PathBuf],
+    /// A results root: compare its last two runs.
+    pub history: Option<&'a Path>,
+    /// Where compare.json and compare.md go (default: NEW's folder).
+    pub out: Option<&'a Path>,
+    /// `--duration-threshold`, as given.
+    pub threshold: &'a str,
+}
+
+/// Compare, write `compare.json` and `compare.md`, and return the result
+/// and the folder written to.
+pub fn compare(req: &Request) -> Result<(Comparison, PathBuf), CompareError> {
+    let threshold = parse_threshold(req.threshold)?;
+    let (base, new) = match (req.runs, req.history) {
+        ([base, new], None) => (base.clone(), new.clone()),
+        ([], Some(dir)) => {
+            let runs =
+                crate::plan::shard::run_folders(dir).map_err(|source| CompareError::Read {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            match runs.as_slice() {
+                [.., base, new] => (base.clone(), new.clone()),
+                _ => {
+                    return Err(CompareError::History {
+                        dir: dir.to_owned(),
+                        found: runs.len(),
+                    })
+                }
+            }
+        }
+        _ => return Err(CompareError::Usage),
+    };
+    let c = compare_runs(&read_run(&base)?, &read_run(&new)?, threshold);
+    let out = req.out.map(Path::to_owned).unwrap_or(new);
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        arena_images::write_atomic(&path, bytes)
+            .map_err(|source| CompareError::Write { path, source })
+    };
+    write(
+        "compare.json",
+        &serde_json::to_vec_pretty(&c).expect("serialisable"),
+    )?;
+    write("compare.md", markdown(&c).as_bytes())?;
+    Ok((c, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(verdict: &str, d: f64) -> Entry {
+        Entry {
+            verdict: verdict.into(),
+            duration_s: d,
+            attempts: vec![],
+            counts: None,
+        }
+    }
+
+    fn run(id: &str, list: &[(&str, Entry)]) -> Run {
+        Run {
+            dir: PathBuf::from(id),
+            id: id.into(),
+            kernel: None,
+            complete: true,
+            scenarios: list
+                .iter()
+                .map(|(n, e)| (n.to_string(), e.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn classifies_every_kind_of_change() {
+        let mut flaky = entry("fail", 5.0);
+        flaky.attempts = vec!["pass".into(), "fail".into()];
+        let base = run(
+            "b",
+            &[
+                ("regress", entry("pass", 10.0)),
+                ("fix", entry("fail", 10.0)),
+                ("still", entry("timeout", 10.0)),
+                ("slower", entry("pass", 10.0)),
+                ("gone", entry("pass", 1.0)),
+                ("skipped", entry("pass", 1.0)),
+                ("flaky", entry("fail", 5.0)),
+            ],
+        );
+        let new = run(
+            "n",
+            &[
+                ("regress", entry("error", 10.0)),
+                ("fix", entry("pass", 10.0)),
+                ("still", entry("fail", 10.0)),
+                ("slower", entry("pass", 16.0)),
+                ("added", entry("fail", 1.0)),
+                ("skipped", entry("not_run", 0.0)),
+                ("flaky", flaky),
+            ],
+        );
+        let c = compare_runs(&base, &new, 0.5);
+        let names = |l: &[Change]| l.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&c.regressions), ["regress"]);
+        assert_eq!(names(&c.fixed), ["fix"]);
+        assert_eq!(names(&c.still_failing), ["flaky", "still"]);
+        assert_eq!(names(&c.added), ["added"]);
+        assert_eq!(names(&c.removed), ["gone"]);
+        assert_eq!(names(&c.not_run), ["skipped"]);
+        assert_eq!(c.flaky, ["flaky"]);
+        assert_eq!(c.durations.len(), 1);
+        assert_eq!(c.durations[0].change_pct, 60.0);
+        assert_eq!(c.exit_code(), 1);
+        let md = markdown(&c);
+        assert!(md.contains("## Regressions\n\n| scenario | base | new |\n|---|---|---|\n| regress | pass | error |"), "{md}");
+    }
+
+    /// Across kernels: a capability only one has, a kernel bug only one
+    /// shows. Listed, never regressions.
+    #[test]
+    fn skips_and_known_bugs_are_other_changes_with_both_kernels_named() {
+        let mut base = run(
+            "b",
+            &[
+                ("reserve", entry("skipped", 0.3)),
+                ("race", entry("pass", 2.0)),
+                ("same", entry("pass", 1.0)),
+            ],
+        );
+        base.kernel = Some("6.12.117+deb12-amd64".into());
+        let mut new = run(
+            "n",
+            &[
+                ("reserve", entry("pass", 0.3)),
+                ("race", entry("known_fail", 2.0)),
+                ("same", entry("pass", 1.0)),
+            ],
+        );
+        new.kernel = Some("7.2.13+deb14-amd64".into());
+        let c = compare_runs(&base, &new, 0.5);
+        let names: Vec<&str> = c.other_changes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["race", "reserve"]);
+        assert!(c.regressions.is_empty() && c.fixed.is_empty());
+        assert_eq!(c.exit_code(), 0);
+        let md = markdown(&c);
+        assert!(md.contains("Kernels differ: 6.12.117+deb12-amd64 → 7.2.13+deb14-amd64."));
+        assert!(md.contains("| reserve | skipped | pass |"), "{md}");
+    }
+
+    #[test]
+    fn counted_attempts_are_flaky_when_mixed() {
+        let mut e = entry("fail", 1.0);
+        e.counts = Some((5, 2));
+        assert!(e.flaky());
+        e.counts = Some((5, 5));
+        assert!(!e.flaky());
+    }
+
+    #[test]
+    fn repeated_entries_are_one_flaky_scenario() {
+        let dir = std::env::temp_dir().join(format!("arena-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let v = serde_json::json!({"run_id": "r", "complete": true, "scenarios": [
+            {"name": "x", "verdict": "pass", "duration_s": 2.0, "attempt": 1},
+            {"name": "x", "verdict": "fail", "duration_s": 4.0, "attempt": 2},
+            {"name": "y", "verdict": "pass", "duration_s": 1.0},
+        ]});
+        std::fs::write(dir.join("summary.json"), v.to_string()).unwrap();
+        let r = read_run(&dir).unwrap();
+        let x = &r.scenarios["x"];
+        assert_eq!(x.verdict, "fail");
+        assert_eq!(x.duration_s, 3.0);
+        assert!(x.flaky());
+        assert!(!r.scenarios["y"].flaky());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(parse_threshold("50%").unwrap(), 0.5);
+        assert_eq!(parse_threshold("20").unwrap(), 0.2);
+        assert!(parse_threshold("fast").is_err());
+        assert!(parse_threshold("-5%").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The commands built on a run: each uses the layers below it.
+
+pub mod bench;
+pub mod bisect;
+pub mod compare;
+pub mod kernel_cmd;
+pub mod kernel_step;
+pub mod multi_kernel;
+pub mod mutate;
+pub mod nested;
+pub mod report;
+pub mod repro;
