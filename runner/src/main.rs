@@ -159,6 +159,11 @@ enum KernelCommand {
     Check {
         #[command(flatten)]
         kernel: KernelArgs,
+        /// Also list which of these scenarios (files or directories) will
+        /// run on this kernel, which will be skipped and why, and which are
+        /// checked at boot (kfuncs, kernel symbols).
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        scenarios: Vec<PathBuf>,
     },
     /// Print the config fragment the lab needs (for merge_config.sh).
     Config {
@@ -195,10 +200,16 @@ fn validate(
     shard: &shard::ShardArgs,
     select: &selection::SelectArgs,
 ) -> Result<u8, LabError> {
-    let scenarios = scenario_file::load_paths(paths)?;
-    let scenarios = select
-        .apply(scenarios)
-        .map_err(|e| LabError::BadArgs(e.to_string()))?;
+    let scenarios = if list {
+        // An explicit selection lists beside invalid files it leaves out.
+        let selected = select.load(paths)?;
+        for line in selected.skipped_lines() {
+            eprintln!("lab: {line}");
+        }
+        selected.files
+    } else {
+        scenario_file::load_paths(paths)?
+    };
     let scenarios = shard
         .apply(scenarios, |f| f.scenario.name.as_str())
         .map_err(|e| LabError::BadArgs(e.to_string()))?;
@@ -282,7 +293,9 @@ fn real_main() -> Result<u8, LabError> {
             );
             Ok(exit::PASS)
         }
-        Command::Kernel(KernelCommand::Check { kernel }) => kernel_cmd::check(&kernel),
+        Command::Kernel(KernelCommand::Check { kernel, scenarios }) => {
+            kernel_cmd::check(&kernel, &scenarios)
+        }
         Command::Kernel(KernelCommand::Config { debug }) => Ok(kernel_cmd::config(debug)),
         Command::Kernel(KernelCommand::Decode { vmlinux, file }) => {
             kernel_cmd::decode(&vmlinux, file.as_deref())

@@ -4,6 +4,7 @@
 
 pub mod attempts;
 mod kernel_args;
+pub mod lab_toml;
 pub mod preflight;
 mod prepare;
 pub mod replay;

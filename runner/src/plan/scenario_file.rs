@@ -16,6 +16,8 @@ use arena_protocol::scenario::{
 use arena_protocol::Scenario;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use crate::plan::lab_toml::{self, DeclaredTags, LabTomlError};
+
 /// A scenario with the file it came from.
 #[derive(Debug, Clone)]
 pub struct ScenarioFile {
@@ -66,6 +68,9 @@ pub enum ScenarioError {
     /// No scenario files under the given paths.
     #[error("{0}: no scenario files (*.yaml) found")]
     Empty(String),
+    /// A `lab.toml` beside the scenarios is wrong (its path, line and field).
+    #[error(transparent)]
+    LabToml(#[from] LabTomlError),
     /// Several of the above, one per line, in file order.
     #[error("{}", Lines(.0))]
     Many(Vec<ScenarioError>),
@@ -88,7 +93,7 @@ impl fmt::Display for Lines<'_> {
 
 impl ScenarioError {
     /// One error, or all of them as [`ScenarioError::Many`]; `None` if empty.
-    fn combine(mut errors: Vec<ScenarioError>) -> Option<ScenarioError> {
+    pub fn combine(mut errors: Vec<ScenarioError>) -> Option<ScenarioError> {
         match errors.len() {
             0 => None,
             1 => errors.pop(),
@@ -105,10 +110,101 @@ impl ScenarioError {
     }
 }
 
+/// A scenario file that did not load, with what can still be read of it:
+/// enough to tell whether a selection (`--only`, `--tags`, `--exclude`)
+/// would have picked it.
+#[derive(Debug)]
+pub struct InvalidFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its `name:`, when that much can be read.
+    pub name: Option<String>,
+    /// Its `tags:`, when they can be read (none written: empty).
+    pub tags: Option<Vec<String>>,
+    /// Why it did not load.
+    pub error: ScenarioError,
+}
+
+impl InvalidFile {
+    fn new(path: PathBuf, error: ScenarioError) -> InvalidFile {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let (name, tags) = recover_name_and_tags(&text);
+        InvalidFile {
+            path,
+            name,
+            tags,
+            error,
+        }
+    }
+}
+
+/// The `name:` and `tags:` of a file that does not load: from its YAML when
+/// that parses, else from top-level `name: x` and `tags: [a, b]` lines.
+fn recover_name_and_tags(text: &str) -> (Option<String>, Option<Vec<String>>) {
+    use serde_yaml::Value;
+    if let Ok(Value::Mapping(m)) = serde_yaml::from_str::<Value>(text) {
+        let name = m.get("name").and_then(Value::as_str).map(str::to_owned);
+        let tags = match m.get("tags") {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Sequence(v)) => v
+                .iter()
+                .map(|t| t.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>(),
+            Some(_) => None,
+        };
+        return (name, tags);
+    }
+    let value = |key: &str| {
+        text.lines().find_map(|l| {
+            let v = l.strip_prefix(key)?.strip_prefix(':')?;
+            let v = v.split(" #").next().unwrap_or("").trim();
+            (!v.is_empty()).then(|| v.to_owned())
+        })
+    };
+    let unquote = |v: &str| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned();
+    let name = value("name").map(|v| unquote(&v)).filter(|n| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    });
+    let tags = value("tags").and_then(|v| {
+        let list = v.strip_prefix('[')?.strip_suffix(']')?;
+        Some(
+            list.split(',')
+                .map(unquote)
+                .filter(|t| !t.is_empty())
+                .collect(),
+        )
+    });
+    (name, tags)
+}
+
+/// What [`load_all`] found: the files that loaded and those that did not.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Valid scenarios, in a stable order.
+    pub files: Vec<ScenarioFile>,
+    /// Invalid files, in the same order.
+    pub invalid: Vec<InvalidFile>,
+}
+
 /// Load every scenario named by `paths` (files, or directories searched
 /// recursively for `*.yaml`/`*.yml`), in a stable order. Every problem in
 /// every file is reported.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<ScenarioFile>, ScenarioError> {
+    let loaded = load_all(paths)?;
+    let errors: Vec<_> = loaded.invalid.into_iter().map(|f| f.error).collect();
+    match ScenarioError::combine(errors) {
+        Some(e) => Err(e),
+        None => Ok(loaded.files),
+    }
+}
+
+/// [`load_paths`], keeping the files that load apart from those that do
+/// not. The error is what no selection can leave out (a path that does not
+/// exist, a directory without scenarios, a `lab.toml` that does not parse),
+/// with every invalid file's errors after it.
+pub fn load_all(paths: &[PathBuf]) -> Result<Loaded, ScenarioError> {
     let mut errors = Vec::new();
     let mut files = Vec::new();
     for p in paths {
@@ -133,40 +229,59 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<ScenarioFile>, ScenarioError>
             files.push(p.clone());
         }
     }
-    let mut out = Vec::new();
+    let mut loaded = Loaded::default();
     let mut names = HashSet::new();
     let mut seen = HashSet::new();
+    let mut tag_files = lab_toml::Cache::default();
+    let mut bad_tomls = HashSet::new();
     for f in files {
         // The same file named twice (`dir dir/x.yaml`, or twice for
         // `--repeat`) is one scenario, not a clash of names.
         if !seen.insert(std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone())) {
             continue;
         }
-        let s = match load_file(&f) {
+        let tags = match tag_files.tags_for(f.parent().unwrap_or(Path::new("."))) {
+            Ok(t) => t,
+            Err(e) => {
+                // Reported once, however many scenarios it is above.
+                if bad_tomls.insert(e.to_string()) {
+                    errors.push(e.into());
+                }
+                continue;
+            }
+        };
+        let s = match load_file_with(&f, &tags) {
             Ok(s) => s,
             Err(e) => {
-                errors.push(e);
+                loaded.invalid.push(InvalidFile::new(f, e));
                 continue;
             }
         };
         if !names.insert(s.scenario.name.clone()) {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
             let (line, column) = locate(&text, "name");
-            errors.push(ScenarioError::Invalid {
+            let error = ScenarioError::Invalid {
                 line,
                 column,
-                path: f,
+                path: f.clone(),
                 field: "name".into(),
                 message: format!("duplicate scenario name `{}`", s.scenario.name),
+            };
+            loaded.invalid.push(InvalidFile {
+                path: f,
+                name: Some(s.scenario.name),
+                tags: Some(s.scenario.tags),
+                error,
             });
             continue;
         }
-        out.push(s);
+        loaded.files.push(s);
     }
-    match ScenarioError::combine(errors) {
-        Some(e) => Err(e),
-        None => Ok(out),
+    if errors.is_empty() {
+        return Ok(loaded);
     }
+    errors.extend(loaded.invalid.into_iter().map(|f| f.error));
+    Err(ScenarioError::combine(errors).expect("not empty"))
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScenarioError> {
@@ -190,21 +305,37 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScenarioError>
     Ok(())
 }
 
-/// Load and check one file.
+/// Load and check one file; its tags may be those the `lab.toml` files
+/// above it declare ([`lab_toml`]).
 pub fn load_file(path: &Path) -> Result<ScenarioFile, ScenarioError> {
+    let tags = lab_toml::tags_for(path.parent().unwrap_or(Path::new(".")))?;
+    load_file_with(path, &tags)
+}
+
+fn load_file_with(path: &Path, tags: &DeclaredTags) -> Result<ScenarioFile, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let scenario = parse(path, &text)?;
+    let scenario = parse_with_tags(path, &text, tags)?;
     Ok(ScenarioFile {
         path: path.to_owned(),
         scenario,
     })
 }
 
-/// Parse YAML text and check it; all semantic problems are reported.
+/// Parse YAML text and check it; all semantic problems are reported. Tags
+/// must be of the built-in families ([`TAG_FAMILIES`]).
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    parse_with_tags(path, text, &DeclaredTags::default())
+}
+
+/// [`parse`], with the tag families `tags` (from `lab.toml` files) allowed too.
+pub fn parse_with_tags(
+    path: &Path,
+    text: &str,
+    tags: &DeclaredTags,
+) -> Result<Scenario, ScenarioError> {
     // Steps are written as one-key maps (`- touch: {...}`), not YAML tags.
     let de = serde_yaml::Deserializer::from_str(text);
     let scenario: Scenario =
@@ -230,7 +361,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let mut problems = Vec::new();
     arena_protocol::sweep::expand_all(&mut scenario.steps, "steps", &mut problems);
     if problems.is_empty() {
-        problems = check(&scenario);
+        problems = check(&scenario, tags);
     }
     let errors = problems
         .into_iter()
@@ -390,8 +521,9 @@ impl Checker {
     }
 }
 
-/// The tag families (scenarios/README.md): what `--tags` selects by, so a
-/// misspelt tag would silently drop a scenario from a selection.
+/// The built-in tag families (scenarios/README.md): what `--tags` selects
+/// by, so a misspelt tag would silently drop a scenario from a selection.
+/// A `lab.toml` beside the scenarios may declare more ([`lab_toml`]).
 pub const TAG_FAMILIES: &[&str] = &[
     "smoke",
     "page_fault",
@@ -416,7 +548,7 @@ fn known_bpf() -> Option<&'static [(String, Vec<String>)]> {
         .as_deref()
 }
 
-fn check(s: &Scenario) -> Vec<Problem> {
+fn check(s: &Scenario, declared: &DeclaredTags) -> Vec<Problem> {
     let mut c = Checker::default();
     let valid_name = !s.name.is_empty()
         && s.name
@@ -439,12 +571,17 @@ fn check(s: &Scenario) -> Vec<Problem> {
         c.report("vm.memory_mib".into(), "must be at least 128");
     }
     for (i, t) in s.tags.iter().enumerate() {
-        if !TAG_FAMILIES.contains(&t.as_str()) {
+        if !TAG_FAMILIES.contains(&t.as_str()) && !declared.contains(t) {
+            let known: Vec<&str> = TAG_FAMILIES
+                .iter()
+                .copied()
+                .chain(declared.names())
+                .collect();
             c.report(
                 format!("tags[{i}]"),
                 format!(
-                    "unknown tag `{t}`; the families are {}",
-                    TAG_FAMILIES.join(", ")
+                    "unknown tag \"{t}\": declare it in a lab.toml beside the scenarios ([tags] {t} = \"...\"), or use one of: {}",
+                    known.join(", ")
                 ),
             );
         }
@@ -1493,7 +1630,7 @@ steps:
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("s.yaml:2:14: tags[1]: unknown tag `races`; the families are smoke,"),
+            e.starts_with("s.yaml:2:14: tags[1]: unknown tag \"races\": declare it in a lab.toml beside the scenarios ([tags] races = \"...\"), or use one of: smoke,"),
             "{e}"
         );
     }
@@ -1589,6 +1726,73 @@ steps:
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_lab_toml_declares_tags() {
+        let root = std::env::temp_dir().join(format!("arena-sf-tags-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("mine");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A repository boundary: nothing above it is read.
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        let mine = "name: mine\ntags: [my-patch, smoke]\nsteps: [ {sleep: {ms: 1}} ]\n";
+        std::fs::write(dir.join("mine.yaml"), mine).unwrap();
+        let e = load_paths(std::slice::from_ref(&dir))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("mine.yaml:2:8: tags[0]: unknown tag \"my-patch\": declare it in a lab.toml beside the scenarios ([tags] my-patch = \"...\"), or use one of: smoke, page_fault, segv_on_fault, bpf_alloc, mmap_rules, race, selftests, lab_selftest, leak"),
+            "{e}"
+        );
+        // Declared at the repository's root: every directory below sees it.
+        std::fs::write(
+            root.join(lab_toml::FILE_NAME),
+            "[tags]\nmy-patch = \"scenarios for my arena patch\"\n",
+        )
+        .unwrap();
+        let all = load_paths(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(all[0].scenario.tags, ["my-patch", "smoke"]);
+        assert!(load_file(&dir.join("mine.yaml")).is_ok());
+        // Still unknown to `parse`, which reads no lab.toml.
+        assert!(parse(Path::new("s.yaml"), mine).is_err());
+        // A nearer one that does not parse is the error, once, with its path.
+        std::fs::write(
+            dir.join("other.yaml"),
+            mine.replace("name: mine", "name: other"),
+        )
+        .unwrap();
+        std::fs::write(dir.join(lab_toml::FILE_NAME), "[tags]\nbroken = 7\n").unwrap();
+        let e = load_paths(std::slice::from_ref(&dir))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.contains(
+                "mine/lab.toml:2:10: tags.broken: invalid type: integer `7`, expected a string"
+            ),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn names_and_tags_of_files_that_do_not_load() {
+        assert_eq!(
+            recover_name_and_tags("name: x\ntags: [a, b]\nsteps: 3\n"),
+            (Some("x".into()), Some(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            recover_name_and_tags("name: x\nsteps: []\n"),
+            (Some("x".into()), Some(vec![]))
+        );
+        // Not YAML: the top-level lines.
+        assert_eq!(
+            recover_name_and_tags("name: \"x\"  # mine\ntags: [a, 'b']\nsteps: [ {\n"),
+            (Some("x".into()), Some(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(recover_name_and_tags("name: [\n"), (None, None));
+        assert_eq!(recover_name_and_tags("- a\n- b\n"), (None, None));
     }
 
     #[test]

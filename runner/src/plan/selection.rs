@@ -1,8 +1,13 @@
 //! Picking scenarios out of the loaded files: `--only NAME` (exact),
 //! `--tags T,U` (any of them), `--exclude NAME`. A misspelt `--only` is
 //! invalid input with the nearest names, not an empty run that looks green.
+//! An explicit selection that leaves out an invalid file runs the rest,
+//! naming the file it skipped ([`SelectArgs::load`]).
 
-use crate::plan::scenario_file::ScenarioFile;
+use std::path::PathBuf;
+
+use crate::plan::scenario_file::{self, InvalidFile, ScenarioError, ScenarioFile};
+use crate::plan::InputError;
 
 /// Scenario selection options of `lab run` and `lab list`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -78,7 +83,76 @@ pub fn near_names<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Vec<S
         .collect()
 }
 
+/// What [`SelectArgs::load`] selected, and the invalid files it left out.
+#[derive(Debug)]
+pub struct Selected {
+    /// The selected scenarios, in load order.
+    pub files: Vec<ScenarioFile>,
+    /// Invalid files the selection does not include: skipped, not fatal.
+    pub skipped: Vec<InvalidFile>,
+}
+
+impl Selected {
+    /// One line per skipped file, naming it and its error (for stderr).
+    pub fn skipped_lines(&self) -> Vec<String> {
+        self.skipped.iter().map(skipped_line).collect()
+    }
+}
+
+/// `skipped invalid scenario file F (not selected): ERROR`, on one line.
+pub fn skipped_line(f: &InvalidFile) -> String {
+    let error = f.error.to_string().lines().collect::<Vec<_>>().join("; ");
+    format!(
+        "skipped invalid scenario file {} (not selected): {error}",
+        f.path.display()
+    )
+}
+
 impl SelectArgs {
+    /// `--only`, `--tags` or `--exclude` given.
+    pub fn is_explicit(&self) -> bool {
+        !(self.only.is_empty() && self.tags.is_empty() && self.exclude.is_empty())
+    }
+
+    /// Whether this selection may include `f`, an invalid file: what cannot
+    /// be read of it (its name, its tags) counts as matching. Without an
+    /// explicit selection every file is included.
+    pub fn may_include(&self, f: &InvalidFile) -> bool {
+        let name = f.name.as_deref();
+        let only = self.only.is_empty() || name.is_none_or(|n| self.only.iter().any(|o| o == n));
+        let tags = self.tags.is_empty()
+            || f.tags
+                .as_ref()
+                .is_none_or(|ts| ts.iter().any(|t| self.tags.contains(t)));
+        let excluded = name.is_some_and(|n| self.exclude.iter().any(|e| e == n));
+        only && tags && !excluded
+    }
+
+    /// Loads `paths` and applies the selection. An invalid file is invalid
+    /// input (exit 2) unless an explicit selection leaves it out: then it
+    /// comes back in [`Selected::skipped`] and the rest run.
+    pub fn load(&self, paths: &[PathBuf]) -> Result<Selected, InputError> {
+        let loaded = scenario_file::load_all(paths)?;
+        let (fatal, skipped): (Vec<InvalidFile>, Vec<InvalidFile>) = loaded
+            .invalid
+            .into_iter()
+            .partition(|f| !self.is_explicit() || self.may_include(f));
+        if let Some(e) = ScenarioError::combine(fatal.into_iter().map(|f| f.error).collect()) {
+            return Err(e.into());
+        }
+        // `--exclude` of a skipped file's name is not a misspelling.
+        let mut select = self.clone();
+        select.exclude.retain(|e| {
+            !skipped
+                .iter()
+                .any(|f| f.name.as_deref() == Some(e.as_str()))
+        });
+        let files = select
+            .apply(loaded.files)
+            .map_err(|e| InputError::Refused(e.to_string()))?;
+        Ok(Selected { files, skipped })
+    }
+
     fn describe(&self) -> String {
         let mut parts = Vec::new();
         for (option, values) in [
@@ -214,6 +288,97 @@ mod tests {
             sel.apply(files()).unwrap_err(),
             SelectionError::Empty("--tags race".into())
         );
+    }
+
+    fn invalid(name: Option<&str>, tags: Option<&[&str]>) -> InvalidFile {
+        InvalidFile {
+            path: "s/bad.yaml".into(),
+            name: name.map(str::to_owned),
+            tags: tags.map(|t| t.iter().map(|x| (*x).to_owned()).collect()),
+            error: ScenarioError::Empty("s/bad.yaml".into()),
+        }
+    }
+
+    #[test]
+    fn an_invalid_file_is_left_out_only_when_the_selection_can_tell() {
+        let only = SelectArgs {
+            only: vec!["fault-read".into()],
+            ..Default::default()
+        };
+        assert!(!only.may_include(&invalid(Some("other"), None)));
+        assert!(only.may_include(&invalid(Some("fault-read"), None)));
+        // No name: cannot tell, so it is included.
+        assert!(only.may_include(&invalid(None, Some(&[]))));
+        let tags = SelectArgs {
+            tags: vec!["mine".into()],
+            ..Default::default()
+        };
+        assert!(!tags.may_include(&invalid(Some("x"), Some(&["smoke"]))));
+        assert!(!tags.may_include(&invalid(None, Some(&[]))));
+        assert!(tags.may_include(&invalid(Some("x"), Some(&["mine", "smoke"]))));
+        assert!(tags.may_include(&invalid(Some("x"), None)));
+        let exclude = SelectArgs {
+            exclude: vec!["x".into()],
+            ..Default::default()
+        };
+        assert!(!exclude.may_include(&invalid(Some("x"), None)));
+        assert!(exclude.may_include(&invalid(Some("y"), None)));
+        assert!(exclude.may_include(&invalid(None, None)));
+        assert!(!SelectArgs::default().is_explicit());
+        assert!(exclude.is_explicit());
+    }
+
+    #[test]
+    fn load_runs_beside_an_invalid_file_the_selection_leaves_out() {
+        let dir = std::env::temp_dir().join(format!("arena-sel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = "name: good\ntags: [smoke]\nsteps:\n  - sleep: { ms: 1 }\n";
+        std::fs::write(dir.join("a-good.yaml"), good).unwrap();
+        std::fs::write(
+            dir.join("b-bad.yaml"),
+            "name: bad\ntags: [race]\nsteps:\n  - sleep: { ms: 1, bogus: 2 }\n",
+        )
+        .unwrap();
+        let paths = [dir.clone()];
+        let select = |only: &[&str], tags: &[&str], exclude: &[&str]| SelectArgs {
+            only: only.iter().map(|s| (*s).to_owned()).collect(),
+            tags: tags.iter().map(|s| (*s).to_owned()).collect(),
+            exclude: exclude.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        // No selection: the bad file is an error, as `lab validate` says.
+        let e = select(&[], &[], &[]).load(&paths).unwrap_err().to_string();
+        assert!(e.contains("b-bad.yaml:4:"), "{e}");
+        for sel in [
+            select(&["good"], &[], &[]),
+            select(&[], &["smoke"], &[]),
+            select(&[], &[], &["bad"]),
+        ] {
+            let got = sel.load(&paths).unwrap();
+            assert_eq!(names(&got.files), ["good"]);
+            assert_eq!(got.skipped.len(), 1);
+            let line = &got.skipped_lines()[0];
+            assert!(
+                line.starts_with("skipped invalid scenario file ")
+                    && line.contains("b-bad.yaml (not selected): "),
+                "{line}"
+            );
+            assert!(line.contains("bogus"), "{line}");
+            assert!(!line.contains('\n'));
+        }
+        // A selection that includes it (by name or by tag) stays an error.
+        for sel in [select(&["bad"], &[], &[]), select(&[], &["race"], &[])] {
+            let e = sel.load(&paths).unwrap_err().to_string();
+            assert!(e.contains("b-bad.yaml:4:"), "{e}");
+        }
+        // A file whose YAML does not even parse: no name, so any selection includes it...
+        std::fs::write(dir.join("b-bad.yaml"), "name: [unclosed\n").unwrap();
+        assert!(select(&["good"], &[], &[]).load(&paths).is_err());
+        // ...unless its `name:` line can be read.
+        std::fs::write(dir.join("b-bad.yaml"), "name: bad\nsteps: [ {sleep: \n").unwrap();
+        let got = select(&["good"], &[], &[]).load(&paths).unwrap();
+        assert_eq!(got.skipped[0].name.as_deref(), Some("bad"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

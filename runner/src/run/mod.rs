@@ -193,14 +193,14 @@ fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Lab
 /// `not_run` with the reason, and exits 3.
 pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let t0 = Instant::now();
-    let scenarios = scenario_file::load_paths(&args.paths)?;
-    let scenarios = args
-        .select
-        .apply(scenarios)
-        .map_err(|e| LabError::BadArgs(e.to_string()))?;
+    // An explicit selection runs beside invalid files it leaves out.
+    let selected = args.select.load(&args.paths)?;
+    for line in selected.skipped_lines() {
+        eprintln!("lab: {line}");
+    }
     let scenarios = args
         .shard
-        .apply(scenarios, |f| f.scenario.name.as_str())
+        .apply(selected.files, |f| f.scenario.name.as_str())
         .map_err(|e| LabError::BadArgs(e.to_string()))?;
     let replay_options = crate::plan::replay::Options {
         no_known_issues: args.no_known_issues,

@@ -10,7 +10,8 @@ use arena_images::kernel::build::{self, BaseConfig, BuildRequest};
 use arena_images::kernel::kconfig::{self, Purpose};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::plan::preflight::preflight;
+use crate::plan::preflight;
+use crate::plan::scenario_file;
 use crate::{exit, infra, plan, KernelArgs, LabError};
 
 /// `lab kernel build` options.
@@ -95,13 +96,35 @@ pub fn decode(vmlinux: &Path, file: Option<&Path>) -> Result<u8, LabError> {
 }
 
 /// `lab kernel check`: the full table; exit 2 when a must-have is missing.
-pub fn check(kernel: &KernelArgs) -> Result<u8, LabError> {
+/// With `scenarios`, then which of them will run on this kernel, which
+/// will be skipped and why, and which depend on what only the boot shows.
+pub fn check(kernel: &KernelArgs, scenarios: &[PathBuf]) -> Result<u8, LabError> {
+    // Invalid scenarios are invalid input before any kernel is fetched.
+    let files = if scenarios.is_empty() {
+        Vec::new()
+    } else {
+        scenario_file::load_paths(scenarios)?
+    };
     kernel.check()?;
     let k = plan::kernel(kernel).map_err(infra)?;
-    let p =
-        preflight(&k).map_err(|why| LabError::BadArgs(format!("kernel {}: {why}", k.release)))?;
+    let no_config = |why| LabError::BadArgs(format!("kernel {}: {why}", k.release));
+    let (source, cfg) = preflight::config(&k).map_err(no_config)?;
+    let p = kconfig::Preflight::new(source, &cfg, k.modules.as_deref());
     println!("kernel {} ({})", k.release, k.boot_image.display());
     print!("{}", p.table());
+    if !files.is_empty() {
+        let rows: Vec<_> = files
+            .iter()
+            .map(|f| {
+                (
+                    f.scenario.name.as_str(),
+                    preflight::outlook(&f.scenario, &cfg, &p),
+                )
+            })
+            .collect();
+        println!();
+        print!("{}", preflight::outlook_table(&rows));
+    }
     let missing = p.missing(Purpose::Lab).len() + p.missing(Purpose::Selftests).len();
     Ok(if missing == 0 {
         exit::PASS
