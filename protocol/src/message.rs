@@ -88,6 +88,11 @@ pub enum HostMessage {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hold_on_failure: bool,
     },
+    /// The host's stall clock ran out: PID 1 (not the stuck worker) answers
+    /// with a [`GuestMessage::Diagnosis`] of the scenario's tasks and has
+    /// the kernel print its blocked tasks and CPU backtraces (sysrq `w`,
+    /// `l`) on the console. The host kills the VM afterwards.
+    Diagnose,
     /// The VM was just restored from a snapshot taken while the agent waited
     /// for a scenario: every restore of that snapshot starts with the same
     /// kernel RNG state and the same wall clock. The agent mixes `entropy`
@@ -116,6 +121,103 @@ pub struct Hello {
     pub cpus: u32,
     /// Milliseconds since the guest kernel started (`/proc/uptime`).
     pub uptime_ms: u64,
+}
+
+/// Tasks a [`Diagnosis`] lists at most (the rest are counted).
+pub const DIAGNOSIS_MAX_TASKS: usize = 64;
+/// Stack frames kept per task.
+pub const DIAGNOSIS_MAX_FRAMES: usize = 32;
+/// Characters kept of one text field (a name, a frame, a wait channel).
+pub const DIAGNOSIS_MAX_TEXT: usize = 200;
+
+/// One task (a process or a thread) of the scenario when it stalled, as
+/// PID 1 read it from `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDiagnosis {
+    /// Its id (`/proc/PID/task/TID`: a thread's own id).
+    pub pid: u32,
+    /// Its process (thread group) id.
+    pub tgid: u32,
+    /// Its parent process.
+    pub ppid: u32,
+    /// `comm`.
+    pub comm: String,
+    /// The state letter of `/proc/PID/stat` (`R`, `S`, `D`, `Z`, ...).
+    pub state: String,
+    /// Its role when it is a worker of a `processes:`/`threads:` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Its index within the role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// Its worker number across roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u32>,
+    /// The 1-based iteration it was in (a worker that finished: its last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u64>,
+    /// `/proc/PID/wchan` (`0` or empty when running).
+    #[serde(default)]
+    pub wchan: String,
+    /// `/proc/PID/stack` frames, innermost first (`pipe_read+0x2f8/0x440`).
+    #[serde(default)]
+    pub stack: Vec<String>,
+    /// Why there is no stack (no `CONFIG_STACKTRACE`, unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_error: Option<String>,
+}
+
+/// What PID 1 saw of a stalled scenario ([`HostMessage::Diagnose`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// The worker and its descendants, with their threads, at most
+    /// [`DIAGNOSIS_MAX_TASKS`].
+    pub tasks: Vec<TaskDiagnosis>,
+    /// Tasks left out past that bound.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub omitted: u32,
+    /// The sysrq keys written (`w`, `l`), or why one could not be.
+    #[serde(default)]
+    pub sysrq: Vec<String>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// `s` cut to at most [`DIAGNOSIS_MAX_TEXT`] characters.
+fn clip_text(s: &mut String) {
+    if let Some((i, _)) = s.char_indices().nth(DIAGNOSIS_MAX_TEXT) {
+        s.truncate(i);
+    }
+}
+
+impl Diagnosis {
+    /// The same within every bound (the guest is untrusted: the host
+    /// applies them again to what it received).
+    pub fn bounded(mut self) -> Diagnosis {
+        if self.tasks.len() > DIAGNOSIS_MAX_TASKS {
+            let extra = self.tasks.len() - DIAGNOSIS_MAX_TASKS;
+            self.omitted = self.omitted.saturating_add(extra as u32);
+            self.tasks.truncate(DIAGNOSIS_MAX_TASKS);
+        }
+        for t in &mut self.tasks {
+            for s in [&mut t.comm, &mut t.state, &mut t.wchan] {
+                clip_text(s);
+            }
+            if let Some(r) = t.role.as_mut() {
+                clip_text(r);
+            }
+            if let Some(e) = t.stack_error.as_mut() {
+                clip_text(e);
+            }
+            t.stack.truncate(DIAGNOSIS_MAX_FRAMES);
+            t.stack.iter_mut().for_each(clip_text);
+        }
+        self.sysrq.truncate(8);
+        self.sysrq.iter_mut().for_each(clip_text);
+        self
+    }
 }
 
 /// Outcome of one step or test.
@@ -209,6 +311,8 @@ pub enum GuestMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         workers: Option<WorkerProgress>,
     },
+    /// PID 1's answer to [`HostMessage::Diagnose`].
+    Diagnosis(Diagnosis),
     /// The scenario is over from the guest's point of view.
     Done {
         /// Overall status of the steps.
@@ -333,6 +437,53 @@ mod tests {
         // Four words, no more and no fewer.
         let short = r#"{"type":"resume","entropy":[1,2,3],"unix_time_ns":0}"#;
         assert!(serde_json::from_str::<HostMessage>(short).is_err());
+    }
+
+    #[test]
+    fn diagnose_and_diagnosis_are_tagged_and_bounded() {
+        let s = serde_json::to_string(&HostMessage::Diagnose).unwrap();
+        assert_eq!(s, r#"{"type":"diagnose"}"#);
+        assert_eq!(
+            serde_json::from_str::<HostMessage>(&s).unwrap(),
+            HostMessage::Diagnose
+        );
+        let task = TaskDiagnosis {
+            pid: 57,
+            tgid: 57,
+            ppid: 40,
+            comm: "arena-agent".into(),
+            state: "S".into(),
+            role: Some("waiter".into()),
+            index: Some(1),
+            worker: Some(1),
+            iteration: Some(1),
+            wchan: "unix_stream_data_wait".into(),
+            stack: vec!["unix_stream_data_wait+0x12c/0x1b0".into()],
+            stack_error: None,
+        };
+        let d = Diagnosis {
+            tasks: vec![task.clone(); DIAGNOSIS_MAX_TASKS + 3],
+            omitted: 2,
+            sysrq: vec!["w".into(), "l".into()],
+        };
+        let m = GuestMessage::Diagnosis(d.clone());
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(s.starts_with(r#"{"type":"diagnosis","tasks":[{"pid":57,"#), "{s}");
+        assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), m);
+        // A hostile one is cut to the bounds.
+        let mut big = task;
+        big.comm = "x".repeat(10_000);
+        big.stack = vec!["f+0x1/0x2".repeat(100); 1000];
+        let b = Diagnosis {
+            tasks: vec![big],
+            ..d.clone()
+        }
+        .bounded();
+        assert_eq!(b.tasks[0].comm.len(), DIAGNOSIS_MAX_TEXT);
+        assert_eq!(b.tasks[0].stack.len(), DIAGNOSIS_MAX_FRAMES);
+        assert!(b.tasks[0].stack[0].len() <= DIAGNOSIS_MAX_TEXT);
+        let b = d.bounded();
+        assert_eq!((b.tasks.len(), b.omitted), (DIAGNOSIS_MAX_TASKS, 5));
     }
 
     #[test]

@@ -996,6 +996,12 @@ impl SysctlStep {
 pub struct SleepStep {
     /// How long to pause, in milliseconds.
     pub ms: u64,
+    /// Wait in a blocking `recv` on a socket nobody writes to (timed out
+    /// after `ms` by `SO_RCVTIMEO`) instead of on a timer: a wait the
+    /// kernel's stacks name (`unix_stream_data_wait`), for testing how
+    /// the lab diagnoses a stall.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub socket: bool,
 }
 
 /// `destroy:` unmap and close arena `arena` in this process.
@@ -2006,7 +2012,10 @@ mod tests {
             duration_ms: None,
             seed: None,
             jitter_us: 0,
-            steps: vec![Step::Sleep(SleepStep { ms: 1 })],
+            steps: vec![Step::Sleep(SleepStep {
+                ms: 1,
+                socket: false,
+            })],
             roles: vec![],
             expect: WorkersExpect::default(),
         };
@@ -2144,7 +2153,10 @@ mod tests {
                 Requirement::Kfunc("bpf_arena_reserve_pages".into()),
                 Requirement::Kallsyms("arena_vm_fault".into()),
             ],
-            steps: vec![Step::Sleep(SleepStep { ms: 1 })],
+            steps: vec![Step::Sleep(SleepStep {
+                ms: 1,
+                socket: false,
+            })],
             known_issues: vec![KnownIssue {
                 kernel: "6.12.*".into(),
                 reason: "kernel splat".into(),

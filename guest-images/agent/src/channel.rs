@@ -34,6 +34,8 @@ const HVC_WAIT: Duration = Duration::from_secs(20);
 pub struct Channel {
     writer: Mutex<File>,
     reader: Mutex<LineReader<File>>,
+    /// The reader's descriptor, polled by [`Channel::poll_receive`].
+    reader_fd: i32,
 }
 
 impl Channel {
@@ -63,6 +65,7 @@ impl Channel {
     /// two handles; a pipe or socket in tests).
     pub fn from_files(reader: File, writer: File) -> Channel {
         Channel {
+            reader_fd: reader.as_raw_fd(),
             reader: Mutex::new(LineReader::new(reader)),
             writer: Mutex::new(writer),
         }
@@ -108,6 +111,25 @@ impl Channel {
                 None
             }
         }
+    }
+
+    /// A host message if one is waiting to be read, else `None` at once:
+    /// PID 1 checks for one while it supervises the worker (the host asks
+    /// for a [`HostMessage::Diagnose`] when the scenario stalls). The host
+    /// writes each message whole, so a readable channel holds a line.
+    pub fn poll_receive(&self) -> Option<HostMessage> {
+        let mut fds = libc::pollfd {
+            fd: self.reader_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd; a zero timeout never blocks. The fd is
+        // the reader's, which `self` keeps open.
+        let n = unsafe { libc::poll(&mut fds, 1, 0) };
+        if n <= 0 || fds.revents & libc::POLLIN == 0 {
+            return None;
+        }
+        self.receive()
     }
 
     /// Wait until everything written has left the guest.

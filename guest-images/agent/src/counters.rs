@@ -15,6 +15,13 @@ use arena_protocol::WorkerProgress;
 const SLOTS: usize = 500;
 /// A slot's flag: the worker is done.
 const FINISHED: u64 = 1 << 63;
+/// Roles of a parallel step whose names PID 1 can tell (a worker of a
+/// later role is shown by its number only).
+const ROLES: usize = 8;
+/// Bytes of a role's name kept in the page.
+const ROLE_NAME: usize = 32;
+/// Bytes mapped for [`Counters`]: two pages (the worker slots fill one).
+const COUNTERS_BYTES: usize = 2 * PAGE_SIZE as usize;
 
 /// Progress counters in one `MAP_SHARED` anonymous page that PID 1 maps
 /// before it forks the worker, so the worker and its forked `processes:`
@@ -41,9 +48,16 @@ pub struct Counters {
     sender: AtomicU32,
     /// Per worker: iterations done, plus [`FINISHED`].
     slots: [AtomicU64; SLOTS],
+    /// Per worker: its task id once it runs (0: not yet), so PID 1 can
+    /// name a task by its role when it diagnoses a stall.
+    pids: [AtomicU32; SLOTS],
+    /// Workers per role of the owning step, in role order.
+    role_counts: [AtomicU32; ROLES],
+    /// The roles' names (UTF-8, NUL-padded, cut to [`ROLE_NAME`] bytes).
+    role_names: [[AtomicU64; ROLE_NAME / 8]; ROLES],
 }
 
-const _: () = assert!(std::mem::size_of::<Counters>() <= PAGE_SIZE as usize);
+const _: () = assert!(std::mem::size_of::<Counters>() <= COUNTERS_BYTES);
 
 static COUNTERS: AtomicPtr<Counters> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -72,7 +86,7 @@ fn map_fresh_counters() {
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            PAGE_SIZE as usize,
+            COUNTERS_BYTES,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
@@ -250,9 +264,37 @@ impl WorkerCounters {
         for slot in &c.slots {
             slot.store(0, Ordering::Relaxed);
         }
+        for pid in &c.pids {
+            pid.store(0, Ordering::Relaxed);
+        }
+        for n in &c.role_counts {
+            n.store(0, Ordering::Relaxed);
+        }
         c.iterations.store(iterations, Ordering::Relaxed);
         c.workers.store(workers, Ordering::Release);
         Some(WorkerCounters(c))
+    }
+
+    /// Name the step's roles, in order, with their worker counts (workers
+    /// are numbered across roles in that order).
+    pub fn name_roles<'a>(&self, roles: impl IntoIterator<Item = (&'a str, u32)>) {
+        for ((name, count), i) in roles.into_iter().zip(0..ROLES) {
+            let mut bytes = [0u8; ROLE_NAME];
+            let n = name.len().min(ROLE_NAME);
+            bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+            for (word, chunk) in self.0.role_names[i].iter().zip(bytes.chunks(8)) {
+                let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                word.store(w, Ordering::Relaxed);
+            }
+            self.0.role_counts[i].store(count, Ordering::Release);
+        }
+    }
+
+    /// Worker `worker` runs as task `tid`.
+    pub fn started(&self, worker: u32, tid: u32) {
+        if let Some(p) = self.0.pids.get(worker as usize) {
+            p.store(tid, Ordering::Relaxed);
+        }
     }
 
     /// Worker `worker` finished an iteration.
@@ -314,6 +356,72 @@ pub fn read_counters() -> (u64, Option<WorkerProgress>) {
     (c.ticks.load(Ordering::Relaxed), progress)
 }
 
+/// What the shared page says about a worker task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTask {
+    /// Worker number across roles.
+    pub worker: u32,
+    /// Its role, when among the first [`ROLES`].
+    pub role: Option<String>,
+    /// Its index within the role.
+    pub index: Option<u32>,
+    /// The 1-based iteration it is in (its last, once finished).
+    pub iteration: u64,
+}
+
+/// The role and index of worker `worker`, from the roles' counts in order.
+fn role_of(counts: &[u32], worker: u32) -> Option<(usize, u32)> {
+    let mut first = 0u32;
+    for (i, &n) in counts.iter().enumerate() {
+        if worker < first.saturating_add(n) {
+            return Some((i, worker - first));
+        }
+        first = first.saturating_add(n);
+    }
+    None
+}
+
+/// Which worker of the running parallel step task `tid` is, if any.
+pub fn worker_task(tid: u32) -> Option<WorkerTask> {
+    let c = counters()?;
+    let workers = c.workers.load(Ordering::Acquire) as usize;
+    if tid == 0 || workers == 0 {
+        return None;
+    }
+    let worker = c
+        .pids
+        .iter()
+        .take(workers.min(SLOTS))
+        .position(|p| p.load(Ordering::Relaxed) == tid)?;
+    let counts: Vec<u32> = c
+        .role_counts
+        .iter()
+        .map(|n| n.load(Ordering::Acquire))
+        .collect();
+    let role = role_of(&counts, worker as u32);
+    let name = role.map(|(r, _)| {
+        let bytes: Vec<u8> = c.role_names[r]
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take_while(|&b| b != 0)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let done = c.slots[worker].load(Ordering::Relaxed);
+    let iterations = c.iterations.load(Ordering::Relaxed).max(1);
+    let iteration = if done & FINISHED != 0 {
+        (done & !FINISHED).min(iterations)
+    } else {
+        (done + 1).min(iterations)
+    };
+    Some(WorkerTask {
+        worker: worker as u32,
+        role: name,
+        index: role.map(|(_, i)| i),
+        iteration,
+    })
+}
+
 /// A nested step finished (the host's progress measure).
 pub fn tick() {
     if let Some(c) = counters() {
@@ -356,7 +464,43 @@ mod tests {
     }
 
     #[test]
-    fn counters_fit_a_page() {
-        assert!(std::mem::size_of::<Counters>() <= PAGE_SIZE as usize);
+    fn counters_fit_their_mapping() {
+        assert!(std::mem::size_of::<Counters>() <= COUNTERS_BYTES);
+    }
+
+    #[test]
+    fn a_worker_task_is_named_by_its_role() {
+        assert_eq!(role_of(&[2, 3, 0], 0), Some((0, 0)));
+        assert_eq!(role_of(&[2, 3, 0], 4), Some((1, 2)));
+        assert_eq!(role_of(&[2, 3, 0], 5), None);
+        // In a child with a page of its own: other tests claim theirs.
+        crate::worker::testing::in_single_threaded_child(a_worker_task_in_a_fresh_page);
+    }
+
+    fn a_worker_task_in_a_fresh_page() {
+        let claim = WorkerCounters::claim(3, 10).unwrap();
+        claim.name_roles([("faulter", 2), ("a-role-name-longer-than-32-bytes!!", 1)]);
+        claim.started(0, 100);
+        claim.started(1, 101);
+        claim.started(2, 102);
+        claim.iteration_done(1);
+        claim.iteration_done(1);
+        assert_eq!(
+            worker_task(101),
+            Some(WorkerTask {
+                worker: 1,
+                role: Some("faulter".into()),
+                index: Some(1),
+                iteration: 3,
+            })
+        );
+        let w = worker_task(102).unwrap();
+        assert_eq!(w.role.as_deref(), Some("a-role-name-longer-than-32-bytes"));
+        assert_eq!(w.index, Some(0));
+        assert_eq!(worker_task(7), None);
+        claim.finished(1);
+        assert_eq!(worker_task(101).unwrap().iteration, 2);
+        drop(claim);
+        assert_eq!(worker_task(101), None);
     }
 }

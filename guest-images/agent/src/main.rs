@@ -13,6 +13,7 @@ mod cgroup;
 mod channel;
 mod counters;
 mod crash;
+mod diagnose;
 mod executor;
 mod log;
 mod requirements;
@@ -64,10 +65,16 @@ fn main() {
                 boot::resume(&entropy, unix_time_ns);
                 channel.send(&GuestMessage::Hello(boot::hello()));
             }
+            // Nothing runs yet: nothing to diagnose.
+            Some(HostMessage::Diagnose) => {}
             None => boot::fatal("host closed the results channel before sending a scenario"),
         }
     };
     log::log(&format!("running scenario {} (seed {seed})", scenario.name));
+    let tuned = diagnose::tune_detectors(scenario.timeout_s);
+    if !tuned.is_empty() {
+        log::log(&format!("kernel hang detectors: {}", tuned.join(", ")));
+    }
     let watch = watchdog::Watch {
         kinds: scenario.steps.iter().map(|s| s.kind()).collect(),
         cap_s: arena_protocol::message::hard_cap_s(scenario.timeout_s),

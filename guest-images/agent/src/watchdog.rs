@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use arena_protocol::{GuestMessage, StepStatus};
+use arena_protocol::{GuestMessage, HostMessage, StepStatus};
 
 use crate::channel::Channel;
 use crate::executor::set_verdict_fd;
@@ -22,6 +22,9 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How soon a tick is tried again when the worker is in the middle of a
 /// message.
 const RETRY_TICK: Duration = Duration::from_millis(5);
+/// How often PID 1 looks for a message from the host (a
+/// [`HostMessage::Diagnose`]) while it waits for the worker.
+const CHANNEL_POLL: Duration = Duration::from_millis(20);
 /// How long a killed worker gets to die before its timeout is reported
 /// anyway (one stuck in the kernel may never die).
 const KILLED_WAIT: Duration = Duration::from_secs(1);
@@ -67,8 +70,12 @@ pub fn watch(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
         } else {
             give_up
         };
-        if let Some(status) = sys::reap_children_until(pid, wake) {
+        if let Some(status) = sys::reap_children_until(pid, wake.min(Instant::now() + CHANNEL_POLL))
+        {
             return Ended::Exited(status);
+        }
+        if let Some(HostMessage::Diagnose) = channel.poll_receive() {
+            channel.send(&GuestMessage::Diagnosis(crate::diagnose::diagnose(pid)));
         }
         let now = Instant::now();
         if now >= cap {

@@ -156,7 +156,10 @@ pub fn trivial_scenario() -> Scenario {
         vm: ScenarioVm::default(),
         timeout_s: 30,
         requires: Vec::new(),
-        steps: vec![Step::Sleep(SleepStep { ms: 0 })],
+        steps: vec![Step::Sleep(SleepStep {
+            ms: 0,
+            socket: false,
+        })],
         known_issues: Vec::new(),
     }
 }

@@ -11,8 +11,38 @@ use super::{run_steps, Ctx, Outcome, StepError, StepResult};
 
 /// `sleep:` step.
 pub fn sleep(s: &SleepStep) -> StepResult {
+    if s.socket {
+        return sleep_in_recv(s.ms);
+    }
     std::thread::sleep(Duration::from_millis(s.ms));
     Ok(Outcome::said(format!("slept {} ms", s.ms)))
+}
+
+/// `sleep: { socket: true }`: wait `ms` in a blocking `recv` on one end of
+/// a socket pair whose other end nobody writes to; `SO_RCVTIMEO` ends it.
+fn sleep_in_recv(ms: u64) -> StepResult {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let err = |e: std::io::Error| StepError::Error(format!("sleep on a socket: {e}"));
+    let (mut a, _b) = UnixStream::pair().map_err(err)?;
+    // A zero timeout would mean none: wait at least a millisecond.
+    a.set_read_timeout(Some(Duration::from_millis(ms.max(1))))
+        .map_err(err)?;
+    let mut byte = [0u8; 1];
+    match a.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(Outcome::said(format!("waited {ms} ms in recv on a socket")))
+        }
+        Err(e) => Err(err(e)),
+        Ok(n) => Err(StepError::Error(format!(
+            "sleep on a socket: recv returned {n} bytes nobody wrote"
+        ))),
+    }
 }
 
 /// `crash:` the worker dies of `signal` (the default action: no handler of

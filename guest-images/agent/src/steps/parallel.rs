@@ -55,6 +55,10 @@ pub struct WorkerReport {
     /// Its index within the role.
     #[serde(default)]
     pub index: u32,
+    /// Its task id (a process's pid, a thread's tid): what kernel splats
+    /// and stall diagnoses name it by. 0 when it never ran.
+    #[serde(default)]
+    pub pid: u32,
     /// How it ended.
     pub status: WorkerStatus,
     /// Iterations completed.
@@ -151,7 +155,13 @@ fn work(
     counters: Option<&WorkerCounters>,
     release: impl FnOnce(),
 ) -> WorkerReport {
-    let report = work_loop(ctx, s, w, counters, release);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    if let Some(c) = counters {
+        c.started(w.worker, tid);
+    }
+    let mut report = work_loop(ctx, s, w, counters, release);
+    report.pid = tid;
     if let Some(c) = counters {
         c.finished(w.worker);
     }
@@ -169,6 +179,7 @@ fn work_loop(
         worker: w.worker,
         role: w.role.name.to_owned(),
         index: w.index,
+        pid: 0,
         status: WorkerStatus::Pass,
         iterations: 0,
         detail: String::new(),
@@ -242,6 +253,7 @@ fn lost(w: &Worker, status: WorkerStatus, detail: String) -> WorkerReport {
         worker: w.worker,
         role: w.role.name.to_owned(),
         index: w.index,
+        pid: 0,
         status,
         iterations: 0,
         detail,
@@ -376,6 +388,7 @@ fn summarise(
                     "worker": r.worker,
                     "role": r.role,
                     "index": r.index,
+                    "pid": r.pid,
                     "status": r.status,
                     "iterations": r.iterations,
                     "signals": r.signals,
@@ -440,6 +453,7 @@ fn record(ctx: &mut Ctx, what: &str, seed: u64, order: &[u32], reports: &[Worker
                 "worker": r.worker,
                 "role": r.role,
                 "index": r.index,
+                "pid": r.pid,
                 "seed": r.seed,
                 "jitter_us": r.jitter_us,
                 "choices": r.choices,
@@ -468,6 +482,9 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
     let order = start_order(seed, all.len() as u32);
     let err = |e: std::io::Error| StepError::Error(e.to_string());
     let counters = WorkerCounters::claim(all.len() as u32, s.iterations);
+    if let Some(c) = &counters {
+        c.name_roles(roles.iter().map(|r| (r.name, r.count)));
+    }
     let (go_rx, go_tx) = sys::pipe().map_err(err)?;
     let mut children = Vec::new();
     for &i in &order {
@@ -499,7 +516,7 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
         let status = sys::wait_child(child.pid, ctx.deadline);
         let out = child.output();
         let fault = child.fault();
-        let report = match (status, serde_json::from_slice::<WorkerReport>(&out)) {
+        let mut report = match (status, serde_json::from_slice::<WorkerReport>(&out)) {
             (None, _) => lost(
                 w,
                 WorkerStatus::Timeout,
@@ -524,6 +541,10 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
                 r
             }
         };
+        // A process that could not report still had its pid.
+        if report.pid == 0 {
+            report.pid = child.pid as u32;
+        }
         reports.push(report);
     }
     record(ctx, "processes", seed, &order, &reports);
@@ -538,6 +559,9 @@ pub fn threads(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
     let all = workers(&roles, seed);
     let order = start_order(seed, all.len() as u32);
     let counters = WorkerCounters::claim(all.len() as u32, s.iterations);
+    if let Some(c) = &counters {
+        c.name_roles(roles.iter().map(|r| (r.name, r.count)));
+    }
     let counters = counters.as_ref();
     let barrier = std::sync::Barrier::new(all.len());
     let reports = std::thread::scope(|scope| {
@@ -646,6 +670,7 @@ mod tests {
             worker: 0,
             role: role.into(),
             index: 0,
+            pid: 0,
             status,
             iterations: 5,
             detail: String::new(),
