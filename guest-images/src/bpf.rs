@@ -69,7 +69,12 @@ pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
         .map_err(io_err(src))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(".bpf.c")))
+        .filter(|p| {
+            // Not an editor's hidden lock file (`.#x.bpf.c`).
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|s| s.ends_with(".bpf.c") && !s.starts_with('.'))
+        })
         .collect();
     sources.sort();
     if sources.is_empty() {
@@ -102,16 +107,7 @@ pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
             let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
             run_tool(
                 Command::new(&clang)
-                    .args([
-                        "-O2",
-                        "-g",
-                        "-target",
-                        "bpf",
-                        "-mcpu=v3",
-                        "-D__TARGET_ARCH_x86",
-                        "-Wall",
-                        "-Werror",
-                    ])
+                    .args(CFLAGS)
                     .arg("-I")
                     .arg(&include)
                     .arg("-c")
@@ -124,6 +120,140 @@ pub fn build_all(src: &Path) -> Result<Vec<(String, PathBuf)>> {
         out.push((name, obj));
     }
     Ok(out)
+}
+
+/// The tool that writes `vmlinux.h` from a kernel's BTF (override with
+/// `ARENA_LAB_BPFTOOL`; Debian's `bpftool` installs it in /usr/sbin).
+pub fn bpftool() -> String {
+    if let Ok(t) = std::env::var("ARENA_LAB_BPFTOOL") {
+        return t;
+    }
+    if !on_path("bpftool") && Path::new("/usr/sbin/bpftool").is_file() {
+        return "/usr/sbin/bpftool".into();
+    }
+    "bpftool".into()
+}
+
+/// Flags of every BPF compile, the lab's objects' and scenarios' own.
+const CFLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-target",
+    "bpf",
+    "-mcpu=v3",
+    "-D__TARGET_ARCH_x86",
+    "-Wall",
+    "-Werror",
+];
+
+/// The include folder of scenarios' own programs for the kernel whose ELF
+/// is `vmlinux`: `vmlinux.h` (`bpftool btf dump file VMLINUX format c`)
+/// and the lab's `arena_lab.h` beside it, under the sha256 of `vmlinux`
+/// (the kernel's BTF digest, also returned).
+pub fn own_include_dir(vmlinux: &Path) -> Result<(PathBuf, String)> {
+    let memo = cache::dir("memo")?;
+    let btf = cache::remembered(&memo, vmlinux, crate::sha256_file)?;
+    let dir = cache::dir(&format!("bpf-own/include-{}", &btf[..16]))?;
+    let header = dir.join("vmlinux.h");
+    if !header.is_file() {
+        let out = run_tool(
+            Command::new(bpftool())
+                .args(["btf", "dump", "file"])
+                .arg(vmlinux)
+                .args(["format", "c"]),
+        )
+        .map_err(|e| match e {
+            crate::ImageError::Tool { command, detail } => crate::ImageError::Tool {
+                command,
+                detail: format!("{detail} (install Debian's bpftool or set ARENA_LAB_BPFTOOL)"),
+            },
+            e => e,
+        })?;
+        crate::write_atomic(&header, &out.stdout)?;
+    }
+    let lab_h = source_dir().join("include/arena_lab.h");
+    let text = std::fs::read(&lab_h).map_err(io_err(&lab_h))?;
+    let installed = dir.join("arena_lab.h");
+    if std::fs::read(&installed).ok().as_deref() != Some(&text[..]) {
+        crate::write_atomic(&installed, &text)?;
+    }
+    Ok((dir, btf))
+}
+
+/// Why a scenario's own program did not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnBuildError {
+    /// The compiler refused the source: its diagnostics, paths as given.
+    #[error("{0}")]
+    Compile(String),
+    /// The lab could not get as far as compiling.
+    #[error(transparent)]
+    Lab(#[from] crate::ImageError),
+}
+
+/// Compile `source` (relative to `dir`, the scenario's folder) against the
+/// BTF of `vmlinux`, with the lab's flags, clang and `arena_lab.h`; the
+/// object, cached as `bpf-own/<sha256 of source, the headers beside it,
+/// arena_lab.h, the kernel's BTF digest and the compiler>.bpf.o`: only
+/// those inputs name it, so no other source can land on it.
+pub fn build_own(
+    dir: &Path,
+    source: &str,
+    vmlinux: &Path,
+) -> std::result::Result<PathBuf, OwnBuildError> {
+    let (include, btf) = own_include_dir(vmlinux)?;
+    let path = dir.join(source);
+    let code = std::fs::read(&path).map_err(io_err(&path))?;
+    // Headers the source may include from its own folder.
+    let folder = path.parent().unwrap_or(dir);
+    let mut beside: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map_err(io_err(folder))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "h"))
+        .collect();
+    beside.sort();
+    let mut key = format!("own1 {} {btf}", sha256_hex(&code));
+    for h in &beside {
+        let data = std::fs::read(h).map_err(io_err(h))?;
+        key.push_str(&format!(" {}", sha256_hex(&data)));
+    }
+    let lab_h = include.join("arena_lab.h");
+    key.push_str(&format!(" {}", crate::sha256_file(&lab_h)?));
+    let clang = clang();
+    key.push_str(&format!(" {}", toolchain_fingerprint(&clang)?));
+    let obj = cache::dir("bpf-own")?.join(format!("{}.bpf.o", sha256_hex(key.as_bytes())));
+    if obj.is_file() {
+        return Ok(obj);
+    }
+    let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
+    let out = Command::new(&clang)
+        .current_dir(dir)
+        .args(CFLAGS)
+        .args([
+            "-DARENA_LAB_VMLINUX",
+            "-DBPF_NO_KFUNC_PROTOTYPES",
+            "-fno-color-diagnostics",
+        ])
+        .arg("-I")
+        .arg(&include)
+        .arg("-c")
+        .arg(source)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| crate::ImageError::Tool {
+            command: clang.clone(),
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(OwnBuildError::Compile(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    std::fs::rename(&tmp, &obj).map_err(io_err(&obj))?;
+    Ok(obj)
 }
 
 #[cfg(test)]

@@ -712,17 +712,66 @@ pub fn page_pattern(page: u64) -> u64 {
 pub struct BpfLoadStep {
     /// Name later steps use for this object.
     pub id: String,
-    /// Object file name in the image, e.g. `arena_ops.bpf.o`.
+    /// Object file name in the image, e.g. `arena_ops.bpf.o` (one of the
+    /// lab's own, built from `guest-images/bpf/*.bpf.c`); or give `source`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub object: String,
+    /// The scenario's own BPF C source, relative to the scenario file
+    /// (inside its folder): the lab compiles it against the kernel's BTF
+    /// (`vmlinux.h`) and the lab's `arena_lab.h`, and the image carries the
+    /// object as [`BpfLoadStep::object_file`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Reuse the map of an earlier `arena` step as the object's arena map.
     #[serde(default)]
     pub reuse_arena: Option<String>,
     /// Register the object's arena map under this arena id for user steps.
     #[serde(default)]
     pub arena_id: Option<String>,
-    /// Expected outcome; default success.
+    /// Expected outcome; default success (the verifier accepts every program).
     #[serde(default)]
-    pub expect: SyscallExpect,
+    pub expect: BpfLoadExpect,
+}
+
+impl BpfLoadStep {
+    /// The object's file name in the image's BPF folder: `object`, or for a
+    /// `source` a name made from the source path as written (the host
+    /// compiles it under that name; the agent looks it up by it).
+    pub fn object_file(&self) -> String {
+        match &self.source {
+            Some(src) => own_object_name(src),
+            None => self.object.clone(),
+        }
+    }
+}
+
+/// Image file name of the object compiled from a scenario's own `source`:
+/// `own-<FNV-1a 64 of the path>.bpf.o`, which no `guest-images/bpf` object
+/// (named after its source) can be.
+pub fn own_object_name(source: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("own-{h:016x}.bpf.o")
+}
+
+/// What a `bpf_load` expects of the verifier (and of the load syscall).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BpfLoadExpect {
+    /// The load must fail with this errno; `None` means it must succeed
+    /// (unless `rejected`).
+    #[serde(default)]
+    pub errno: Option<Errno>,
+    /// The verifier must refuse a program of the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
+    /// Texts that must each appear in the verifier log (of the refused
+    /// program when `rejected`, else of any program).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
 }
 
 /// `bpf_run:` run a syscall program with `BPF_PROG_TEST_RUN`.
@@ -1736,23 +1785,29 @@ pub type BpfCatalogue = Vec<(String, Vec<String>)>;
 /// The objects `lab` builds from `src` and the syscall programs each has,
 /// as `(name.bpf.o, [program, ...])`, sorted: what `bpf_load` and `bpf_run`
 /// may name, so `lab validate` can refuse a typo before any VM boots.
-/// `None` if `src` cannot be read (then nothing is checked).
-pub fn bpf_catalogue(src: &std::path::Path) -> Option<BpfCatalogue> {
+/// Hidden files (an editor's lock file `.#x.bpf.c`, often a dangling
+/// link) are not sources. Why not, if `src` or a source in it cannot be
+/// read: the caller must say so rather than check nothing (one unreadable
+/// file used to make the whole catalogue `None`, and validation then
+/// accepted any object and program name).
+pub fn bpf_catalogue(src: &std::path::Path) -> Result<BpfCatalogue, String> {
+    let why = |p: &std::path::Path, e: std::io::Error| format!("{}: {e}", p.display());
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(src).ok()?.flatten() {
+    for entry in std::fs::read_dir(src).map_err(|e| why(src, e))?.flatten() {
         let path = entry.path();
         let Some(name) = path
             .file_name()
             .and_then(|n| n.to_str())
+            .filter(|n| !n.starts_with('.'))
             .and_then(|n| n.strip_suffix(".bpf.c"))
         else {
             continue;
         };
-        let text = std::fs::read_to_string(&path).ok()?;
+        let text = std::fs::read_to_string(&path).map_err(|e| why(&path, e))?;
         out.push((format!("{name}.bpf.o"), syscall_programs(&text)));
     }
     out.sort();
-    Some(out)
+    Ok(out)
 }
 
 /// Sections of programs `bpf_run` can run: syscall programs (their
@@ -1798,7 +1853,23 @@ mod catalogue_tests {
         let all = bpf_catalogue(&src).unwrap();
         let ops = all.iter().find(|(o, _)| o == "arena_ops.bpf.o").unwrap();
         assert!(ops.1.contains(&"count_allocated".to_owned()), "{all:?}");
-        assert_eq!(bpf_catalogue(std::path::Path::new("/nonexistent")), None);
+        let e = bpf_catalogue(std::path::Path::new("/nonexistent")).unwrap_err();
+        assert!(e.starts_with("/nonexistent: "), "{e}");
+        // An unreadable source is an error, not "nothing to check"; an
+        // editor's hidden lock file is not a source.
+        let dir = std::env::temp_dir().join(format!("bpf-cat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.bpf.c"), "SEC(\"syscall\")\nint go(void *c)\n").unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", dir.join(".#a.bpf.c")).unwrap();
+        assert_eq!(
+            bpf_catalogue(&dir).unwrap(),
+            vec![("a.bpf.o".to_owned(), vec!["go".to_owned()])]
+        );
+        std::os::unix::fs::symlink("/nonexistent/y", dir.join("b.bpf.c")).unwrap();
+        let e = bpf_catalogue(&dir).unwrap_err();
+        assert!(e.contains("b.bpf.c"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Preparing what a run needs once (kernel, agent, modules, BPF objects) and
 //! the guest image of each scenario.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arena_images::initramfs::{ImageFile, ImageSpec};
 use arena_images::kernel::{debian, Kernel};
@@ -9,9 +9,11 @@ use arena_images::modules::ModuleDeps;
 use arena_images::selftests::{self, SelftestsError};
 use arena_images::{agent, bpf};
 use arena_protocol::paths;
-use arena_protocol::scenario::Step;
+use arena_protocol::scenario::{own_object_name, Step};
 use arena_protocol::Scenario;
 
+use crate::plan::own_bpf;
+use crate::plan::scenario_file::ScenarioFile;
 use crate::plan::{InputError, KernelArgs};
 
 /// Modules the guest needs for its results channel when they are not built in.
@@ -114,10 +116,60 @@ fn steps_use_selftests(steps: &[Step]) -> bool {
     })
 }
 
+/// The image for the scenario of `file`, with its own BPF programs
+/// (`bpf_load.source`, beside the file) compiled for the run's kernel.
+pub fn scenario_image(p: &Prepared, file: &ScenarioFile) -> anyhow::Result<PathBuf> {
+    let dir = match file.path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    image_in(p, &file.scenario, Some(&dir))
+}
+
 /// The image for `scenario` (cached by content). A selftests source that
 /// cannot serve the kernel is the user's input: an [`InputError`] (exit 2)
-/// inside the error.
+/// inside the error. A scenario with its own BPF sources needs
+/// [`scenario_image`], which knows where they are.
 pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
+    image_in(p, scenario, None)
+}
+
+/// The scenario's own BPF objects, compiled from the sources in `dir`
+/// against the BTF of the run's kernel, as image files; a source that does
+/// not compile is the user's input (exit 2).
+fn own_objects(
+    p: &Prepared,
+    scenario: &Scenario,
+    dir: Option<&Path>,
+) -> anyhow::Result<Vec<ImageFile>> {
+    let sources = own_bpf::sources(scenario);
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refuse = |why: String| anyhow::Error::new(InputError::Refused(why));
+    let dir =
+        dir.ok_or_else(|| refuse("own BPF sources need the scenario file's folder".into()))?;
+    let vmlinux = p.kernel.vmlinux.as_deref().ok_or_else(|| {
+        refuse(format!(
+            "bpf_load.source: compiling `{}` needs the kernel's BTF, and the kernel {} has no ELF vmlinux (give --vmlinux)",
+            sources[0],
+            p.kernel.boot_image.display()
+        ))
+    })?;
+    let mut files = Vec::new();
+    for src in sources {
+        let object = own_bpf::compile(dir, &src, vmlinux)
+            .map_err(|e| refuse(format!("bpf_load.source: {e}")))?;
+        files.push(ImageFile {
+            guest_path: paths::entry_in(paths::BPF_DIR, &own_object_name(&src)),
+            host_path: object,
+            mode: 0o644,
+        });
+    }
+    Ok(files)
+}
+
+fn image_in(p: &Prepared, scenario: &Scenario, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let mut files: Vec<ImageFile> = p
         .bpf
         .iter()
@@ -127,6 +179,7 @@ pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
             mode: 0o644,
         })
         .collect();
+    files.extend(own_objects(p, scenario, dir)?);
     if uses_selftests(scenario) {
         files.extend(
             selftests::image_files_from(&p.kernel, p.kernel_src.as_deref())

@@ -17,6 +17,7 @@ use arena_protocol::Scenario;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::plan::lab_toml::{self, DeclaredTags, LabTomlError};
+use crate::plan::own_bpf;
 
 /// A scenario with the file it came from.
 #[derive(Debug, Clone)]
@@ -361,7 +362,7 @@ pub fn parse_with_tags(
     let mut problems = Vec::new();
     arena_protocol::sweep::expand_all(&mut scenario.steps, "steps", &mut problems);
     if problems.is_empty() {
-        problems = check(&scenario, tags);
+        problems = check(&scenario, tags, own_bpf::Sources::beside(path));
     }
     let errors = problems
         .into_iter()
@@ -511,6 +512,8 @@ struct Scope {
 #[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
+    /// The scenario's own BPF sources (`bpf_load.source`).
+    own: own_bpf::Sources,
 }
 
 impl Checker {
@@ -538,18 +541,24 @@ pub const TAG_FAMILIES: &[&str] = &[
 
 /// BPF objects and their syscall programs, read once from the source tree's
 /// `guest-images/bpf` (see [`bpf_catalogue`]; this file is also built into
-/// the fuzz crate, one level below the root as well).
-fn known_bpf() -> Option<&'static [(String, Vec<String>)]> {
-    static CATALOGUE: std::sync::OnceLock<Option<BpfCatalogue>> = std::sync::OnceLock::new();
+/// the fuzz crate, one level below the root as well). Why not, if they
+/// cannot be listed: every `bpf_load` of a lab object then says so.
+fn known_bpf() -> Result<&'static [(String, Vec<String>)], &'static str> {
+    static CATALOGUE: std::sync::OnceLock<Result<BpfCatalogue, String>> =
+        std::sync::OnceLock::new();
     CATALOGUE
         .get_or_init(|| {
             bpf_catalogue(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/bpf"))
         })
         .as_deref()
+        .map_err(String::as_str)
 }
 
-fn check(s: &Scenario, declared: &DeclaredTags) -> Vec<Problem> {
-    let mut c = Checker::default();
+fn check(s: &Scenario, declared: &DeclaredTags, own: own_bpf::Sources) -> Vec<Problem> {
+    let mut c = Checker {
+        own,
+        ..Checker::default()
+    };
     let valid_name = !s.name.is_empty()
         && s.name
             .chars()
@@ -1064,23 +1073,42 @@ impl Checker {
                         },
                     );
                 }
-                if let (Some(all), None) = (known_bpf(), b.expect.errno) {
-                    if !all.iter().any(|(o, _)| *o == b.object) {
-                        let names: Vec<&str> = all.iter().map(|(o, _)| o.as_str()).collect();
-                        self.report(
-                            field("object"),
-                            format!(
-                                "no BPF object `{}` (built from guest-images/bpf/*.bpf.c): {}",
-                                b.object,
-                                names.join(", ")
-                            ),
-                        );
+                // Checked whatever the expectation: an errno is the load's,
+                // and a missing object fails before any load.
+                match (&b.source, b.object.is_empty(), known_bpf()) {
+                    (Some(_), false, _) => self.report(
+                        field("source"),
+                        "give `object` (one of the lab's) or `source` (your own), not both",
+                    ),
+                    (None, true, _) => self.report(
+                        field("object"),
+                        "give `object` (one of the lab's BPF objects) or `source` (a .bpf.c beside the scenario)",
+                    ),
+                    (Some(_), true, _) => {
+                        if let Err(e) = self.own.check(b) {
+                            self.report(field("source"), e);
+                        }
+                    }
+                    (None, false, Err(why)) => self.report(
+                        field("object"),
+                        format!("cannot list the lab's BPF objects to check `{}`: {why}", b.object),
+                    ),
+                    (None, false, Ok(all)) => {
+                        if !all.iter().any(|(o, _)| *o == b.object) {
+                            let names: Vec<&str> = all.iter().map(|(o, _)| o.as_str()).collect();
+                            self.report(
+                                field("object"),
+                                format!(
+                                    "no BPF object `{}` (built from guest-images/bpf/*.bpf.c): {}",
+                                    b.object,
+                                    names.join(", ")
+                                ),
+                            );
+                        }
                     }
                 }
                 let arena = b.arena_id.clone().or_else(|| b.reuse_arena.clone());
-                model
-                    .objects
-                    .insert(b.id.clone(), (b.object.clone(), arena));
+                model.objects.insert(b.id.clone(), (b.object_file(), arena));
             }
             Step::BpfRun(r) => {
                 let Some((object, arena)) = model.objects.get(&r.object) else {
@@ -1090,15 +1118,19 @@ impl Checker {
                     );
                     return;
                 };
-                let programs = known_bpf()
-                    .and_then(|all| all.iter().find(|(o, _)| o == object))
-                    .map(|(_, p)| p);
-                if let Some(programs) = programs {
+                let programs = match self.own.programs_of(object) {
+                    Some((source, own)) => Some((source.replace(".bpf.c", ".bpf.o"), own)),
+                    None => known_bpf()
+                        .ok()
+                        .and_then(|all| all.iter().find(|(o, _)| o == object))
+                        .map(|(o, p)| (o.clone(), p.as_slice())),
+                };
+                if let Some((name, programs)) = programs {
                     if !programs.contains(&r.program) {
                         self.report(
                             field("program"),
                             format!(
-                                "no syscall program `{}` in {object}: {}",
+                                "no syscall program `{}` in {name}: {}",
                                 r.program,
                                 programs.join(", ")
                             ),

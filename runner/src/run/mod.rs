@@ -519,7 +519,7 @@ pub fn warm_caches(args: &RunArgs) -> anyhow::Result<()> {
     let prepared = plan::prepare(kernel, &args.kernel)?;
     for f in &scenarios {
         // A scenario whose image cannot be built fails in the run, with its verdict.
-        let _ = plan::image(&prepared, &f.scenario);
+        let _ = plan::scenario_image(&prepared, f);
     }
     Ok(())
 }
@@ -585,7 +585,7 @@ fn prepare_run(
         .map_err(|e| stage("kernel", anyhow::anyhow!(e)))?;
     let mut images = Vec::with_capacity(scenarios.len());
     for (i, f) in scenarios.iter().enumerate() {
-        match plan::image(&prepared, &f.scenario) {
+        match plan::scenario_image(&prepared, f) {
             Ok(image) => images.push(image),
             Err(e) => {
                 let reason = format!("guest image: {}", error_text(&e));
@@ -742,6 +742,15 @@ fn run_one(
     let dir = ctx.run_dir.scenario_dir(&attempt.dir)?;
     // `lab repro` runs this copy: the file may change or go afterwards.
     std::fs::copy(&file.path, dir.join(SCENARIO_COPY))?;
+    // ... and its own BPF sources, at the same places beside it.
+    if let Some(from) = file.path.parent() {
+        let from = if from.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            from
+        };
+        plan::own_bpf::copy_sources(s, from, &dir)?;
+    }
     let console_log = dir.join("console.log");
     let spec = VmSpec {
         kernel: ctx.prepared.kernel.boot_image.clone(),

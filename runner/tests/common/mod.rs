@@ -207,3 +207,10 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Write `files` (name, contents) into `dir`.
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use arena_protocol::paths::BPF_DIR;
 use arena_protocol::scenario::{
-    check_bpf_page_args, BpfLoadStep, BpfRunStep, PageSet, ReadPointerStep, Structure,
-    UserWalkStep, PAGE_SIZE,
+    check_bpf_page_args, errno_name, BpfLoadStep, BpfRunStep, PageSet, ReadPointerStep, Structure,
+    SyscallExpect, UserWalkStep, PAGE_SIZE,
 };
 use libbpf_sys as bpf;
 
@@ -74,16 +74,21 @@ fn arena_map(obj: *mut bpf::bpf_object) -> Option<*mut bpf::bpf_map> {
     }
 }
 
-/// `bpf_load:` step.
-pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
-    if ctx.objects.contains_key(&s.id) {
-        return Err(StepError::Error(format!(
-            "object id `{}` already loaded",
-            s.id
-        )));
-    }
-    let path = format!("{BPF_DIR}/{}", s.object);
-    let cpath = CString::new(path.clone()).map_err(|e| StepError::Error(e.to_string()))?;
+/// Each program's verifier log buffer at load: libbpf loads without a log
+/// and, when the kernel refuses a program, loads it again at level 1 into
+/// its buffer (the kernel keeps the log's end when it is longer).
+const LOG_BUF: usize = 1 << 20;
+/// The level-2 log (every state) of a refused program, or of every program
+/// when the scenario expects messages of an accepted load.
+const LOG2_BUF: usize = 4 << 20;
+/// Bytes of each log kept in the step's data (its end, where the verdict is).
+const LOG_KEEP: usize = 64 << 10;
+/// Lines of a refused program's log quoted in a failure.
+const LOG_LINES: usize = 20;
+
+/// Open the object file at `path` (not loaded).
+fn open_object(path: &str) -> Result<Arc<ObjectHandle>, StepError> {
+    let cpath = CString::new(path).map_err(|e| StepError::Error(e.to_string()))?;
     // SAFETY: `cpath` is a NUL-terminated string live for the call; null
     // options mean libbpf's defaults.
     let obj = unsafe { bpf::bpf_object__open_file(cpath.as_ptr(), std::ptr::null()) };
@@ -93,26 +98,254 @@ pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
             std::io::Error::last_os_error()
         )));
     }
-    let handle = Arc::new(ObjectHandle(obj));
-    let map = arena_map(obj);
-    if let Some(reuse) = &s.reuse_arena {
-        let fd = ctx.arena(reuse)?.fd;
-        let map = map.ok_or_else(|| StepError::Error(format!("{path} declares no arena map")))?;
-        // SAFETY: map belongs to obj, fd is an open arena map.
-        let rc = unsafe { bpf::bpf_map__reuse_fd(map, fd) };
-        if rc != 0 {
-            return Err(StepError::Error(format!(
-                "reusing arena `{reuse}`: error {rc}"
-            )));
+    Ok(Arc::new(ObjectHandle(obj)))
+}
+
+/// The programs of an open object, with their names.
+fn programs(obj: *mut bpf::bpf_object) -> Vec<(*mut bpf::bpf_program, String)> {
+    let mut out = Vec::new();
+    let mut p: *mut bpf::bpf_program = std::ptr::null_mut();
+    loop {
+        // SAFETY: `obj` is an open object and `p` null or its program.
+        p = unsafe { bpf::bpf_object__next_program(obj, p) };
+        if p.is_null() {
+            return out;
+        }
+        // SAFETY: `p` is a program of `obj`; its name lives as long as it.
+        let name = unsafe { std::ffi::CStr::from_ptr(bpf::bpf_program__name(p)) };
+        out.push((p, name.to_string_lossy().into_owned()));
+    }
+}
+
+/// Point the object's arena map at the map of `reuse_arena`, if asked.
+fn reuse_arena(
+    ctx: &Ctx,
+    s: &BpfLoadStep,
+    map: Option<*mut bpf::bpf_map>,
+    path: &str,
+) -> Result<(), StepError> {
+    let Some(reuse) = &s.reuse_arena else {
+        return Ok(());
+    };
+    let fd = ctx.arena(reuse)?.fd;
+    let map = map.ok_or_else(|| StepError::Error(format!("{path} declares no arena map")))?;
+    // SAFETY: map belongs to an open object, fd is an open arena map.
+    let rc = unsafe { bpf::bpf_map__reuse_fd(map, fd) };
+    if rc != 0 {
+        return Err(StepError::Error(format!(
+            "reusing arena `{reuse}`: error {rc}"
+        )));
+    }
+    Ok(())
+}
+
+/// A log buffer's text (up to its NUL), its last [`LOG_KEEP`] bytes.
+fn log_text(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut from = text.len().saturating_sub(LOG_KEEP);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    text[from..].to_owned()
+}
+
+/// The last `n` non-empty lines of a log, indented.
+fn last_lines(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Load a second copy of the object at `path` only to read verifier logs
+/// at `level`: of the program `only` (the others not loaded), or of every
+/// program. The load's return code and each loaded program's log.
+fn load_for_logs(
+    ctx: &Ctx,
+    s: &BpfLoadStep,
+    path: &str,
+    only: Option<&str>,
+    level: u32,
+) -> Result<(i32, Vec<(String, String)>), StepError> {
+    let handle = open_object(path)?;
+    let progs = programs(handle.0);
+    let mut bufs: Vec<(String, Vec<u8>)> = Vec::new();
+    for (p, name) in &progs {
+        let wanted = only.is_none_or(|o| o == name);
+        // SAFETY: `p` is a program of the open, not yet loaded object; the
+        // buffer outlives the load below (the handle is dropped after it).
+        unsafe {
+            if !wanted {
+                bpf::bpf_program__set_autoload(*p, false);
+                continue;
+            }
+            let mut buf = vec![0u8; LOG2_BUF];
+            bpf::bpf_program__set_log_buf(*p, buf.as_mut_ptr().cast(), buf.len() as _);
+            bpf::bpf_program__set_log_level(*p, level);
+            bufs.push((name.clone(), buf));
         }
     }
+    reuse_arena(ctx, s, arena_map(handle.0), path)?;
+    // SAFETY: the object is open and unloaded; every log buffer set above
+    // lives in `bufs` until after the call.
+    let rc = unsafe { bpf::bpf_object__load(handle.0) };
+    drop(handle);
+    Ok((
+        rc,
+        bufs.into_iter()
+            .map(|(name, buf)| (name, log_text(&buf)))
+            .collect(),
+    ))
+}
+
+/// The result of a load the kernel refused (`errno`); `refusal`: the
+/// program the verifier refused and its log, if one was.
+fn refused(
+    what: &str,
+    s: &BpfLoadStep,
+    errno: i32,
+    refusal: Option<(String, String)>,
+) -> StepResult {
+    let e = errno_name(errno);
+    let Some((prog, log)) = refusal else {
+        if s.expect.rejected || s.expect.errno.is_none() {
+            return Err(StepError::Fail(format!(
+                "{what}: failed with {e} before the verifier refused any program{}",
+                if s.expect.rejected {
+                    " (expected a verifier refusal)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        check_errno(what, Err::<(), _>(errno), &errno_expect(s))?;
+        return Ok(Outcome::said(format!("{what}: refused as expected ({e})")));
+    };
+    let tail = last_lines(&log, LOG_LINES);
+    if !s.expect.rejected && s.expect.errno.is_none() {
+        return Err(StepError::Fail(format!(
+            "{what}: the verifier refused program `{prog}` ({e}); its log ends:\n{tail}"
+        )));
+    }
+    if s.expect.errno.is_some() {
+        check_errno(what, Err::<(), _>(errno), &errno_expect(s))?;
+    }
+    if let Some(missing) = s.expect.log.iter().find(|w| !log.contains(w.as_str())) {
+        return Err(StepError::Fail(format!(
+            "{what}: the verifier refused `{prog}` as expected, but its log lacks {missing:?}; it ends:\n{tail}"
+        )));
+    }
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    Ok(Outcome {
+        detail: format!("{what}: the verifier refused `{prog}` as expected ({e}): {last}"),
+        data: serde_json::json!({
+            "refused": prog,
+            "errno": e,
+            "verifier_log": { prog: log },
+        }),
+    })
+}
+
+/// The errno part of a load's expectation.
+fn errno_expect(s: &BpfLoadStep) -> SyscallExpect {
+    SyscallExpect {
+        errno: s.expect.errno,
+    }
+}
+
+/// `bpf_load:` step: open and load the object (the lab's, or compiled
+/// from the scenario's `source`); the verifier's refusal of a program is
+/// judged against `expect` (`rejected`, `log`), with its log (level 2)
+/// in the step's data.
+pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
+    if ctx.objects.contains_key(&s.id) {
+        return Err(StepError::Error(format!(
+            "object id `{}` already loaded",
+            s.id
+        )));
+    }
+    let file = s.object_file();
+    let path = format!("{BPF_DIR}/{file}");
+    let handle = open_object(&path)?;
+    let obj = handle.0;
+    let progs = programs(obj);
+    let mut bufs: Vec<Vec<u8>> = progs.iter().map(|_| vec![0u8; LOG_BUF]).collect();
+    for ((p, _), buf) in progs.iter().zip(&mut bufs) {
+        // SAFETY: `p` is a program of the open object; the buffer lives in
+        // `bufs` until after the load below. Level 0: no log unless refused.
+        unsafe { bpf::bpf_program__set_log_buf(*p, buf.as_mut_ptr().cast(), buf.len() as _) };
+    }
+    let map = arena_map(obj);
+    reuse_arena(ctx, s, map, &path)?;
     // SAFETY: `obj` is non-null (checked above) and still owned by `handle`.
     let rc = unsafe { bpf::bpf_object__load(obj) };
-    let what = format!("load {}", s.object);
-    let result = if rc == 0 { Ok(()) } else { Err(-rc) };
-    if check_errno(&what, result, &s.expect)?.is_none() {
-        return Ok(Outcome::said(format!("{what}: refused as expected")));
+    let what = format!("load {}", s.source.as_deref().unwrap_or(&s.object));
+    if rc != 0 {
+        // The refused program is the one libbpf logged (at level 1).
+        let level1 = progs
+            .iter()
+            .zip(&bufs)
+            .find(|(_, b)| b[0] != 0)
+            .map(|((_, name), b)| (name.clone(), log_text(b)));
+        drop(handle);
+        let refusal = level1.map(|(prog, log1)| {
+            let log2 = load_for_logs(ctx, s, &path, Some(&prog), 2)
+                .ok()
+                .and_then(|(_, logs)| logs.into_iter().next())
+                .map(|(_, log)| log)
+                .filter(|log| !log.is_empty());
+            (prog, log2.unwrap_or(log1))
+        });
+        return refused(&what, s, -rc, refusal);
     }
+    let names: Vec<&str> = progs.iter().map(|(_, n)| n.as_str()).collect();
+    if s.expect.rejected {
+        return Err(StepError::Fail(format!(
+            "{what}: expected the verifier to refuse a program, but it accepted all: {}",
+            names.join(", ")
+        )));
+    }
+    check_errno(&what, Ok(()), &errno_expect(s))?;
+    let mut data = serde_json::Value::Null;
+    if !s.expect.log.is_empty() {
+        let (rc, logs) = load_for_logs(ctx, s, &path, None, 2)?;
+        if rc != 0 {
+            return Err(StepError::Error(format!(
+                "{what}: loading it again for its verifier logs (level 2, {} MiB each) failed: {}",
+                LOG2_BUF >> 20,
+                errno_name(-rc)
+            )));
+        }
+        if let Some(missing) = s
+            .expect
+            .log
+            .iter()
+            .find(|w| !logs.iter().any(|(_, l)| l.contains(w.as_str())))
+        {
+            let ends: Vec<String> = logs
+                .iter()
+                .map(|(p, l)| format!("`{p}`:\n{}", last_lines(l, 5)))
+                .collect();
+            return Err(StepError::Fail(format!(
+                "{what}: no program's verifier log has {missing:?}; they end:\n{}",
+                ends.join("\n")
+            )));
+        }
+        let map: serde_json::Map<String, serde_json::Value> = logs
+            .into_iter()
+            .map(|(p, l)| (p, serde_json::Value::String(l)))
+            .collect();
+        data = serde_json::json!({ "verifier_log": map });
+    }
+    drop(bufs);
     let mut arena = s.reuse_arena.clone();
     let mut detail = format!("{what}: loaded");
     if let (Some(id), Some(map)) = (&s.arena_id, map) {
@@ -150,11 +383,11 @@ pub fn load(ctx: &mut Ctx, s: &BpfLoadStep) -> StepResult {
         s.id.clone(),
         LoadedObject {
             handle,
-            object: s.object.clone(),
+            object: file,
             arena,
         },
     );
-    Ok(Outcome::said(detail))
+    Ok(Outcome { detail, data })
 }
 
 /// Check the page, count and offset arguments a known program is given
