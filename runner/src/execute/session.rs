@@ -36,6 +36,12 @@ const TICK: Duration = Duration::from_millis(5);
 const HOLD_POLL: Duration = Duration::from_millis(100);
 /// How often the console is checked for a panic while waiting.
 const PANIC_POLL: Duration = Duration::from_millis(200);
+/// How long a stalled guest gets to answer [`HostMessage::Diagnose`] and
+/// for the kernel's dumps (sysrq `w`, `l`) to reach the console: a host
+/// limit on the diagnosis, not a guest bound.
+pub const DIAGNOSE_WAIT: Duration = Duration::from_secs(10);
+/// The console is settled once it has not grown for this long.
+const CONSOLE_QUIET: Duration = Duration::from_millis(500);
 
 /// Timeouts of a session.
 #[derive(Debug, Clone, Copy)]
@@ -418,11 +424,15 @@ impl Session {
     /// there was none).
     fn drive(&mut self, scenario: &Scenario, seed: u64, boot_deadline: Instant) -> End {
         // The writer stays open while the scenario runs.
-        let (rx, _writer) = match self.open(scenario, seed, boot_deadline) {
+        let (rx, mut writer) = match self.open(scenario, seed, boot_deadline) {
             Ok(channel) => channel,
             Err(end) => return end,
         };
-        self.collect(&rx, Watch::new(scenario.timeout_s, Instant::now()))
+        self.collect(
+            &rx,
+            &mut writer,
+            Watch::new(scenario.timeout_s, Instant::now()),
+        )
     }
 
     /// Wait for the results channel and the agent's hello, then send the
@@ -503,7 +513,7 @@ impl Session {
 
     /// Guest messages until the agent's `done`, the VM's end, or the host's
     /// timeout by `watch`.
-    fn collect(&mut self, rx: &Receiver<Event>, mut watch: Watch) -> End {
+    fn collect(&mut self, rx: &Receiver<Event>, writer: &mut UnixStream, mut watch: Watch) -> End {
         loop {
             let wake = watch.next_check().min(Instant::now() + PANIC_POLL);
             match next_event(rx, &mut self.child, wake) {
@@ -527,10 +537,38 @@ impl Session {
                         return End::KernelPanic;
                     }
                     if let Some(timeout) = watch.expired(Instant::now()) {
+                        self.diagnose(rx, writer);
                         return End::HostTimeout(timeout);
                     }
                 }
             }
+        }
+    }
+
+    /// Before a stalled VM is killed: ask PID 1 for a
+    /// [`GuestMessage::Diagnosis`] (kept with the other messages) and let
+    /// the kernel's dumps reach the console, within [`DIAGNOSE_WAIT`].
+    /// Whatever else arrives meanwhile is kept too; the session's end
+    /// stays the timeout.
+    fn diagnose(&mut self, rx: &Receiver<Event>, writer: &mut UnixStream) {
+        let until = Instant::now() + DIAGNOSE_WAIT;
+        if write_message(writer, &HostMessage::Diagnose).is_err() {
+            return;
+        }
+        loop {
+            match next_event(rx, &mut self.child, until) {
+                Ok(Event::Message(m)) => {
+                    let answered = matches!(m, GuestMessage::Diagnosis(_));
+                    let _ = self.on_message(m);
+                    if answered {
+                        break;
+                    }
+                }
+                _ => return,
+            }
+        }
+        if let Some(console) = self.console.clone() {
+            settle_file(&console, CONSOLE_QUIET, until);
         }
     }
 
@@ -716,6 +754,21 @@ fn stop(child: &mut Child, grace: Duration) -> VmExit {
             };
         }
         std::thread::sleep(TICK);
+    }
+}
+
+/// Wait until `path` has not grown for `quiet`, or until `until`.
+fn settle_file(path: &Path, quiet: Duration, until: Instant) {
+    let len = || std::fs::metadata(path).map_or(0, |m| m.len());
+    let (mut last, mut since) = (len(), Instant::now());
+    while Instant::now() < until {
+        std::thread::sleep(TICK * 10);
+        let now = len();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return;
+        }
     }
 }
 

@@ -3,5 +3,6 @@
 
 pub mod outcome;
 pub mod splat;
+pub mod stall;
 pub mod symbolize;
 pub mod verdict;

@@ -288,6 +288,16 @@ pub struct Judgement {
     /// With `known_fail`: the documented issue's note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_issue: Option<String>,
+    /// A stall's diagnosis (what the agent and the kernel showed before
+    /// the VM was killed); also written to `diagnosis.txt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<crate::judge::stall::StallDiagnosis>,
+}
+
+impl Default for Judgement {
+    fn default() -> Judgement {
+        Judgement::not_run("")
+    }
 }
 
 impl Judgement {
@@ -325,6 +335,7 @@ impl Judgement {
             splats: Vec::new(),
             console_tail: None,
             known_issue: None,
+            diagnosis: None,
         }
     }
 
@@ -473,6 +484,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         .unwrap_or_default();
     // On lines of their own, so a reason's first line stays a one-line title.
     let last_lines = || format!("\nlast console lines:\n{}", tail(console, 15));
+    let mut diagnosis = None;
     let (mut verdict, mut reason, infra) = match &record.end {
         End::Done {
             status,
@@ -508,15 +520,19 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
                 true,
             )
         }
-        End::HostTimeout(t) => (
-            Verdict::Timeout,
-            format!(
-                "{}{}",
-                timeout_reason(t, open_step.as_ref(), last_progress),
-                last_lines()
-            ),
-            false,
-        ),
+        End::HostTimeout(t) => {
+            // Kernel evidence leads the reason and fails the scenario;
+            // without it, where the tasks wait follows the timeout.
+            let stall = crate::judge::stall::assess(record, console);
+            let timeout = timeout_reason(t, open_step.as_ref(), last_progress);
+            let (v, title) = if stall.kernel_evidence {
+                (Verdict::Fail, format!("{}; {timeout}", stall.finding))
+            } else {
+                (Verdict::Timeout, format!("{timeout}; {}", stall.finding))
+            };
+            diagnosis = Some(stall);
+            (v, format!("{title}{}", last_lines()), false)
+        }
         End::KernelPanic => (
             Verdict::Error,
             format!(
@@ -561,8 +577,13 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
                 .filter(|f| !first.title.contains(&format!("{f}+")))
                 .map(|f| format!(" in {f}"))
                 .unwrap_or_default();
+            // The task it names, by its role when it is a worker.
+            let roles = crate::judge::stall::worker_roles(record);
+            let who = crate::judge::stall::splat_pid(&first.title, first.text.as_deref())
+                .and_then(|pid| Some(format!(" (PID {pid}: {})", roles.get(&pid)?)))
+                .unwrap_or_default();
             let title = format!(
-                "kernel splat: {}{function} (console.log:{})",
+                "kernel splat: {}{who}{function} (console.log:{})",
                 first.title, first.line
             );
             reason = if verdict == Verdict::Pass {
@@ -593,6 +614,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
         splats,
         console_tail,
         known_issue: None,
+        diagnosis,
     }
 }
 
@@ -799,6 +821,96 @@ mod tests {
         assert_eq!(j.reason.lines().next(), Some(why));
     }
 
+    /// The finding of a stall the agent did not diagnose.
+    const NO_DIAGNOSIS: &str =
+        "no kernel evidence, and no diagnosis from the agent (it did not answer in time)";
+
+    #[test]
+    fn a_stall_with_a_blocked_scenario_task_fails_naming_it() {
+        let msgs = vec![
+            GuestMessage::StepStarted {
+                path: "0".into(),
+                kind: "processes".into(),
+            },
+            GuestMessage::Diagnosis(arena_protocol::message::Diagnosis {
+                tasks: vec![arena_protocol::message::TaskDiagnosis {
+                    pid: 57,
+                    tgid: 57,
+                    ppid: 40,
+                    comm: "arena-agent".into(),
+                    state: "D".into(),
+                    role: Some("faulter".into()),
+                    index: Some(2),
+                    worker: Some(2),
+                    iteration: Some(4),
+                    wchan: "folio_wait_bit_common".into(),
+                    stack: vec![],
+                    stack_error: None,
+                }],
+                omitted: 0,
+                sysrq: vec!["w".into(), "l".into()],
+            }),
+        ];
+        let console = "[ 9.0] sysrq: Show Blocked State
+            [ 9.0] task:arena-agent     state:D stack:0     pid:57    tgid:57    ppid:40     flags:0x00004002
+            [ 9.0] Call Trace:
+[ 9.0]  <TASK>
+[ 9.0]  __schedule+0x3c1/0xb60
+            [ 9.0]  io_schedule+0x46/0x70
+[ 9.0]  folio_wait_bit_common+0x13d/0x350
+            [ 9.0]  __do_fault+0x36/0x140
+[ 9.0]  </TASK>
+";
+        let j = judge(&record(stalled(5, 0), msgs), console);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(
+            j.reason.lines().next(),
+            Some(
+                "task arena-agent:57 (faulter 2) blocked in folio_wait_bit_common ← __do_fault \
+                 (sysrq w, console.log:2); stalled for 5 s at step 0 (processes): the guest was \
+                 alive but made no progress"
+            )
+        );
+        let d = j.diagnosis.expect("kept in the judgement");
+        assert!(d.kernel_evidence);
+        // Old summaries without it still read.
+        let mut v = serde_json::to_value(Judgement::not_run("x")).unwrap();
+        assert!(v.get("diagnosis").is_none());
+        v.as_object_mut().unwrap().remove("diagnosis");
+        assert!(serde_json::from_value::<Judgement>(v)
+            .unwrap()
+            .diagnosis
+            .is_none());
+    }
+
+    #[test]
+    fn a_splat_names_the_worker_by_its_pid() {
+        let ended = GuestMessage::StepEnded {
+            path: "0".into(),
+            kind: "processes".into(),
+            status: StepStatus::Pass,
+            detail: String::new(),
+            duration_ms: 1,
+            data: serde_json::json!({"workers": [{"worker": 5, "role": "faulter", "index": 2, "pid": 104}]}),
+        };
+        let console = "[ 1.0] BUG: Bad page state in process arena-agent  pfn:05c23
+\
+                       [ 1.0] CPU: 0 UID: 0 PID: 104 Comm: arena-agent Not tainted
+\
+                       [ 1.0] Call Trace:
+[ 1.0]  <TASK>
+[ 1.0]  dump_stack_lvl+0x5d/0x80
+\
+                       [ 1.0]  bad_page+0x70/0x110
+[ 1.0]  arena_free_pages+0x12d/0x300
+";
+        let j = judge(&record(done(StepStatus::Pass), vec![ended]), console);
+        assert_eq!(
+            j.reason,
+            "kernel splat: BUG: Bad page state in process arena-agent  pfn:05c23 (PID 104: faulter 2) in arena_free_pages (console.log:1)"
+        );
+    }
+
     fn stalled(secs: u64, silent: u64) -> End {
         End::HostTimeout(HostTimeout {
             stop: Stop::Stalled(Duration::from_secs(secs)),
@@ -825,12 +937,18 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Timeout);
         assert_eq!(
             j.reason.lines().next(),
-            Some("stalled for 15 s at step 2 (sleep), 14.5 s into it: the guest was alive but made no progress")
+            Some(format!("{}; {NO_DIAGNOSIS}", "stalled for 15 s at step 2 (sleep), 14.5 s into it: the guest was alive but made no progress").as_str())
         );
         let j = judge(&record(stalled(15, 15), msgs[..1].to_vec()), "x\n");
         assert_eq!(
             j.reason.lines().next(),
-            Some("stalled for 15 s at step 2 (sleep): no message from the guest for 15 s")
+            Some(
+                format!(
+                    "{}; {NO_DIAGNOSIS}",
+                    "stalled for 15 s at step 2 (sleep): no message from the guest for 15 s"
+                )
+                .as_str()
+            )
         );
     }
 
@@ -862,7 +980,7 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Timeout);
         assert_eq!(
             j.reason.lines().next(),
-            Some("hard cap 480 s reached while still progressing at step 3 (processes), iteration 37/200 in 3 of 4 workers")
+            Some(format!("{}; {NO_DIAGNOSIS}", "hard cap 480 s reached while still progressing at step 3 (processes), iteration 37/200 in 3 of 4 workers").as_str())
         );
         let end = SessionEnd::from(&end);
         assert_eq!(end.to_string(), "hard cap 480 s reached; VM killed");

@@ -838,6 +838,7 @@ fn run_one(
         judgement.apply_known_issues(&s.known_issues, &ctx.prepared.kernel.release);
     }
     decode_splats(&mut judgement, ctx.prepared.kernel.vmlinux.as_deref());
+    write_diagnosis(&dir, &judgement, ctx.prepared.kernel.vmlinux.as_deref());
     // In the last attempt too: still the machine's doing.
     judgement.overrule_for_machine_fault(&console, tcg);
     if let VmStart::Restored { restore_s, .. } = &mut start {
@@ -874,6 +875,20 @@ fn decode_splats(judgement: &mut Judgement, vmlinux: Option<&Path>) {
     for s in &mut judgement.splats {
         s.decoded = s.text.as_deref().map(|t| symbolizer.decode(t));
     }
+}
+
+/// A stall's diagnosis as `diagnosis.txt` in the scenario's folder, its
+/// stacks decoded when the kernel's vmlinux has symbols and DWARF.
+fn write_diagnosis(dir: &Path, judgement: &Judgement, vmlinux: Option<&Path>) {
+    let Some(d) = &judgement.diagnosis else {
+        return;
+    };
+    let symbolizer = vmlinux.and_then(|v| crate::judge::symbolize::Symbolizer::new(v).ok());
+    let decode = symbolizer
+        .as_ref()
+        .map(|s| move |text: &str| s.decode(text));
+    let text = d.text(decode.as_ref().map(|f| f as &dyn Fn(&str) -> String));
+    let _ = arena_images::write_atomic(&dir.join("diagnosis.txt"), text.as_bytes());
 }
 
 /// How many times a scenario runs again because of the machinery
