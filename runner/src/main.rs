@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use arena_runner::execute::backend::BackendChoice;
 use arena_runner::plan::{self, scenario_file, selection, shard};
 use arena_runner::run;
+use arena_runner::tools::ab;
 use arena_runner::tools::{
     bench, bisect, compare, kernel_cmd, multi_kernel, mutate, nested, report, repro,
 };
@@ -104,6 +105,11 @@ enum Command {
     },
     /// Compare `lab run` of a trivial scenario with a raw QEMU boot.
     Bench(bench::BenchArgs),
+    /// A/B test two kernels: the scenarios N times on each, interleaved A B
+    /// A B, then per scenario each side's failure rate (95% interval) and
+    /// Fisher's exact p-value. Exit 0 (with --expect: it holds), 1 it does
+    /// not, 2 bad input, 3 the lab's own errors (inconclusive).
+    Ab(ab::AbArgs),
     /// Run `lab ARGS...` (with `--exec`, any program) inside an L1 Linux guest
     /// with real KVM (nested SVM under QEMU/TCG): exercises the own VMM where
     /// the host has no hardware KVM.
@@ -265,6 +271,7 @@ fn real_main() -> Result<u8, LabError> {
             eprintln!("lab: compare.json and compare.md in {}", dir.display());
             Ok(c.exit_code())
         }
+        Command::Ab(args) => ab::ab(&args),
         Command::Report { root, out } => {
             let index = report::report(&root, &out).map_err(|e| {
                 if e.is_input() {

@@ -1,5 +1,6 @@
 //! The commands built on a run: each uses the layers below it.
 
+pub mod ab;
 pub mod bench;
 pub mod bisect;
 pub mod compare;
