@@ -151,3 +151,53 @@ fn unknown_program_of_an_own_object_is_invalid_input() {
         );
     }
 }
+
+/// `scenarios/verifier`, each expectation flipped: a refusal expected no
+/// more (so it is an unexpected refusal), and the accepted program
+/// expected to be refused. Every scenario must then fail, saying why.
+#[test]
+fn verifier_scenarios_fail_when_flipped() {
+    let dir = scratch("own-bpf-flipped");
+    let src = root().join("scenarios/verifier");
+    let mut flipped = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let text = if name.ends_with(".yaml") {
+            let scenario = text.lines().find_map(|l| l.strip_prefix("name: ")).unwrap();
+            let (text, why) = if text.contains("rejected: true") {
+                (
+                    text.replace("rejected: true", "rejected: false"),
+                    "the verifier refused program",
+                )
+            } else {
+                (
+                    text.replace("expect: { log: [", "expect: { rejected: true, log: ["),
+                    "expected the verifier to refuse a program, but it accepted all",
+                )
+            };
+            flipped.push((scenario.to_owned(), why));
+            text
+        } else {
+            text
+        };
+        std::fs::write(dir.join(&name), text).unwrap();
+    }
+    assert!(flipped.len() >= 5, "{flipped:?}");
+    let results = dir.join("results");
+    let out = lab_run(&results, &[dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&results);
+    for (name, why) in &flipped {
+        let sc = s["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(sc["verdict"], "fail", "{name}: {sc}");
+        let reason = sc["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{name}: {reason}");
+    }
+}

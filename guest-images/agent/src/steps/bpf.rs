@@ -239,10 +239,15 @@ fn refused(
             "{what}: the verifier refused `{prog}` as expected, but its log lacks {missing:?}; it ends:\n{tail}"
         )));
     }
+    // The verdict's line: the last before the statistics.
     let last = log
         .lines()
         .rev()
-        .find(|l| !l.trim().is_empty())
+        .find(|l| {
+            !l.trim().is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+        })
         .unwrap_or("");
     Ok(Outcome {
         detail: format!("{what}: the verifier refused `{prog}` as expected ({e}): {last}"),
