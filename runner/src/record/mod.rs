@@ -5,3 +5,4 @@ pub mod attempts;
 pub mod ktap;
 pub mod results;
 pub mod run_dir;
+pub mod shards;

@@ -206,6 +206,18 @@ pub struct Summary {
     pub interrupted: bool,
     /// `--shard i/N` this run was, `None` for a whole run.
     pub shard: Option<String>,
+    /// The catalogue's identity (`record::shards::catalogue`: the selected
+    /// scenario files' names and contents, before `--shard`); `None` in
+    /// runs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue: Option<String>,
+    /// With `--shard`: every scenario selected before the split, so that
+    /// `lab merge` knows what the night planned. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_plan: Vec<crate::record::shards::PlannedScenario>,
+    /// A run written by `lab merge`: which shard ran what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<crate::record::shards::ShardPart>>,
     /// Kernel that ran; `None` until (or if never) resolved.
     pub kernel: Option<Kernel>,
     /// Backend name; `None` until picked.
@@ -257,6 +269,9 @@ impl Summary {
             aborted: None,
             interrupted: false,
             shard: None,
+            catalogue: None,
+            shard_plan: Vec::new(),
+            shards: None,
             kernel: None,
             backend: None,
             accelerator: None,

@@ -201,6 +201,26 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     for line in selected.skipped_lines() {
         eprintln!("lab: {line}");
     }
+    // The catalogue's identity, and with --shard the whole plan: what
+    // `lab merge` checks and completes the shards with.
+    let catalogue = crate::record::shards::catalogue(
+        selected
+            .files
+            .iter()
+            .map(|f| (f.scenario.name.as_str(), f.path.as_path())),
+    );
+    let shard_plan: Vec<_> = match args.shard.shard {
+        Some(_) => selected
+            .files
+            .iter()
+            .map(|f| crate::record::shards::PlannedScenario {
+                name: f.scenario.name.clone(),
+                file: f.path.clone(),
+                tags: f.scenario.tags.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let scenarios = args
         .shard
         .apply(selected.files, |f| f.scenario.name.as_str())
@@ -231,6 +251,8 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let queue = Mutex::new(VecDeque::from(queue));
     let mut summary = Summary::new(&run_dir.id, seed, planned);
     summary.shard = args.shard.shard.map(|s| s.to_string());
+    summary.catalogue = Some(catalogue);
+    summary.shard_plan = shard_plan;
     run_dir.write(&summary).map_err(infra)?;
     let Ready {
         backend,
