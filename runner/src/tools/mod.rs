@@ -4,6 +4,7 @@ pub mod ab;
 pub mod bench;
 pub mod bisect;
 pub mod compare;
+pub mod kcidb;
 pub mod kernel_cmd;
 pub mod kernel_step;
 pub mod multi_kernel;

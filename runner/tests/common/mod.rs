@@ -214,3 +214,54 @@ pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
         std::fs::write(dir.join(name), text).unwrap();
     }
 }
+
+/// The Python of the kcidb-io virtualenv `.ci/install-deps` makes.
+pub fn kcidb_python() -> PathBuf {
+    let py = arena_images::cache::root().join("venv-kcidb/bin/python");
+    assert!(
+        py.is_file(),
+        "{} missing: run .ci/install-deps (it installs kcidb-io)",
+        py.display()
+    );
+    py
+}
+
+/// Validate a KCIDB JSON file with kcidb-io's `LATEST` schema: (valid,
+/// the validator's output).
+pub fn kcidb_validate(file: &Path) -> (bool, String) {
+    let out = Command::new(kcidb_python())
+        .args([
+            "-c",
+            "import kcidb_io, json, sys\n\
+             s = kcidb_io.schema.LATEST\n\
+             s.validate(json.load(open(sys.argv[1])))\n\
+             print(f'valid against kcidb-io schema v{s.major}.{s.minor}')",
+        ])
+        .arg(file)
+        .output()
+        .expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("kcidb-io on {}: {text}", file.display());
+    (out.status.success(), text)
+}
+
+/// Write `summary` as a run folder `dir` (summary.json, junit.xml,
+/// results.ktap) through the library's writer, with a console.log per
+/// scenario: a run made without VMs.
+pub fn write_run(dir: &Path, summary: &arena_runner::record::results::Summary) {
+    std::fs::create_dir_all(dir).unwrap();
+    for s in &summary.scenarios {
+        let d = dir.join(&s.dir);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("console.log"), format!("console of {}\n", s.name)).unwrap();
+    }
+    let rd = arena_runner::record::run_dir::RunDir {
+        path: dir.to_owned(),
+        id: dir.file_name().unwrap().to_string_lossy().into_owned(),
+    };
+    rd.write(summary).unwrap();
+}
