@@ -12,7 +12,7 @@ use arena_runner::plan::{self, scenario_file, selection, shard};
 use arena_runner::run;
 use arena_runner::tools::ab;
 use arena_runner::tools::{
-    bench, bisect, compare, kcidb, kernel_cmd, multi_kernel, mutate, nested, report, repro,
+    bench, bisect, compare, kcidb, kernel_cmd, merge, multi_kernel, mutate, nested, report, repro,
 };
 use arena_runner::{exit, infra, KernelArgs, LabError};
 
@@ -129,6 +129,13 @@ enum Command {
     /// --fail-under, 2 bad input, 3 a mutant the lab could not judge, 130
     /// interrupted (run it again to go on: outcomes are cached).
     Mutate(mutate::MutateArgs),
+    /// One run from the shards of a night (`lab run --shard i/N` runs):
+    /// summary.json, junit.xml, results.ktap and the scenario folders, with
+    /// `shards` saying which shard ran what. Exit 2 (with the reason) when
+    /// they are not one night: different kernels, catalogues, seeds or
+    /// shard counts, overlapping or repeated shards, a corrupted summary, or
+    /// a planned scenario no shard ran (unless --allow-missing).
+    Merge(merge::MergeArgs),
     /// Write a run as KernelCI KCIDB I/O data (schema v5) for `kcidb-submit`:
     /// a checkout and build for the kernel, a test per scenario and per
     /// selftest subtest (`arena.<suite>.<scenario>[.<subtest>]`).
@@ -346,6 +353,7 @@ fn real_main() -> Result<u8, LabError> {
         Command::Bisect(args) => bisect::bisect(&args),
         Command::BisectStep(args) => Ok(bisect::step(&args)),
         Command::Mutate(args) => mutate::mutate(&args),
+        Command::Merge(args) => merge::merge_cmd(&args),
         Command::Kcidb(args) => kcidb::kcidb(&args),
     }
 }

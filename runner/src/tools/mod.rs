@@ -7,6 +7,7 @@ pub mod compare;
 pub mod kcidb;
 pub mod kernel_cmd;
 pub mod kernel_step;
+pub mod merge;
 pub mod multi_kernel;
 pub mod mutate;
 pub mod nested;
