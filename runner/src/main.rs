@@ -228,7 +228,11 @@ fn validate(
         scenario_file::load_paths(paths)?
     };
     let scenarios = shard
-        .apply(scenarios, |f| f.scenario.name.as_str())
+        .apply(
+            scenarios,
+            |f| f.scenario.name.as_str(),
+            arena_runner::record::history::durations,
+        )
         .map_err(|e| LabError::BadArgs(e.to_string()))?;
     for s in &scenarios {
         if list {

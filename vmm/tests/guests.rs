@@ -147,7 +147,13 @@ fn host_timeout_stops_a_spinning_guest() {
     let (report, out) = run(&cfg, &buf);
     assert_eq!(out, "spinning\n");
     assert_eq!(report.exit, ExitReason::Timeout);
-    assert!(report.run_time < std::time::Duration::from_secs(10));
+    // The timeout, not an early exit, ended it (no upper bound: a busy
+    // host may take longer to notice, which is not the VMM's fault).
+    assert!(
+        report.run_time >= std::time::Duration::from_millis(500),
+        "{:?}",
+        report.run_time
+    );
 }
 
 /// The progress bound the tests rely on instead of wall-clock timeouts: a

@@ -418,6 +418,11 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Entry>> {
     R.get_or_init(Default::default)
 }
 
+/// The line after a restored VM's boot console in its `console.log`:
+/// what follows is this VM's own output (`lab run -v` streams from here).
+pub const RESTORE_MARKER: &str =
+    "[arena-lab] restored from a snapshot: the boot console above is the snapshot's\n";
+
 /// Start capturing into `path` (created, truncated), capped at [`cap`],
 /// beginning with `prefix` (a restored VM's boot console, see
 /// `snapshot`): returns the pipe's write end, close-on-exec, for the VM. A failure is
@@ -428,8 +433,12 @@ pub fn start(path: &Path, prefix: &[u8]) -> Result<OwnedFd, CaptureError> {
     let _ = settle(path);
     let started = open_pipe(path).and_then(|(read, write)| {
         let mut log = CappedLog::create(path, cap())?;
-        // The prefix (a boot that reached the hello) is not watched.
+        // The prefix (a boot that reached the hello) is not watched; the
+        // marker after it tells readers where this VM's own console starts.
         log.write(prefix)?;
+        if !prefix.is_empty() {
+            log.write(RESTORE_MARKER.as_bytes())?;
+        }
         let name = format!("console {}", path.display());
         let panicked = Arc::new(OnceLock::new());
         let watch = panicked.clone();
@@ -691,8 +700,12 @@ mod tests {
         w.write_all(b"hello\nBUG: at the end\n").unwrap();
         drop(w);
         let text = read_for_verdict(&p).unwrap();
-        // The prefix (a restored VM's boot console) comes first.
-        assert_eq!(text, "[    0.1] booted\nhello\nBUG: at the end\n");
+        // The prefix (a restored VM's boot console) comes first, then the
+        // marker where this VM's own console starts.
+        assert_eq!(
+            text,
+            format!("[    0.1] booted\n{RESTORE_MARKER}hello\nBUG: at the end\n")
+        );
         // Settled and forgotten: a second read is a plain read.
         assert_eq!(read_for_verdict(&p).unwrap(), text);
     }

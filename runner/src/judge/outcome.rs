@@ -140,6 +140,67 @@ impl Serialize for VmExit {
     }
 }
 
+impl<'de> Deserialize<'de> for VmExit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(VmExit::parse(&String::deserialize(d)?))
+    }
+}
+
+impl VmExit {
+    /// The text [`fmt::Display`] writes, read back (a summary's
+    /// `vm_exit`); text it did not write is kept as the `wait` error.
+    pub fn parse(text: &str) -> VmExit {
+        use std::os::unix::process::ExitStatusExt;
+        // `exit status: N` or `signal: N (NAME)[ (core dumped)]`.
+        let status = |t: &str| -> Option<ExitStatus> {
+            if let Some(code) = t.strip_prefix("exit status: ") {
+                return Some(ExitStatus::from_raw(code.trim().parse::<i32>().ok()? << 8));
+            }
+            let sig = t.strip_prefix("signal: ")?;
+            let n: i32 = sig.split_whitespace().next()?.parse().ok()?;
+            let core = if sig.contains("(core dumped)") {
+                0x80
+            } else {
+                0
+            };
+            Some(ExitStatus::from_raw(n | core))
+        };
+        if let Some(st) = text.strip_prefix("exited: ").and_then(status) {
+            return VmExit::Exited(st);
+        }
+        let killed = text
+            .strip_prefix("killed by the runner (")
+            .and_then(|t| t.strip_suffix(')'));
+        match killed {
+            Some(k) => match k.strip_prefix("wait: ") {
+                Some(e) => VmExit::Unreaped(e.to_owned()),
+                None => status(k).map_or_else(|| VmExit::Unreaped(k.to_owned()), VmExit::Killed),
+            },
+            None => VmExit::Unreaped(text.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn vm_exits_read_back_as_written() {
+        for e in [
+            VmExit::Exited(ExitStatus::from_raw(0)),
+            VmExit::Exited(ExitStatus::from_raw(3 << 8)),
+            VmExit::Killed(ExitStatus::from_raw(9)),
+            VmExit::Killed(ExitStatus::from_raw(6 | 0x80)),
+            VmExit::Unreaped("No child processes (os error 10)".into()),
+        ] {
+            let json = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<VmExit>(&json).unwrap(), e, "{json}");
+        }
+    }
+}
+
 /// Everything a session observed.
 #[derive(Debug)]
 pub struct Record {

@@ -57,6 +57,49 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Red and news: `fail`, `error` or `timeout` (a documented kernel bug
+    /// is not news, a skip or `not_run` did not run).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Verdict::Fail | Verdict::Error | Verdict::Timeout)
+    }
+
+    /// An attempt that did not pass, a documented kernel bug included: what
+    /// a failure rate counts and what ends an `--until-fail` loop.
+    pub fn is_failing_attempt(self) -> bool {
+        self.is_failure() || self == Verdict::KnownFail
+    }
+
+    /// It ran and has a kernel verdict or an error (not `not_run`, not
+    /// `skipped`).
+    pub fn ran(self) -> bool {
+        !matches!(self, Verdict::NotRun | Verdict::Skipped)
+    }
+
+    /// Passed before (`base`), fails now: what makes `lab compare` exit 1.
+    pub fn is_regression_from(self, base: Verdict) -> bool {
+        base == Verdict::Pass && self.is_failure()
+    }
+
+    /// Failed before, passes now.
+    pub fn is_fix_from(self, base: Verdict) -> bool {
+        base.is_failure() && self == Verdict::Pass
+    }
+
+    /// How much a verdict matters among attempts of one scenario: a
+    /// failure over a known kernel bug over a pass over a skip over
+    /// `not_run`.
+    pub fn severity(self) -> u8 {
+        match self {
+            Verdict::Timeout => 6,
+            Verdict::Error => 5,
+            Verdict::Fail => 4,
+            Verdict::KnownFail => 3,
+            Verdict::Pass => 2,
+            Verdict::Skipped => 1,
+            Verdict::NotRun => 0,
+        }
+    }
+
     /// The summary/JSON spelling (`pass`, ..., `not_run`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -268,6 +311,7 @@ pub struct SplatRecord {
 
 /// The judged outcome of one scenario.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Judgement {
     /// Verdict.
     pub verdict: Verdict,

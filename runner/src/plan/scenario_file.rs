@@ -515,7 +515,6 @@ struct Checker {
     /// The scenario's own BPF sources (`bpf_load.source`).
     own: own_bpf::Sources,
 }
-
 impl Checker {
     fn report(&mut self, field: String, message: impl Into<String>) {
         if !self.problems.iter().any(|(f, _)| *f == field) {
@@ -553,7 +552,6 @@ fn known_bpf() -> Result<&'static [(String, Vec<String>)], &'static str> {
         .as_deref()
         .map_err(String::as_str)
 }
-
 fn check(s: &Scenario, declared: &DeclaredTags, own: own_bpf::Sources) -> Vec<Problem> {
     let mut c = Checker {
         own,

@@ -58,6 +58,7 @@ impl ShardArgs {
         &self,
         items: Vec<T>,
         name: impl Fn(&T) -> &str,
+        history: impl FnOnce(&Path) -> std::io::Result<HashMap<String, f64>>,
     ) -> Result<Vec<T>, HistoryError> {
         let Some(shard) = self.shard else {
             return Ok(items);
@@ -65,7 +66,7 @@ impl ShardArgs {
         let durations = match &self.history {
             // No such folder yet (the first nightly): no history.
             Some(dir) if !dir.exists() => HashMap::new(),
-            Some(dir) => durations_from_history(dir).map_err(|source| HistoryError {
+            Some(dir) => history(dir).map_err(|source| HistoryError {
                 dir: dir.clone(),
                 source,
             })?,
@@ -154,47 +155,6 @@ pub fn select(names: &[&str], shard: Shard, durations: &HashMap<String, f64>) ->
         .collect()
 }
 
-/// Run folders of a results root that hold a `summary.json`, oldest first
-/// (run ids sort by time); `latest` and hidden entries are skipped.
-pub fn run_folders(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut runs: Vec<_> = std::fs::read_dir(root)?
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name != "latest" && !name.starts_with('.')
-        })
-        .map(|e| e.path())
-        .filter(|p| p.join("summary.json").is_file())
-        .collect();
-    runs.sort();
-    Ok(runs)
-}
-
-/// Each scenario's last recorded wall time (`duration_s` of its latest run
-/// in which a VM ran) under a results root. Unreadable runs are skipped:
-/// history only balances shards, it never changes which scenarios run.
-pub fn durations_from_history(root: &Path) -> std::io::Result<HashMap<String, f64>> {
-    let mut out = HashMap::new();
-    for run in run_folders(root)? {
-        let Ok(text) = std::fs::read_to_string(run.join("summary.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        for s in v["scenarios"].as_array().into_iter().flatten() {
-            let (Some(name), Some(d)) = (s["name"].as_str(), s["duration_s"].as_f64()) else {
-                continue;
-            };
-            if d > 0.0 && s["verdict"] != "not_run" {
-                out.insert(name.to_owned(), d);
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,23 +229,5 @@ mod tests {
         let s2 = select(&names, Shard { index: 2, count: 2 }, &d);
         assert_eq!(s1, vec![0]);
         assert_eq!(s2, vec![1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn durations_come_from_the_latest_run() {
-        let root = std::env::temp_dir().join(format!("arena-shard-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        for (run, d) in [("20260101-000000", 5.0), ("20260102-000000", 7.0)] {
-            std::fs::create_dir_all(root.join(run)).unwrap();
-            let s = serde_json::json!({"scenarios": [
-                {"name": "x", "verdict": "pass", "duration_s": d},
-                {"name": "y", "verdict": "not_run", "duration_s": 0.0},
-            ]});
-            std::fs::write(root.join(run).join("summary.json"), s.to_string()).unwrap();
-        }
-        let d = durations_from_history(&root).unwrap();
-        assert_eq!(d.get("x"), Some(&7.0));
-        assert_eq!(d.get("y"), None);
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

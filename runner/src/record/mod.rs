@@ -2,6 +2,7 @@
 //! through the same types), JUnit and KTAP.
 
 pub mod attempts;
+pub mod history;
 pub mod kcidb;
 pub mod ktap;
 pub mod results;

@@ -37,7 +37,7 @@ pub const INTERRUPTED: &str = "interrupted";
 pub const FAIL_FAST: &str = "fail-fast: not started after an earlier scenario failed";
 
 /// Why a run stopped early.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Abort {
     /// The infrastructure error: where it happened and what, on the first
     /// line; a VM that never said hello adds its last console lines.
@@ -48,7 +48,10 @@ pub struct Abort {
 }
 
 /// One scenario's entry in the summary.
-#[derive(Debug, Clone, Serialize)]
+/// Read back leniently: a field an older `schema: 1` writer did not write
+/// takes its default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScenarioSummary {
     /// Scenario name (also its folder).
     pub name: String,
@@ -121,6 +124,41 @@ impl ScenarioSummary {
     }
 }
 
+impl Default for ScenarioSummary {
+    fn default() -> ScenarioSummary {
+        ScenarioSummary::pending("", Path::new(""), &[], 0)
+    }
+}
+
+/// Why a `summary.json` cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The summary.json.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not the lab's JSON.
+    #[error("{}: not a lab summary: {why}", path.display())]
+    Parse {
+        /// The summary.json.
+        path: PathBuf,
+        /// What serde said.
+        why: String,
+    },
+    /// A layout this lab does not know.
+    #[error("{}: summary schema {found}, this lab reads schema {SCHEMA}", path.display())]
+    Schema {
+        /// The summary.json.
+        path: PathBuf,
+        /// Its `schema`.
+        found: u32,
+    },
+}
+
 /// The suite of a scenario file: its directory's name (`scenarios/smoke/x.yaml` → `smoke`).
 pub fn suite_of(file: &Path) -> String {
     file.parent()
@@ -166,17 +204,16 @@ pub fn per_scenario(entries: &[ScenarioSummary]) -> Vec<PerScenario> {
             }
         };
         let p = &mut out[i];
-        match e.judgement.verdict {
-            Verdict::NotRun | Verdict::Skipped => {}
-            Verdict::Pass => p.attempts += 1,
-            // A known kernel bug reproduced is still a failing attempt:
-            // its rate is what someone chasing the race wants.
-            Verdict::Fail | Verdict::KnownFail | Verdict::Error | Verdict::Timeout => {
-                p.attempts += 1;
-                p.failures += 1;
-                p.failing_seeds.push(e.seed);
-                p.failing_attempts.push(e.attempt);
-            }
+        let v = e.judgement.verdict;
+        if v.ran() {
+            p.attempts += 1;
+        }
+        // A known kernel bug reproduced is still a failing attempt: its
+        // rate is what someone chasing the race wants.
+        if v.is_failing_attempt() {
+            p.failures += 1;
+            p.failing_seeds.push(e.seed);
+            p.failing_attempts.push(e.attempt);
         }
     }
     for p in &mut out {
@@ -188,7 +225,10 @@ pub fn per_scenario(entries: &[ScenarioSummary]) -> Vec<PerScenario> {
 }
 
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+/// Read back leniently (`#[serde(default)]`), so every `schema: 1` file
+/// written so far reads: a field added since takes its default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     /// Layout version: [`SCHEMA`].
     pub schema: u32,
@@ -256,6 +296,47 @@ pub struct Summary {
     pub scenarios: Vec<ScenarioSummary>,
     /// Per scenario name: attempts, failures, failure rate, failing seeds.
     pub per_scenario: Vec<PerScenario>,
+}
+
+impl Summary {
+    /// The `summary.json` at `path`, through the same types the writer
+    /// uses: every reader (compare, report, repro, shards, mutate, bisect)
+    /// reads runs this way.
+    pub fn read(path: &Path) -> Result<Summary, ReadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parse = |why: String| ReadError::Parse {
+            path: path.to_owned(),
+            why,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        // A missing `schema` is the first layout (its files said nothing).
+        let found = value
+            .get("schema")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1);
+        if found != u64::from(SCHEMA) {
+            return Err(ReadError::Schema {
+                path: path.to_owned(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+            });
+        }
+        if !value
+            .get("scenarios")
+            .is_some_and(serde_json::Value::is_array)
+        {
+            return Err(parse("no `scenarios` array".into()));
+        }
+        serde_json::from_value(value).map_err(|e| parse(e.to_string()))
+    }
+
+    /// The summary of the run folder `dir`.
+    pub fn read_run(dir: &Path) -> Result<Summary, ReadError> {
+        Summary::read(&dir.join("summary.json"))
+    }
 }
 
 impl Summary {

@@ -223,7 +223,11 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     };
     let scenarios = args
         .shard
-        .apply(selected.files, |f| f.scenario.name.as_str())
+        .apply(
+            selected.files,
+            |f| f.scenario.name.as_str(),
+            crate::record::history::durations,
+        )
         .map_err(|e| LabError::BadArgs(e.to_string()))?;
     let replay_options = crate::plan::replay::Options {
         no_known_issues: args.no_known_issues,
@@ -242,7 +246,8 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     };
     signals::install_signal_handlers();
     let seed = args.seed.unwrap_or_else(random_seed);
-    let run_dir = RunDir::create(&args.results).map_err(infra)?;
+    // The user's --results: a folder that cannot be made is their input.
+    let run_dir = RunDir::create(&args.results).map_err(|e| LabError::BadArgs(e.to_string()))?;
     let queue = plan_attempts(&scenarios, &args.repeat, seed);
     let planned = queue
         .iter()
@@ -367,13 +372,10 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
                         // Its VM was killed by the interrupt: not a verdict.
                         s.judgement = Judgement::not_run(results::INTERRUPTED);
                     }
-                    let failed = matches!(
-                        s.judgement.verdict,
-                        Verdict::Fail | Verdict::KnownFail | Verdict::Error | Verdict::Timeout
-                    );
+                    let failed = s.judgement.verdict.is_failing_attempt();
                     // A known kernel bug does not stop a --fail-fast run
                     // (it is no news), but it does end an --until-fail loop.
-                    let news = failed && s.judgement.verdict != Verdict::KnownFail;
+                    let news = s.judgement.verdict.is_failure();
                     if failed {
                         s.reproduce = Some(crate::plan::replay::line(
                             &replay_args,

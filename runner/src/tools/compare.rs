@@ -11,27 +11,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
+
+use crate::judge::verdict::Verdict;
+use crate::record::results::{ReadError, Summary};
 
 /// Why two runs cannot be compared: bad input (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
     /// A run folder without a readable summary.
-    #[error("{}: {source}", path.display())]
-    Read {
-        /// The summary.json.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A summary that is not the lab's JSON.
-    #[error("{}: not a lab summary: {why}", path.display())]
-    Parse {
-        /// The summary.json.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
+    /// A run's summary.json cannot be read.
+    #[error(transparent)]
+    Summary(#[from] ReadError),
     /// `--history` has fewer than two runs.
     #[error("{}: needs at least two runs with a summary.json, found {found}", dir.display())]
     History {
@@ -70,38 +60,22 @@ pub fn parse_threshold(s: &str) -> Result<f64, CompareError> {
 /// One scenario of one run, as far as comparing goes.
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
-    verdict: String,
+    verdict: Verdict,
     duration_s: f64,
-    /// Verdicts of repeated attempts (`--repeat`), when recorded.
-    attempts: Vec<String>,
-    /// `failures` of `attempts` when only counts are recorded.
-    counts: Option<(u64, u64)>,
+    /// Verdicts of its attempts (`--repeat`), when it had more than one.
+    attempts: Vec<Verdict>,
 }
 
 impl Entry {
     fn failed(&self) -> bool {
-        matches!(self.verdict.as_str(), "fail" | "error" | "timeout")
+        self.verdict.is_failure()
     }
 
     /// Mixed verdicts across repeated attempts.
     fn flaky(&self) -> bool {
-        let runs: Vec<&String> = self.attempts.iter().filter(|v| *v != "not_run").collect();
-        let mixed = runs.iter().any(|v| *v == "pass") && runs.iter().any(|v| *v != "pass");
-        let counted = self
-            .counts
-            .is_some_and(|(attempts, failures)| failures > 0 && failures < attempts);
-        mixed || counted
+        let runs: Vec<Verdict> = self.attempts.iter().copied().filter(|v| v.ran()).collect();
+        runs.contains(&Verdict::Pass) && runs.iter().any(|v| *v != Verdict::Pass)
     }
-}
-
-/// The verdict that matters most among attempts: a failure over a known
-/// kernel bug over a pass over a skip over `not_run`.
-fn worst(verdicts: &[String]) -> String {
-    ["timeout", "error", "fail", "known_fail", "pass", "skipped"]
-        .into_iter()
-        .find(|w| verdicts.iter().any(|v| v == w))
-        .unwrap_or("not_run")
-        .to_owned()
 }
 
 /// A run read back.
@@ -115,59 +89,37 @@ struct Run {
 }
 
 fn read_run(dir: &Path) -> Result<Run, CompareError> {
-    let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| CompareError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let parse = |why: String| CompareError::Parse {
-        path: path.clone(),
-        why,
-    };
-    let v: Value = serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?;
-    let list = v["scenarios"]
-        .as_array()
-        .ok_or_else(|| parse("no `scenarios` array".into()))?;
+    let summary = Summary::read_run(dir)?;
     let mut scenarios: BTreeMap<String, Entry> = BTreeMap::new();
-    for (i, s) in list.iter().enumerate() {
-        let (Some(name), Some(verdict)) = (s["name"].as_str(), s["verdict"].as_str()) else {
-            return Err(parse(format!("scenario {i} has no name or verdict")));
-        };
-        let duration_s = s["duration_s"].as_f64().unwrap_or(0.0);
-        let counts = s["attempts"]
-            .as_u64()
-            .map(|a| (a, s["failures"].as_u64().unwrap_or(0)));
-        let mut attempts: Vec<String> = match &s["attempts"] {
-            Value::Array(a) => a
-                .iter()
-                .filter_map(|x| x["verdict"].as_str().or(x.as_str()).map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
-        match scenarios.get_mut(name) {
+    for s in &summary.scenarios {
+        let verdict = s.judgement.verdict;
+        match scenarios.get_mut(&s.name) {
             // `--repeat`: one entry per attempt. The scenario's verdict is
             // its worst attempt's (a failure anywhere is news), its time the
             // mean of the attempts that ran.
             Some(e) => {
                 if e.attempts.is_empty() {
-                    e.attempts.push(e.verdict.clone());
+                    e.attempts.push(e.verdict);
                 }
-                e.attempts.push(verdict.to_owned());
-                let ran = e.attempts.iter().filter(|v| *v != "not_run").count() as f64;
-                if verdict != "not_run" && ran > 0.0 {
-                    e.duration_s += (duration_s - e.duration_s) / ran;
+                e.attempts.push(verdict);
+                let ran = e.attempts.iter().filter(|v| **v != Verdict::NotRun).count() as f64;
+                if verdict != Verdict::NotRun && ran > 0.0 {
+                    e.duration_s += (s.duration_s - e.duration_s) / ran;
                 }
-                e.verdict = worst(&e.attempts);
+                e.verdict = e
+                    .attempts
+                    .iter()
+                    .copied()
+                    .max_by_key(|v| v.severity())
+                    .unwrap_or(Verdict::NotRun);
             }
             None => {
-                attempts.retain(|v| !v.is_empty());
                 scenarios.insert(
-                    name.to_owned(),
+                    s.name.clone(),
                     Entry {
-                        verdict: verdict.to_owned(),
-                        duration_s,
-                        attempts,
-                        counts,
+                        verdict,
+                        duration_s: s.duration_s,
+                        attempts: Vec::new(),
                     },
                 );
             }
@@ -175,12 +127,13 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
     }
     Ok(Run {
         dir: dir.to_owned(),
-        id: v["run_id"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| dir.display().to_string()),
-        kernel: v["kernel"]["release"].as_str().map(str::to_owned),
-        complete: v["complete"].as_bool().unwrap_or(false),
+        id: if summary.run_id.is_empty() {
+            dir.display().to_string()
+        } else {
+            summary.run_id.clone()
+        },
+        kernel: summary.kernel.as_ref().map(|k| k.release.clone()),
+        complete: summary.complete,
         scenarios,
     })
 }
@@ -191,9 +144,9 @@ pub struct Change {
     /// Scenario name.
     pub name: String,
     /// Verdict in BASE (`None` for a new scenario).
-    pub base: Option<String>,
+    pub base: Option<Verdict>,
     /// Verdict in NEW (`None` for a removed one).
-    pub new: Option<String>,
+    pub new: Option<Verdict>,
 }
 
 /// A scenario whose wall time moved beyond the threshold.
@@ -281,8 +234,8 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
     };
     let change = |name: &str, b: Option<&Entry>, n: Option<&Entry>| Change {
         name: name.to_owned(),
-        base: b.map(|e| e.verdict.clone()),
-        new: n.map(|e| e.verdict.clone()),
+        base: b.map(|e| e.verdict),
+        new: n.map(|e| e.verdict),
     };
     for (name, n) in &new.scenarios {
         let b = base.scenarios.get(name);
@@ -294,18 +247,18 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
             continue;
         };
         let ch = change(name, Some(b), Some(n));
-        if n.verdict == "not_run" {
+        if n.verdict == Verdict::NotRun {
             c.not_run.push(ch);
-        } else if b.verdict == "pass" && n.failed() {
+        } else if n.verdict.is_regression_from(b.verdict) {
             c.regressions.push(ch);
-        } else if b.failed() && n.verdict == "pass" {
+        } else if n.verdict.is_fix_from(b.verdict) {
             c.fixed.push(ch);
         } else if b.failed() && n.failed() {
             c.still_failing.push(ch);
-        } else if b.verdict != n.verdict && b.verdict != "not_run" {
+        } else if b.verdict != n.verdict && b.verdict != Verdict::NotRun {
             c.other_changes.push(ch);
         }
-        if b.verdict != "not_run" && n.verdict != "not_run" && b.duration_s > 0.0 {
+        if b.verdict != Verdict::NotRun && n.verdict != Verdict::NotRun && b.duration_s > 0.0 {
             let pct = (n.duration_s - b.duration_s) / b.duration_s;
             if pct.abs() > threshold {
                 c.durations.push(DurationChange {
@@ -352,7 +305,7 @@ pub fn markdown(c: &Comparison) -> String {
             ));
         }
     }
-    let verdict = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let verdict = |v: &Option<Verdict>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let section = |out: &mut String, title: &str, list: &[Change]| {
         if list.is_empty() {
             return;
@@ -420,11 +373,12 @@ pub fn compare(req: &Request) -> Result<(Comparison, PathBuf), CompareError> {
     let (base, new) = match (req.runs, req.history) {
         ([base, new], None) => (base.clone(), new.clone()),
         ([], Some(dir)) => {
-            let runs =
-                crate::plan::shard::run_folders(dir).map_err(|source| CompareError::Read {
+            let runs = crate::record::history::run_folders(dir).map_err(|source| {
+                CompareError::Summary(ReadError::Io {
                     path: dir.to_owned(),
                     source,
-                })?;
+                })
+            })?;
             match runs.as_slice() {
                 [.., base, new] => (base.clone(), new.clone()),
                 _ => {
@@ -458,10 +412,9 @@ mod tests {
 
     fn entry(verdict: &str, d: f64) -> Entry {
         Entry {
-            verdict: verdict.into(),
+            verdict: serde_json::from_value(serde_json::json!(verdict)).unwrap(),
             duration_s: d,
             attempts: vec![],
-            counts: None,
         }
     }
 
@@ -481,7 +434,7 @@ mod tests {
     #[test]
     fn classifies_every_kind_of_change() {
         let mut flaky = entry("fail", 5.0);
-        flaky.attempts = vec!["pass".into(), "fail".into()];
+        flaky.attempts = vec![Verdict::Pass, Verdict::Fail];
         let base = run(
             "b",
             &[
@@ -555,18 +508,10 @@ mod tests {
     }
 
     #[test]
-    fn counted_attempts_are_flaky_when_mixed() {
-        let mut e = entry("fail", 1.0);
-        e.counts = Some((5, 2));
-        assert!(e.flaky());
-        e.counts = Some((5, 5));
-        assert!(!e.flaky());
-    }
-
-    #[test]
     fn repeated_entries_are_one_flaky_scenario() {
         let dir = std::env::temp_dir().join(format!("arena-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // Written by an early schema-1 lab: no `schema`, most fields absent.
         let v = serde_json::json!({"run_id": "r", "complete": true, "scenarios": [
             {"name": "x", "verdict": "pass", "duration_s": 2.0, "attempt": 1},
             {"name": "x", "verdict": "fail", "duration_s": 4.0, "attempt": 2},
@@ -575,10 +520,21 @@ mod tests {
         std::fs::write(dir.join("summary.json"), v.to_string()).unwrap();
         let r = read_run(&dir).unwrap();
         let x = &r.scenarios["x"];
-        assert_eq!(x.verdict, "fail");
+        assert_eq!(x.verdict, Verdict::Fail);
         assert_eq!(x.duration_s, 3.0);
         assert!(x.flaky());
         assert!(!r.scenarios["y"].flaky());
+        // Another layout is refused, naming the file and both schemas.
+        std::fs::write(
+            dir.join("summary.json"),
+            r#"{"schema": 2, "scenarios": []}"#,
+        )
+        .unwrap();
+        let e = read_run(&dir).err().expect("schema 2 refused").to_string();
+        assert!(
+            e.contains("summary schema 2, this lab reads schema 1"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -2,6 +2,8 @@
 //! build a tree with `lab kernel build`'s options, run scenarios on the
 //! result with `lab run`'s, and read which scenarios did not pass.
 
+use crate::judge::verdict::Verdict;
+use crate::record::results::Summary;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +55,7 @@ pub struct NotPassed {
     /// Scenario name.
     pub name: String,
     /// Its verdict (`fail`, `error`, `timeout`, `skipped`, `not_run`, ...).
-    pub verdict: String,
+    pub verdict: Verdict,
     /// The first line of its reason.
     pub reason: String,
     /// The lab, not the kernel, could not carry it out.
@@ -63,24 +65,17 @@ pub struct NotPassed {
 /// The scenarios of `summary.json` that did not pass, in plan order;
 /// `None` when it cannot be read.
 pub fn not_passed(summary: &Path) -> Option<Vec<NotPassed>> {
-    let text = std::fs::read_to_string(summary).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let summary = Summary::read(summary).ok()?;
     Some(
-        v["scenarios"]
-            .as_array()?
+        summary
+            .scenarios
             .iter()
-            .filter(|s| s["verdict"] != "pass")
+            .filter(|s| s.judgement.verdict != Verdict::Pass)
             .map(|s| NotPassed {
-                name: s["name"].as_str().unwrap_or("?").to_owned(),
-                verdict: s["verdict"].as_str().unwrap_or("?").to_owned(),
-                reason: s["reason"]
-                    .as_str()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-                infra: s["infra"].as_bool().unwrap_or(false),
+                name: s.name.clone(),
+                verdict: s.judgement.verdict,
+                reason: s.judgement.reason.lines().next().unwrap_or("").to_owned(),
+                infra: s.judgement.infra,
             })
             .collect(),
     )

@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::record::results::Summary;
 use plotters::prelude::*;
-use serde_json::Value;
 
 /// Lines of `console.log` shown for a failing scenario.
 const CONSOLE_LINES: usize = 60;
@@ -109,74 +109,73 @@ struct Run {
     entries: Vec<Entry>,
 }
 
-fn text(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
-/// A run from its summary.json; `None` when it is not the lab's JSON.
-fn parse_run(dir: &Path, v: &Value) -> Option<Run> {
-    let list = v["scenarios"].as_array()?;
-    let entries = list
+/// A run from its summary, read through the results model.
+fn parse_run(dir: &Path, v: &Summary) -> Run {
+    let entries = v
+        .scenarios
         .iter()
         .map(|s| Entry {
-            name: text(s, "name"),
-            attempt: s["attempt"].as_u64().unwrap_or(1),
-            verdict: text(s, "verdict"),
-            reason: text(s, "reason"),
-            duration_s: s["duration_s"].as_f64().unwrap_or(0.0),
-            dir: s["dir"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| text(s, "name")),
-            console_tail: s["console_tail"].as_str().map(str::to_owned),
-            splats: s["splats"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|p| {
-                            let body = p["decoded"].as_str().or(p["text"].as_str());
-                            (text(p, "title"), body.map(str::to_owned))
-                        })
-                        .collect()
+            name: s.name.clone(),
+            attempt: s.attempt,
+            verdict: s.judgement.verdict.to_string(),
+            reason: s.judgement.reason.clone(),
+            duration_s: s.duration_s,
+            dir: if s.dir.is_empty() {
+                s.name.clone()
+            } else {
+                s.dir.clone()
+            },
+            console_tail: s.judgement.console_tail.clone(),
+            splats: s
+                .judgement
+                .splats
+                .iter()
+                .map(|p| {
+                    (
+                        p.title.clone(),
+                        p.decoded.clone().or_else(|| p.text.clone()),
+                    )
                 })
-                .unwrap_or_default(),
+                .collect(),
         })
         .collect();
-    let k = &v["kernel"];
-    Some(Run {
+    let k = v.kernel.as_ref();
+    let field =
+        |f: fn(&arena_images::kernel::Kernel) -> &String| k.map(f).cloned().unwrap_or_default();
+    Run {
         dir: dir.to_owned(),
-        id: v["run_id"].as_str().map(str::to_owned).unwrap_or_else(|| {
+        id: if v.run_id.is_empty() {
             dir.file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned()
-        }),
-        started: text(v, "started"),
-        shard: v["shard"].as_str().map(str::to_owned),
-        complete: v["complete"].as_bool().unwrap_or(false),
-        aborted: v["aborted"]["reason"].as_str().map(str::to_owned),
-        wall_s: v["wall_s"].as_f64().unwrap_or(0.0),
-        kernel_release: text(k, "release"),
-        kernel_version: text(k, "version"),
-        kernel_sha256: text(k, "sha256"),
+        } else {
+            v.run_id.clone()
+        },
+        started: v.started.clone(),
+        shard: v.shard.clone(),
+        complete: v.complete,
+        aborted: v.aborted.as_ref().map(|a| a.reason.clone()),
+        wall_s: v.wall_s,
+        kernel_release: field(|k| &k.release),
+        kernel_version: field(|k| &k.version),
+        kernel_sha256: field(|k| &k.sha256),
         entries,
-    })
+    }
 }
 
 /// Every readable run under `root`, oldest first (run ids sort by time),
 /// and the folders skipped because their summary did not parse.
 fn read_runs(root: &Path) -> Result<(Vec<Run>, Vec<PathBuf>), ReportError> {
-    let folders = crate::plan::shard::run_folders(root).map_err(|source| ReportError::Read {
-        path: root.to_owned(),
-        source,
-    })?;
+    let folders =
+        crate::record::history::run_folders(root).map_err(|source| ReportError::Read {
+            path: root.to_owned(),
+            source,
+        })?;
     let mut runs = vec![];
     let mut skipped = vec![];
     for dir in folders {
-        let parsed = std::fs::read_to_string(dir.join("summary.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| parse_run(&dir, &v));
+        let parsed = Summary::read_run(&dir).ok().map(|v| parse_run(&dir, &v));
         match parsed {
             Some(r) => runs.push(r),
             None => skipped.push(dir),

@@ -8,9 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
+use crate::judge::verdict::Verdict;
 use crate::plan::attempts::{shell_quote, SCENARIO_COPY};
+use crate::record::results::{ReadError, ScenarioSummary, Summary};
 use crate::{run, LabError};
 
 /// `lab repro` options.
@@ -36,13 +36,8 @@ pub enum ReproError {
     #[error("{0}: not inside a run folder (no summary.json next to or above it)")]
     NoRun(PathBuf),
     /// The summary cannot be read.
-    #[error("{path}: {message}")]
-    BadSummary {
-        /// summary.json.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    #[error(transparent)]
+    BadSummary(#[from] ReadError),
     /// The run has no entry for the folder.
     #[error("{0}: no scenario of its run has this folder")]
     NoEntry(PathBuf),
@@ -82,76 +77,64 @@ fn run_folder(dir: &Path) -> Option<PathBuf> {
 pub fn locate(dir: &Path) -> Result<Target, ReproError> {
     let dir = dir.components().collect::<PathBuf>();
     let run = run_folder(&dir).ok_or_else(|| ReproError::NoRun(dir.clone()))?;
-    let path = run.join("summary.json");
-    let bad = |message: String| ReproError::BadSummary {
-        path: path.clone(),
-        message,
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-    let summary: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let summary = Summary::read_run(&run)?;
     let rel = dir
         .strip_prefix(&run)
         .map(|r| r.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let entries = summary["scenarios"]
-        .as_array()
-        .ok_or_else(|| bad("no `scenarios` array".into()))?;
-    let verdict = |e: &Value| e["verdict"].as_str().unwrap_or("").to_owned();
+    let entries = &summary.scenarios;
     let entry = entries
         .iter()
-        .find(|e| e["dir"].as_str() == Some(rel.as_str()))
+        .find(|e| e.dir == rel)
         .or_else(|| {
-            let attempts: Vec<&Value> = entries
-                .iter()
-                .filter(|e| e["name"].as_str() == Some(rel.as_str()))
-                .collect();
-            let failing = ["fail", "error", "timeout"];
+            let attempts: Vec<&ScenarioSummary> =
+                entries.iter().filter(|e| e.name == rel).collect();
             attempts
                 .iter()
-                .find(|e| failing.contains(&verdict(e).as_str()))
-                .or_else(|| attempts.iter().rev().find(|e| verdict(e) != "not_run"))
+                .find(|e| e.judgement.verdict.is_failure())
+                .or_else(|| {
+                    attempts
+                        .iter()
+                        .rev()
+                        .find(|e| e.judgement.verdict != Verdict::NotRun)
+                })
                 .copied()
         })
         .ok_or_else(|| ReproError::NoEntry(dir.clone()))?;
-    let (Some(sub), Some(run_seed)) = (entry["dir"].as_str(), entry["run_seed"].as_u64()) else {
+    // Folders and run seeds were recorded together.
+    if entry.dir.is_empty() {
         return Err(ReproError::NotRecorded(
             dir,
             "attempt folders and run seeds",
         ));
-    };
-    let file = run.join(sub).join(SCENARIO_COPY);
+    }
+    let file = run.join(&entry.dir).join(SCENARIO_COPY);
     if !file.is_file() {
         return Err(ReproError::NotRecorded(dir, "a copy of the scenario file"));
     }
-    let recorded: Vec<String> = match summary["replay_args"].as_array() {
-        Some(words) if !words.is_empty() => words
-            .iter()
-            .map(|w| w.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("`replay_args` holds a non-string".into()))?,
+    let recorded: Vec<String> = if summary.replay_args.is_empty() {
         // Written before replay options were recorded: the kernel record
         // (pinned, with its sha256) and the backend are all there is.
-        _ => {
-            let kernel: arena_images::kernel::Kernel =
-                serde_json::from_value(summary["kernel"].clone())
-                    .map_err(|e| bad(format!("`kernel`: {e}")))?;
-            let modules = kernel.modules.clone();
-            let mut a = crate::plan::replay::from_kernel_record(&kernel, modules.as_deref());
-            if let Some(b) = summary["backend"].as_str() {
-                a.extend(["--backend".into(), b.to_owned()]);
-            }
-            a
+        let kernel = summary
+            .kernel
+            .as_ref()
+            .ok_or(ReproError::NotRecorded(dir.clone(), "the kernel"))?;
+        let mut a = crate::plan::replay::from_kernel_record(kernel, kernel.modules.as_deref());
+        if let Some(b) = &summary.backend {
+            a.extend(["--backend".into(), b.clone()]);
         }
+        a
+    } else {
+        summary.replay_args.clone()
     };
-    let vm = serde_json::from_value(entry["vm"].clone()).unwrap_or_default();
     Ok(Target {
-        name: entry["name"].as_str().unwrap_or("").to_owned(),
-        attempt: entry["attempt"].as_u64().unwrap_or(1),
-        run_seed,
-        seed: entry["seed"].as_u64().unwrap_or(0),
+        name: entry.name.clone(),
+        attempt: entry.attempt,
+        run_seed: entry.run_seed,
+        seed: entry.seed,
         file,
         recorded,
-        vm,
+        vm: entry.vm,
     })
 }
 
@@ -221,7 +204,7 @@ mod tests {
             })
         };
         let summary = serde_json::json!({
-            "kernel": {"origin": {"kind": "user", "path": "/k/bzImage"}, "modules": null},
+            "kernel": null,
             "backend": "qemu",
             "replay_args": ["--kernel", "debian:7.2.13", "--kernel-sha256", "feed",
                             "--backend", "qemu", "--no-known-issues", "--boot-timeout", "120"],
@@ -295,7 +278,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("lab-repro-old-{}", std::process::id()));
         let run = write_run(&root);
         let path = run.join("summary.json");
-        let mut summary: Value =
+        let mut summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         summary.as_object_mut().unwrap().remove("replay_args");
         summary["kernel"] = serde_json::json!({

@@ -205,7 +205,11 @@ impl Progress {
 
     /// Print the console lines of `r` written since the last call.
     fn stream_console(&self, r: &mut Running) {
+        let first = r.console_at == 0;
         let text = read_from(&r.dir.join("console.log"), &mut r.console_at, true);
+        // A restored VM's log starts with the snapshot's boot (written at
+        // once, before the VM runs): shown once per run, not per scenario.
+        let text = if first { own_console(&text) } else { &text };
         if text.is_empty() {
             return;
         }
@@ -229,6 +233,15 @@ impl Progress {
             let _ = multi.clear();
         }
     }
+}
+
+/// What a restored VM printed itself: the text after
+/// [`RESTORE_MARKER`](crate::execute::console_capture::RESTORE_MARKER), or all
+/// of it for a booted VM.
+fn own_console(text: &str) -> &str {
+    let marker = crate::execute::console_capture::RESTORE_MARKER;
+    text.find(marker)
+        .map_or(text, |i| &text[i + marker.len()..])
 }
 
 /// Bytes of `path` from `*at` on, up to the last complete line when
@@ -310,6 +323,16 @@ pub fn result_lines(s: &ScenarioSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbose_skips_a_restored_vms_boot_console() {
+        let marker = crate::execute::console_capture::RESTORE_MARKER;
+        let boot: String = (0..255).map(|i| format!("[ 0.{i}] boot line\n")).collect();
+        let log = format!("{boot}{marker}[ 9.0] arena-agent: running\n");
+        assert_eq!(own_console(&log), "[ 9.0] arena-agent: running\n");
+        // A cold boot's console is all its own.
+        assert_eq!(own_console(&boot), boot);
+    }
 
     #[test]
     fn phases_from_events() {

@@ -41,7 +41,9 @@ use self::journal::{Journal, JournalError};
 use self::operators::{Mutant, Operator};
 use self::report::{Baseline, MutantRecord, Report};
 use crate::execute::signals;
+use crate::judge::verdict::Verdict;
 use crate::plan::scenario_file;
+use crate::record::results::Summary;
 use crate::tools::kernel_cmd::{self, Base};
 use crate::tools::kernel_step::{self, NotPassed};
 use crate::{exit, infra, LabError};
@@ -518,7 +520,7 @@ fn baseline(cx: &Ctx, shown: &Shown) -> Result<Result<Baseline, u8>, LabError> {
     };
     let red: Vec<NotPassed> = list
         .iter()
-        .filter(|s| s.verdict != "skipped")
+        .filter(|s| s.verdict != Verdict::Skipped)
         .cloned()
         .collect();
     if !red.is_empty() || end.code != Some(0) {
@@ -532,11 +534,7 @@ fn baseline(cx: &Ctx, shown: &Shown) -> Result<Result<Baseline, u8>, LabError> {
         return Ok(Err(exit::FAIL));
     }
     let skipped: Vec<String> = list.into_iter().map(|s| s.name).collect();
-    let total = std::fs::read_to_string(end.summary())
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["planned"].as_u64())
-        .unwrap_or(0) as usize;
+    let total = Summary::read(&end.summary()).map_or(0, |s| s.planned);
     Ok(Ok(Baseline {
         build_s,
         run_s: end.run_s,
@@ -639,14 +637,14 @@ fn stop(child: &mut Child) -> Result<std::process::ExitStatus, LabError> {
 
 /// Verdicts that kill a mutant whatever the lab's part: the kernel
 /// misbehaved.
-const KILLING: &[&str] = &["fail", "known_fail"];
+const KILLING: &[Verdict] = &[Verdict::Fail, Verdict::KnownFail];
 
 /// A mutant's class from its run (see the module's doc for the order).
 fn classify(end: &RunEnd, budget: f64, skipped_at_baseline: &BTreeSet<String>) -> Outcome {
     let outcome = |class, s: Option<&NotPassed>, reason: String| Outcome {
         class,
         scenario: s.map(|s| s.name.clone()),
-        verdict: s.map(|s| s.verdict.clone()),
+        verdict: s.map(|s| s.verdict.to_string()),
         reason,
         build_s: 0.0,
         run_s: end.run_s,
@@ -654,9 +652,9 @@ fn classify(end: &RunEnd, budget: f64, skipped_at_baseline: &BTreeSet<String>) -
     let list = kernel_step::not_passed(&end.summary());
     let all = list.as_deref().unwrap_or_default();
     let kills = |s: &&NotPassed| {
-        KILLING.contains(&s.verdict.as_str())
-            || (s.verdict == "error" && !s.infra)
-            || (s.verdict == "skipped" && !skipped_at_baseline.contains(&s.name))
+        KILLING.contains(&s.verdict)
+            || (s.verdict == Verdict::Error && !s.infra)
+            || (s.verdict == Verdict::Skipped && !skipped_at_baseline.contains(&s.name))
     };
     if let Some(s) = all.iter().find(kills) {
         return outcome(Class::Killed, Some(s), s.reason.clone());
@@ -668,7 +666,7 @@ fn classify(end: &RunEnd, budget: f64, skipped_at_baseline: &BTreeSet<String>) -
             format!("the run took longer than the mutant budget of {budget:.0} s"),
         );
     }
-    if let Some(s) = all.iter().find(|s| s.verdict == "timeout") {
+    if let Some(s) = all.iter().find(|s| s.verdict == Verdict::Timeout) {
         return outcome(Class::Timeout, Some(s), s.reason.clone());
     }
     let Some(list) = list.as_ref() else {
@@ -678,7 +676,7 @@ fn classify(end: &RunEnd, budget: f64, skipped_at_baseline: &BTreeSet<String>) -
             format!("`lab run` exited {:?} without a summary", end.code),
         );
     };
-    if let Some(s) = list.iter().find(|s| s.verdict != "skipped") {
+    if let Some(s) = list.iter().find(|s| s.verdict != Verdict::Skipped) {
         return outcome(Class::Error, Some(s), s.reason.clone());
     }
     if end.code != Some(0) {

@@ -1,0 +1,66 @@
+//! The runs under a results root, oldest first, and what `--shard
+//! --history` balances by: each scenario's last recorded wall time.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::judge::verdict::Verdict;
+use crate::record::results::Summary;
+
+/// Run folders of a results root that hold a `summary.json`, oldest first
+/// (run ids sort by time); `latest` and hidden entries are skipped.
+pub fn run_folders(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut runs: Vec<_> = std::fs::read_dir(root)?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name != "latest" && !name.starts_with('.')
+        })
+        .map(|e| e.path())
+        .filter(|p| p.join("summary.json").is_file())
+        .collect();
+    runs.sort();
+    Ok(runs)
+}
+
+/// Each scenario's last recorded wall time (`duration_s` of its latest run
+/// in which a VM ran) under a results root. Unreadable runs are skipped:
+/// history only balances shards, it never changes which scenarios run.
+pub fn durations(root: &Path) -> std::io::Result<HashMap<String, f64>> {
+    let mut out = HashMap::new();
+    for run in run_folders(root)? {
+        let Ok(summary) = Summary::read_run(&run) else {
+            continue;
+        };
+        for s in &summary.scenarios {
+            if s.duration_s > 0.0 && s.judgement.verdict != Verdict::NotRun {
+                out.insert(s.name.clone(), s.duration_s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_come_from_the_latest_run() {
+        let root = std::env::temp_dir().join(format!("arena-shard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (run, d) in [("20260101-000000", 5.0), ("20260102-000000", 7.0)] {
+            std::fs::create_dir_all(root.join(run)).unwrap();
+            let s = serde_json::json!({"scenarios": [
+                {"name": "x", "verdict": "pass", "duration_s": d},
+                {"name": "y", "verdict": "not_run", "duration_s": 0.0},
+            ]});
+            std::fs::write(root.join(run).join("summary.json"), s.to_string()).unwrap();
+        }
+        let d = durations(&root).unwrap();
+        assert_eq!(d.get("x"), Some(&7.0));
+        assert_eq!(d.get("y"), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
