@@ -270,27 +270,21 @@ fn read_phase(events: &Path, at: &mut u64) -> Option<String> {
     text.lines().filter_map(phase_of).next_back()
 }
 
-/// What an `events.jsonl` line says the scenario is doing.
+/// What an `events.jsonl` line says the scenario is doing: the line is a
+/// [`GuestMessage`](arena_protocol::GuestMessage) stamped with its arrival.
 fn phase_of(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    match v["type"].as_str()? {
-        "hello" => Some("agent up".into()),
-        "step_started" => Some(format!(
-            "step {} {}",
-            v["path"].as_str().unwrap_or("?"),
-            v["kind"].as_str().unwrap_or("?")
-        )),
+    use arena_protocol::GuestMessage;
+    match serde_json::from_str::<GuestMessage>(line).ok()? {
+        GuestMessage::Hello(_) => Some("agent up".into()),
+        GuestMessage::StepStarted { path, kind } => Some(format!("step {path} {kind}")),
         // Only parallel steps say more than `step_started` already did.
-        "progress" => {
-            let w: arena_protocol::WorkerProgress =
-                serde_json::from_value(v.get("workers")?.clone()).ok()?;
-            Some(format!(
-                "step {} {}, {w}",
-                v["path"].as_str().unwrap_or("?"),
-                v["kind"].as_str().unwrap_or("?")
-            ))
-        }
-        "done" | "fatal" => Some("powering off".into()),
+        GuestMessage::Progress {
+            path,
+            kind,
+            workers: Some(w),
+            ..
+        } => Some(format!("step {path} {kind}, {w}")),
+        GuestMessage::Done { .. } | GuestMessage::Fatal { .. } => Some("powering off".into()),
         _ => None,
     }
 }
@@ -340,7 +334,16 @@ mod tests {
             phase_of(r#"{"type":"step_started","path":"3","kind":"touch","host_time_s":1.0}"#),
             Some("step 3 touch".into())
         );
-        assert_eq!(phase_of(r#"{"type":"hello"}"#), Some("agent up".into()));
+        let hello = arena_protocol::GuestMessage::Hello(arena_protocol::Hello {
+            agent_version: "0".into(),
+            kernel_release: "6.12".into(),
+            kernel_version: "#1".into(),
+            jit_enabled: None,
+            cpus: 2,
+            uptime_ms: 1,
+        });
+        let line = serde_json::to_string(&hello).unwrap();
+        assert_eq!(phase_of(&line), Some("agent up".into()));
         assert_eq!(phase_of(r#"{"type":"step_ended"}"#), None);
         assert_eq!(phase_of("garbage"), None);
         assert_eq!(
