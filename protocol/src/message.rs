@@ -468,7 +468,10 @@ mod tests {
         };
         let m = GuestMessage::Diagnosis(d.clone());
         let s = serde_json::to_string(&m).unwrap();
-        assert!(s.starts_with(r#"{"type":"diagnosis","tasks":[{"pid":57,"#), "{s}");
+        assert!(
+            s.starts_with(r#"{"type":"diagnosis","tasks":[{"pid":57,"#),
+            "{s}"
+        );
         assert_eq!(serde_json::from_str::<GuestMessage>(&s).unwrap(), m);
         // A hostile one is cut to the bounds.
         let mut big = task;
