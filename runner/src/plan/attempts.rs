@@ -135,24 +135,26 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Scenario files named `names`, each a one-step scenario (tests only).
+#[cfg(test)]
+pub fn test_files(names: &[&str]) -> Vec<ScenarioFile> {
+    names
+        .iter()
+        .map(|n| {
+            let mut scenario = crate::run::trivial_scenario();
+            scenario.name = (*n).into();
+            ScenarioFile {
+                path: format!("{n}.yaml").into(),
+                scenario,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_files as files;
     use super::*;
-    use crate::run::trivial_scenario;
-
-    fn files(names: &[&str]) -> Vec<ScenarioFile> {
-        names
-            .iter()
-            .map(|n| {
-                let mut scenario = trivial_scenario();
-                scenario.name = (*n).into();
-                ScenarioFile {
-                    path: format!("{n}.yaml").into(),
-                    scenario,
-                }
-            })
-            .collect()
-    }
 
     #[test]
     fn durations() {

@@ -39,22 +39,8 @@ pub fn slot(entries: &mut Vec<ScenarioSummary>, entry: &ScenarioSummary) -> usiz
 mod tests {
     use super::*;
     use crate::plan::attempts::{plan_attempts, RepeatArgs};
-    use crate::run::trivial_scenario;
+    use crate::plan::attempts::test_files as files;
     use std::time::Instant;
-
-    fn files(names: &[&str]) -> Vec<ScenarioFile> {
-        names
-            .iter()
-            .map(|n| {
-                let mut scenario = trivial_scenario();
-                scenario.name = (*n).into();
-                ScenarioFile {
-                    path: format!("{n}.yaml").into(),
-                    scenario,
-                }
-            })
-            .collect()
-    }
 
     #[test]
     fn new_attempts_go_after_their_scenario() {
