@@ -38,8 +38,8 @@ pub fn slot(entries: &mut Vec<ScenarioSummary>, entry: &ScenarioSummary) -> usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::attempts::{plan_attempts, RepeatArgs};
     use crate::plan::attempts::test_files as files;
+    use crate::plan::attempts::{plan_attempts, RepeatArgs};
     use std::time::Instant;
 
     #[test]
