@@ -67,6 +67,11 @@ enum Command {
         /// List scenarios whose wall time changed by more than this.
         #[arg(long, default_value = "50%")]
         duration_threshold: String,
+        /// With --history: each scenario's pass rate over the last N runs of
+        /// the newest run's kernel; exit 1 only on a new failure (passed
+        /// every earlier night, fails now), never on a flaky one.
+        #[arg(long, value_name = "N", requires = "history")]
+        nights: Option<usize>,
     },
     /// Write a static HTML report of every run under a results root: the
     /// latest run's verdicts (failures first), history, flaky scenarios, trends.
@@ -274,12 +279,14 @@ fn real_main() -> Result<u8, LabError> {
             history,
             out,
             duration_threshold,
+            nights,
         } => {
             let req = compare::Request {
                 runs: &runs,
                 history: history.as_deref(),
                 out: out.as_deref(),
                 threshold: &duration_threshold,
+                nights,
             };
             let (c, dir) = compare::compare(&req).map_err(|e| LabError::BadArgs(e.to_string()))?;
             print!("{}", compare::markdown(&c));

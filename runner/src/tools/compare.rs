@@ -33,6 +33,9 @@ pub enum CompareError {
     /// A `--duration-threshold` that is not a percentage.
     #[error("--duration-threshold {0:?}: expected a percentage such as 50%")]
     Threshold(String),
+    /// `--nights` below two.
+    #[error("--nights {0}: needs at least 2 (the newest run and one before it)")]
+    Nights(usize),
     /// Neither two runs nor `--history` given.
     #[error("give two run folders (BASE NEW) or --history DIR")]
     Usage,
@@ -203,12 +206,131 @@ pub struct Comparison {
     pub duration_threshold_pct: f64,
     /// Scenarios that ran in both and whose wall time changed more than the threshold.
     pub durations: Vec<DurationChange>,
+    /// With `--nights N`: each scenario's record over the last N runs of
+    /// NEW's kernel; then only a new failure makes the exit 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
+}
+
+/// What a scenario did over the last nights of one kernel.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    /// Fails now, passed every earlier night it ran: news.
+    NewFailure,
+    /// Failed some nights and passed others: known to flake.
+    Flaky,
+    /// Failed every night it ran.
+    AlwaysFailing,
+    /// Passed every night it ran.
+    Passing,
+    /// Never ran (skipped or not run every night).
+    NeverRan,
+}
+
+/// One scenario's pass rate over the nights.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Nightly {
+    /// Scenario name.
+    pub name: String,
+    /// Nights it ran (a verdict other than skipped or not_run).
+    pub ran: usize,
+    /// Nights it failed (fail, error or timeout; a documented kernel bug
+    /// is not a failure).
+    pub failed: usize,
+    /// `(ran - failed) / ran`, 1 when it never ran.
+    pub pass_rate: f64,
+    /// The verdict of that record.
+    pub record: Record,
+}
+
+/// `--nights N`: the last N runs of NEW's kernel, oldest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct History {
+    /// Nights asked for.
+    pub nights: usize,
+    /// The kernel release the nights share (NEW's).
+    pub kernel: Option<String>,
+    /// The runs counted, oldest first.
+    pub runs: Vec<String>,
+    /// Every scenario of NEW, by name.
+    pub scenarios: Vec<Nightly>,
+}
+
+impl History {
+    /// Scenarios that fail now and passed before.
+    pub fn new_failures(&self) -> Vec<&str> {
+        self.named(Record::NewFailure)
+    }
+
+    fn named(&self, r: Record) -> Vec<&str> {
+        self.scenarios
+            .iter()
+            .filter(|s| s.record == r)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+/// The record of each of `latest`'s scenarios over `runs` (oldest first,
+/// `latest` last).
+fn history(nights: usize, runs: &[Run]) -> History {
+    let latest = runs.last().expect("at least one run");
+    let scenarios = latest
+        .scenarios
+        .iter()
+        .map(|(name, now)| {
+            let verdicts: Vec<Verdict> = runs
+                .iter()
+                .filter_map(|r| r.scenarios.get(name))
+                .map(|e| e.verdict)
+                .filter(|v| v.ran())
+                .collect();
+            let failed = verdicts.iter().filter(|v| v.is_failure()).count();
+            let ran = verdicts.len();
+            let earlier_failed = failed - usize::from(now.verdict.is_failure());
+            let record = match (ran, failed) {
+                (0, _) => Record::NeverRan,
+                (_, 0) => Record::Passing,
+                (r, f) if f == r => {
+                    if r == 1 {
+                        Record::NewFailure
+                    } else {
+                        Record::AlwaysFailing
+                    }
+                }
+                _ if now.verdict.is_failure() && earlier_failed == 0 => Record::NewFailure,
+                _ => Record::Flaky,
+            };
+            Nightly {
+                name: name.clone(),
+                ran,
+                failed,
+                pass_rate: if ran == 0 {
+                    1.0
+                } else {
+                    (ran - failed) as f64 / ran as f64
+                },
+                record,
+            }
+        })
+        .collect();
+    History {
+        nights,
+        kernel: latest.kernel.clone(),
+        runs: runs.iter().map(|r| r.id.clone()).collect(),
+        scenarios,
+    }
 }
 
 impl Comparison {
-    /// Exit code: 1 on regressions, else 0.
+    /// Exit code: 1 on regressions, else 0; with `--nights`, 1 only on a
+    /// new failure (a flaky scenario failing again is no news).
     pub fn exit_code(&self) -> u8 {
-        u8::from(!self.regressions.is_empty())
+        match &self.history {
+            Some(h) => u8::from(!h.new_failures().is_empty()),
+            None => u8::from(!self.regressions.is_empty()),
+        }
     }
 }
 
@@ -231,6 +353,7 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
         flaky: vec![],
         duration_threshold_pct: threshold * 100.0,
         durations: vec![],
+        history: None,
     };
     let change = |name: &str, b: Option<&Entry>, n: Option<&Entry>| Change {
         name: name.to_owned(),
@@ -322,6 +445,48 @@ pub fn markdown(c: &Comparison) -> String {
             ));
         }
     };
+    if let Some(h) = &c.history {
+        let news = h.new_failures();
+        out.push_str(&format!(
+            "\n## Over the last {} night(s) of {} ({} found)\n\n{} new failure(s){}; flaky: {}\n",
+            h.nights,
+            h.kernel.as_deref().unwrap_or("the same kernel"),
+            h.runs.len(),
+            news.len(),
+            if news.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", news.join(", "))
+            },
+            {
+                let f = h.named(Record::Flaky);
+                if f.is_empty() {
+                    "none".to_owned()
+                } else {
+                    f.join(", ")
+                }
+            }
+        ));
+        let shown: Vec<&Nightly> = h.scenarios.iter().filter(|s| s.failed > 0).collect();
+        if !shown.is_empty() {
+            out.push_str(
+                "\n| scenario | failed | ran | pass rate | record |\n|---|---|---|---|---|\n",
+            );
+            for s in shown {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {:.0}% | {} |\n",
+                    s.name,
+                    s.failed,
+                    s.ran,
+                    s.pass_rate * 100.0,
+                    serde_json::to_value(s.record)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
     section(&mut out, "Regressions", &c.regressions);
     section(&mut out, "Fixed", &c.fixed);
     section(&mut out, "Still failing", &c.still_failing);
@@ -364,6 +529,9 @@ pub struct Request<'a> {
     pub out: Option<&'a Path>,
     /// `--duration-threshold`, as given.
     pub threshold: &'a str,
+    /// `--nights N` (with `history`): pass rates over the last N runs of
+    /// the newest run's kernel.
+    pub nights: Option<usize>,
 }
 
 /// Compare, write `compare.json` and `compare.md`, and return the result
@@ -391,7 +559,31 @@ pub fn compare(req: &Request) -> Result<(Comparison, PathBuf), CompareError> {
         }
         _ => return Err(CompareError::Usage),
     };
-    let c = compare_runs(&read_run(&base)?, &read_run(&new)?, threshold);
+    let mut c = compare_runs(&read_run(&base)?, &read_run(&new)?, threshold);
+    if let (Some(n), Some(dir)) = (req.nights, req.history) {
+        if n < 2 {
+            return Err(CompareError::Nights(n));
+        }
+        // The same kernel only: a root may hold several kernels' nights.
+        let latest = read_run(&new)?;
+        let mut same: Vec<Run> = Vec::new();
+        for folder in crate::record::history::run_folders(dir)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
+            if same.len() == n {
+                break;
+            }
+            if let Ok(r) = read_run(folder) {
+                if r.kernel == latest.kernel {
+                    same.push(r);
+                }
+            }
+        }
+        same.reverse();
+        c.history = Some(history(n, &same));
+    }
     let out = req.out.map(Path::to_owned).unwrap_or(new);
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
@@ -536,6 +728,67 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nights_tell_a_new_failure_from_a_flaky_one() {
+        let night = |id: &str, list: &[(&str, &str)]| {
+            let entries: Vec<(&str, Entry)> =
+                list.iter().map(|(n, v)| (*n, entry(v, 1.0))).collect();
+            run(id, &entries)
+        };
+        let runs = [
+            night(
+                "1",
+                &[
+                    ("new", "pass"),
+                    ("flaky", "fail"),
+                    ("red", "fail"),
+                    ("skip", "skipped"),
+                ],
+            ),
+            night(
+                "2",
+                &[
+                    ("new", "pass"),
+                    ("flaky", "pass"),
+                    ("red", "error"),
+                    ("skip", "skipped"),
+                ],
+            ),
+            night(
+                "3",
+                &[
+                    ("new", "timeout"),
+                    ("flaky", "fail"),
+                    ("red", "fail"),
+                    ("skip", "skipped"),
+                ],
+            ),
+        ];
+        let h = history(3, &runs);
+        let rec = |n: &str| h.scenarios.iter().find(|s| s.name == n).unwrap().clone();
+        assert_eq!(rec("new").record, Record::NewFailure);
+        assert_eq!(
+            (rec("flaky").record, rec("flaky").failed, rec("flaky").ran),
+            (Record::Flaky, 2, 3)
+        );
+        assert!((rec("flaky").pass_rate - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(rec("red").record, Record::AlwaysFailing);
+        assert_eq!(rec("skip").record, Record::NeverRan);
+        assert_eq!(h.new_failures(), ["new"]);
+        // Only a new failure is news: without it, exit 0 even with
+        // regressions against the night before.
+        let mut c = compare_runs(&runs[1], &runs[2], 0.5);
+        assert_eq!(c.exit_code(), 1);
+        c.history = Some(h.clone());
+        assert_eq!(c.exit_code(), 1);
+        let mut quiet = h;
+        quiet.scenarios.retain(|s| s.name != "new");
+        c.history = Some(quiet);
+        assert_eq!(c.exit_code(), 0, "flaky failing again is no news");
+        let md = markdown(&c);
+        assert!(md.contains("| flaky | 2 | 3 | 33% | flaky |"), "{md}");
     }
 
     #[test]

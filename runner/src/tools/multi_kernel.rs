@@ -214,6 +214,7 @@ fn compare_with_first(runs: &[KernelRun]) {
             history: None,
             out: None,
             threshold: "50%",
+            nights: None,
         };
         match compare::compare(&req) {
             Ok((c, dir)) => {
