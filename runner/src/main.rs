@@ -288,10 +288,29 @@ fn real_main() -> Result<u8, LabError> {
                 threshold: &duration_threshold,
                 nights,
             };
-            let (c, dir) = compare::compare(&req).map_err(|e| LabError::BadArgs(e.to_string()))?;
-            print!("{}", compare::markdown(&c));
-            eprintln!("lab: compare.json and compare.md in {}", dir.display());
-            Ok(c.exit_code())
+            let all = compare::compare_each(&req).map_err(|e| LabError::BadArgs(e.to_string()))?;
+            let (mut worst, several, mut failed) = (0, all.len() > 1, None);
+            for (root, result) in all {
+                match result {
+                    Ok((c, dir)) => {
+                        if several {
+                            println!("# kernel folder {}\n", root.display());
+                        }
+                        print!("{}", compare::markdown(&c));
+                        eprintln!("lab: compare.json and compare.md in {}", dir.display());
+                        worst = worst.max(c.exit_code());
+                    }
+                    Err(e) if several => {
+                        eprintln!("lab: {e}");
+                        failed.get_or_insert(e);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                Some(e) => Err(LabError::BadArgs(e.to_string())),
+                None => Ok(worst),
+            }
         }
         Command::Ab(args) => ab::ab(&args),
         Command::Report { root, out } => {

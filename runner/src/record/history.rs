@@ -24,6 +24,38 @@ pub fn run_folders(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(runs)
 }
 
+/// The roots under `root` that hold runs: `root` itself when it has run
+/// folders, and each child folder that has them (`lab run --kernel A
+/// --kernel B --results R` writes one root per kernel, `R/debian-6.12/…`).
+/// Also every folder looked at, for an error that names them.
+pub fn kernel_roots(
+    root: &Path,
+) -> std::io::Result<(Vec<std::path::PathBuf>, Vec<std::path::PathBuf>)> {
+    let mut roots = vec![];
+    let mut looked = vec![root.to_owned()];
+    if !run_folders(root)?.is_empty() {
+        roots.push(root.to_owned());
+    }
+    let mut children: Vec<_> = std::fs::read_dir(root)?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name != "latest" && !name.starts_with('.')
+        })
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.join("summary.json").is_file())
+        .collect();
+    children.sort();
+    for child in children {
+        if run_folders(&child).is_ok_and(|r| !r.is_empty()) {
+            roots.push(child.clone());
+        }
+        looked.push(child);
+    }
+    Ok((roots, looked))
+}
+
 /// Each scenario's last recorded wall time (`duration_s` of its latest run
 /// in which a VM ran) under a results root. Unreadable runs are skipped:
 /// history only balances shards, it never changes which scenarios run.

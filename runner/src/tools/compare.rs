@@ -23,12 +23,14 @@ pub enum CompareError {
     #[error(transparent)]
     Summary(#[from] ReadError),
     /// `--history` has fewer than two runs.
-    #[error("{}: needs at least two runs with a summary.json, found {found}", dir.display())]
+    #[error("{}: needs at least two runs with a summary.json, found {found} (looked in {looked})", dir.display())]
     History {
         /// The results root.
         dir: PathBuf,
         /// Runs found.
         found: usize,
+        /// The folders looked in (the root and its per-kernel children).
+        looked: String,
     },
     /// A `--duration-threshold` that is not a percentage.
     #[error("--duration-threshold {0:?}: expected a percentage such as 50%")]
@@ -67,6 +69,48 @@ struct Entry {
     duration_s: f64,
     /// Verdicts of its attempts (`--repeat`), when it had more than one.
     attempts: Vec<Verdict>,
+    /// Host load while it ran (`host_load`, see [`load_of`]), the highest
+    /// of its attempts; `None` when not recorded.
+    load: Option<f64>,
+}
+
+/// Below this change of wall time (seconds) a duration change is never
+/// news: a sub-second scenario triples on a busy host.
+pub const DURATION_FLOOR_S: f64 = 1.0;
+
+/// A scenario's host load: the mean of the 1-minute loadavg at its start
+/// and end, divided by the share of CPU time not stolen (steal capped at
+/// 90%), and at least 1 (below one runnable task nothing waits).
+pub fn load_of(l: &crate::judge::outcome::HostLoad) -> f64 {
+    let avg = (l.loadavg_start[0] + l.loadavg_end[0]) / 2.0;
+    let steal = l.steal_pct.unwrap_or(0.0).clamp(0.0, 90.0);
+    (avg / (1.0 - steal / 100.0)).max(1.0)
+}
+
+/// How much the relative threshold is widened for a pair of runs: the
+/// ratio of the busier run's load to the calmer one's (≥ 1), 1 when either
+/// load is unknown.
+pub fn load_factor(base: Option<f64>, new: Option<f64>) -> f64 {
+    match (base, new) {
+        (Some(b), Some(n)) if b > 0.0 && n > 0.0 => b.max(n) / b.min(n),
+        _ => 1.0,
+    }
+}
+
+/// The noise rule: a duration change is news only when it is at least
+/// [`DURATION_FLOOR_S`] and its relative size exceeds `threshold` times
+/// the [`load_factor`] of the two runs. The change as a fraction, if news.
+pub fn duration_news(
+    base_s: f64,
+    new_s: f64,
+    loads: [Option<f64>; 2],
+    threshold: f64,
+) -> Option<f64> {
+    if base_s <= 0.0 || (new_s - base_s).abs() < DURATION_FLOOR_S {
+        return None;
+    }
+    let pct = (new_s - base_s) / base_s;
+    (pct.abs() > threshold * load_factor(loads[0], loads[1])).then_some(pct)
 }
 
 impl Entry {
@@ -96,6 +140,7 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
     let mut scenarios: BTreeMap<String, Entry> = BTreeMap::new();
     for s in &summary.scenarios {
         let verdict = s.judgement.verdict;
+        let load = s.host_load.as_ref().map(load_of);
         match scenarios.get_mut(&s.name) {
             // `--repeat`: one entry per attempt. The scenario's verdict is
             // its worst attempt's (a failure anywhere is news), its time the
@@ -105,6 +150,10 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
                     e.attempts.push(e.verdict);
                 }
                 e.attempts.push(verdict);
+                e.load = match (e.load, load) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
                 let ran = e.attempts.iter().filter(|v| **v != Verdict::NotRun).count() as f64;
                 if verdict != Verdict::NotRun && ran > 0.0 {
                     e.duration_s += (s.duration_s - e.duration_s) / ran;
@@ -123,6 +172,7 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
                         verdict,
                         duration_s: s.duration_s,
                         attempts: Vec::new(),
+                        load,
                     },
                 );
             }
@@ -163,6 +213,8 @@ pub struct DurationChange {
     pub new_s: f64,
     /// (new − base) / base, in percent.
     pub change_pct: f64,
+    /// The relative threshold was multiplied by this (host load ratio).
+    pub load_factor: f64,
 }
 
 /// The comparison, as written to `compare.json`.
@@ -202,8 +254,10 @@ pub struct Comparison {
     pub removed: Vec<Change>,
     /// Mixed verdicts across repeated attempts, in either run.
     pub flaky: Vec<String>,
-    /// Threshold used for `durations`, in percent.
+    /// Threshold used for `durations`, in percent, before the load factor.
     pub duration_threshold_pct: f64,
+    /// Changes smaller than this (s) are never listed in `durations`.
+    pub duration_floor_s: f64,
     /// Scenarios that ran in both and whose wall time changed more than the threshold.
     pub durations: Vec<DurationChange>,
     /// With `--nights N`: each scenario's record over the last N runs of
@@ -352,6 +406,7 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
         removed: vec![],
         flaky: vec![],
         duration_threshold_pct: threshold * 100.0,
+        duration_floor_s: DURATION_FLOOR_S,
         durations: vec![],
         history: None,
     };
@@ -381,14 +436,15 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
         } else if b.verdict != n.verdict && b.verdict != Verdict::NotRun {
             c.other_changes.push(ch);
         }
-        if b.verdict != Verdict::NotRun && n.verdict != Verdict::NotRun && b.duration_s > 0.0 {
-            let pct = (n.duration_s - b.duration_s) / b.duration_s;
-            if pct.abs() > threshold {
+        if b.verdict != Verdict::NotRun && n.verdict != Verdict::NotRun {
+            let loads = [b.load, n.load];
+            if let Some(pct) = duration_news(b.duration_s, n.duration_s, loads, threshold) {
                 c.durations.push(DurationChange {
                     name: name.clone(),
                     base_s: b.duration_s,
                     new_s: n.duration_s,
                     change_pct: (pct * 1000.0).round() / 10.0,
+                    load_factor: (load_factor(b.load, n.load) * 100.0).round() / 100.0,
                 });
             }
         }
@@ -410,7 +466,7 @@ pub fn markdown(c: &Comparison) -> String {
         }
     }
     out.push_str(&format!(
-        "{} regression(s), {} fixed, {} still failing, {} not run, {} new, {} removed, {} flaky, {} duration change(s) beyond {}%\n",
+        "{} regression(s), {} fixed, {} still failing, {} not run, {} new, {} removed, {} flaky, {} duration change(s) beyond {}% (× host load ratio) and {} s\n",
         c.regressions.len(),
         c.fixed.len(),
         c.still_failing.len(),
@@ -419,7 +475,8 @@ pub fn markdown(c: &Comparison) -> String {
         c.removed.len(),
         c.flaky.len(),
         c.durations.len(),
-        c.duration_threshold_pct
+        c.duration_threshold_pct,
+        c.duration_floor_s
     ));
     for (run, complete) in [(&c.base, c.base_complete), (&c.new, c.new_complete)] {
         if !complete {
@@ -506,13 +563,19 @@ pub fn markdown(c: &Comparison) -> String {
     }
     if !c.durations.is_empty() {
         out.push_str(&format!(
-            "\n## Duration changes beyond {}%\n\n| scenario | base (s) | new (s) | change |\n|---|---|---|---|\n",
+            "\n## Duration changes beyond {}% and {} s\n\nNoise rule: a change under {} s is never listed; \
+             the {}% threshold is multiplied by the ratio of the two runs' host load \
+             (1-minute loadavg around the scenario, corrected for steal, at least 1).\n\n\
+             | scenario | base (s) | new (s) | change | load ratio |\n|---|---|---|---|---|\n",
+            c.duration_threshold_pct,
+            c.duration_floor_s,
+            c.duration_floor_s,
             c.duration_threshold_pct
         ));
         for d in &c.durations {
             out.push_str(&format!(
-                "| {} | {:.2} | {:.2} | {:+.1}% |\n",
-                d.name, d.base_s, d.new_s, d.change_pct
+                "| {} | {:.2} | {:.2} | {:+.1}% | {:.2} |\n",
+                d.name, d.base_s, d.new_s, d.change_pct, d.load_factor
             ));
         }
     }
@@ -550,10 +613,16 @@ pub fn compare(req: &Request) -> Result<(Comparison, PathBuf), CompareError> {
             match runs.as_slice() {
                 [.., base, new] => (base.clone(), new.clone()),
                 _ => {
+                    let looked = crate::record::history::kernel_roots(dir)
+                        .map(|(_, l)| l)
+                        .unwrap_or_else(|_| vec![dir.to_owned()]);
+                    let looked: Vec<String> =
+                        looked.iter().map(|p| p.display().to_string()).collect();
                     return Err(CompareError::History {
                         dir: dir.to_owned(),
                         found: runs.len(),
-                    })
+                        looked: looked.join(", "),
+                    });
                 }
             }
         }
@@ -598,6 +667,55 @@ pub fn compare(req: &Request) -> Result<(Comparison, PathBuf), CompareError> {
     Ok((c, out))
 }
 
+/// `compare` for each kernel of a `--history` root: a root whose children
+/// are per-kernel roots (`lab run --kernel A --kernel B`) compares each
+/// kernel's last two runs; any other request is `compare` itself. Each
+/// result comes with the kernel root it is about.
+pub fn compare_each(
+    req: &Request,
+) -> Result<Vec<(PathBuf, Result<(Comparison, PathBuf), CompareError>)>, CompareError> {
+    let dir = match (req.runs, req.history) {
+        ([], Some(dir)) => dir,
+        _ => return Ok(vec![(PathBuf::new(), compare(req))]),
+    };
+    let roots = crate::record::history::kernel_roots(dir)
+        .map(|(roots, _)| roots)
+        .unwrap_or_default();
+    if roots.len() < 2 && roots.iter().all(|r| r == dir) {
+        return Ok(vec![(dir.to_owned(), compare(req))]);
+    }
+    Ok(roots
+        .into_iter()
+        .map(|root| {
+            let one = Request {
+                history: Some(&root),
+                ..*req
+            };
+            let c = compare(&one);
+            (root, c)
+        })
+        .collect())
+}
+
+/// The verdict over a list of run folders of one kernel, oldest first, for
+/// `lab report`: the last two compared, and with three or more, the
+/// `--nights` record over all of them.
+pub fn verdict_of(dirs: &[PathBuf], threshold: f64) -> Result<Comparison, CompareError> {
+    let [.., base, new] = dirs else {
+        return Err(CompareError::History {
+            dir: dirs.first().cloned().unwrap_or_default(),
+            found: dirs.len(),
+            looked: String::new(),
+        });
+    };
+    let mut c = compare_runs(&read_run(base)?, &read_run(new)?, threshold);
+    if dirs.len() >= 3 {
+        let runs: Vec<Run> = dirs.iter().filter_map(|d| read_run(d).ok()).collect();
+        c.history = Some(history(runs.len(), &runs));
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +725,7 @@ mod tests {
             verdict: serde_json::from_value(serde_json::json!(verdict)).unwrap(),
             duration_s: d,
             attempts: vec![],
+            load: None,
         }
     }
 
@@ -789,6 +908,56 @@ mod tests {
         assert_eq!(c.exit_code(), 0, "flaky failing again is no news");
         let md = markdown(&c);
         assert!(md.contains("| flaky | 2 | 3 | 33% | flaky |"), "{md}");
+    }
+
+    /// Host load widens the relative threshold; under the floor nothing is
+    /// news.
+    #[test]
+    fn duration_noise_floor_follows_host_load() {
+        let loaded = |l: f64| {
+            load_of(&crate::judge::outcome::HostLoad {
+                loadavg_start: [l, l, l],
+                loadavg_end: [l, l, l],
+                steal_pct: Some(0.0),
+            })
+        };
+        // Seen by a user: 0.60 → 2.07 s (+245%) while the host ran a
+        // full test suite (load 1 → 5): no longer news.
+        let mut base = entry("pass", 0.60);
+        base.load = Some(loaded(1.0));
+        let mut new = entry("pass", 2.07);
+        new.load = Some(loaded(5.0));
+        let c = compare_runs(
+            &run("b", &[("segv-on-fault-unallocated", base)]),
+            &run("n", &[("segv-on-fault-unallocated", new)]),
+            0.5,
+        );
+        assert!(c.durations.is_empty(), "{:?}", c.durations);
+        // A sub-second change is never news, whatever its ratio.
+        assert_eq!(duration_news(0.2, 0.9, [None, None], 0.5), None);
+        // A real slowdown at the same load still is: 10 → 30 s.
+        let mut base = entry("pass", 10.0);
+        base.load = Some(loaded(2.0));
+        let mut new = entry("pass", 30.0);
+        new.load = Some(loaded(2.2));
+        let c = compare_runs(
+            &run("b", &[("slow", base)]),
+            &run("n", &[("slow", new)]),
+            0.5,
+        );
+        assert_eq!(c.durations.len(), 1);
+        assert_eq!(c.durations[0].change_pct, 200.0);
+        assert!(markdown(&c).contains("| slow | 10.00 | 30.00 | +200.0% | 1.10 |"));
+        // And so is a slowdown bigger than the load explains: 5× load, 10×
+        // time.
+        assert!(duration_news(3.0, 30.0, [Some(1.0), Some(5.0)], 0.5).is_some());
+        // Steal counts as load: 50% stolen doubles it.
+        let stolen = crate::judge::outcome::HostLoad {
+            loadavg_start: [2.0; 3],
+            loadavg_end: [2.0; 3],
+            steal_pct: Some(50.0),
+        };
+        assert_eq!(load_of(&stolen), 4.0);
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! verdicts on the same kernel, so the kernel is not the cause), the kernel
 //! of every run and duration trends as SVG drawn with `plotters`.
 //!
+//! A results root of `lab run --kernel A --kernel B` holds one root per
+//! kernel (`R/debian-6.12/<run>`); run folders one level down are found
+//! too. Runs are grouped by kernel (release and sha256): each kernel gets
+//! its own verdict, timeline and trends, labelled, and the page opens with
+//! every kernel's verdict (`lab compare`'s comparison of its last two runs,
+//! and with three or more runs the `--nights` record with pass rates).
+//!
 //! Summaries are read as plain JSON, like `lab compare` does, so that runs
 //! written by older or newer `lab`s still show. Everything that came from
 //! the guest or a scenario file is HTML-escaped: guest text is hostile.
@@ -38,10 +45,12 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// No run folder with a readable summary.json.
-    #[error("{}: no run folder with a readable summary.json", dir.display())]
+    #[error("{}: no run folder with a readable summary.json (looked in {looked})", dir.display())]
     NoRuns {
         /// The results root.
         dir: PathBuf,
+        /// The folders looked in: the root and its per-kernel children.
+        looked: String,
     },
     /// The output folder could not be created.
     #[error("creating {}: {source}", path.display())]
@@ -63,7 +72,7 @@ pub enum ReportError {
     #[error("drawing {name}: {why}")]
     Plot {
         /// The plot's file name.
-        name: &'static str,
+        name: String,
         /// plotters' error text.
         why: String,
     },
@@ -164,14 +173,21 @@ fn parse_run(dir: &Path, v: &Summary) -> Run {
     }
 }
 
-/// Every readable run under `root`, oldest first (run ids sort by time),
-/// and the folders skipped because their summary did not parse.
-fn read_runs(root: &Path) -> Result<(Vec<Run>, Vec<PathBuf>), ReportError> {
-    let folders =
-        crate::record::history::run_folders(root).map_err(|source| ReportError::Read {
-            path: root.to_owned(),
-            source,
-        })?;
+/// Every readable run under `root` and its per-kernel roots, oldest first
+/// (run ids sort by time), the folders skipped because their summary did
+/// not parse, and the folders looked in.
+type Found = (Vec<Run>, Vec<PathBuf>, Vec<PathBuf>);
+
+fn read_runs(root: &Path) -> Result<Found, ReportError> {
+    let read_err = |source| ReportError::Read {
+        path: root.to_owned(),
+        source,
+    };
+    let (roots, looked) = crate::record::history::kernel_roots(root).map_err(read_err)?;
+    let mut folders = vec![];
+    for r in &roots {
+        folders.extend(crate::record::history::run_folders(r).map_err(read_err)?);
+    }
     let mut runs = vec![];
     let mut skipped = vec![];
     for dir in folders {
@@ -181,7 +197,76 @@ fn read_runs(root: &Path) -> Result<(Vec<Run>, Vec<PathBuf>), ReportError> {
             None => skipped.push(dir),
         }
     }
-    Ok((runs, skipped))
+    runs.sort_by(|a, b| (&a.id, &a.dir).cmp(&(&b.id, &b.dir)));
+    Ok((runs, skipped, looked))
+}
+
+/// The runs of one kernel (release and sha256), oldest first.
+struct Kernel {
+    release: String,
+    sha256: String,
+    runs: Vec<Run>,
+}
+
+impl Kernel {
+    /// What a person reads: release and short sha256.
+    fn label(&self) -> String {
+        let release = if self.release.is_empty() {
+            "unknown kernel"
+        } else {
+            &self.release
+        };
+        if self.sha256.is_empty() {
+            release.to_owned()
+        } else {
+            format!("{release} ({})", short(&self.sha256))
+        }
+    }
+
+    /// A file-name-safe form of the label, for the trend SVGs.
+    fn slug(&self) -> String {
+        let raw = format!("{}-{}", self.release, self.sha256.get(..8).unwrap_or(""));
+        let s: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let s = s.trim_matches('-').to_owned();
+        if s.is_empty() {
+            "unknown".into()
+        } else {
+            s
+        }
+    }
+}
+
+/// Runs grouped by kernel, the kernel with the newest run first.
+fn by_kernel(runs: Vec<Run>) -> Vec<Kernel> {
+    let mut groups: BTreeMap<(String, String), Vec<Run>> = BTreeMap::new();
+    for r in runs {
+        groups
+            .entry((r.kernel_release.clone(), r.kernel_sha256.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut out: Vec<Kernel> = groups
+        .into_iter()
+        .map(|((release, sha256), runs)| Kernel {
+            release,
+            sha256,
+            runs,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        let newest = |k: &Kernel| k.runs.last().map(|r| r.id.clone()).unwrap_or_default();
+        newest(b).cmp(&newest(a)).then(a.release.cmp(&b.release))
+    });
+    out
 }
 
 /// Text made safe for HTML element content and quoted attributes. Control
@@ -340,8 +425,11 @@ fn grid(runs: &[Run], names: &[String]) -> Grid {
     g
 }
 
-fn plot_err(name: &'static str) -> impl Fn(String) -> ReportError {
-    move |why| ReportError::Plot { name, why }
+fn plot_err(name: &str) -> impl Fn(String) -> ReportError + '_ {
+    move |why| ReportError::Plot {
+        name: name.to_owned(),
+        why,
+    }
 }
 
 /// A plotted line: its legend label (none: unnamed, grey), colour and
@@ -350,7 +438,7 @@ type Series = (Option<String>, RGBColor, Vec<(usize, f64)>);
 
 /// An SVG line plot of `series` (label, points by run index) over the runs.
 fn line_plot(
-    name: &'static str,
+    name: &str,
     caption: &str,
     runs: &[Run],
     series: &[Series],
@@ -402,6 +490,19 @@ fn line_plot(
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| err(e.to_string()))?;
+            // A single run: a lone dot says nothing, so it is drawn bigger
+            // and labelled with its value.
+            if let ([p], Some(l)) = (points.as_slice(), label) {
+                chart
+                    .draw_series([EmptyElement::at(*p)
+                        + Circle::new((0, 0), 6, color.filled())
+                        + Text::new(
+                            format!("{l}: {:.1} s", p.1),
+                            (10, -6),
+                            ("sans-serif", 14).into_font().color(&color),
+                        )])
+                    .map_err(|e| err(e.to_string()))?;
+            }
         }
         if labelled {
             chart
@@ -417,15 +518,23 @@ fn line_plot(
     Ok(svg)
 }
 
-/// The two trend plots: each run's wall time, and each scenario's duration
-/// (the slowest ones of the latest run named, the rest grey).
-fn trend_plots(runs: &[Run], g: &Grid) -> Result<[(&'static str, String); 2], ReportError> {
+/// A trend plot: its file name and SVG text.
+type Plot = (String, String);
+
+/// One kernel's two trend plots: each run's wall time, and each scenario's
+/// duration (the slowest ones of the latest run named, the rest grey).
+fn trend_plots(k: &Kernel, g: &Grid) -> Result<[Plot; 2], ReportError> {
+    let runs = &k.runs;
+    let (wall_file, scen_file) = (
+        format!("trend-{}-wall.svg", k.slug()),
+        format!("trend-{}-scenarios.svg", k.slug()),
+    );
     let wall: Vec<(usize, f64)> = runs.iter().map(|r| r.wall_s).enumerate().collect();
     let wall_svg = line_plot(
-        "trend-wall.svg",
-        "Run wall time",
+        &wall_file,
+        &format!("Run wall time, {}", k.label()),
         runs,
-        &[(Some("wall time (s)".into()), BLUE, wall)],
+        &[(Some("wall time".into()), BLUE, wall)],
     )?;
     let last = runs.len() - 1;
     let mut slowest: Vec<(&String, f64)> = g
@@ -450,15 +559,12 @@ fn trend_plots(runs: &[Run], g: &Grid) -> Result<[(&'static str, String); 2], Re
         }
     }
     let per_scenario = line_plot(
-        "trend-scenarios.svg",
-        "Scenario duration (slowest named)",
+        &scen_file,
+        &format!("Scenario duration (slowest named), {}", k.label()),
         runs,
         &series,
     )?;
-    Ok([
-        ("trend-wall.svg", wall_svg),
-        ("trend-scenarios.svg", per_scenario),
-    ])
+    Ok([(wall_file, wall_svg), (scen_file, per_scenario)])
 }
 
 pub const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
@@ -468,7 +574,10 @@ vertical-align:top;text-align:left}th{background:#f0f0f0}\
 .known_fail{background:#fde9c8}\
 pre{background:#111;color:#eee;padding:6px;overflow-x:auto;max-width:110ch;font-size:12px}\
 .flaky{color:#a60;font-weight:bold}summary{cursor:pointer;color:#036}\
-.timeline td{text-align:center;font-family:monospace}";
+.timeline td{text-align:center;font-family:monospace}\
+.status.bad{background:#f8d0d0;padding:4px}.status.ok{background:#d9f2d9;padding:4px}\
+.status.one{background:#eef;padding:4px}\
+section.kernel{border-top:3px solid #036;margin-top:2em}.kernel-verdict{margin-left:1em}";
 
 fn cell_symbol(verdict: &str) -> &'static str {
     match verdict {
@@ -482,40 +591,168 @@ fn cell_symbol(verdict: &str) -> &'static str {
     }
 }
 
-/// The whole page; `plots` are inlined so `index.html` stands alone.
-fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]) -> String {
+/// Relative duration threshold of the report's comparisons (as `lab
+/// compare`'s default), before the host-load factor.
+const THRESHOLD: f64 = 0.5;
+
+/// A verdict's name as in `compare.json`.
+fn verdict_name(v: &Option<crate::judge::verdict::Verdict>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| v.to_string())
+}
+
+/// One kernel's verdict: its last two runs compared as `lab compare` does,
+/// with the `--nights` record over all its runs when it has three or more.
+fn verdict_html(i: usize, k: &Kernel) -> String {
+    use crate::tools::compare::{self, Record};
     use std::fmt::Write;
-    let latest = runs.last().expect("at least one run");
+    let label = escape(&k.label());
+    let mut h = format!(
+        "<div class=\"kernel-verdict\" data-kernel=\"{label}\"><h3><a href=\"#kernel-{i}\">{label}</a></h3>\n"
+    );
+    let latest = k.runs.last().expect("a kernel has runs");
+    let dirs: Vec<PathBuf> = k.runs.iter().map(|r| r.dir.clone()).collect();
+    if dirs.len() < 2 {
+        let pass = latest
+            .entries
+            .iter()
+            .filter(|e| e.verdict == "pass")
+            .count();
+        let fail = latest
+            .entries
+            .iter()
+            .filter(|e| is_failure(&e.verdict))
+            .count();
+        let _ = write!(
+            h,
+            "<p class=\"status one\">One run ({}): nothing to compare yet; {pass} passed, {fail} failed.</p></div>\n",
+            escape(&run_label(latest))
+        );
+        return h;
+    }
+    let c = match compare::verdict_of(&dirs, THRESHOLD) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = write!(
+                h,
+                "<p class=\"status bad\">Cannot compare: {}</p></div>\n",
+                escape(&e.to_string())
+            );
+            return h;
+        }
+    };
+    let (news, what) = match &c.history {
+        Some(hist) => (hist.new_failures().len(), "new failure(s)"),
+        None => (c.regressions.len(), "regression(s)"),
+    };
+    let _ = write!(
+        h,
+        "<p class=\"status {cls}\"><b>{status}</b>: {news} {what}; run {} → {}: {} regression(s), {} fixed, \
+         {} still failing, {} not run, {} duration change(s) beyond {}% × host load ratio and {} s.</p>\n",
+        escape(&c.base),
+        escape(&c.new),
+        c.regressions.len(),
+        c.fixed.len(),
+        c.still_failing.len(),
+        c.not_run.len(),
+        c.durations.len(),
+        c.duration_threshold_pct,
+        c.duration_floor_s,
+        cls = if news > 0 { "bad" } else { "ok" },
+        status = if news > 0 { "NEWS" } else { "no news" },
+    );
+    let lists = [
+        ("regression", &c.regressions),
+        ("fixed", &c.fixed),
+        ("still failing", &c.still_failing),
+        ("not run", &c.not_run),
+        ("other change", &c.other_changes),
+        ("new scenario", &c.added),
+        ("removed", &c.removed),
+    ];
+    if lists.iter().any(|l| !l.1.is_empty()) || !c.durations.is_empty() {
+        h.push_str(
+            "<table class=\"changes\"><thead><tr><th>scenario</th><th>change</th><th>before</th>\
+             <th>now</th></tr></thead><tbody>\n",
+        );
+        for (what, list) in lists {
+            for ch in list {
+                let _ = writeln!(
+                    h,
+                    "<tr class=\"{}\" data-scenario=\"{n}\"><td>{n}</td><td>{what}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&verdict_name(&ch.new)),
+                    escape(&verdict_name(&ch.base)),
+                    escape(&verdict_name(&ch.new)),
+                    n = escape(&ch.name),
+                );
+            }
+        }
+        for d in &c.durations {
+            let _ = writeln!(
+                h,
+                "<tr data-scenario=\"{n}\"><td>{n}</td><td>{}{:.0}% (load ratio {:.2})</td>\
+                 <td>{:.2} s</td><td>{:.2} s</td></tr>",
+                if d.change_pct > 0.0 {
+                    "slower +"
+                } else {
+                    "faster "
+                },
+                d.change_pct,
+                d.load_factor,
+                d.base_s,
+                d.new_s,
+                n = escape(&d.name),
+            );
+        }
+        h.push_str("</tbody></table>\n");
+    }
+    if let Some(hist) = &c.history {
+        let named = |r: Record| -> Vec<String> {
+            hist.scenarios
+                .iter()
+                .filter(|s| s.record == r)
+                .map(|s| format!("{} ({:.0}%)", s.name, s.pass_rate * 100.0))
+                .collect()
+        };
+        let or_none = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                escape(&v.join(", "))
+            }
+        };
+        let _ = write!(
+            h,
+            "<p class=\"nights\">Over its last {} runs: new failures: {}; flaky: {}; always failing: {} \
+             (pass rates in brackets).</p>\n",
+            hist.runs.len(),
+            or_none(named(Record::NewFailure)),
+            or_none(named(Record::Flaky)),
+            or_none(named(Record::AlwaysFailing)),
+        );
+    }
+    h.push_str("</div>\n");
+    h
+}
+
+/// One kernel's section: its latest run's verdicts, its runs, timeline and
+/// trends.
+fn kernel_html(i: usize, k: &Kernel, plots: &[Plot]) -> String {
+    use std::fmt::Write;
+    let runs = &k.runs;
+    let latest = runs.last().expect("a kernel has runs");
     let names = scenario_names(runs);
     let g = grid(runs, &names);
     let flaky = flaky(runs);
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>arena lab report</title><style>{STYLE}</style></head><body>\n\
-         <h1>arena lab report</h1>\n<p>Results root <code>{}</code>: {} run(s), latest <b>{}</b>.</p>\n",
-        escape(&root.display().to_string()),
-        runs.len(),
-        escape(&latest.id)
+    let label = escape(&k.label());
+    let mut h = format!(
+        "<section class=\"kernel\" id=\"kernel-{i}\" data-kernel=\"{label}\">\n<h2>Kernel {label}</h2>\n"
     );
-    if !skipped.is_empty() {
-        let list: Vec<String> = skipped
-            .iter()
-            .map(|p| escape(&p.display().to_string()))
-            .collect();
-        let _ = writeln!(
-            h,
-            "<p>Skipped (unreadable summary): {}</p>",
-            list.join(", ")
-        );
-    }
 
     // The latest run.
     let count = |v: &str| latest.entries.iter().filter(|e| e.verdict == v).count();
     let _ = write!(
         h,
-        "<h2 id=\"latest\">Latest run {}</h2>\n<p>Kernel {} <code>{}</code>; {} passed, {} failed, \
+        "<h3 id=\"latest-{i}\">Latest run {}</h3>\n<p>Kernel {} <code>{}</code>; {} passed, {} failed, \
          {} known kernel bugs, {} errors, {} timeouts, {} not run; {:.1} s{}{}.</p>\n",
         escape(&latest.id),
         escape(&latest.kernel_release),
@@ -534,9 +771,10 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
             .map(|a| format!(", aborted: {}", escape(a.lines().next().unwrap_or(""))))
             .unwrap_or_default()
     );
-    h.push_str(
-        "<table id=\"verdicts\"><thead><tr><th>scenario</th><th>verdict</th><th>duration (s)</th>\
-         <th>reason</th></tr></thead><tbody>\n",
+    let _ = write!(
+        h,
+        "<table class=\"verdicts\" id=\"verdicts-{i}\"><thead><tr><th>scenario</th><th>verdict</th>\
+         <th>duration (s)</th><th>reason</th></tr></thead><tbody>\n"
     );
     for e in failures_first(&latest.entries) {
         let name = if e.attempt > 1 {
@@ -582,10 +820,11 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
     h.push_str("</tbody></table>\n");
 
     // History.
-    h.push_str(
-        "<h2 id=\"history\">History</h2>\n<table id=\"runs\"><thead><tr><th>run</th><th>started</th>\
-         <th>kernel</th><th>sha256</th><th>passed</th><th>failed</th><th>known kernel bugs</th>\
-         <th>wall (s)</th><th>complete</th></tr></thead><tbody>\n",
+    let _ = write!(
+        h,
+        "<h3 id=\"history-{i}\">History of {label}</h3>\n<table class=\"runs\" id=\"runs-{i}\"><thead><tr>\
+         <th>run</th><th>started</th><th>folder</th><th>kernel</th><th>sha256</th><th>passed</th>\
+         <th>failed</th><th>known kernel bugs</th><th>wall (s)</th><th>complete</th></tr></thead><tbody>\n",
     );
     for r in runs.iter().rev() {
         let pass = r.entries.iter().filter(|e| e.verdict == "pass").count();
@@ -597,10 +836,11 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
             .count();
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td><code>{}</code></td>\
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td title=\"{}\">{}</td><td><code>{}</code></td>\
              <td>{pass}</td><td>{fail}</td><td>{known}</td><td>{:.1}</td><td>{}</td></tr>",
             escape(&run_label(r)),
             escape(&r.started),
+            escape(&r.dir.display().to_string()),
             escape(&r.kernel_version),
             escape(&r.kernel_release),
             escape(short(&r.kernel_sha256)),
@@ -610,10 +850,12 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
     }
     h.push_str("</tbody></table>\n");
 
-    h.push_str(
-        "<h3 id=\"timeline\">Pass/fail timeline</h3>\n<p>✓ pass, ✗ fail, K known kernel bug, E error, T timeout, \
-         – not run; <span class=\"flaky\">⚠ flaky</span>: passed and failed on the same kernel.</p>\n\
-         <table class=\"timeline\" id=\"timeline-table\"><thead><tr><th>scenario</th><th>flaky</th>",
+    let _ = write!(
+        h,
+        "<h3 id=\"timeline-{i}\">Pass/fail timeline, {label}</h3>\n<p>✓ pass, ✗ fail, K known kernel bug, \
+         E error, T timeout, – not run; <span class=\"flaky\">⚠ flaky</span>: passed and failed on \
+         this kernel.</p>\n<table class=\"timeline\" id=\"timeline-table-{i}\" data-kernel=\"{label}\">\
+         <thead><tr><th>scenario</th><th>flaky</th>",
     );
     for r in runs {
         let _ = write!(
@@ -656,7 +898,10 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
         }
         h.push_str("</tr>\n");
     }
-    h.push_str("</tbody></table>\n<h3 id=\"trends\">Duration trends</h3>\n");
+    let _ = writeln!(
+        h,
+        "</tbody></table>\n<h3 id=\"trends-{i}\">Duration trends, {label}</h3>\n<div class=\"trends\">"
+    );
     for (file, svg) in plots {
         let _ = writeln!(
             h,
@@ -665,20 +910,75 @@ fn html(runs: &[Run], skipped: &[PathBuf], root: &Path, plots: &[(&str, String)]
             svg.trim_start_matches(|c| c != '<')
         );
     }
+    h.push_str("</div></section>\n");
+    h
+}
+
+/// The whole page; `plots` (per kernel) are inlined so `index.html` stands
+/// alone.
+fn html(kernels: &[Kernel], skipped: &[PathBuf], root: &Path, plots: &[[Plot; 2]]) -> String {
+    use std::fmt::Write;
+    let total: usize = kernels.iter().map(|k| k.runs.len()).sum();
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>arena lab report</title><style>{STYLE}</style></head><body>\n\
+         <h1>arena lab report</h1>\n<p>Results root <code>{}</code>: {total} run(s) of {} kernel(s).</p>\n",
+        escape(&root.display().to_string()),
+        kernels.len(),
+    );
+    if !skipped.is_empty() {
+        let list: Vec<String> = skipped
+            .iter()
+            .map(|p| escape(&p.display().to_string()))
+            .collect();
+        let _ = writeln!(
+            h,
+            "<p>Skipped (unreadable summary): {}</p>",
+            list.join(", ")
+        );
+    }
+    let _ = write!(
+        h,
+        "<section id=\"verdict\"><h2>Verdict</h2>\n<p>Per kernel: its last two runs compared as \
+         <code>lab compare</code> does (a duration change counts beyond {}% × the ratio of the two \
+         runs' host load and beyond {} s), and with three runs or more each scenario's record over \
+         them (<code>--nights</code>).</p>\n",
+        THRESHOLD * 100.0,
+        crate::tools::compare::DURATION_FLOOR_S
+    );
+    for (i, k) in kernels.iter().enumerate() {
+        h.push_str(&verdict_html(i, k));
+    }
+    h.push_str("</section>\n");
+    for (i, (k, p)) in kernels.iter().zip(plots).enumerate() {
+        h.push_str(&kernel_html(i, k, p));
+    }
     h.push_str("</body></html>\n");
     h
 }
 
+/// Every kernel's trend plots.
+fn all_plots(kernels: &[Kernel]) -> Result<Vec<[Plot; 2]>, ReportError> {
+    kernels
+        .iter()
+        .map(|k| trend_plots(k, &grid(&k.runs, &scenario_names(&k.runs))))
+        .collect()
+}
+
 /// Write `index.html` and the trend SVGs into `out`; returns the page's path.
 pub fn report(root: &Path, out: &Path) -> Result<PathBuf, ReportError> {
-    let (runs, skipped) = read_runs(root)?;
+    let (runs, skipped, looked) = read_runs(root)?;
     if runs.is_empty() {
+        let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
         return Err(ReportError::NoRuns {
             dir: root.to_owned(),
+            looked: looked.join(", "),
         });
     }
-    let names = scenario_names(&runs);
-    let plots = trend_plots(&runs, &grid(&runs, &names))?;
+    let kernels = by_kernel(runs);
+    let plots = all_plots(&kernels)?;
     let write = |path: PathBuf, bytes: &[u8]| {
         arena_images::write_atomic(&path, bytes)
             .map_err(|source| ReportError::Write { path, source })
@@ -687,13 +987,13 @@ pub fn report(root: &Path, out: &Path) -> Result<PathBuf, ReportError> {
         path: out.to_owned(),
         source,
     })?;
-    for (file, svg) in &plots {
+    for (file, svg) in plots.iter().flatten() {
         write(out.join(file), svg.as_bytes())?;
     }
     let index = out.join("index.html");
     write(
         index.clone(),
-        html(&runs, &skipped, root, &plots).as_bytes(),
+        html(&kernels, &skipped, root, &plots).as_bytes(),
     )?;
     Ok(index)
 }
@@ -794,11 +1094,11 @@ mod tests {
         let mut latest = run("2", "k", &[("good", "pass"), ("bad", "fail")]);
         latest.entries[1].console_tail = Some("<img src=x onerror=alert(1)>".into());
         latest.entries[1].splats = vec![("BUG: oops <x>".into(), None)];
-        let runs = [run("1", "k", &[("good", "pass"), ("bad", "pass")]), latest];
-        let names = scenario_names(&runs);
-        let plots = trend_plots(&runs, &grid(&runs, &names)).unwrap();
-        let page = html(&runs, &[], Path::new("/r"), &plots);
-        let table = &page[page.find("id=\"verdicts\"").unwrap()..];
+        let runs = vec![run("1", "k", &[("good", "pass"), ("bad", "pass")]), latest];
+        let kernels = by_kernel(runs);
+        let plots = all_plots(&kernels).unwrap();
+        let page = html(&kernels, &[], Path::new("/r"), &plots);
+        let table = &page[page.find("id=\"verdicts-0\"").unwrap()..];
         assert!(table.find("data-scenario=\"bad\"") < table.find("data-scenario=\"good\""));
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(!page.contains("<img src=x"));
@@ -806,6 +1106,32 @@ mod tests {
         assert!(page.contains("<details class=\"failure\">"));
         assert!(page.contains("flaky"));
         assert_eq!(page.matches("<svg").count(), 2);
+    }
+
+    #[test]
+    fn kernels_are_kept_apart_and_one_run_is_labelled() {
+        let mut other = run("2", "k2", &[("a", "pass")]);
+        other.kernel_release = "7.2.13".into();
+        let runs = vec![
+            run("1", "k1", &[("a", "pass")]),
+            other,
+            run("3", "k1", &[("a", "fail")]),
+        ];
+        let kernels = by_kernel(runs);
+        let labels: Vec<String> = kernels.iter().map(Kernel::label).collect();
+        assert_eq!(labels, ["6.12.0 (k1)", "7.2.13 (k2)"]);
+        assert_eq!(kernels[0].runs.len(), 2);
+        let plots = all_plots(&kernels).unwrap();
+        assert_ne!(plots[0][0].0, plots[1][0].0, "one trend file per kernel");
+        // The one-run kernel's plot names its point and value.
+        assert!(
+            plots[1][0].1.contains("wall time: 10.0 s"),
+            "{}",
+            plots[1][0].1
+        );
+        let page = html(&kernels, &[], Path::new("/r"), &plots);
+        assert_eq!(page.matches("<section class=\"kernel\"").count(), 2);
+        assert!(page.contains("One run (2): nothing to compare yet"));
     }
 
     #[test]
