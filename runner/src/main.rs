@@ -12,7 +12,8 @@ use arena_runner::plan::{self, scenario_file, selection, shard};
 use arena_runner::run;
 use arena_runner::tools::ab;
 use arena_runner::tools::{
-    bench, bisect, compare, kcidb, kernel_cmd, merge, multi_kernel, mutate, nested, report, repro,
+    bench, bisect, compare, kcidb, kernel_cmd, merge, multi_kernel, mutate, nested, nightly,
+    report, repro,
 };
 use arena_runner::{exit, infra, KernelArgs, LabError};
 
@@ -145,6 +146,11 @@ enum Command {
     /// a checkout and build for the kernel, a test per scenario and per
     /// selftest subtest (`arena.<suite>.<scenario>[.<subtest>]`).
     Kcidb(kcidb::KcidbArgs),
+    /// A kernels × scenario sets × shards matrix (nightly.toml) run by the
+    /// CI's own matrix: `plan` prints its jobs as JSON, `run --job K` runs
+    /// one (docs/nightly.md).
+    #[command(subcommand)]
+    Nightly(nightly::NightlyCommand),
 }
 
 /// An inner `lab` command line as `lab nested` needs to know it.
@@ -385,6 +391,7 @@ fn real_main() -> Result<u8, LabError> {
         Command::Mutate(args) => mutate::mutate(&args),
         Command::Merge(args) => merge::merge_cmd(&args),
         Command::Kcidb(args) => kcidb::kcidb(&args),
+        Command::Nightly(cmd) => nightly::nightly(&cmd),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod attempts;
 mod kernel_args;
 pub mod lab_toml;
+pub mod matrix;
 pub mod own_bpf;
 pub mod preflight;
 mod prepare;

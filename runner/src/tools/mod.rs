@@ -11,5 +11,6 @@ pub mod merge;
 pub mod multi_kernel;
 pub mod mutate;
 pub mod nested;
+pub mod nightly;
 pub mod report;
 pub mod repro;
