@@ -224,3 +224,20 @@ fn bad_matrices_are_exit_2_naming_file_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-linux"), "{err}");
 }
+
+#[test]
+fn the_repositorys_matrix_plans_and_the_doc_shows_the_workflow() {
+    let out = lab(&["nightly", "plan", "nightly.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!plan["include"].as_array().unwrap().is_empty());
+    let doc = std::fs::read_to_string(root().join("docs/nightly.md")).unwrap();
+    let yml = std::fs::read_to_string(root().join("docs/nightly-github-actions.yml")).unwrap();
+    assert!(
+        doc.contains(&format!("```yaml\n{yml}```")),
+        "docs/nightly.md embeds docs/nightly-github-actions.yml as it is"
+    );
+    assert!(
+        yml.contains("lab nightly plan") && yml.contains("fromJSON(needs.plan.outputs.matrix)")
+    );
+}
