@@ -223,6 +223,46 @@ fn bad_matrices_are_exit_2_naming_file_and_field() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-linux"), "{err}");
+
+    // A tree at an unknown ref, and a git tree that is no kernel tree: exit 2.
+    let git = |args: &[&str]| {
+        let st = Command::new("git")
+            .arg("-C")
+            .arg(dir.join("not-linux"))
+            .args(["-c", "user.email=lab@example.org", "-c", "user.name=lab"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    std::fs::create_dir_all(dir.join("not-linux")).unwrap();
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "x"]);
+    for (r, want) in [
+        ("no-such-ref", "git checkout no-such-ref"),
+        ("HEAD", "not a kernel source tree"),
+    ] {
+        let m = matrix(
+            &dir,
+            "tree.toml",
+            &MATRIX.replace(
+                "spec = \"debian:6.12\"",
+                &format!("tree = \"not-linux\"\nref = \"{r}\""),
+            ),
+        );
+        let out = lab(&[
+            "nightly",
+            "run",
+            m.to_str().unwrap(),
+            "--job",
+            "1",
+            "--seed",
+            "1",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "ref {r}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "ref {r}: {err}");
+    }
 }
 
 #[test]
