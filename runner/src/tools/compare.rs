@@ -667,13 +667,14 @@ pub fn compare(req: &Request) -> Result<(Comparison, PathBuf), CompareError> {
     Ok((c, out))
 }
 
+/// One kernel root's comparison (or why there is none).
+pub type KernelComparison = (PathBuf, Result<(Comparison, PathBuf), CompareError>);
+
 /// `compare` for each kernel of a `--history` root: a root whose children
 /// are per-kernel roots (`lab run --kernel A --kernel B`) compares each
 /// kernel's last two runs; any other request is `compare` itself. Each
 /// result comes with the kernel root it is about.
-pub fn compare_each(
-    req: &Request,
-) -> Result<Vec<(PathBuf, Result<(Comparison, PathBuf), CompareError>)>, CompareError> {
+pub fn compare_each(req: &Request) -> Result<Vec<KernelComparison>, CompareError> {
     let dir = match (req.runs, req.history) {
         ([], Some(dir)) => dir,
         _ => return Ok(vec![(PathBuf::new(), compare(req))]),

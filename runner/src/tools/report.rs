@@ -622,9 +622,9 @@ fn verdict_html(i: usize, k: &Kernel) -> String {
             .iter()
             .filter(|e| is_failure(&e.verdict))
             .count();
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p class=\"status one\">One run ({}): nothing to compare yet; {pass} passed, {fail} failed.</p></div>\n",
+            "<p class=\"status one\">One run ({}): nothing to compare yet; {pass} passed, {fail} failed.</p></div>",
             escape(&run_label(latest))
         );
         return h;
@@ -632,9 +632,9 @@ fn verdict_html(i: usize, k: &Kernel) -> String {
     let c = match compare::verdict_of(&dirs, THRESHOLD) {
         Ok(c) => c,
         Err(e) => {
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<p class=\"status bad\">Cannot compare: {}</p></div>\n",
+                "<p class=\"status bad\">Cannot compare: {}</p></div>",
                 escape(&e.to_string())
             );
             return h;
@@ -644,10 +644,10 @@ fn verdict_html(i: usize, k: &Kernel) -> String {
         Some(hist) => (hist.new_failures().len(), "new failure(s)"),
         None => (c.regressions.len(), "regression(s)"),
     };
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<p class=\"status {cls}\"><b>{status}</b>: {news} {what}; run {} → {}: {} regression(s), {} fixed, \
-         {} still failing, {} not run, {} duration change(s) beyond {}% × host load ratio and {} s.</p>\n",
+         {} still failing, {} not run, {} duration change(s) beyond {}% × host load ratio and {} s.</p>",
         escape(&c.base),
         escape(&c.new),
         c.regressions.len(),
@@ -720,10 +720,10 @@ fn verdict_html(i: usize, k: &Kernel) -> String {
                 escape(&v.join(", "))
             }
         };
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<p class=\"nights\">Over its last {} runs: new failures: {}; flaky: {}; always failing: {} \
-             (pass rates in brackets).</p>\n",
+             (pass rates in brackets).</p>",
             hist.runs.len(),
             or_none(named(Record::NewFailure)),
             or_none(named(Record::Flaky)),
@@ -771,10 +771,10 @@ fn kernel_html(i: usize, k: &Kernel, plots: &[Plot]) -> String {
             .map(|a| format!(", aborted: {}", escape(a.lines().next().unwrap_or(""))))
             .unwrap_or_default()
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<table class=\"verdicts\" id=\"verdicts-{i}\"><thead><tr><th>scenario</th><th>verdict</th>\
-         <th>duration (s)</th><th>reason</th></tr></thead><tbody>\n"
+         <th>duration (s)</th><th>reason</th></tr></thead><tbody>"
     );
     for e in failures_first(&latest.entries) {
         let name = if e.attempt > 1 {
