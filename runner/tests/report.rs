@@ -329,7 +329,7 @@ fn report_opens_in_chromium_with_kernels_apart_and_failures_first() {
         &url,
         &[
             &format!("--screenshot={}", png.display()),
-            "--window-size=1280,2400",
+            "--window-size=1280,3800",
         ],
     );
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);

@@ -452,8 +452,20 @@ fn line_plot(
             .iter()
             .flat_map(|s| s.2.iter().map(|p| p.1))
             .fold(1.0f64, f64::max)
-            * 1.1;
-        let xmax = runs.len().max(2) - 1;
+            * if runs.len() == 1 { 1.3 } else { 1.1 };
+        // A single run sits in the middle of the plot, not on its edge.
+        let off = usize::from(runs.len() == 1);
+        let xmax = if off == 1 { 2 } else { runs.len().max(2) - 1 };
+        let series: Vec<Series> = series
+            .iter()
+            .map(|(l, c, p)| {
+                (
+                    l.clone(),
+                    *c,
+                    p.iter().map(|&(x, y)| (x + off, y)).collect(),
+                )
+            })
+            .collect();
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))
             .margin(10)
@@ -462,18 +474,23 @@ fn line_plot(
             .y_label_area_size(55)
             .build_cartesian_2d(0..xmax, 0.0..ymax)
             .map_err(|e| err(e.to_string()))?;
-        let label = |i: &usize| runs.get(*i).map(|r| r.id.clone()).unwrap_or_default();
+        let label = |i: &usize| {
+            i.checked_sub(off)
+                .and_then(|i| runs.get(i))
+                .map(|r| r.id.clone())
+                .unwrap_or_default()
+        };
         chart
             .configure_mesh()
             .disable_x_mesh()
             .light_line_style(WHITE)
-            .x_labels(runs.len().clamp(2, 8))
+            .x_labels(runs.len().clamp(3, 8))
             .x_label_formatter(&label)
             .y_desc("seconds")
             .draw()
             .map_err(|e| err(e.to_string()))?;
         let mut labelled = false;
-        for (label, color, points) in series {
+        for (label, color, points) in &series {
             let color = *color;
             let drawn = chart
                 .draw_series(LineSeries::new(
