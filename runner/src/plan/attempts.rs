@@ -141,7 +141,7 @@ pub fn test_files(names: &[&str]) -> Vec<ScenarioFile> {
     names
         .iter()
         .map(|n| {
-            let mut scenario = crate::run::trivial_scenario();
+            let mut scenario = crate::plan::trivial_scenario();
             scenario.name = (*n).into();
             ScenarioFile {
                 path: format!("{n}.yaml").into(),

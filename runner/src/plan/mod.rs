@@ -40,3 +40,22 @@ pub enum InputError {
     Refused(String),
 }
 pub use prepare::*;
+
+/// A one-step scenario used by `lab boot`, `lab image` and benchmarks.
+pub fn trivial_scenario() -> arena_protocol::Scenario {
+    arena_protocol::Scenario {
+        name: "boot".into(),
+        description: "boot, say hello, power off".into(),
+        tags: vec![],
+        vm: arena_protocol::scenario::VmSpec::default(),
+        timeout_s: 30,
+        requires: Vec::new(),
+        steps: vec![arena_protocol::scenario::Step::Sleep(
+            arena_protocol::scenario::SleepStep {
+                ms: 0,
+                socket: false,
+            },
+        )],
+        known_issues: Vec::new(),
+    }
+}

@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use arena_protocol::scenario::{SleepStep, Step, VmSpec as ScenarioVm};
-use arena_protocol::Scenario;
-
 use crate::execute::backend::{self, Backend, BackendChoice, Console, GdbStub, GdbWhen, VmSpec};
 use crate::execute::session::{self, Limits, VmExit};
 use crate::execute::signals;
@@ -147,22 +144,7 @@ where
     Ok(args)
 }
 
-/// A one-step scenario used by `lab boot`, `lab image` and benchmarks.
-pub fn trivial_scenario() -> Scenario {
-    Scenario {
-        name: "boot".into(),
-        description: "boot, say hello, power off".into(),
-        tags: vec![],
-        vm: ScenarioVm::default(),
-        timeout_s: 30,
-        requires: Vec::new(),
-        steps: vec![Step::Sleep(SleepStep {
-            ms: 0,
-            socket: false,
-        })],
-        known_issues: Vec::new(),
-    }
-}
+pub use crate::plan::trivial_scenario;
 
 fn random_seed() -> u64 {
     let t = std::time::SystemTime::now()
@@ -1084,6 +1066,7 @@ pub fn boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arena_protocol::Scenario;
 
     fn loaded(names: &[&str]) -> Vec<ScenarioFile> {
         names
