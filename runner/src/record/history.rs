@@ -95,4 +95,23 @@ mod tests {
         assert_eq!(d.get("y"), None);
         let _ = std::fs::remove_dir_all(&root);
     }
+
+    #[test]
+    fn kernel_roots_are_found_one_level_down() {
+        let root = std::env::temp_dir().join(format!("arena-kroots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for k in ["debian-6.12", "debian-7.2"] {
+            let run = root.join(k).join("20260101-000000");
+            std::fs::create_dir_all(&run).unwrap();
+            std::fs::write(run.join("summary.json"), "{}").unwrap();
+        }
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        let (roots, looked) = kernel_roots(&root).unwrap();
+        assert_eq!(roots, [root.join("debian-6.12"), root.join("debian-7.2")]);
+        assert_eq!(looked.len(), 4, "{looked:?}");
+        // A plain root is its own only kernel root.
+        let (roots, _) = kernel_roots(&root.join("debian-7.2")).unwrap();
+        assert_eq!(roots, [root.join("debian-7.2")]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
