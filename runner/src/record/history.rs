@@ -10,7 +10,18 @@ use crate::record::results::Summary;
 /// Run folders of a results root that hold a `summary.json`, oldest first
 /// (run ids sort by time); `latest` and hidden entries are skipped.
 pub fn run_folders(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut runs: Vec<_> = std::fs::read_dir(root)?
+    let mut runs: Vec<_> = entries(root)?
+        .into_iter()
+        .filter(|p| p.join("summary.json").is_file())
+        .collect();
+    runs.sort();
+    Ok(runs)
+}
+
+/// The entries of `root` a results root may hold runs in: not the
+/// `latest` link, not hidden ones.
+fn entries(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    Ok(std::fs::read_dir(root)?
         .flatten()
         .filter(|e| {
             let name = e.file_name();
@@ -18,10 +29,7 @@ pub fn run_folders(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
             name != "latest" && !name.starts_with('.')
         })
         .map(|e| e.path())
-        .filter(|p| p.join("summary.json").is_file())
-        .collect();
-    runs.sort();
-    Ok(runs)
+        .collect())
 }
 
 /// The roots under `root` that hold runs: `root` itself when it has run
@@ -36,14 +44,8 @@ pub fn kernel_roots(
     if !run_folders(root)?.is_empty() {
         roots.push(root.to_owned());
     }
-    let mut children: Vec<_> = std::fs::read_dir(root)?
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name != "latest" && !name.starts_with('.')
-        })
-        .map(|e| e.path())
+    let mut children: Vec<_> = entries(root)?
+        .into_iter()
         .filter(|p| p.is_dir() && !p.join("summary.json").is_file())
         .collect();
     children.sort();
