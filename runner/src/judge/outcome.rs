@@ -221,6 +221,24 @@ pub struct Record {
 }
 
 impl Record {
+    /// A session that heard `messages` (all at 1 s, booted in 1 s, 2 s in
+    /// all) and ended as `end`: the judge's tests build their records so.
+    #[cfg(test)]
+    pub fn heard(end: End, messages: Vec<GuestMessage>) -> Record {
+        Record {
+            hello: None,
+            boot_s: Some(1.0),
+            messages: messages
+                .into_iter()
+                .map(|message| Received { at: 1.0, message })
+                .collect(),
+            end,
+            vm_exit: None,
+            total_s: 2.0,
+            host_load: None,
+        }
+    }
+
     /// A session whose VM never started, and why.
     pub fn unstarted(why: String) -> Record {
         Record {

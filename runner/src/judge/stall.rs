@@ -470,25 +470,15 @@ impl StallDiagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::outcome::{End, HostTimeout, Received, Stop};
+    use crate::judge::outcome::{End, HostTimeout, Stop};
     use std::time::Duration;
 
     fn record(messages: Vec<GuestMessage>) -> Record {
-        Record {
-            hello: None,
-            boot_s: Some(1.0),
-            messages: messages
-                .into_iter()
-                .map(|message| Received { at: 1.0, message })
-                .collect(),
-            end: End::HostTimeout(HostTimeout {
-                stop: Stop::Stalled(Duration::from_secs(5)),
-                silent: Duration::from_millis(300),
-            }),
-            vm_exit: None,
-            total_s: 2.0,
-            host_load: None,
-        }
+        let stalled = End::HostTimeout(HostTimeout {
+            stop: Stop::Stalled(Duration::from_secs(5)),
+            silent: Duration::from_millis(300),
+        });
+        Record::heard(stalled, messages)
     }
 
     fn task(pid: u32, role: Option<(&str, u32)>, state: &str, stack: &[&str]) -> TaskDiagnosis {

@@ -717,18 +717,7 @@ mod tests {
     }
 
     fn record(end: End, messages: Vec<GuestMessage>) -> Record {
-        Record {
-            hello: None,
-            boot_s: Some(1.0),
-            messages: messages
-                .into_iter()
-                .map(|message| Received { at: 1.0, message })
-                .collect(),
-            end,
-            vm_exit: None,
-            total_s: 2.0,
-            host_load: None,
-        }
+        Record::heard(end, messages)
     }
 
     fn done(status: StepStatus) -> End {
