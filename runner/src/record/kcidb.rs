@@ -334,6 +334,7 @@ pub fn report(summary: &Summary, src: &Source) -> Result<Value, KcidbError> {
                 &src.origin,
                 &[
                     "test",
+                    &summary.run_id,
                     &kernel.sha256,
                     &src.catalogue,
                     &s.name,
@@ -486,10 +487,11 @@ mod tests {
     fn ids_come_from_content_and_are_unique() {
         let s = run(&[("a", Verdict::Pass), ("b", Verdict::Fail)]);
         let one = report(&s, &src("c1")).unwrap();
-        let mut again = s.clone();
-        again.run_id = "other".into();
-        again.started = "2030-01-01T00:00:00Z".into();
-        let two = report(&again, &src("c1")).unwrap();
+        let two = report(&s.clone(), &src("c1")).unwrap();
+        let mut next_night = s.clone();
+        next_night.run_id = "other".into();
+        next_night.started = "2030-01-01T00:00:00Z".into();
+        let next = report(&next_night, &src("c1")).unwrap();
         let ids = |v: &Value| -> Vec<String> {
             v["tests"]
                 .as_array()
@@ -499,6 +501,15 @@ mod tests {
                 .collect()
         };
         assert_eq!(ids(&one), ids(&two), "same night again: same ids");
+        assert_ne!(
+            ids(&one)[0],
+            ids(&next)[0],
+            "the next night on the same kernel is a new test, not an update"
+        );
+        assert_eq!(
+            one["builds"][0]["id"], next["builds"][0]["id"],
+            "same build"
+        );
         assert_ne!(ids(&one)[0], ids(&one)[1]);
         assert!(ids(&one)[0].starts_with("arena_lab:"));
         assert_ne!(
