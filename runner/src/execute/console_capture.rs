@@ -8,12 +8,12 @@
 //! after the marker, so the splat detector still sees them (never a false
 //! pass because a guest flooded its console).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,8 @@ const MAX_LINE_BYTES: usize = 1024;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How long the pump waits for data before syncing an idle tail.
 const POLL_MS: i32 = 500;
-/// How long [`settle`] waits for a capture to end once its VM is gone.
+/// How long [`ConsoleCapture::settle`] waits for a capture to end once its
+/// VM is gone.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a console could not be captured.
@@ -102,6 +103,14 @@ pub struct CaptureStats {
     pub total: u64,
     /// Bytes left out of the file (0: the file is the whole console).
     pub dropped: u64,
+}
+
+impl CaptureStats {
+    /// Nothing captured.
+    const NONE: CaptureStats = CaptureStats {
+        total: 0,
+        dropped: 0,
+    };
 }
 
 /// A console file that keeps at most `cap` bytes of what is written to it
@@ -393,18 +402,29 @@ impl MarkerScan {
     }
 }
 
-/// When the console of `path`'s running capture first showed a kernel
-/// panic, if it has.
-pub fn panicked_at(path: &Path) -> Option<Instant> {
-    let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    match reg.get(path) {
-        Some(Entry::Running { panicked, .. }) => panicked.get().copied(),
-        _ => None,
-    }
+/// The line after a restored VM's boot console in its `console.log`:
+/// what follows is this VM's own output (`lab run -v` streams from here).
+pub const RESTORE_MARKER: &str =
+    "[arena-lab] restored from a snapshot: the boot console above is the snapshot's\n";
+
+/// The capture of one VM's serial console into one file, owned by whoever
+/// runs the VM: the backend starts it with the VM's command
+/// (`Backend::command`), the session watches it for a kernel panic, and
+/// the verdict reads it once it has ended ([`read_for_verdict`]).
+///
+/// One handle per capture, so two captures of the same path (a retried
+/// boot) cannot be mixed up: whoever replaces a capture settles the earlier
+/// one first. Dropping a running capture leaves its thread to end at EOF.
+///
+/// [`read_for_verdict`]: ConsoleCapture::read_for_verdict
+pub struct ConsoleCapture {
+    /// The console file.
+    path: PathBuf,
+    state: State,
 }
 
 /// A capture in flight, or how it ended.
-enum Entry {
+enum State {
     Running {
         pump: JoinHandle<Result<CaptureStats, CaptureError>>,
         /// When the pump saw a kernel panic go by.
@@ -413,55 +433,113 @@ enum Entry {
     Ended(Result<CaptureStats, CaptureError>),
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, Entry>> {
-    static R: OnceLock<Mutex<HashMap<PathBuf, Entry>>> = OnceLock::new();
-    R.get_or_init(Default::default)
+impl std::fmt::Debug for ConsoleCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Running { .. } => "running",
+            State::Ended(Ok(_)) => "ended",
+            State::Ended(Err(_)) => "failed",
+        };
+        f.debug_struct("ConsoleCapture")
+            .field("path", &self.path)
+            .field("state", &state)
+            .finish()
+    }
 }
 
-/// The line after a restored VM's boot console in its `console.log`:
-/// what follows is this VM's own output (`lab run -v` streams from here).
-pub const RESTORE_MARKER: &str =
-    "[arena-lab] restored from a snapshot: the boot console above is the snapshot's\n";
+impl ConsoleCapture {
+    /// Start capturing into `path` (created, truncated), capped at [`cap`],
+    /// beginning with `prefix` (a restored VM's boot console, see
+    /// `snapshot`). Returns the capture and the pipe's write end,
+    /// close-on-exec, for the VM; `None` when the capture could not start,
+    /// which the capture then holds ([`error`](Self::error)), so that
+    /// [`read_for_verdict`](Self::read_for_verdict) reports it rather than
+    /// judging an empty console.
+    pub fn start(path: &Path, prefix: &[u8]) -> (ConsoleCapture, Option<OwnedFd>) {
+        let started = open_pipe(path).and_then(|(read, write)| {
+            let mut log = CappedLog::create(path, cap())?;
+            // The prefix (a boot that reached the hello) is not watched; the
+            // marker after it tells readers where this VM's own console starts.
+            log.write(prefix)?;
+            if !prefix.is_empty() {
+                log.write(RESTORE_MARKER.as_bytes())?;
+            }
+            let name = format!("console {}", path.display());
+            let panicked = Arc::new(OnceLock::new());
+            let watch = panicked.clone();
+            let pump = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || pump(read, log, &watch))
+                .map_err(CaptureError::io(path))?;
+            Ok((State::Running { pump, panicked }, write))
+        });
+        let (state, write) = match started {
+            Ok((running, write)) => (running, Some(write)),
+            Err(e) => (State::Ended(Err(e)), None),
+        };
+        let capture = ConsoleCapture {
+            path: path.to_owned(),
+            state,
+        };
+        (capture, write)
+    }
 
-/// Start capturing into `path` (created, truncated), capped at [`cap`],
-/// beginning with `prefix` (a restored VM's boot console, see
-/// `snapshot`): returns the pipe's write end, close-on-exec, for the VM. A failure is
-/// also remembered for `path`, so that [`read_for_verdict`] reports it
-/// rather than judging an empty console.
-pub fn start(path: &Path, prefix: &[u8]) -> Result<OwnedFd, CaptureError> {
-    // An earlier capture of the same file (a retried boot) ends first.
-    let _ = settle(path);
-    let started = open_pipe(path).and_then(|(read, write)| {
-        let mut log = CappedLog::create(path, cap())?;
-        // The prefix (a boot that reached the hello) is not watched; the
-        // marker after it tells readers where this VM's own console starts.
-        log.write(prefix)?;
-        if !prefix.is_empty() {
-            log.write(RESTORE_MARKER.as_bytes())?;
+    /// The console file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Why the capture failed, once it has (it could not start, or
+    /// [`settle`](Self::settle) found it failed).
+    pub fn error(&self) -> Option<&CaptureError> {
+        match &self.state {
+            State::Ended(Err(e)) => Some(e),
+            _ => None,
         }
-        let name = format!("console {}", path.display());
-        let panicked = Arc::new(OnceLock::new());
-        let watch = panicked.clone();
-        let pump = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || pump(read, log, &watch))
-            .map_err(CaptureError::io(path))?;
-        Ok((Entry::Running { pump, panicked }, write))
-    });
-    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    match started {
-        Ok((running, write)) => {
-            reg.insert(path.to_owned(), running);
-            Ok(write)
+    }
+
+    /// When the console first showed a kernel panic, if it has and the
+    /// capture still runs.
+    pub fn panicked_at(&self) -> Option<Instant> {
+        match &self.state {
+            State::Running { panicked, .. } => panicked.get().copied(),
+            State::Ended(_) => None,
         }
-        Err(e) => {
-            let remembered = CaptureError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            };
-            reg.insert(path.to_owned(), Entry::Ended(Err(remembered)));
-            Err(e)
-        }
+    }
+
+    /// Wait for the capture to end (its VM is gone and every copy of the
+    /// write end closed, the VM's command included) and remember how it
+    /// ended; at most [`SETTLE_TIMEOUT`]. `Ok` when it ended well, now or
+    /// before.
+    pub fn settle(&mut self) -> Result<(), CaptureError> {
+        let ended = std::mem::replace(&mut self.state, State::Ended(Ok(CaptureStats::NONE)));
+        let result = match ended {
+            State::Ended(r) => r,
+            State::Running { pump, .. } => {
+                let until = Instant::now() + SETTLE_TIMEOUT;
+                while !pump.is_finished() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if pump.is_finished() {
+                    pump.join()
+                        .unwrap_or_else(|_| Err(CaptureError::Panicked(self.path.clone())))
+                } else {
+                    Err(CaptureError::Unsettled(self.path.clone()))
+                }
+            }
+        };
+        let out = result.as_ref().map(|_| ()).map_err(clone_error);
+        self.state = State::Ended(result);
+        out
+    }
+
+    /// The captured console, for the verdict: waits for the capture to
+    /// end, fails if it failed (a console cut short could hide a splat),
+    /// reads at most [`cap`] + [`MARKER_MAX`] bytes. A missing file is an
+    /// empty console.
+    pub fn read_for_verdict(mut self) -> Result<String, CaptureError> {
+        self.settle()?;
+        read_bounded(&self.path, cap() + MARKER_MAX)
     }
 }
 
@@ -485,41 +563,6 @@ fn open_pipe(path: &Path) -> Result<(OwnedFd, OwnedFd), CaptureError> {
     Ok((read, unsafe { OwnedFd::from_raw_fd(high) }))
 }
 
-/// Wait for the capture of `path` to end (its VM is gone and every copy of
-/// the write end closed) and remember how it ended; at most
-/// [`SETTLE_TIMEOUT`]. `Ok` when nothing captures `path`.
-pub fn settle(path: &Path) -> Result<(), CaptureError> {
-    let running = {
-        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-        match reg.remove(path) {
-            Some(Entry::Running { pump, .. }) => pump,
-            Some(Entry::Ended(r)) => {
-                let out = r.as_ref().map(|_| ()).map_err(clone_error);
-                reg.insert(path.to_owned(), Entry::Ended(r));
-                return out;
-            }
-            None => return Ok(()),
-        }
-    };
-    let until = Instant::now() + SETTLE_TIMEOUT;
-    while !running.is_finished() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let result = if running.is_finished() {
-        running
-            .join()
-            .unwrap_or_else(|_| Err(CaptureError::Panicked(path.to_owned())))
-    } else {
-        Err(CaptureError::Unsettled(path.to_owned()))
-    };
-    let out = result.as_ref().map(|_| ()).map_err(clone_error);
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(path.to_owned(), Entry::Ended(result));
-    out
-}
-
 fn clone_error(e: &CaptureError) -> CaptureError {
     match e {
         CaptureError::Io { path, source } => CaptureError::Io {
@@ -529,19 +572,6 @@ fn clone_error(e: &CaptureError) -> CaptureError {
         CaptureError::Unsettled(p) => CaptureError::Unsettled(p.clone()),
         CaptureError::Panicked(p) => CaptureError::Panicked(p.clone()),
     }
-}
-
-/// The console captured into `path`, for the verdict: waits for the
-/// capture to end, fails if it failed (a console cut short could hide a
-/// splat), reads at most [`cap`] + [`MARKER_MAX`] bytes. A missing file
-/// (no VM ran) is an empty console.
-pub fn read_for_verdict(path: &Path) -> Result<String, CaptureError> {
-    settle(path)?;
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(path);
-    read_bounded(path, cap() + MARKER_MAX)
 }
 
 /// At most `limit` bytes of `path` as text (lossy); missing file: empty.
@@ -695,19 +725,63 @@ mod tests {
     #[test]
     fn a_piped_console_is_captured_and_settled() {
         let p = tmp("pipe");
-        let w = start(&p, b"[    0.1] booted\n").unwrap();
-        let mut w = File::from(w);
+        let (capture, w) = ConsoleCapture::start(&p, b"[    0.1] booted\n");
+        assert_eq!(capture.path(), p);
+        let mut w = File::from(w.unwrap());
         w.write_all(b"hello\nBUG: at the end\n").unwrap();
         drop(w);
-        let text = read_for_verdict(&p).unwrap();
+        let text = capture.read_for_verdict().unwrap();
         // The prefix (a restored VM's boot console) comes first, then the
         // marker where this VM's own console starts.
         assert_eq!(
             text,
             format!("[    0.1] booted\n{RESTORE_MARKER}hello\nBUG: at the end\n")
         );
-        // Settled and forgotten: a second read is a plain read.
-        assert_eq!(read_for_verdict(&p).unwrap(), text);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+    }
+
+    /// A retried boot: the earlier capture of the same file is settled,
+    /// then the new one starts the file afresh.
+    #[test]
+    fn a_second_capture_of_a_path_replaces_the_first() {
+        let p = tmp("again");
+        let (mut first, w) = ConsoleCapture::start(&p, b"");
+        File::from(w.unwrap()).write_all(b"first boot\n").unwrap();
+        first.settle().unwrap();
+        // Settled twice: the same answer, no wait.
+        first.settle().unwrap();
+        let (second, w) = ConsoleCapture::start(&p, b"");
+        File::from(w.unwrap()).write_all(b"second boot\n").unwrap();
+        assert_eq!(second.read_for_verdict().unwrap(), "second boot\n");
+    }
+
+    /// A capture whose pipe a process still holds has not ended: settling
+    /// waits for the last write end to close.
+    #[test]
+    fn settle_waits_for_the_pipe_to_close() {
+        let p = tmp("held");
+        let (read, write) = open_pipe(&p).unwrap();
+        let log = CappedLog::create(&p, 8192).unwrap();
+        let pump = std::thread::spawn(move || pump(read, log, &OnceLock::new()));
+        let mut capture = ConsoleCapture {
+            path: p.clone(),
+            state: State::Running {
+                pump,
+                panicked: Arc::default(),
+            },
+        };
+        let until = Instant::now() + Duration::from_millis(50);
+        let result = std::thread::scope(|s| {
+            let settling = s.spawn(|| capture.settle());
+            while !settling.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Still waiting while the write end is open; closing it ends it.
+            assert!(!settling.is_finished());
+            drop(write);
+            settling.join().unwrap()
+        });
+        result.unwrap();
     }
 
     #[test]
@@ -722,30 +796,32 @@ mod tests {
         assert!(!MarkerScan::default().feed(b"WARNING: CPU: 0 at kernel/bpf/arena.c"));
 
         let p = tmp("panic");
-        let w = start(
+        let (mut capture, w) = ConsoleCapture::start(
             &p,
             b"Kernel panic - not syncing: in the prefix, not watched\n",
-        )
-        .unwrap();
-        assert_eq!(panicked_at(&p), None);
-        let mut w = File::from(w);
+        );
+        assert_eq!(capture.panicked_at(), None);
+        let mut w = File::from(w.unwrap());
         w.write_all(b"[ 2.0] Kernel panic - not syncing: Fatal exception\n")
             .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
-        while panicked_at(&p).is_none() && Instant::now() < until {
+        while capture.panicked_at().is_none() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(panicked_at(&p).is_some());
+        assert!(capture.panicked_at().is_some());
         drop(w);
-        settle(&p).unwrap();
-        assert_eq!(panicked_at(&p), None, "forgotten once settled");
+        capture.settle().unwrap();
+        assert_eq!(capture.panicked_at(), None, "forgotten once settled");
     }
 
     #[test]
     fn a_capture_that_could_not_start_fails_the_verdict_read() {
         let p = Path::new("/nonexistent-dir-arena/console.log");
-        assert!(start(p, b"").is_err());
-        let e = read_for_verdict(p).unwrap_err();
+        let (capture, w) = ConsoleCapture::start(p, b"");
+        assert!(w.is_none());
+        let why = capture.error().expect("the failure is kept").to_string();
+        assert!(why.contains("/nonexistent-dir-arena"), "{why}");
+        let e = capture.read_for_verdict().unwrap_err();
         assert!(e.to_string().contains("/nonexistent-dir-arena"), "{e}");
     }
 

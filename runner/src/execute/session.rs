@@ -20,7 +20,8 @@ use arena_protocol::framing::write_message;
 use arena_protocol::message::hard_cap_s;
 use arena_protocol::{GuestMessage, Hello, HostMessage, LineReader, Scenario, StepStatus};
 
-use crate::execute::backend::{Backend, Console, GdbWhen, SnapshotRole, VmSpec};
+use crate::execute::backend::{Backend, Console, GdbWhen, SnapshotRole, VmCommand, VmSpec};
+use crate::execute::console_capture::ConsoleCapture;
 pub use crate::judge::outcome::{
     End, HostLoad, HostTimeout, Received, Record, Stop, VmExit, PANIC_GRACE,
 };
@@ -254,6 +255,9 @@ fn socket_path() -> PathBuf {
 
 /// Run `scenario` in a VM described by `spec` (whose `channel` is replaced).
 /// `events_log` receives every guest message as a JSON line as it arrives.
+/// Returns what the session saw, and the capture of the VM's console when it
+/// went to a file (`None` also when no VM command was made): the caller
+/// reads it for the verdict, which waits for the capture to end.
 pub fn run(
     backend: &dyn Backend,
     spec: VmSpec,
@@ -262,7 +266,7 @@ pub fn run(
     limits: Limits,
     events_log: &Path,
     vmm_log: &Path,
-) -> Record {
+) -> (Record, Option<ConsoleCapture>) {
     let sock = socket_path();
     let started = Instant::now();
     let load = LoadProbe::start();
@@ -275,7 +279,7 @@ pub fn run(
         });
     let mut session = match Session::start(backend, spec, &sock, started, events_log, vmm_log) {
         Ok(s) => s,
-        Err(why) => return Record::unstarted(why),
+        Err(why) => return (Record::unstarted(why), None),
     };
     session.hold_on_failure = hold.is_some();
     let end = session.drive(scenario, seed, started + limits.boot);
@@ -285,7 +289,7 @@ pub fn run(
     }
     let _ = std::fs::remove_file(sock.with_extension("ctl"));
     let vm_exit = session.shut_down(&end);
-    Record {
+    let record = Record {
         hello: session.hello,
         boot_s: session.boot_s,
         messages: session.messages,
@@ -293,12 +297,14 @@ pub fn run(
         vm_exit: Some(vm_exit),
         total_s: started.elapsed().as_secs_f64(),
         host_load: load.finish(),
-    }
+    };
+    (record, session.console)
 }
 
 /// Boot the VM `spec` describes (its snapshot role [`SnapshotRole::Save`])
 /// to the agent's hello, then have the backend save its state, taking up to
-/// `save_limit`: seconds from VM start to hello. The VM is gone afterwards.
+/// `save_limit`: seconds from VM start to hello. The VM is gone afterwards,
+/// and its console's capture has ended (restores begin with that file).
 pub fn boot_and_save(
     backend: &dyn Backend,
     spec: VmSpec,
@@ -331,6 +337,9 @@ pub fn boot_and_save(
     })();
     let _ = std::fs::remove_file(&sock);
     session.shut_down(&End::NoHello(String::new()));
+    if let Some(console) = session.console.as_mut() {
+        let _ = console.settle();
+    }
     saved
 }
 
@@ -350,8 +359,9 @@ struct Session {
     messages: Vec<Received>,
     /// Restored from a snapshot: the agent is told so before its hello.
     restored: bool,
-    /// The console file, watched for a kernel panic.
-    console: Option<PathBuf>,
+    /// The console's capture, watched for a kernel panic; handed back to
+    /// the caller when the session ends.
+    console: Option<ConsoleCapture>,
     /// `--gdb-on-fail`: the agent keeps a failed VM up for the debugger.
     hold_on_failure: bool,
 }
@@ -371,10 +381,6 @@ impl Session {
         let listener = UnixListener::bind(sock)
             .map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
         let restored = matches!(spec.snapshot, Some(SnapshotRole::Restore { .. }));
-        let console = match &spec.console {
-            Console::File(p) => Some(p.clone()),
-            Console::Stdout => None,
-        };
         spec.channel = Some(sock.to_owned());
         let events = File::create(events_log).ok();
         let stderr = File::create(vmm_log)
@@ -385,7 +391,10 @@ impl Session {
         } else {
             Stdio::null()
         };
-        let mut command = backend.command(&spec);
+        let VmCommand {
+            mut command,
+            console,
+        } = backend.command(&spec);
         // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
         // The VM dies with the runner, so a killed `lab` leaves no VM behind.
         unsafe {
@@ -404,6 +413,8 @@ impl Session {
                 let _ = std::fs::remove_file(sock);
                 format!("cannot start the {} backend: {e}", backend.name())
             })?;
+        // The VM holds the console pipe now: the capture ends with it.
+        drop(command);
         crate::execute::signals::vm_started(child.id());
         Ok(Session {
             child,
@@ -567,16 +578,16 @@ impl Session {
                 _ => return,
             }
         }
-        if let Some(console) = self.console.clone() {
-            settle_file(&console, CONSOLE_QUIET, until);
+        if let Some(console) = &self.console {
+            settle_file(console.path(), CONSOLE_QUIET, until);
         }
     }
 
     /// The console showed a kernel panic more than [`PANIC_GRACE`] ago.
     fn panicked_long_ago(&self) -> bool {
         self.console
-            .as_deref()
-            .and_then(crate::execute::console_capture::panicked_at)
+            .as_ref()
+            .and_then(ConsoleCapture::panicked_at)
             .is_some_and(|t| t.elapsed() >= PANIC_GRACE)
     }
 

@@ -272,7 +272,6 @@ impl<'a> Snapshots<'a> {
             &tmp.join("vmm.log"),
         );
         let _ = std::fs::remove_file(&control);
-        let _ = crate::execute::console_capture::settle(&tmp.join("boot-console.log"));
         let made = booted.and_then(|boot_s| {
             let state = tmp.join("state");
             let bytes = std::fs::metadata(&state)

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::execute::backend::{self, Backend, BackendChoice, Console, GdbStub, GdbWhen, VmSpec};
+use crate::execute::console_capture::ConsoleCapture;
 use crate::execute::session::{self, Limits, VmExit};
 use crate::execute::signals;
 use crate::execute::snapshot::{Snapshots, VmStart};
@@ -791,7 +792,7 @@ fn run_one(
             },
             None => ctx.limits,
         };
-        let record = session::run(
+        let (record, capture) = session::run(
             ctx.backend,
             spec,
             s,
@@ -800,13 +801,13 @@ fn run_one(
             &dir.join("events.jsonl"),
             &dir.join("vmm.log"),
         );
-        // The console is complete once its capture has drained the pipe.
-        let _ = crate::execute::console_capture::settle(&console_log);
-        record
+        // The console is complete once its capture has drained the pipe;
+        // bounded; a capture that failed (disk full) is an error, not a
+        // verdict. No capture: no VM was started, no console.
+        let console = capture.map_or(Ok(String::new()), ConsoleCapture::read_for_verdict)?;
+        anyhow::Ok((record, console))
     };
-    let mut record = boot(spec.clone());
-    // Bounded; a capture that failed (disk full) is an error, not a verdict.
-    let mut console = crate::execute::console_capture::read_for_verdict(&console_log)?;
+    let (mut record, mut console) = boot(spec.clone())?;
     let mut retried_after = None;
     let tcg = ctx.backend.accelerator() == "tcg";
     for attempt in 1.. {
@@ -835,8 +836,7 @@ fn run_one(
             s.name
         );
         retried_after.get_or_insert(cause);
-        record = boot(spec.clone());
-        console = crate::execute::console_capture::read_for_verdict(&console_log)?;
+        (record, console) = boot(spec.clone())?;
     }
     save_outputs(&dir, &record);
     let mut judgement = verdict::judge(&record, &console);
@@ -1029,7 +1029,7 @@ pub fn boot(
     }
     let scratch = std::env::temp_dir().join(format!("arena-lab-boot-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(infra)?;
-    let record = session::run(
+    let (record, _) = session::run(
         backend.as_ref(),
         spec,
         &scenario,

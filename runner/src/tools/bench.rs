@@ -85,8 +85,9 @@ fn raw_to_hello(backend: &dyn Backend, spec: &VmSpec, sock: &Path) -> anyhow::Re
     let mut spec = spec.clone();
     spec.channel = Some(sock.to_owned());
     let t = Instant::now();
-    let mut child = backend
-        .command(&spec)
+    let mut vm = backend.command(&spec);
+    let mut child = vm
+        .command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -203,8 +204,9 @@ fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> anyhow::Result
     spec.channel = Some(sock.clone());
     let stderr_path = dir.join("vm-stderr.log");
     let t = Instant::now();
-    let mut child = backend
-        .command(&spec)
+    let mut vm = backend.command(&spec);
+    let mut child = vm
+        .command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path)?)
@@ -426,18 +428,22 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     let mut cold_t = Vec::new();
     for round in 0..args.rounds.max(1) {
         let t = Instant::now();
-        let st = qemu
-            .command(&raw_spec)
+        let mut vm = qemu.command(&raw_spec);
+        let st = vm
+            .command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .map_err(infra)?;
         raw_t.push(t.elapsed().as_secs_f64());
-        // The console is complete once its capture has drained the pipe.
-        let marker =
-            crate::execute::console_capture::read_for_verdict(&dir.join("raw-console.log"))
-                .unwrap_or_default();
+        // The console is complete once its capture has drained the pipe,
+        // which the command holds open until it is dropped.
+        drop(vm.command);
+        let marker = vm
+            .console
+            .map(|c| c.read_for_verdict().unwrap_or_default())
+            .unwrap_or_default();
         if !st.success() || !marker.contains("arena-bench-marker") {
             return Err(infra(anyhow::anyhow!("raw QEMU run {round} failed ({st})")));
         }

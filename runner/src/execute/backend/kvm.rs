@@ -11,7 +11,7 @@ use vmm::{RestoreConfig, SerialOutput, VmConfig};
 
 use super::{
     console_label, wire_console, Backend, Console, GdbStub, GdbWhen, SerialTarget, SnapshotRole,
-    VmSpec,
+    VmCommand, VmSpec,
 };
 
 /// Console log level while booting under the own VMM (the agent raises it to
@@ -155,12 +155,13 @@ impl Backend for OwnVmm {
     /// The VMM writes its serial console into the runner's capture pipe
     /// (`--serial /proc/self/fd/3`); its argv[0] names the console file, for `ps`
     /// and for finding a scenario's VM.
-    fn command(&self, spec: &VmSpec) -> Command {
+    fn command(&self, spec: &VmSpec) -> VmCommand {
         let mut c = Command::new(&self.binary);
         if let Some(p) = console_label(&spec.console) {
             c.arg0(format!("arena-vmm (console {})", p.display()));
         }
-        let console = match wire_console(&mut c, spec) {
+        let (target, capture) = wire_console(&mut c, spec);
+        let console = match target {
             SerialTarget::Path(p) => Console::File(p),
             SerialTarget::Stdout => Console::Stdout,
         };
@@ -174,7 +175,10 @@ impl Backend for OwnVmm {
             }
             _ => c.args(vm_config(&spec).to_args()),
         };
-        c
+        VmCommand {
+            command: c,
+            console: capture,
+        }
     }
 
     /// The VMM refuses another build's snapshot itself; keying by the
@@ -360,7 +364,10 @@ mod tests {
             console: Console::File(console.clone()),
             ..VmSpec::minimal("/k/vmlinux")
         };
-        let mut c = OwnVmm::at(fake).command(&spec);
+        let VmCommand {
+            command: mut c,
+            console: capture,
+        } = OwnVmm::at(fake).command(&spec);
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
         let cfg = VmConfig::from_args(&args).unwrap();
         assert!(
@@ -379,7 +386,9 @@ mod tests {
             .expect("the stand-in VMM stayed busy");
         assert!(status.success());
         drop(c);
-        let text = crate::execute::console_capture::read_for_verdict(&console).unwrap();
+        let capture = capture.expect("a console file is captured");
+        assert_eq!(capture.path(), console);
+        let text = capture.read_for_verdict().unwrap();
         assert_eq!(text, "console of --kernel /k/vmlinux\n");
     }
 }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Instant;
 
+use crate::execute::console_capture::ConsoleCapture;
+
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Console {
@@ -127,6 +129,20 @@ pub enum SnapshotRole {
     },
 }
 
+/// A VM ready to start: its command, and the capture of its serial
+/// console, owned by whoever runs the VM.
+///
+/// The command holds the capture pipe's write end until it is dropped: a
+/// capture settles once the VM has exited and its command is gone.
+#[derive(Debug)]
+pub struct VmCommand {
+    /// The VM's process, to be given its stdio and spawned.
+    pub command: Command,
+    /// The capture of a [`Console::File`] console (`None`: stdout). Read it
+    /// with [`ConsoleCapture::read_for_verdict`] once the VM has ended.
+    pub console: Option<ConsoleCapture>,
+}
+
 /// Which backend a user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
@@ -144,8 +160,9 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Accelerator in use (`tcg`, `kvm`).
     fn accelerator(&self) -> &'static str;
-    /// The command that runs the VM described by `spec`.
-    fn command(&self, spec: &VmSpec) -> Command;
+    /// The command that runs the VM described by `spec`, with the capture
+    /// of its console when that goes to a file.
+    fn command(&self, spec: &VmSpec) -> VmCommand;
     /// Whether [`VmSpec::gdb`] is honoured.
     fn has_gdb_stub(&self) -> bool {
         false
@@ -242,12 +259,14 @@ pub enum SerialTarget {
 }
 
 /// Wire `spec`'s console for the VM `c` will start: for a file, start the
-/// capped capture (a restored VM's begins with its boot's console) and hand the pipe's write end to the child as [`CONSOLE_FD`].
-/// Also makes the child die with the runner (see [`die_with_parent`]).
-pub fn wire_console(c: &mut Command, spec: &VmSpec) -> SerialTarget {
+/// capped capture (a restored VM's begins with its boot's console) and hand
+/// the pipe's write end to the child as [`CONSOLE_FD`]; the capture is the
+/// caller's. Also makes the child die with the runner (see
+/// [`die_with_parent`]).
+pub fn wire_console(c: &mut Command, spec: &VmSpec) -> (SerialTarget, Option<ConsoleCapture>) {
     die_with_parent(c);
     let Console::File(path) = &spec.console else {
-        return SerialTarget::Stdout;
+        return (SerialTarget::Stdout, None);
     };
     let prefix = match &spec.snapshot {
         Some(SnapshotRole::Restore { boot_console, .. }) => std::fs::read(boot_console)
@@ -256,16 +275,20 @@ pub fn wire_console(c: &mut Command, spec: &VmSpec) -> SerialTarget {
             }),
         _ => Vec::new(),
     };
-    match crate::execute::console_capture::start(path, &prefix) {
-        Ok(fd) => {
+    let (capture, fd) = ConsoleCapture::start(path, &prefix);
+    let target = match fd {
+        Some(fd) => {
             hand_over(c, fd);
             SerialTarget::Path(CONSOLE_FD_PATH.into())
         }
-        Err(e) => {
-            eprintln!("lab: {e}");
+        None => {
+            if let Some(e) = capture.error() {
+                eprintln!("lab: {e}");
+            }
             SerialTarget::Path("/dev/null".into())
         }
-    }
+    };
+    (target, Some(capture))
 }
 
 /// Make the VM's pipe end its [`CONSOLE_FD`] (kept across exec). The

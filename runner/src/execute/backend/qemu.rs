@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::qmp::Qmp;
 use super::{
     console_label, gdb_control, wire_console, Backend, GdbStub, GdbWhen, SerialTarget,
-    SnapshotRole, VmSpec,
+    SnapshotRole, VmCommand, VmSpec,
 };
 
 /// How long QEMU gets to answer on its QMP socket when a failed VM is
@@ -158,7 +158,7 @@ impl Backend for Qemu {
         }
     }
 
-    fn command(&self, spec: &VmSpec) -> Command {
+    fn command(&self, spec: &VmSpec) -> VmCommand {
         let mut c = Command::new(&self.binary);
         let (accel, cpu) = match self.accel {
             // KVM on an emulated CPU (`lab nested`): no CMPXCHG16B, which
@@ -188,7 +188,8 @@ impl Backend for Qemu {
             let name = format!("arena-lab console {}", p.display());
             c.arg("-name").arg(format!("guest={}", qemu_escape(&name)));
         }
-        match wire_console(&mut c, spec) {
+        let (target, capture) = wire_console(&mut c, spec);
+        match target {
             SerialTarget::Path(p) => {
                 c.arg("-chardev").arg(format!(
                     "file,id=serial0,path={}",
@@ -247,7 +248,10 @@ impl Backend for Qemu {
             }
             None => {}
         }
-        c
+        VmCommand {
+            command: c,
+            console: capture,
+        }
     }
 
     fn snapshot_identity(&self) -> Result<String, String> {
@@ -346,17 +350,16 @@ mod tests {
             gdb: None,
             snapshot: None,
         };
-        let c = Qemu::new(Accel::Tcg).command(&spec);
-        let args: Vec<String> = c
+        let vm = Qemu::new(Accel::Tcg).command(&spec);
+        let args: Vec<String> = vm
+            .command
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         // Dropping the command closes the pipe: the capture ends, empty.
-        drop(c);
-        assert_eq!(
-            crate::execute::console_capture::read_for_verdict(&console).unwrap(),
-            ""
-        );
+        drop(vm.command);
+        let capture = vm.console.expect("a console file is captured");
+        assert_eq!(capture.read_for_verdict().unwrap(), "");
         let joined = args.join(" ");
         assert!(joined.contains("-M microvm -accel tcg"), "{joined}");
         // The VM writes into the capture pipe and is named by its console.
@@ -383,8 +386,9 @@ mod tests {
             snapshot: Some(role),
             ..VmSpec::minimal("/k")
         };
-        let args = |c: Command| -> Vec<String> {
-            c.get_args()
+        let args = |vm: VmCommand| -> Vec<String> {
+            vm.command
+                .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect()
         };
