@@ -225,6 +225,9 @@ impl LoadProbe {
             loadavg_start: self.loadavg?,
             loadavg_end: read_loadavg()?,
             steal_pct: steal,
+            cpus: std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok()),
         })
     }
 }

@@ -98,6 +98,10 @@ pub struct HostLoad {
     /// Share of host CPU time stolen by a hypervisor below this host during
     /// the scenario (0–100, `/proc/stat` delta); `None` if unreadable.
     pub steal_pct: Option<f64>,
+    /// CPUs the host let the lab use: a load of 7 swamps 2 CPUs but not
+    /// 64. `None` in summaries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
 }
 
 /// A received guest message with its arrival time (seconds since VM start).

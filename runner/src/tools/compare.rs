@@ -72,6 +72,9 @@ struct Entry {
     /// Host load while it ran (`host_load`, see [`load_of`]), the highest
     /// of its attempts; `None` when not recorded.
     load: Option<f64>,
+    /// How oversubscribed the host was (see [`busy_of`]), the highest of its
+    /// attempts; `None` when the host's CPU count was not recorded.
+    busy: Option<f64>,
 }
 
 /// Below this change of wall time (seconds) a duration change is never
@@ -87,6 +90,16 @@ pub fn load_of(l: &crate::judge::outcome::HostLoad) -> f64 {
     (avg / (1.0 - steal / 100.0)).max(1.0)
 }
 
+/// How oversubscribed the host was around a scenario: its [`load_of`]
+/// per CPU, at least 1. A sub-second scenario on a host with 3.5 runnable
+/// tasks per CPU can take 3.5 times as long though both runs had the same
+/// load, so the absolute floor grows with it. `None` when the CPU count
+/// was not recorded (summaries before it was).
+pub fn busy_of(l: &crate::judge::outcome::HostLoad) -> Option<f64> {
+    let cpus = f64::from(l.cpus.filter(|c| *c > 0)?);
+    Some((load_of(l) / cpus).max(1.0))
+}
+
 /// How much the relative threshold is widened for a pair of runs: the
 /// ratio of the busier run's load to the calmer one's (≥ 1), 1 when either
 /// load is unknown.
@@ -97,16 +110,23 @@ pub fn load_factor(base: Option<f64>, new: Option<f64>) -> f64 {
     }
 }
 
+/// The absolute floor for a pair of runs: [`DURATION_FLOOR_S`] times the
+/// busier run's [`busy_of`] (1 when unknown).
+pub fn duration_floor(busy: [Option<f64>; 2]) -> f64 {
+    DURATION_FLOOR_S * busy.iter().flatten().fold(1.0_f64, |a, b| a.max(*b))
+}
+
 /// The noise rule: a duration change is news only when it is at least
-/// [`DURATION_FLOOR_S`] and its relative size exceeds `threshold` times
+/// [`duration_floor`] and its relative size exceeds `threshold` times
 /// the [`load_factor`] of the two runs. The change as a fraction, if news.
 pub fn duration_news(
     base_s: f64,
     new_s: f64,
     loads: [Option<f64>; 2],
+    busy: [Option<f64>; 2],
     threshold: f64,
 ) -> Option<f64> {
-    if base_s <= 0.0 || (new_s - base_s).abs() < DURATION_FLOOR_S {
+    if base_s <= 0.0 || (new_s - base_s).abs() < duration_floor(busy) {
         return None;
     }
     let pct = (new_s - base_s) / base_s;
@@ -135,12 +155,21 @@ struct Run {
     scenarios: BTreeMap<String, Entry>,
 }
 
+/// The larger of two optional readings, or whichever is known.
+fn max_known(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn read_run(dir: &Path) -> Result<Run, CompareError> {
     let summary = Summary::read_run(dir)?;
     let mut scenarios: BTreeMap<String, Entry> = BTreeMap::new();
     for s in &summary.scenarios {
         let verdict = s.judgement.verdict;
         let load = s.host_load.as_ref().map(load_of);
+        let busy = s.host_load.as_ref().and_then(busy_of);
         match scenarios.get_mut(&s.name) {
             // `--repeat`: one entry per attempt. The scenario's verdict is
             // its worst attempt's (a failure anywhere is news), its time the
@@ -150,10 +179,8 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
                     e.attempts.push(e.verdict);
                 }
                 e.attempts.push(verdict);
-                e.load = match (e.load, load) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+                e.load = max_known(e.load, load);
+                e.busy = max_known(e.busy, busy);
                 let ran = e.attempts.iter().filter(|v| **v != Verdict::NotRun).count() as f64;
                 if verdict != Verdict::NotRun && ran > 0.0 {
                     e.duration_s += (s.duration_s - e.duration_s) / ran;
@@ -173,6 +200,7 @@ fn read_run(dir: &Path) -> Result<Run, CompareError> {
                         duration_s: s.duration_s,
                         attempts: Vec::new(),
                         load,
+                        busy,
                     },
                 );
             }
@@ -438,7 +466,8 @@ fn compare_runs(base: &Run, new: &Run, threshold: f64) -> Comparison {
         }
         if b.verdict != Verdict::NotRun && n.verdict != Verdict::NotRun {
             let loads = [b.load, n.load];
-            if let Some(pct) = duration_news(b.duration_s, n.duration_s, loads, threshold) {
+            let busy = [b.busy, n.busy];
+            if let Some(pct) = duration_news(b.duration_s, n.duration_s, loads, busy, threshold) {
                 c.durations.push(DurationChange {
                     name: name.clone(),
                     base_s: b.duration_s,
@@ -563,8 +592,8 @@ pub fn markdown(c: &Comparison) -> String {
     }
     if !c.durations.is_empty() {
         out.push_str(&format!(
-            "\n## Duration changes beyond {}% and {} s\n\nNoise rule: a change under {} s is never listed; \
-             the {}% threshold is multiplied by the ratio of the two runs' host load \
+            "\n## Duration changes beyond {}% and {} s\n\nNoise rule: a change under {} s (times the host's runnable tasks per CPU \
+             when above 1) is never listed; the {}% threshold is multiplied by the ratio of the two runs' host load \
              (1-minute loadavg around the scenario, corrected for steal, at least 1).\n\n\
              | scenario | base (s) | new (s) | change | load ratio |\n|---|---|---|---|---|\n",
             c.duration_threshold_pct,
@@ -727,6 +756,7 @@ mod tests {
             duration_s: d,
             attempts: vec![],
             load: None,
+            busy: None,
         }
     }
 
@@ -920,6 +950,7 @@ mod tests {
                 loadavg_start: [l, l, l],
                 loadavg_end: [l, l, l],
                 steal_pct: Some(0.0),
+                cpus: None,
             })
         };
         // Seen by a user: 0.60 → 2.07 s (+245%) while the host ran a
@@ -935,7 +966,10 @@ mod tests {
         );
         assert!(c.durations.is_empty(), "{:?}", c.durations);
         // A sub-second change is never news, whatever its ratio.
-        assert_eq!(duration_news(0.2, 0.9, [None, None], 0.5), None);
+        assert_eq!(
+            duration_news(0.2, 0.9, [None, None], [None, None], 0.5),
+            None
+        );
         // A real slowdown at the same load still is: 10 → 30 s.
         let mut base = entry("pass", 10.0);
         base.load = Some(loaded(2.0));
@@ -951,14 +985,53 @@ mod tests {
         assert!(markdown(&c).contains("| slow | 10.00 | 30.00 | +200.0% | 1.10 |"));
         // And so is a slowdown bigger than the load explains: 5× load, 10×
         // time.
-        assert!(duration_news(3.0, 30.0, [Some(1.0), Some(5.0)], 0.5).is_some());
+        assert!(duration_news(3.0, 30.0, [Some(1.0), Some(5.0)], [None, None], 0.5).is_some());
         // Steal counts as load: 50% stolen doubles it.
         let stolen = crate::judge::outcome::HostLoad {
             loadavg_start: [2.0; 3],
             loadavg_end: [2.0; 3],
             steal_pct: Some(50.0),
+            cpus: None,
         };
         assert_eq!(load_of(&stolen), 4.0);
+        assert_eq!(busy_of(&stolen), None, "CPU count not recorded");
+    }
+
+    /// Seen in a two-night run beside two other jobs (load 7 on 2 CPUs in
+    /// both nights, load ratio 1.01): 0.90 → 2.35 s. An oversubscribed host
+    /// raises the absolute floor; the same change on an idle host is news.
+    #[test]
+    fn an_oversubscribed_host_raises_the_floor() {
+        let host = |l: f64, cpus| crate::judge::outcome::HostLoad {
+            loadavg_start: [l; 3],
+            loadavg_end: [l; 3],
+            steal_pct: Some(0.0),
+            cpus,
+        };
+        let with = |load: &crate::judge::outcome::HostLoad, d: f64| {
+            let mut e = entry("pass", d);
+            e.load = Some(load_of(load));
+            e.busy = busy_of(load);
+            e
+        };
+        let busy = host(7.0, Some(2));
+        assert_eq!(busy_of(&busy), Some(3.5));
+        assert_eq!(busy_of(&host(7.0, Some(64))), Some(1.0));
+        let c = compare_runs(
+            &run("b", &[("sof", with(&busy, 0.90))]),
+            &run("n", &[("sof", with(&host(7.1, Some(2)), 2.35))]),
+            0.5,
+        );
+        assert!(c.durations.is_empty(), "{:?}", c.durations);
+        let idle = host(0.5, Some(2));
+        let c = compare_runs(
+            &run("b", &[("sof", with(&idle, 0.90))]),
+            &run("n", &[("sof", with(&idle, 2.35))]),
+            0.5,
+        );
+        assert_eq!(c.durations.len(), 1, "an idle host: news");
+        // Old summaries (no CPU count) keep the 1 s floor.
+        assert_eq!(duration_floor([None, None]), DURATION_FLOOR_S);
     }
 
     #[test]
