@@ -177,8 +177,93 @@ fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Lab
 /// an infrastructure error (kernel, backend, agent, a guest image, a VM
 /// that never says hello) aborts the run, judges what cannot be judged as
 /// `not_run` with the reason, and exits 3.
+///
+/// The steps, in order: [`plan_run`] (what to run), [`open_run`] (the run
+/// folder and its first summary), [`prepare_run`] (kernel, backend,
+/// images), [`Pool::run`] (the VMs) and [`conclude`] (the exit).
 pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let t0 = Instant::now();
+    let plan = plan_run(&mut args)?;
+    let verbosity = if args.quiet {
+        Verbosity::Quiet
+    } else if args.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    signals::install_signal_handlers();
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let (run_dir, queue, mut summary) = open_run(&args, &plan, seed)?;
+    let Ready {
+        backend,
+        prepared,
+        images,
+    } = match prepare_run(&args, &plan.scenarios, &mut summary) {
+        Ok(ready) => ready,
+        Err(stopped) => return aborted(&run_dir, summary, t0, stopped),
+    };
+    summary.replay_args = crate::plan::replay::run_args(
+        &plan.replay_options,
+        &args.kernel,
+        &prepared.kernel,
+        backend.name(),
+    );
+    if verbosity != Verbosity::Quiet {
+        eprintln!(
+            "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
+            prepared.kernel.release,
+            prepared.kernel.boot_image.display(),
+            plan.scenarios.len(),
+            run_dir.path.display()
+        );
+    }
+    run_dir.write(&summary).map_err(infra)?;
+    let ctx = run_ctx(&args, backend.as_ref(), &prepared, &run_dir);
+    let pool = Pool {
+        args: &args,
+        ctx: &ctx,
+        scenarios: &plan.scenarios,
+        images: &images,
+        seed,
+        t0,
+        replay_args: summary.replay_args.clone(),
+        progress: Progress::new(summary.planned, verbosity),
+        queue: Mutex::new(queue),
+        summary: Mutex::new(summary),
+        next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        failed_fast: AtomicBool::new(false),
+        started: Instant::now(),
+    };
+    pool.run();
+    pool.progress.finish();
+    let failed_fast = pool.failed_fast.load(Ordering::SeqCst);
+    let sum = pool
+        .summary
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    conclude(&run_dir, sum, t0, verbosity, failed_fast)
+}
+
+/// What a run will do, known before anything is written or built.
+struct RunPlan {
+    /// The scenarios this run (or shard) runs, with `--vcpus` and the like
+    /// applied.
+    scenarios: Vec<ScenarioFile>,
+    /// The whole selection's identity, for `lab merge`.
+    catalogue: String,
+    /// With `--shard`: every selected scenario, for `lab merge` to complete
+    /// the shards with.
+    shard_plan: Vec<crate::record::shards::PlannedScenario>,
+    /// The options a `reproduce:` line repeats.
+    replay_options: crate::plan::replay::Options,
+}
+
+/// Step 1, plan: the selected scenarios, this shard's part of them and the
+/// command line's overrides. Everything that can be wrong with the user's
+/// input is found here, before a run folder exists (exit 2 then), so a
+/// refused command line leaves nothing behind.
+fn plan_run(args: &mut RunArgs) -> Result<RunPlan, LabError> {
     // An explicit selection runs beside invalid files it leaves out.
     let selected = args.select.load(&args.paths)?;
     for line in selected.skipped_lines() {
@@ -218,61 +303,51 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         boot_timeout: args.boot_timeout,
         append: args.append.clone(),
     };
-    let scenarios = apply_overrides(&mut args, scenarios)?;
+    let scenarios = apply_overrides(args, scenarios)?;
     args.kernel.check()?;
-    let verbosity = if args.quiet {
-        Verbosity::Quiet
-    } else if args.verbose {
-        Verbosity::Verbose
-    } else {
-        Verbosity::Normal
-    };
-    signals::install_signal_handlers();
-    let seed = args.seed.unwrap_or_else(random_seed);
+    Ok(RunPlan {
+        scenarios,
+        catalogue,
+        shard_plan,
+        replay_options,
+    })
+}
+
+/// Step 2, the run folder: created with a summary in which every planned
+/// attempt is pending, and written at once, so that from here on a run
+/// that stops for any reason (an abort, a signal, a panic) still leaves
+/// every planned scenario in its results. Returns the folder, the queue of
+/// attempts and the summary.
+fn open_run(
+    args: &RunArgs,
+    plan: &RunPlan,
+    seed: u64,
+) -> Result<(RunDir, VecDeque<Attempt>, Summary), LabError> {
     // The user's --results: a folder that cannot be made is their input.
     let run_dir = RunDir::create(&args.results).map_err(|e| LabError::BadArgs(e.to_string()))?;
-    let queue = plan_attempts(&scenarios, &args.repeat, seed);
+    let queue = plan_attempts(&plan.scenarios, &args.repeat, seed);
     let planned = queue
         .iter()
-        .map(|a| attempts::pending(&scenarios[a.scenario], a))
+        .map(|a| attempts::pending(&plan.scenarios[a.scenario], a))
         .collect();
-    let queue = Mutex::new(VecDeque::from(queue));
     let mut summary = Summary::new(&run_dir.id, seed, planned);
     summary.shard = args.shard.shard.map(|s| s.to_string());
-    summary.catalogue = Some(catalogue);
-    summary.shard_plan = shard_plan;
+    summary.catalogue = Some(plan.catalogue.clone());
+    summary.shard_plan = plan.shard_plan.clone();
     run_dir.write(&summary).map_err(infra)?;
-    let Ready {
-        backend,
-        prepared,
-        images,
-    } = match prepare_run(&args, &scenarios, &mut summary) {
-        Ok(ready) => ready,
-        Err(stopped) => return aborted(&run_dir, summary, t0, stopped),
-    };
-    summary.replay_args = crate::plan::replay::run_args(
-        &replay_options,
-        &args.kernel,
-        &prepared.kernel,
-        backend.name(),
-    );
-    if verbosity != Verbosity::Quiet {
-        eprintln!(
-            "lab: kernel {} ({}), {} scenario(s), seed {seed}, results in {}",
-            prepared.kernel.release,
-            prepared.kernel.boot_image.display(),
-            scenarios.len(),
-            run_dir.path.display()
-        );
-    }
-    run_dir.write(&summary).map_err(infra)?;
-    let replay_args = summary.replay_args.clone();
-    let summary = Mutex::new(summary);
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let failed_fast = AtomicBool::new(false);
-    let progress = Progress::new(lock(&summary).planned, verbosity);
-    let started = Instant::now();
+    Ok((run_dir, VecDeque::from(queue), summary))
+}
+
+/// What every scenario's VM shares: the backend, the prepared kernel, the
+/// limits, the command line, gdb and snapshots. Built once from the
+/// options, so that `run_one` depends on none of them directly; prints the
+/// gdb line when a debugger is asked for.
+fn run_ctx<'a>(
+    args: &RunArgs,
+    backend: &'a dyn Backend,
+    prepared: &'a plan::Prepared,
+    run_dir: &'a RunDir,
+) -> RunCtx<'a> {
     let gdb = args
         .gdb
         .map(GdbStub::at_start)
@@ -280,11 +355,23 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
             port,
             when: GdbWhen::OnFailure,
         }));
-    let ctx = RunCtx {
-        backend: backend.as_ref(),
+    match gdb {
+        Some(GdbStub {
+            port,
+            when: GdbWhen::Start,
+        }) => print_gdb_line(&prepared.kernel, port, "the VM starts halted"),
+        Some(GdbStub { port, .. }) => print_gdb_line(
+            &prepared.kernel,
+            port,
+            "--gdb-on-fail: a failing scenario's VM stays up, paused",
+        ),
+        None => {}
+    }
+    RunCtx {
+        backend,
         known_issues: !args.no_known_issues,
-        prepared: &prepared,
-        run_dir: &run_dir,
+        prepared,
+        run_dir,
         limits: Limits {
             boot: Duration::from_secs(args.boot_timeout),
         },
@@ -298,117 +385,169 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
         // A debugged VM boots: gdb wants to see start_kernel, or a stub
         // set up from the start.
         snapshots: (!args.cold && gdb.is_none())
-            .then(|| Snapshots::new(backend.as_ref(), Duration::from_secs(args.boot_timeout))),
-    };
-    match gdb {
-        Some(GdbStub {
-            port,
-            when: GdbWhen::Start,
-        }) => print_gdb_line(&prepared.kernel, port, "the VM starts halted"),
-        Some(GdbStub { port, .. }) => print_gdb_line(
-            &prepared.kernel,
-            port,
-            "--gdb-on-fail: a failing scenario's VM stays up, paused",
-        ),
-        None => {}
+            .then(|| Snapshots::new(backend, Duration::from_secs(args.boot_timeout))),
     }
-    let watching = AtomicBool::new(true);
-    std::thread::scope(|scope| {
-        scope.spawn(|| progress.watch(&watching));
-        scope.spawn(|| signals::stop_vms_on_signal(&watching));
-        let workers: Vec<_> = (0..args.jobs.clamp(1, 16))
-            .map(|_| {
-                scope.spawn(|| loop {
-                    if stop.load(Ordering::SeqCst) || signals::interrupted().is_some() {
-                        return;
-                    }
-                    let Some(a) = lock(&queue).pop_front() else {
-                        return;
-                    };
-                    // A key for the display only: summary indices move.
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let file = &scenarios[a.scenario];
-                    progress.started(i, &file.scenario.name, &run_dir.path.join(&a.dir));
-                    // A panic of the lab's own code is the lab's failure: the
-                    // scenario is an error, the run stops (exit 3) and still
-                    // writes a complete summary.
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_one(&ctx, file, &images[a.scenario], &a)
-                    }));
-                    let mut s = match ran {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            let mut s = attempts::pending(file, &a);
-                            s.judgement = Judgement::infra_error(error_text(&e));
-                            s
-                        }
-                        Err(panic) => {
-                            let mut s = attempts::pending(file, &a);
-                            s.judgement = Judgement::infra_error(format!(
-                                "the lab itself panicked while running it: {}",
-                                panic_text(panic.as_ref())
-                            ));
-                            s
-                        }
-                    };
-                    if signals::interrupted().is_some() {
-                        // Its VM was killed by the interrupt: not a verdict.
-                        s.judgement = Judgement::not_run(results::INTERRUPTED);
-                    }
-                    let failed = s.judgement.verdict.is_failing_attempt();
-                    // A known kernel bug does not stop a --fail-fast run
-                    // (it is no news), but it does end an --until-fail loop.
-                    let news = s.judgement.verdict.is_failure();
-                    if failed {
-                        s.reproduce = Some(crate::plan::replay::line(
-                            &replay_args,
-                            a.run_seed,
-                            &s.vm,
-                            &s.name,
-                            &file.path,
-                        ));
-                    }
-                    progress.ended(i, &s);
-                    if let Some(line) = &s.reproduce {
-                        progress.println(&format!("reproduce: {line}"));
-                    }
-                    let mut sum = lock(&summary);
-                    if args.fail_fast && news {
-                        stop.store(true, Ordering::SeqCst);
-                        failed_fast.store(true, Ordering::SeqCst);
-                    }
-                    if s.judgement.infra {
-                        // Later scenarios would most likely meet the same fate
-                        // (each after a boot timeout): stop starting them.
-                        stop.store(true, Ordering::SeqCst);
-                        let reason = format!("{}: {}", s.name, s.judgement.reason);
-                        sum.abort(&reason, Some(&s.name));
-                    }
-                    let name = s.name.clone();
-                    let at = attempts::slot(&mut sum.scenarios, &s);
-                    sum.scenarios[at] = s;
-                    let next_attempt = args.repeat.next(seed, &name, &a, !failed, started);
-                    if let Some(n) = next_attempt.filter(|_| !stop.load(Ordering::SeqCst)) {
-                        attempts::slot(&mut sum.scenarios, &attempts::pending(file, &n));
-                        lock(&queue).push_back(n);
-                    }
-                    sum.recount();
-                    sum.wall_s = t0.elapsed().as_secs_f64();
-                    if let Err(e) = run_dir.write(&sum) {
-                        eprintln!("lab: writing results: {e}");
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
+}
+
+/// Step 4, the VMs: up to `-j` workers take attempts from one queue, run
+/// each, and record it in the shared summary (written after every attempt,
+/// so an interrupted run keeps what it did). Shared state lives here, not
+/// in closures, so each part of a worker's turn has a name.
+struct Pool<'a> {
+    args: &'a RunArgs,
+    ctx: &'a RunCtx<'a>,
+    scenarios: &'a [ScenarioFile],
+    /// Guest image of each scenario, in plan order.
+    images: &'a [PathBuf],
+    seed: u64,
+    /// When the run began (the summary's wall time).
+    t0: Instant,
+    /// What a failed attempt's `reproduce:` line passes.
+    replay_args: Vec<String>,
+    progress: Progress,
+    queue: Mutex<VecDeque<Attempt>>,
+    summary: Mutex<Summary>,
+    /// The next display key (summary indices move).
+    next: AtomicUsize,
+    /// Start no more attempts (fail-fast, an infrastructure error).
+    stop: AtomicBool,
+    /// `--fail-fast` stopped the run: the rest is skipped, not interrupted.
+    failed_fast: AtomicBool,
+    /// When the first VM was about to start (`--until-fail`'s clock).
+    started: Instant,
+}
+
+impl Pool<'_> {
+    /// Run the workers, the progress display and the signal watcher until
+    /// the queue is empty, the run stopped, or a signal came.
+    fn run(&self) {
+        let watching = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.progress.watch(&watching));
+            scope.spawn(|| signals::stop_vms_on_signal(&watching));
+            let workers: Vec<_> = (0..self.args.jobs.clamp(1, 16))
+                .map(|_| scope.spawn(|| self.work()))
+                .collect();
+            for w in workers {
+                let _ = w.join();
+            }
+            watching.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// One worker: attempts from the queue until it is empty or the run
+    /// stops.
+    fn work(&self) {
+        loop {
+            if self.stop.load(Ordering::SeqCst) || signals::interrupted().is_some() {
+                return;
+            }
+            let Some(a) = lock(&self.queue).pop_front() else {
+                return;
+            };
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            let file = &self.scenarios[a.scenario];
+            self.progress
+                .started(i, &file.scenario.name, &self.ctx.run_dir.path.join(&a.dir));
+            let s = self.attempt(file, &a);
+            self.progress.ended(i, &s);
+            if let Some(line) = &s.reproduce {
+                self.progress.println(&format!("reproduce: {line}"));
+            }
+            self.record(file, &a, s);
         }
-        watching.store(false, Ordering::SeqCst);
-    });
-    progress.finish();
-    let mut sum = summary
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
+    /// Run attempt `a` of `file` and judge it. A panic of the lab's own
+    /// code is the lab's failure: the scenario is an error (the run then
+    /// stops, exit 3, and still writes a complete summary), never a lost
+    /// worker.
+    fn attempt(&self, file: &ScenarioFile, a: &Attempt) -> ScenarioSummary {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_one(self.ctx, file, &self.images[a.scenario], a)
+        }));
+        let mut s = match ran {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let mut s = attempts::pending(file, a);
+                s.judgement = Judgement::infra_error(error_text(&e));
+                s
+            }
+            Err(panic) => {
+                let mut s = attempts::pending(file, a);
+                s.judgement = Judgement::infra_error(format!(
+                    "the lab itself panicked while running it: {}",
+                    panic_text(panic.as_ref())
+                ));
+                s
+            }
+        };
+        if signals::interrupted().is_some() {
+            // Its VM was killed by the interrupt: not a verdict.
+            s.judgement = Judgement::not_run(results::INTERRUPTED);
+        }
+        if s.judgement.verdict.is_failing_attempt() {
+            s.reproduce = Some(crate::plan::replay::line(
+                &self.replay_args,
+                a.run_seed,
+                &s.vm,
+                &s.name,
+                &file.path,
+            ));
+        }
+        s
+    }
+
+    /// Put attempt `a`'s result `s` in the summary and write it; decide
+    /// whether the run goes on (`--fail-fast`, an infrastructure error) and
+    /// whether `--repeat`/`--until-fail` queue another attempt.
+    fn record(&self, file: &ScenarioFile, a: &Attempt, s: ScenarioSummary) {
+        let failed = s.judgement.verdict.is_failing_attempt();
+        // A known kernel bug does not stop a --fail-fast run
+        // (it is no news), but it does end an --until-fail loop.
+        let news = s.judgement.verdict.is_failure();
+        let mut sum = lock(&self.summary);
+        if self.args.fail_fast && news {
+            self.stop.store(true, Ordering::SeqCst);
+            self.failed_fast.store(true, Ordering::SeqCst);
+        }
+        if s.judgement.infra {
+            // Later scenarios would most likely meet the same fate
+            // (each after a boot timeout): stop starting them.
+            self.stop.store(true, Ordering::SeqCst);
+            let reason = format!("{}: {}", s.name, s.judgement.reason);
+            sum.abort(&reason, Some(&s.name));
+        }
+        let name = s.name.clone();
+        let at = attempts::slot(&mut sum.scenarios, &s);
+        sum.scenarios[at] = s;
+        let next_attempt = self
+            .args
+            .repeat
+            .next(self.seed, &name, a, !failed, self.started);
+        if let Some(n) = next_attempt.filter(|_| !self.stop.load(Ordering::SeqCst)) {
+            attempts::slot(&mut sum.scenarios, &attempts::pending(file, &n));
+            lock(&self.queue).push_back(n);
+        }
+        sum.recount();
+        sum.wall_s = self.t0.elapsed().as_secs_f64();
+        if let Err(e) = self.ctx.run_dir.write(&sum) {
+            eprintln!("lab: writing results: {e}");
+        }
+    }
+}
+
+/// Step 5, the exit: an interrupted run says how far it got (130), an
+/// aborted one judges the rest `not_run` (3, or 2 for invalid input),
+/// `--fail-fast` skips the rest; then the final results and the totals.
+/// One place decides the exit code, so every way a run ends is listed here.
+fn conclude(
+    run_dir: &RunDir,
+    mut sum: Summary,
+    t0: Instant,
+    verbosity: Verbosity,
+    failed_fast: bool,
+) -> Result<u8, LabError> {
     if let Some(signal) = signals::interrupted() {
         sum.interrupt(signal);
         println!(
@@ -416,7 +555,7 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
             sum.planned - sum.not_run,
             sum.planned
         );
-        finish(&run_dir, sum, t0, verbosity)?;
+        finish(run_dir, sum, t0, verbosity)?;
         return Ok(exit::INTERRUPTED);
     }
     if let Some(abort) = sum.aborted.clone() {
@@ -424,12 +563,12 @@ pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
             abort,
             invalid_input: false,
         };
-        return aborted(&run_dir, sum, t0, stopped);
+        return aborted(run_dir, sum, t0, stopped);
     }
-    if failed_fast.load(Ordering::SeqCst) {
+    if failed_fast {
         sum.skip_rest(results::FAIL_FAST);
     }
-    finish(&run_dir, sum, t0, verbosity)
+    finish(run_dir, sum, t0, verbosity)
 }
 
 /// `--shard` done; now `--vcpus`, `--memory-mib` and `--timeout-scale`
@@ -531,9 +670,9 @@ pub fn warm_caches(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kernel, the backend, the agent and BPF objects, and every scenario's
-/// guest image (so a missing selftest source stops the run before any VM
-/// boots). Fills the summary as it goes; a failure comes back as the abort,
+/// Step 3, prepare: the kernel, the backend, the agent and BPF objects, and
+/// every scenario's guest image (so a missing selftest source stops the run
+/// before any VM boots, not halfway through it). Fills the summary as it goes; a failure comes back as the abort,
 /// with the failing scenario's own verdict already recorded.
 fn prepare_run(
     args: &RunArgs,
