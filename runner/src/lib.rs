@@ -60,9 +60,13 @@ pub enum LabError {
     #[error("{0}")]
     BadArgs(String),
     /// The lab could not do its job.
-    #[error("{}", error_text(.0))]
-    Infra(anyhow::Error),
+    #[error("{}", error_text(&**.0))]
+    Infra(Cause),
 }
+
+/// Why the lab could not do its job: an error of the layers below (each
+/// module's own type), kept whole so [`error_text`] can list its causes.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl LabError {
     pub fn code(&self) -> u8 {
@@ -76,15 +80,30 @@ impl LabError {
 }
 
 /// Infrastructure errors from anything else; a [`LabError`] carried inside
-/// (e.g. `plan` found the user's input wrong) keeps its own class.
-pub fn infra<E: Into<anyhow::Error>>(e: E) -> LabError {
-    let e = e.into();
-    match e.downcast::<LabError>() {
-        Ok(own) => own,
-        Err(e) => match e.downcast::<plan::InputError>() {
-            Ok(input) => LabError::Invalid(input),
-            Err(e) => LabError::Infra(e),
-        },
+/// (e.g. `plan` found the user's input wrong) keeps its own class, and so
+/// does the user's input ([`plan::InputError`], also inside a
+/// [`plan::PrepareError`]).
+pub fn infra<E: Into<Cause>>(e: E) -> LabError {
+    let e = match e.into().downcast::<LabError>() {
+        Ok(own) => return *own,
+        Err(e) => e,
+    };
+    let e = match e.downcast::<plan::InputError>() {
+        Ok(input) => return LabError::Invalid(*input),
+        Err(e) => e,
+    };
+    match e.downcast::<plan::PrepareError>() {
+        Ok(prepare) => LabError::from(*prepare),
+        Err(e) => LabError::Infra(e),
+    }
+}
+
+impl From<plan::PrepareError> for LabError {
+    fn from(e: plan::PrepareError) -> LabError {
+        match e {
+            plan::PrepareError::Input(input) => LabError::Invalid(input),
+            other => LabError::Infra(Box::new(other)),
+        }
     }
 }
 
@@ -96,16 +115,18 @@ impl From<plan::scenario_file::ScenarioError> for LabError {
 
 /// An error and its causes on one line, each text once: errors that already
 /// show their cause (`{path}: {source}`) would otherwise print it twice.
-pub fn error_text(e: &anyhow::Error) -> String {
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
         if !out.contains(&text) {
             if !out.is_empty() {
                 out.push_str(": ");
             }
             out.push_str(&text);
         }
+        cause = c.source();
     }
     out
 }

@@ -411,9 +411,11 @@ mod tests {
 
     #[test]
     fn infra_keeps_a_carried_invalid_input_and_nothing_else() {
-        let carried = anyhow::Error::new(LabError::BadArgs("kernel-src is 6.13".into()))
-            .context("preparing the selftests");
+        let carried = LabError::BadArgs("kernel-src is 6.13".into());
         assert_eq!(infra(carried).code(), exit::INVALID);
-        assert_eq!(infra(anyhow::anyhow!("disk on fire")).code(), exit::INFRA);
+        let refused = arena_runner::plan::InputError::Refused("kernel-src is 6.13".into());
+        let prepare = arena_runner::plan::PrepareError::Input(refused);
+        assert_eq!(infra(prepare).code(), exit::INVALID);
+        assert_eq!(infra("disk on fire").code(), exit::INFRA);
     }
 }

@@ -509,8 +509,7 @@ impl ConsoleCapture {
 
     /// Wait for the capture to end (its VM is gone and every copy of the
     /// write end closed, the VM's command included) and remember how it
-    /// ended; at most [`SETTLE_TIMEOUT`]. `Ok` when it ended well, now or
-    /// before.
+    /// ended; at most 30 s. `Ok` when it ended well, now or before.
     pub fn settle(&mut self) -> Result<(), CaptureError> {
         let ended = std::mem::replace(&mut self.state, State::Ended(Ok(CaptureStats::NONE)));
         let result = match ended {

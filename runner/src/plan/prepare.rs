@@ -27,6 +27,34 @@ const GUEST_MODULES: &[&str] = &["virtio_mmio"];
 /// keyboard-controller reset.
 pub const BASE_CMDLINE: &str = "console=ttyS0 oops=panic panic=-1 reboot=k";
 
+/// Why what a run needs (kernel, agent, modules, BPF objects, a guest
+/// image) could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The user's input cannot be used (exit 2): a selftests source of
+    /// another version, an own BPF source that does not compile.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// `--kernel debian:CHANNEL` names no channel.
+    #[error(transparent)]
+    Channel(#[from] debian::BadChannel),
+    /// Fetching or building a kernel, the agent, modules, BPF objects or an
+    /// image (the error names the file).
+    #[error(transparent)]
+    Image(#[from] arena_images::ImageError),
+    /// The upstream selftests could not be built or found.
+    #[error(transparent)]
+    Selftests(SelftestsError),
+}
+
+impl PrepareError {
+    /// Whether the user's input is at fault (exit 2) rather than the lab's
+    /// machinery (exit 3).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, PrepareError::Input(_))
+    }
+}
+
 /// Everything shared by the scenarios of a run.
 pub struct Prepared {
     /// The kernel.
@@ -52,7 +80,7 @@ pub fn debian_channel(spec: &std::path::Path) -> Option<Result<debian::Spec, deb
 
 /// Which kernel to use: a file, a `debian:<channel>` spec, or the default
 /// (Debian's newest 6.12).
-pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
+pub fn kernel(args: &KernelArgs) -> Result<Kernel, PrepareError> {
     let user = args.kernel_file();
     let spec = match user.as_deref().map(debian_channel) {
         Some(Some(c)) => c?,
@@ -78,7 +106,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
 }
 
 /// Build the agent, resolve modules and compile BPF objects.
-pub fn prepare(kernel: Kernel, args: &KernelArgs) -> anyhow::Result<Prepared> {
+pub fn prepare(kernel: Kernel, args: &KernelArgs) -> Result<Prepared, PrepareError> {
     let kernel_src = args.source_tree();
     let agent = agent::ensure_built(|| {
         eprintln!("lab: building the guest agent (static, with libbpf); first run takes a minute")
@@ -118,7 +146,7 @@ fn steps_use_selftests(steps: &[Step]) -> bool {
 
 /// The image for the scenario of `file`, with its own BPF programs
 /// (`bpf_load.source`, beside the file) compiled for the run's kernel.
-pub fn scenario_image(p: &Prepared, file: &ScenarioFile) -> anyhow::Result<PathBuf> {
+pub fn scenario_image(p: &Prepared, file: &ScenarioFile) -> Result<PathBuf, PrepareError> {
     let dir = match file.path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -130,7 +158,7 @@ pub fn scenario_image(p: &Prepared, file: &ScenarioFile) -> anyhow::Result<PathB
 /// cannot serve the kernel is the user's input: an [`InputError`] (exit 2)
 /// inside the error. A scenario with its own BPF sources needs
 /// [`scenario_image`], which knows where they are.
-pub fn image(p: &Prepared, scenario: &Scenario) -> anyhow::Result<PathBuf> {
+pub fn image(p: &Prepared, scenario: &Scenario) -> Result<PathBuf, PrepareError> {
     image_in(p, scenario, None)
 }
 
@@ -141,12 +169,12 @@ fn own_objects(
     p: &Prepared,
     scenario: &Scenario,
     dir: Option<&Path>,
-) -> anyhow::Result<Vec<ImageFile>> {
+) -> Result<Vec<ImageFile>, PrepareError> {
     let sources = own_bpf::sources(scenario);
     if sources.is_empty() {
         return Ok(Vec::new());
     }
-    let refuse = |why: String| anyhow::Error::new(InputError::Refused(why));
+    let refuse = |why: String| PrepareError::Input(InputError::Refused(why));
     let dir =
         dir.ok_or_else(|| refuse("own BPF sources need the scenario file's folder".into()))?;
     let vmlinux = p.kernel.vmlinux.as_deref().ok_or_else(|| {
@@ -169,7 +197,11 @@ fn own_objects(
     Ok(files)
 }
 
-fn image_in(p: &Prepared, scenario: &Scenario, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+fn image_in(
+    p: &Prepared,
+    scenario: &Scenario,
+    dir: Option<&Path>,
+) -> Result<PathBuf, PrepareError> {
     let mut files: Vec<ImageFile> = p
         .bpf
         .iter()
@@ -195,11 +227,11 @@ fn image_in(p: &Prepared, scenario: &Scenario, dir: Option<&Path>) -> anyhow::Re
 }
 
 /// The user's side of a selftests failure as invalid input, the rest as is.
-fn selftests_error(e: SelftestsError) -> anyhow::Error {
+fn selftests_error(e: SelftestsError) -> PrepareError {
     if e.is_invalid_input() {
         InputError::Refused(e.to_string()).into()
     } else {
-        e.into()
+        PrepareError::Selftests(e)
     }
 }
 
@@ -220,6 +252,7 @@ mod tests {
         let infra = selftests_error(SelftestsError::Image(
             arena_images::ImageError::NoKernelPackage("none".into()),
         ));
-        assert!(infra.downcast_ref::<InputError>().is_none());
+        assert!(!infra.is_invalid_input());
+        assert_eq!(crate::infra(infra).code(), crate::exit::INFRA);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::execute::backend::{self, Backend, BackendChoice, Console, GdbStub, GdbWhen, VmSpec};
-use crate::execute::console_capture::ConsoleCapture;
+use crate::execute::console_capture::{CaptureError, ConsoleCapture};
 use crate::execute::session::{self, Limits, VmExit};
 use crate::execute::signals;
 use crate::execute::snapshot::{Snapshots, VmStart};
@@ -20,7 +20,7 @@ use crate::record::attempts;
 use crate::record::results::{self, Abort, ScenarioSummary, Summary};
 use crate::record::run_dir::RunDir;
 use crate::ui::progress::{self, Progress, Verbosity};
-use crate::{error_text, exit, infra, plan, KernelArgs, LabError};
+use crate::{error_text, exit, infra, plan, Cause, KernelArgs, LabError};
 
 /// `lab run` options.
 #[derive(clap::Args, Debug)]
@@ -165,7 +165,7 @@ fn cmdline(append: &str) -> String {
 
 /// The backend for `choice` and why it was picked (also printed).
 fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), LabError> {
-    let (backend, why) = backend::select(choice).map_err(|e| infra(anyhow::anyhow!(e)))?;
+    let (backend, why) = backend::select(choice).map_err(infra)?;
     eprintln!("lab: backend {why}");
     Ok((backend, why))
 }
@@ -178,9 +178,9 @@ fn pick_backend(choice: BackendChoice) -> Result<(Box<dyn Backend>, String), Lab
 /// that never says hello) aborts the run, judges what cannot be judged as
 /// `not_run` with the reason, and exits 3.
 ///
-/// The steps, in order: [`plan_run`] (what to run), [`open_run`] (the run
-/// folder and its first summary), [`prepare_run`] (kernel, backend,
-/// images), [`Pool::run`] (the VMs) and [`conclude`] (the exit).
+/// The steps, in order: `plan_run` (what to run), `open_run` (the run
+/// folder and its first summary), `prepare_run` (kernel, backend, images),
+/// `Pool::run` (the VMs) and `conclude` (the exit).
 pub fn run(mut args: RunArgs) -> Result<u8, LabError> {
     let t0 = Instant::now();
     let plan = plan_run(&mut args)?;
@@ -657,7 +657,7 @@ impl RunArgs {
 /// objects, every scenario's image), for `lab nested`, which runs the same
 /// arguments where building would be slow and thrown away. Invalid scenarios
 /// are left for the run itself to report.
-pub fn warm_caches(args: &RunArgs) -> anyhow::Result<()> {
+pub fn warm_caches(args: &RunArgs) -> Result<(), plan::PrepareError> {
     let Ok(scenarios) = scenario_file::load_paths(&args.paths) else {
         return Ok(());
     };
@@ -679,13 +679,7 @@ fn prepare_run(
     scenarios: &[ScenarioFile],
     summary: &mut Summary,
 ) -> Result<Ready, Stopped> {
-    let stage = |what: &str, e: anyhow::Error| Stopped {
-        invalid_input: is_invalid_input(&e),
-        abort: Abort {
-            reason: format!("{what}: {}", error_text(&e)),
-            scenario: None,
-        },
-    };
+    let stage = |what: &str, e: plan::PrepareError| stopped(what, &e, e.is_invalid_input());
     let kernel = plan::kernel(&args.kernel).map_err(|e| stage("kernel", e))?;
     summary.kernel = Some(kernel.clone());
     if let Some(want) = args.kernel_sha256.as_deref() {
@@ -709,10 +703,10 @@ fn prepare_run(
     if !args.no_preflight {
         let needs_btf = scenarios.iter().any(|f| plan::uses_selftests(&f.scenario));
         crate::plan::preflight::require(&kernel, needs_btf)
-            .map_err(|e| stage("kernel preflight", anyhow::Error::new(e)))?;
+            .map_err(|e| stopped("kernel preflight", &e, true))?;
     }
     let (backend, why) = pick_backend(args.backend).map_err(|e| match e {
-        LabError::Infra(e) => stage("backend", e),
+        LabError::Infra(e) => stopped("backend", &*e, false),
         other => Stopped {
             invalid_input: other.code() == exit::INVALID,
             abort: Abort {
@@ -728,7 +722,7 @@ fn prepare_run(
         plan::prepare(kernel, &args.kernel).map_err(|e| stage("preparing the guest", e))?;
     prepared.kernel.boot_image = backend
         .boot_file(&prepared.kernel)
-        .map_err(|e| stage("kernel", anyhow::anyhow!(e)))?;
+        .map_err(|e| stopped("kernel", &*Cause::from(e), false))?;
     let mut images = Vec::with_capacity(scenarios.len());
     for (i, f) in scenarios.iter().enumerate() {
         match plan::scenario_image(&prepared, f) {
@@ -745,7 +739,7 @@ fn prepare_run(
                 summary.scenarios[i].judgement = Judgement::infra_error(reason.clone());
                 print_line(&summary.scenarios[i]);
                 return Err(Stopped {
-                    invalid_input: is_invalid_input(&e),
+                    invalid_input: e.is_invalid_input(),
                     abort: Abort {
                         reason: format!("{name}: {reason}"),
                         scenario: Some(name.clone()),
@@ -768,14 +762,16 @@ struct Stopped {
     invalid_input: bool,
 }
 
-/// Whether `e` carries a [`LabError`] of invalid input (a kernel that
-/// fails the preflight, a `--kernel-src` of another version).
-fn is_invalid_input(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.is::<crate::plan::InputError>()
-            || c.downcast_ref::<LabError>()
-                .is_some_and(|l| l.code() == exit::INVALID)
-    })
+/// A run stopped at preparation step `what` by `e`; `invalid_input`: the
+/// user's input is at fault (exit 2), not the lab's machinery (exit 3).
+fn stopped(what: &str, e: &(dyn std::error::Error + 'static), invalid_input: bool) -> Stopped {
+    Stopped {
+        invalid_input,
+        abort: Abort {
+            reason: format!("{what}: {}", error_text(e)),
+            scenario: None,
+        },
+    }
 }
 
 /// End an aborted run: every scenario not judged becomes `not_run` with the
@@ -794,7 +790,7 @@ fn aborted(
     Err(if stopped.invalid_input {
         LabError::BadArgs(message)
     } else {
-        infra(anyhow::anyhow!(message))
+        infra(message)
     })
 }
 
@@ -867,6 +863,44 @@ struct RunCtx<'a> {
     snapshots: Option<Snapshots<'a>>,
 }
 
+/// Why a scenario could not be run or judged: the scenario is then an
+/// infrastructure error, never a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Creating the scenario's results folder.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Copying the scenario file (or its own BPF sources) beside its
+    /// results, for `lab repro`.
+    #[error("copying {} to {}: {source}", from.display(), to.display())]
+    Copy {
+        /// The scenario file, or the folder of its BPF sources.
+        from: PathBuf,
+        /// Where it goes.
+        to: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The console's capture failed (a console cut short could hide a
+    /// splat); the error names the file.
+    #[error(transparent)]
+    Console(#[from] CaptureError),
+}
+
+impl RunError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+        move |source| RunError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// The lab's own tests make `run_one` panic for the scenario named here
 /// (`runner/tests/honest_results.rs`): a panic must still leave a complete
 /// summary and exit 3.
@@ -877,7 +911,7 @@ fn run_one(
     file: &ScenarioFile,
     image: &Path,
     attempt: &Attempt,
-) -> anyhow::Result<ScenarioSummary> {
+) -> Result<ScenarioSummary, RunError> {
     if std::env::var(PANIC_HOOK_ENV).is_ok_and(|n| n == file.scenario.name) {
         panic!(
             "{PANIC_HOOK_ENV} asked for a panic in {}",
@@ -885,9 +919,17 @@ fn run_one(
         );
     }
     let s = &file.scenario;
-    let dir = ctx.run_dir.scenario_dir(&attempt.dir)?;
+    let dir = ctx
+        .run_dir
+        .scenario_dir(&attempt.dir)
+        .map_err(RunError::io(&ctx.run_dir.path.join(&attempt.dir)))?;
     // `lab repro` runs this copy: the file may change or go afterwards.
-    std::fs::copy(&file.path, dir.join(SCENARIO_COPY))?;
+    let copy = dir.join(SCENARIO_COPY);
+    std::fs::copy(&file.path, &copy).map_err(|source| RunError::Copy {
+        from: file.path.clone(),
+        to: copy.clone(),
+        source,
+    })?;
     // ... and its own BPF sources, at the same places beside it.
     if let Some(from) = file.path.parent() {
         let from = if from.as_os_str().is_empty() {
@@ -895,7 +937,11 @@ fn run_one(
         } else {
             from
         };
-        plan::own_bpf::copy_sources(s, from, &dir)?;
+        plan::own_bpf::copy_sources(s, from, &dir).map_err(|source| RunError::Copy {
+            from: from.to_owned(),
+            to: dir.clone(),
+            source,
+        })?;
     }
     let console_log = dir.join("console.log");
     let spec = VmSpec {
@@ -944,7 +990,7 @@ fn run_one(
         // bounded; a capture that failed (disk full) is an error, not a
         // verdict. No capture: no VM was started, no console.
         let console = capture.map_or(Ok(String::new()), ConsoleCapture::read_for_verdict)?;
-        anyhow::Ok((record, console))
+        Ok::<_, RunError>((record, console))
     };
     let (mut record, mut console) = boot(spec.clone())?;
     let mut retried_after = None;
@@ -1142,9 +1188,7 @@ pub fn boot(
     let prepared = plan::prepare(k, kernel).map_err(infra)?;
     let scenario = trivial_scenario();
     let image = plan::image(&prepared, &scenario).map_err(infra)?;
-    let boot_file = backend
-        .boot_file(&prepared.kernel)
-        .map_err(|e| infra(anyhow::anyhow!(e)))?;
+    let boot_file = backend.boot_file(&prepared.kernel).map_err(infra)?;
     let spec = VmSpec {
         kernel: boot_file,
         initrd: Some(image),

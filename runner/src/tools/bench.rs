@@ -55,33 +55,60 @@ pub struct BenchArgs {
     no_catalogue: bool,
 }
 
+/// Why a benchmark could not measure.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An I/O step, named by its file, socket or program.
+    #[error("{what}: {source}")]
+    Io {
+        /// The file, socket or program.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A measured run that did not do what it is timed for.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An I/O error of `what` (a path, a socket, a program).
+fn io(what: String) -> impl Fn(std::io::Error) -> BenchError {
+    move |source| BenchError::Io {
+        what: what.clone(),
+        source,
+    }
+}
+
 const TRIVIAL_YAML: &str = "name: bench-trivial\ndescription: boot, hello, one step, power off\nsteps:\n  - sleep: { ms: 0 }\n";
 
-fn busybox_image(dir: &Path) -> anyhow::Result<PathBuf> {
+fn busybox_image(dir: &Path) -> Result<PathBuf, BenchError> {
     let busybox = std::fs::read("/bin/busybox")
-        .map_err(|e| anyhow::anyhow!("/bin/busybox (package busybox-static): {e}"))?;
+        .map_err(io("/bin/busybox (package busybox-static)".into()))?;
+    let path = dir.join("busybox.cpio");
+    let cpio = io(path.display().to_string());
     let mut w = CpioWriter::new(Vec::new());
     for d in ["bin", "dev", "proc"] {
-        w.dir(d, 0o755)?;
+        w.dir(d, 0o755).map_err(&cpio)?;
     }
-    w.chardev("dev/console", 0o600, 5, 1)?;
-    w.file("bin/busybox", 0o755, &busybox)?;
+    w.chardev("dev/console", 0o600, 5, 1).map_err(&cpio)?;
+    w.file("bin/busybox", 0o755, &busybox).map_err(&cpio)?;
     w.file(
         "init",
         0o755,
         b"#!/bin/busybox sh\n/bin/busybox echo arena-bench-marker\n/bin/busybox poweroff -f\n",
-    )?;
-    let path = dir.join("busybox.cpio");
-    std::fs::write(&path, w.finish()?)?;
+    )
+    .map_err(&cpio)?;
+    std::fs::write(&path, w.finish().map_err(&cpio)?).map_err(&cpio)?;
     Ok(path)
 }
 
 /// Spawn `backend` on `spec` (with a results socket) and time it to the
 /// first line the agent sends (its hello; a restored agent is told it was
 /// restored first); the VM is killed afterwards.
-fn raw_to_hello(backend: &dyn Backend, spec: &VmSpec, sock: &Path) -> anyhow::Result<f64> {
+fn raw_to_hello(backend: &dyn Backend, spec: &VmSpec, sock: &Path) -> Result<f64, BenchError> {
     let _ = std::fs::remove_file(sock);
-    let listener = UnixListener::bind(sock)?;
+    let at_sock = io(sock.display().to_string());
+    let listener = UnixListener::bind(sock).map_err(&at_sock)?;
     let mut spec = spec.clone();
     spec.channel = Some(sock.to_owned());
     let t = Instant::now();
@@ -91,20 +118,24 @@ fn raw_to_hello(backend: &dyn Backend, spec: &VmSpec, sock: &Path) -> anyhow::Re
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()?;
-    let (mut stream, _) = listener.accept()?;
+        .spawn()
+        .map_err(io(format!("starting the {} backend", backend.name())))?;
+    let (mut stream, _) = listener.accept().map_err(&at_sock)?;
     if matches!(spec.snapshot, Some(SnapshotRole::Restore { .. })) {
-        write_message(&mut stream, &crate::execute::session::resume_message())?;
+        write_message(&mut stream, &crate::execute::session::resume_message()).map_err(&at_sock)?;
     }
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(&at_sock)?;
     let elapsed = t.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
-    anyhow::ensure!(
-        line.contains("\"hello\""),
-        "expected the agent's hello, got {line:?}"
-    );
+    if !line.contains("\"hello\"") {
+        return Err(BenchError::Failed(format!(
+            "expected the agent's hello, got {line:?}"
+        )));
+    }
     Ok(elapsed)
 }
 
@@ -116,8 +147,8 @@ fn own_vmm_vs_qemu(
     spec: &VmSpec,
     dir: &Path,
     lab_with: &dyn Fn(&Path, &str, &[&OsStr]) -> Command,
-) -> anyhow::Result<()> {
-    let own = OwnVmm::locate().map_err(|e| anyhow::anyhow!(e))?;
+) -> Result<(), BenchError> {
+    let own = OwnVmm::locate().map_err(BenchError::Failed)?;
     // The own backend boots at a lower console log level; give QEMU the same.
     let spec = VmSpec {
         cmdline: format!(
@@ -140,8 +171,14 @@ fn own_vmm_vs_qemu(
         for (backend, times) in [("qemu", &mut q_run), ("kvm", &mut o_run)] {
             let t = Instant::now();
             let results = dir.join(format!("{backend}-{round}"));
-            let st = lab_with(&results, backend, &[]).status()?;
-            anyhow::ensure!(st.success(), "lab run --backend {backend} failed ({st})");
+            let st = lab_with(&results, backend, &[])
+                .status()
+                .map_err(io("running lab".into()))?;
+            if !st.success() {
+                return Err(BenchError::Failed(format!(
+                    "lab run --backend {backend} failed ({st})"
+                )));
+            }
             times.push(t.elapsed().as_secs_f64());
         }
     }
@@ -196,10 +233,11 @@ struct Boot {
 /// Spawns `backend`'s VM on `spec`, times it to the agent's hello, samples
 /// its memory, then lets the agent run a one-step scenario and power off so
 /// the VMM reports its own figures on stderr.
-fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> anyhow::Result<Boot> {
+fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> Result<Boot, BenchError> {
     let sock = dir.join("boot.sock");
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock)?;
+    let at_sock = io(sock.display().to_string());
+    let listener = UnixListener::bind(&sock).map_err(&at_sock)?;
     let mut spec = spec.clone();
     spec.channel = Some(sock.clone());
     let stderr_path = dir.join("vm-stderr.log");
@@ -209,18 +247,20 @@ fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> anyhow::Result
         .command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path)?)
-        .spawn()?;
-    let (stream, _) = listener.accept()?;
-    let mut writer = stream.try_clone()?;
+        .stderr(std::fs::File::create(&stderr_path).map_err(io(stderr_path.display().to_string()))?)
+        .spawn()
+        .map_err(io(format!("starting the {} backend", backend.name())))?;
+    let (stream, _) = listener.accept().map_err(&at_sock)?;
+    let mut writer = stream.try_clone().map_err(&at_sock)?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    reader.read_line(&mut line).map_err(&at_sock)?;
     let hello_s = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        line.contains("\"hello\""),
-        "expected the agent's hello, got {line:?}"
-    );
+    if !line.contains("\"hello\"") {
+        return Err(BenchError::Failed(format!(
+            "expected the agent's hello, got {line:?}"
+        )));
+    }
     let rss_overhead_kib = (backend.name() == "kvm")
         .then(|| rss_beyond_guest_ram(child.id(), spec.memory_mib))
         .flatten();
@@ -231,12 +271,19 @@ fn boot_once(backend: &dyn Backend, spec: &VmSpec, dir: &Path) -> anyhow::Result
             seed: 1,
             hold_on_failure: false,
         },
-    )?;
+    )
+    .map_err(&at_sock)?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait()?.is_none() {
+    while child
+        .try_wait()
+        .map_err(io(format!("waiting for the {} backend", backend.name())))?
+        .is_none()
+    {
         if Instant::now() > deadline {
             let _ = child.kill();
-            anyhow::bail!("the VM did not power off after the trivial scenario");
+            return Err(BenchError::Failed(
+                "the VM did not power off after the trivial scenario".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -288,11 +335,11 @@ fn restore_vs_cold(
     spec: &VmSpec,
     dir: &Path,
     rounds: usize,
-) -> anyhow::Result<()> {
+) -> Result<(), BenchError> {
     let snapshots = crate::execute::snapshot::Snapshots::new(backend, Duration::from_secs(120));
     let snap = snapshots
         .for_spec(spec)
-        .map_err(|e| anyhow::anyhow!("no snapshot: {e}"))?;
+        .map_err(|e| BenchError::Failed(format!("no snapshot: {e}")))?;
     let restore_spec = VmSpec {
         console: Console::File(dir.join("restore-console.log")),
         snapshot: Some(snap.restore_role()),
@@ -330,17 +377,20 @@ fn catalogue_cold_vs_restored(
     catalogue: &Path,
     dir: &Path,
     lab_with: &dyn Fn(&Path, &str, &[&OsStr]) -> Command,
-) -> anyhow::Result<()> {
-    let time = |name: &str, extra: &[&OsStr]| -> anyhow::Result<f64> {
+) -> Result<(), BenchError> {
+    let time = |name: &str, extra: &[&OsStr]| -> Result<f64, BenchError> {
         let results = dir.join(name);
         let t = Instant::now();
-        let st = lab_with(&results, "qemu", extra).status()?;
-        anyhow::ensure!(
-            st.success(),
-            "lab run {name} of {} failed ({st}): see {}",
-            catalogue.display(),
-            results.display()
-        );
+        let st = lab_with(&results, "qemu", extra)
+            .status()
+            .map_err(io("running lab".into()))?;
+        if !st.success() {
+            return Err(BenchError::Failed(format!(
+                "lab run {name} of {} failed ({st}): see {}",
+                catalogue.display(),
+                results.display()
+            )));
+        }
         Ok(t.elapsed().as_secs_f64())
     };
     let (j1, cold_flag) = (OsStr::new("-j1"), OsStr::new("--cold"));
@@ -422,7 +472,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     // Warm-up: builds/caches the agent and image, not measured.
     let warm = lab(&dir.join("warm")).status().map_err(infra)?;
     if !warm.success() {
-        return Err(infra(anyhow::anyhow!("warm-up `lab run` failed ({warm})")));
+        return Err(infra(format!("warm-up `lab run` failed ({warm})")));
     }
     let (mut raw_t, mut lab_t, mut hello_t) = (Vec::new(), Vec::new(), Vec::new());
     let mut cold_t = Vec::new();
@@ -445,7 +495,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
             .map(|c| c.read_for_verdict().unwrap_or_default())
             .unwrap_or_default();
         if !st.success() || !marker.contains("arena-bench-marker") {
-            return Err(infra(anyhow::anyhow!("raw QEMU run {round} failed ({st})")));
+            return Err(infra(format!("raw QEMU run {round} failed ({st})")));
         }
         hello_t.push(raw_to_hello(&qemu, &hello_spec, &dir.join("hello.sock")).map_err(infra)?);
         let t = Instant::now();
@@ -454,7 +504,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
             .map_err(infra)?;
         lab_t.push(t.elapsed().as_secs_f64());
         if !st.success() {
-            return Err(infra(anyhow::anyhow!("lab run {round} failed ({st})")));
+            return Err(infra(format!("lab run {round} failed ({st})")));
         }
         let t = Instant::now();
         let st = lab_with(&dir.join(format!("c{round}")), "qemu", &[])
@@ -463,9 +513,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
             .map_err(infra)?;
         cold_t.push(t.elapsed().as_secs_f64());
         if !st.success() {
-            return Err(infra(anyhow::anyhow!(
-                "lab run --cold {round} failed ({st})"
-            )));
+            return Err(infra(format!("lab run --cold {round} failed ({st})")));
         }
     }
     let (raw_min, lab_min) = (
@@ -499,9 +547,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, LabError> {
     );
     restore_vs_cold(&qemu, &hello_spec, &dir, args.rounds).map_err(infra)?;
     if accel == Accel::Kvm {
-        let own = OwnVmm::locate()
-            .map_err(|e| infra(anyhow::anyhow!(e)))?
-            .with_snapshots();
+        let own = OwnVmm::locate().map_err(infra)?.with_snapshots();
         // The own backend adds its boot log level itself.
         restore_vs_cold(&own, &hello_spec, &dir, args.rounds).map_err(infra)?;
         own_vmm_vs_qemu(&args, &qemu, &hello_spec, &dir, &lab_with).map_err(infra)?;

@@ -89,7 +89,7 @@ fn git(tree: &Path, args: &[&str]) -> Result<String, LabError> {
         .arg(tree)
         .args(args)
         .output()
-        .map_err(|e| infra(anyhow::anyhow!("running git: {e}")))?;
+        .map_err(|e| infra(format!("running git: {e}")))?;
     if !o.status.success() {
         return Err(LabError::BadArgs(format!(
             "git {}: {}",
@@ -222,7 +222,7 @@ pub fn bisect(args: &BisectArgs) -> Result<u8, LabError> {
             );
             Ok(exit::PASS)
         }
-        None => Err(infra(anyhow::anyhow!(
+        None => Err(infra(format!(
             "git bisect found no first bad commit:\n{}{}",
             text.lines()
                 .rev()

@@ -59,7 +59,7 @@ pub enum MergeError {
 pub fn merge_cmd(args: &MergeArgs) -> Result<u8, LabError> {
     let s = merge(&args.shards, &args.output, args.allow_missing).map_err(|e| match e {
         MergeError::Refused(why) => LabError::BadArgs(format!("lab merge: {why}")),
-        MergeError::Io(why) => crate::infra(anyhow::anyhow!("lab merge: {why}")),
+        MergeError::Io(why) => crate::infra(format!("lab merge: {why}")),
     })?;
     println!(
         "{}: {} shard(s), {} scenario(s): {} passed, {} failed, {} known, {} errors, {} timeouts, {} skipped, {} not run",

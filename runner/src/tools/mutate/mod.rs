@@ -512,7 +512,7 @@ fn baseline(cx: &Ctx, shown: &Shown) -> Result<Result<Baseline, u8>, LabError> {
         return Ok(Err(exit::INTERRUPTED));
     }
     let Some(list) = kernel_step::not_passed(&end.summary()) else {
-        return Err(infra(anyhow::anyhow!(
+        return Err(infra(format!(
             "the baseline's `lab run` exited {:?} without a summary (see {})",
             end.code,
             dir.join("run.log").display()

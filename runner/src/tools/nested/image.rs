@@ -4,33 +4,31 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use arena_images::initramfs;
 use arena_images::kernel::Kernel;
 use arena_images::modules::ModuleDeps;
+
+use super::NestedError;
 
 /// Bumped when the layout changes.
 const LAYOUT: &str = "arena-nested-l1-v1";
 /// L1's `/init`.
 const INIT: &str = include_str!("l1-init.sh");
 /// The static busybox that runs it (Debian's `busybox-static`).
-const BUSYBOX: &str = "/bin/busybox";
+pub(super) const BUSYBOX: &str = "/bin/busybox";
 /// Modules L1 loads, in this order (dependencies are added first).
 const MODULES: &[&str] = &["kvm_amd", "virtio_mmio", "9pnet_virtio", "9p", "overlay"];
 /// Where the load list lives in L1.
 const MODULE_LIST: &str = "etc/nested/modules";
 
 /// Builds (or finds cached) L1's initramfs for `kernel`.
-pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
-    let dir = kernel.modules.as_ref().with_context(|| {
-        format!(
-            "lab nested boots L1 from the default kernel, which must be modular; {} has no modules tree",
-            kernel.release
-        )
-    })?;
+pub fn build(kernel: &Kernel) -> Result<PathBuf, NestedError> {
+    let dir = kernel
+        .modules
+        .as_ref()
+        .ok_or_else(|| NestedError::NoModules(kernel.release.clone()))?;
     let deps = ModuleDeps::load(dir)?;
-    let busybox = std::fs::read(BUSYBOX)
-        .with_context(|| format!("{BUSYBOX} (Debian's busybox-static; run .ci/install-deps)"))?;
+    let busybox = std::fs::read(BUSYBOX).map_err(NestedError::Busybox)?;
     let mut contents = vec![
         ("init".to_owned(), 0o755, INIT.as_bytes().to_vec()),
         ("bin/busybox".to_owned(), 0o755, busybox),

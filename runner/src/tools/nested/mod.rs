@@ -29,6 +29,30 @@ use serde::Deserialize;
 
 use crate::{exit, infra, plan, LabError};
 
+/// Why `lab nested` could not set L1 up.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    /// A file or folder of the control share or the results.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The default kernel has no modules tree to take L1's modules from.
+    #[error(
+        "lab nested boots L1 from the default kernel, which must be modular; {0} has no modules tree"
+    )]
+    NoModules(String),
+    /// The static busybox that runs L1's `/init` cannot be read.
+    #[error("{} (Debian's busybox-static; run .ci/install-deps)", image::BUSYBOX)]
+    Busybox(#[source] std::io::Error),
+    /// Resolving modules or writing an image or a file (the error names it).
+    #[error(transparent)]
+    Image(#[from] arena_images::ImageError),
+}
+
 /// Console lines kept for the report of an L1 that hangs or dies.
 const TAIL_LINES: usize = 40;
 /// How often the control share is polled.
@@ -119,11 +143,8 @@ pub fn nested(args: NestedArgs, parse: InnerParser) -> Result<u8, LabError> {
     ctl.write_request(&inner).map_err(infra)?;
     let mut cmd = l1_command(&args, &kernel.boot_image, &initrd, &ctl, &inner);
     let started = Instant::now();
-    let mut child = spawn_dying_with_us(&mut cmd).map_err(|e| {
-        infra(anyhow::anyhow!(
-            "cannot start qemu-system-x86_64 for L1: {e}"
-        ))
-    })?;
+    let mut child = spawn_dying_with_us(&mut cmd)
+        .map_err(|e| infra(format!("cannot start qemu-system-x86_64 for L1: {e}")))?;
     let tail = forward_console(&mut child);
     let outcome = supervise(&args, &mut child, &ctl, started);
     let _ = child.kill();
@@ -147,22 +168,22 @@ pub fn nested(args: NestedArgs, parse: InnerParser) -> Result<u8, LabError> {
     };
     match outcome {
         Outcome::Done(d) => Ok(u8::try_from(d.exit_code).unwrap_or(exit::INFRA)),
-        Outcome::NoKvm(r) => Err(infra(anyhow::anyhow!(
+        Outcome::NoKvm(r) => Err(infra(format!(
             "L1 ({}) has no /dev/kvm: kvm_amd did not load; L1 console tail:\n{}",
             r.release,
             tail_text()
         ))),
-        Outcome::BootTimeout => Err(infra(anyhow::anyhow!(
+        Outcome::BootTimeout => Err(infra(format!(
             "L1 did not become ready within {} s; L1 console tail:\n{}",
             args.boot_timeout,
             tail_text()
         ))),
-        Outcome::Timeout => Err(infra(anyhow::anyhow!(
+        Outcome::Timeout => Err(infra(format!(
             "the nested run exceeded {} s and L1 was killed; L1 console tail:\n{}",
             args.timeout,
             tail_text()
         ))),
-        Outcome::Died => Err(infra(anyhow::anyhow!(
+        Outcome::Died => Err(infra(format!(
             "L1 ended ({}) without reporting the inner lab's exit status; L1 console tail:\n{}",
             status.map_or_else(|| "status unknown".into(), |s| s.to_string()),
             tail_text()
@@ -312,7 +333,7 @@ impl ControlDir {
     }
 
     /// Writes `request.sh` and `results-path` for L1's `/init`.
-    fn write_request(&self, inner: &InnerRun) -> anyhow::Result<()> {
+    fn write_request(&self, inner: &InnerRun) -> Result<(), NestedError> {
         let mut script = String::from("# written by `lab nested` on the host\n");
         for (k, v) in std::env::vars() {
             if k.starts_with(PASSED_ENV_PREFIX) || ["HOME", "PATH", "TERM"].contains(&k.as_str()) {
@@ -339,7 +360,10 @@ impl ControlDir {
         script.push('\n');
         arena_images::write_atomic(&self.path.join("request.sh"), script.as_bytes())?;
         if let Some(r) = &inner.results {
-            std::fs::create_dir_all(r)?;
+            std::fs::create_dir_all(r).map_err(|source| NestedError::Io {
+                path: r.clone(),
+                source,
+            })?;
             arena_images::write_atomic(
                 &self.path.join("results-path"),
                 r.to_string_lossy().as_bytes(),
