@@ -1,7 +1,7 @@
 //! The own-VMM backend (`--backend kvm`) straight on this host's /dev/kvm:
 //! booting the kernel far enough to see its banner and our e820 map works
 //! under any KVM, PVM included. Full scenario runs under real KVM are in
-//! `nested_kvm.rs`.
+//! `nested.rs` (its `catalogue` part).
 
 mod common;
 

@@ -7,7 +7,8 @@
 //! emulator fails on it, QEMU TCG's SVM hands it to the guest) the stub
 //! must refuse them (an error reply, gdb says it cannot insert the
 //! breakpoint) and the guest must run on; elsewhere a `break` must stop at
-//! its address. Linux under the stub is the runner's `nested_gdb` test.
+//! its address. Linux under the stub is the `gdb` part of the runner's
+//! `nested` test.
 
 mod common;
 

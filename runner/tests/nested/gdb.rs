@@ -1,12 +1,11 @@
 //! The own VMM's gdb stub on a Linux guest under real KVM, driven by a real
-//! gdb (`/usr/bin/gdb` in batch mode).
+//! gdb (`/usr/bin/gdb` in batch mode): a part of `nested.rs`.
 //!
-//! This host's `/dev/kvm` (PVM) cannot run Linux, so the test boots one L1
-//! with real KVM (`lab nested --exec`) and re-runs itself there
-//! (`ARENA_GDB_IN_L1` set); where KVM can run Linux it runs directly.
-//! Either way it runs: there is no skip. Two Linux guests, Debian's
-//! default kernel (stripped: its symbol addresses are read from the
-//! guest's `/proc/kallsyms`, see [`symbols_guest`]):
+//! This host's `/dev/kvm` (PVM) cannot run Linux, so the part runs in the
+//! test's one L1 with real KVM (`lab nested --exec`); where KVM can run
+//! Linux it runs directly. Either way it runs: there is no skip. Two Linux
+//! guests, Debian's default kernel (stripped: its symbol addresses are read
+//! from the guest's `/proc/kallsyms`, see [`symbols_guest`]):
 //!
 //! 1. `arena-vmm --gdb-on-demand` on a busybox guest that prints the
 //!    addresses and then reads `/proc/version` in a loop: SIGUSR2 pauses
@@ -30,8 +29,6 @@
 //! emulated SVM) neither kind of breakpoint can work; see the probe's docs
 //! and `docs/architecture.md`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -43,10 +40,6 @@ use std::time::{Duration, Instant};
 use arena_images::initramfs;
 use vmm::gdb::probe::{check, Capability};
 
-/// This test's name, for re-running it alone inside L1.
-const TEST: &str = "own_vmm_gdb_stub_debugs_linux_under_real_kvm";
-/// Set inside L1: debug the guests instead of booting L1.
-const IN_L1: &str = "ARENA_GDB_IN_L1";
 /// The kernel the guests boot.
 const KERNEL: &str = "ARENA_GDB_KERNEL";
 /// The symbols guest's initramfs.
@@ -67,37 +60,24 @@ const GUEST_MIB: &str = "256";
 /// How long a guest may take to reach a point the test waits for, and one
 /// gdb run may take.
 const DEADLINE: Duration = Duration::from_secs(300);
-/// Printed inside L1 when everything passed (the host checks for it).
+/// Printed when everything passed (the host checks for it in L1's output).
 const PASSED: &str = "nested gdb: all checks passed";
 
-#[test]
-fn own_vmm_gdb_stub_debugs_linux_under_real_kvm() {
-    if std::env::var_os(IN_L1).is_some() {
-        inside();
-        return;
-    }
+/// On the host, before L1 boots (or before [`run`] runs directly): the
+/// symbols guest's initramfs and the agent's image; what [`run`] needs, as
+/// environment variables.
+pub fn prepare() -> Vec<(&'static str, PathBuf)> {
     let kernel = arena_images::kernel::debian::default_kernel().expect("the default kernel");
     let initrd = symbols_initramfs();
-    let env = [(KERNEL, kernel.boot_image.clone()), (INITRD, initrd)];
-    if vmm::probe::probe().usable {
-        for (k, v) in &env {
-            std::env::set_var(k, v);
-        }
-        inside();
-        return;
-    }
-    eprintln!("this host's KVM cannot run Linux: running through `lab nested`");
-    let t = Instant::now();
     // `lab boot` in L1 would otherwise build the agent there, under TCG.
-    let warm = common::lab(&["image"]);
+    let warm = crate::common::lab(&["image"]);
     assert_eq!(warm.status.code(), Some(0), "lab image failed");
-    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    let stdout = common::rerun_in_l1(IN_L1, TEST, &env);
+    vec![(KERNEL, kernel.boot_image), (INITRD, initrd)]
+}
+
+/// On the host, after L1: every check passed inside.
+pub fn check_report(stdout: &str) {
     assert!(stdout.contains(PASSED), "{stdout}");
-    eprintln!(
-        "nested gdb: {:.0} s in all (one L1 boot)",
-        t.elapsed().as_secs_f64()
-    );
 }
 
 /// Busybox and [`INIT`].
@@ -130,12 +110,12 @@ fn arena_vmm() -> PathBuf {
     p
 }
 
-/// The guests, under real KVM (in L1, or directly).
-fn inside() {
+/// The part itself: the guests, under real KVM (in L1, or directly).
+pub fn run() {
     let probe = vmm::probe::probe();
     assert!(probe.usable, "this KVM must run Linux: {}", probe.reason);
     let kernel = env_path(KERNEL);
-    let scratch = common::scratch("nested-gdb");
+    let scratch = crate::common::scratch("nested-gdb");
     let can = Can::probe();
     let t = Instant::now();
     let syms = symbols_guest(&kernel, &env_path(INITRD), &scratch, &can);
@@ -343,6 +323,14 @@ impl Gdb {
     }
 }
 
+impl Drop for Gdb {
+    /// A failed check must not leave gdb running into the next part.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The values of the `p/x` gdb printed after attaching (`$N = 0x...`,
 /// N > 1), in order.
 fn printed(out: &str) -> Vec<u64> {
@@ -519,11 +507,11 @@ fn symbols_guest(kernel: &Path, initrd: &Path, scratch: &Path, can: &Can) -> BTr
 /// once the console shows the banner, a register, `linux_banner` through
 /// the kernel's page tables; after the detach the boot ends normally.
 fn lab_boot_under_gdb(syms: &BTreeMap<String, u64>, can: &Can) {
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["boot", "--backend", "kvm", "--timeout", "600"])
         .arg(format!("--gdb={port}"))
-        .current_dir(common::root())
+        .current_dir(crate::common::root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -630,15 +618,15 @@ const FAILS: &str = "name: own-vmm-gdb-on-fail\nsteps:\n  - arena: { id: a, page
 /// `lab run --backend kvm --gdb-on-fail=PORT`: the failed scenario's VM is
 /// paused for gdb, which reads it and kills it; the run records the fail.
 fn lab_run_gdb_on_fail(syms: &BTreeMap<String, u64>, scratch: &Path) {
-    let file = common::scenario(scratch, "own-vmm-gdb-on-fail", FAILS);
+    let file = crate::common::scenario(scratch, "own-vmm-gdb-on-fail", FAILS);
     let results = scratch.join("gdb-on-fail-results");
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["run", "--backend", "kvm", "--results"])
         .arg(&results)
         .arg(format!("--gdb-on-fail={port}"))
         .arg(&file)
-        .current_dir(common::root())
+        .current_dir(crate::common::root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -664,6 +652,6 @@ fn lab_run_gdb_on_fail(syms: &BTreeMap<String, u64>, scratch: &Path) {
     assert!(out.contains("\"Linux version 6."), "{out}");
     let (code, err) = lab.wait();
     assert_eq!(code, Some(1), "the failure is the run's verdict: {err}");
-    let summary = common::summary(&results);
+    let summary = crate::common::summary(&results);
     assert_eq!(summary["scenarios"][0]["verdict"], "fail", "{summary}");
 }

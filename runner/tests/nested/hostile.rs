@@ -1,19 +1,18 @@
-//! Hostile guests under real KVM, inside `lab nested --exec`.
+//! Hostile guests under real KVM (a part of `nested.rs`, run in its L1).
 //!
 //! This host's `/dev/kvm` (PVM) runs the freestanding hostile suite
-//! (`vmm/tests/hostile.rs`) but not Linux, so this test boots one L1 with
-//! real KVM and re-runs itself there (`ARENA_HOSTILE_IN_L1` set). Inside,
-//! it runs the freestanding suite's compiled binary, then Linux guests
-//! (Debian's kernel, a busybox `/init` from `fixtures/hostile-linux/`)
-//! through `arena-vmm` that stream an endless results line (to a host that
-//! reads, and to one that never does), write garbage to the channel, the
-//! serial port and the UART's registers, and reset the console device mid
-//! transfer. Each must end only its VM with the reason `arena-vmm` names,
-//! the VMM's own memory (RSS outside guest RAM) must stay bounded, and no
-//! file outside the scratch folder may change: L1's root is a tmpfs overlay
-//! whose upper layer lists every file any process in L1 wrote.
-
-mod common;
+//! (`vmm/tests/hostile.rs`) but not Linux, so this part always runs in L1
+//! (`lab nested --exec`), even where the host's KVM could run Linux: only
+//! there is the root a tmpfs overlay whose upper layer lists every file any
+//! process wrote. There it runs the freestanding suite's compiled binary,
+//! then Linux guests (Debian's kernel, a busybox `/init` from
+//! `fixtures/hostile-linux/`) through `arena-vmm` that stream an endless
+//! results line (to a host that reads, and to one that never does), write
+//! garbage to the channel, the serial port and the UART's registers, and
+//! reset the console device mid transfer. Each must end only its VM with
+//! the reason `arena-vmm` names, the VMM's own memory (RSS outside guest
+//! RAM) must stay bounded, and no file outside the scratch folder may
+//! change.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -27,10 +26,6 @@ use arena_images::initramfs;
 use arena_images::kernel::Kernel;
 use arena_images::modules::ModuleDeps;
 
-/// This test's name, for re-running it alone inside L1.
-const TEST: &str = "hostile_guests_end_only_their_vm_under_real_kvm";
-/// Set inside L1: run the guests instead of booting L1.
-const IN_L1: &str = "ARENA_HOSTILE_IN_L1";
 /// The freestanding suite's compiled test binary.
 const SUITE: &str = "ARENA_HOSTILE_SUITE";
 /// The `arena-vmm` binary.
@@ -42,7 +37,7 @@ const INITRD: &str = "ARENA_HOSTILE_INITRD";
 /// Where `lab nested` shows L1's overlay upper layer (every changed file).
 const CHANGES: &str = "/run/arena-nested-changes";
 /// The Linux guests' `/init`.
-const INIT: &str = include_str!("fixtures/hostile-linux/init.sh");
+const INIT: &str = include_str!("../fixtures/hostile-linux/init.sh");
 /// Guest RAM of each Linux guest.
 const GUEST_MIB: u64 = 160;
 /// How much the VMM's own memory (RSS outside guest RAM) may grow while a
@@ -53,12 +48,10 @@ const GUEST_MIB: u64 = 160;
 /// what it cannot deliver would cross it.
 const OWN_GROWTH_LIMIT_KIB: u64 = (vmm::bridge::MAX_PENDING_TX as u64 >> 10) + (8 << 10);
 
-#[test]
-fn hostile_guests_end_only_their_vm_under_real_kvm() {
-    if std::env::var_os(IN_L1).is_some() {
-        inside_l1();
-        return;
-    }
+/// On the host, before L1 boots: builds the suite's test binary,
+/// `arena-vmm` and the Linux guests' initramfs; what `run` needs, as
+/// environment variables for L1.
+pub fn prepare() -> Vec<(&'static str, PathBuf)> {
     let suite = cargo_executable(
         &["test", "-p", "vmm", "--test", "hostile", "--no-run"],
         "hostile",
@@ -66,16 +59,19 @@ fn hostile_guests_end_only_their_vm_under_real_kvm() {
     let vmm = cargo_executable(&["build", "-p", "vmm", "--bin", "arena-vmm"], "arena-vmm");
     let kernel = arena_images::kernel::debian::default_kernel().expect("the default kernel");
     let initrd = linux_initramfs(&kernel);
-    let env: [(&str, &Path); 4] = [
-        (SUITE, &suite),
-        (VMM, &vmm),
-        (KERNEL, &kernel.boot_image),
-        (INITRD, &initrd),
-    ];
-    let stdout = common::rerun_in_l1(IN_L1, TEST, &env);
-    // The inner run's own report: it ran, and ran everything.
-    assert!(stdout.contains(&summary(1)), "{stdout}");
-    let listed = listed_tests(&suite);
+    vec![
+        (SUITE, suite),
+        (VMM, vmm),
+        (KERNEL, kernel.boot_image),
+        (INITRD, initrd),
+    ]
+}
+
+/// On the host, after L1: the inner run's own report says it ran, and ran
+/// everything (`env` as [`prepare`] made it).
+pub fn check_report(stdout: &str, env: &[(&'static str, PathBuf)]) {
+    let suite = &env.iter().find(|(k, _)| *k == SUITE).unwrap().1;
+    let listed = listed_tests(suite);
     assert!(stdout.contains(&summary(listed)), "{stdout}");
     assert!(
         stdout.contains(&format!("hostile freestanding: all {listed} tests passed")),
@@ -98,7 +94,7 @@ fn cargo_executable(args: &[&str], target: &str) -> PathBuf {
     let out = Command::new(cargo)
         .args(args)
         .args(["--release", "--message-format=json"])
-        .current_dir(common::root())
+        .current_dir(crate::common::root())
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo");
@@ -137,8 +133,8 @@ fn env_path(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not set"))
 }
 
-/// The inner run, in L1.
-fn inside_l1() {
+/// The part itself, in L1.
+pub fn run() {
     let probe = vmm::probe::probe();
     assert!(
         probe.usable,
@@ -152,7 +148,7 @@ fn inside_l1() {
     );
     freestanding_suite(&env_path(SUITE));
 
-    let scratch = common::scratch("hostile-linux");
+    let scratch = crate::common::scratch("hostile-linux");
     let before = changed_files(changes);
     let vmm = env_path(VMM);
     let (kernel, initrd) = (env_path(KERNEL), env_path(INITRD));
@@ -184,7 +180,7 @@ fn inside_l1() {
 
 /// libtest's summary of a run where all `n` tests passed and none was
 /// ignored or filtered out.
-fn summary(n: usize) -> String {
+pub fn summary(n: usize) -> String {
     format!("test result: ok. {n} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out")
 }
 
@@ -322,40 +318,43 @@ fn run_linux_guest(case: &Case, vmm: &Path, kernel: &Path, initrd: &Path, scratc
     let sock = scratch.join(format!("{}.sock", case.name));
     let serial = scratch.join(format!("{}-serial.log", case.name));
     let listener = UnixListener::bind(&sock).unwrap();
-    let mut child = Command::new(vmm)
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .args([
-            "--cmdline",
-            &format!(
-                "console=ttyS0 loglevel=4 panic=-1 reboot=k rdinit=/init hostile={}",
-                case.mode
-            ),
-            "--mem-mib",
-            &GUEST_MIB.to_string(),
-            "--timeout-s",
-            &case.timeout_s.to_string(),
-        ])
-        .arg("--serial")
-        .arg(&serial)
-        .arg("--console-socket")
-        .arg(&sock)
-        // Any stray relative write would land outside the scratch folder.
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start arena-vmm");
+    let mut vmm_process = Reaped(
+        Command::new(vmm)
+            .arg("--kernel")
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(initrd)
+            .args([
+                "--cmdline",
+                &format!(
+                    "console=ttyS0 loglevel=4 panic=-1 reboot=k rdinit=/init hostile={}",
+                    case.mode
+                ),
+                "--mem-mib",
+                &GUEST_MIB.to_string(),
+                "--timeout-s",
+                &case.timeout_s.to_string(),
+            ])
+            .arg("--serial")
+            .arg(&serial)
+            .arg("--console-socket")
+            .arg(&sock)
+            // Any stray relative write would land outside the scratch folder.
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start arena-vmm"),
+    );
+    let child = &mut vmm_process.0;
     let mut stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let conn = accept(&listener, &mut child);
+    let conn = accept(&listener, child);
     let reader = case.reads.then(|| {
         let mut conn = conn.try_clone().unwrap();
         let wanted: Vec<&'static str> = case.channel.to_vec();
@@ -454,6 +453,17 @@ fn run_linux_guest(case: &Case, vmm: &Path, kernel: &Path, initrd: &Path, scratc
         mem.own,
         mem.samples
     );
+}
+
+/// A child killed and reaped when dropped: a failed check must not leave
+/// its VMM running into the parts after this one.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// MMIO exits of the busiest virtio-mmio slot, from `arena-vmm`'s exit
