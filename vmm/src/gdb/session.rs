@@ -24,9 +24,11 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 
 use super::breakpoints::{guest_debug, DebugRequest};
+use super::config::{GdbConfig, GdbError};
+use super::memory;
 use super::stop::{classify, DebugStop};
 use super::target::{tid_of, Action, ResumePlan, VmTarget};
-use super::{memory, ClientEvent, ClientInput, GdbConfig, GdbError};
+use crate::event::{ClientEvent, ClientInput};
 use crate::event::{DebugExit, VmEvent};
 use crate::exit_reason::ExitReason;
 use crate::vcpu::Vcpu;

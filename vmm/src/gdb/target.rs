@@ -29,8 +29,9 @@ use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
 
 use super::breakpoints::{HwBreakpoints, SwBreakpoint, SwBreakpoints, INT3};
+use super::config::GdbError;
 use super::probe::{self, Capability};
-use super::{memory, regs, GdbError};
+use super::{memory, regs};
 use crate::memory::GuestMem;
 use crate::vcpu::Vcpu;
 

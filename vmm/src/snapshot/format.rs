@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::{BuildId, SnapshotError};
+use super::error::{BuildId, SnapshotError};
 use crate::memory::GuestMem;
 
 /// First bytes of every snapshot.
@@ -126,7 +126,10 @@ impl Header {
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(SnapshotError::Version(version));
+            return Err(SnapshotError::Version {
+                found: version,
+                reads: FORMAT_VERSION,
+            });
         }
         Ok(Self {
             version,

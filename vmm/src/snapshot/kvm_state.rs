@@ -11,8 +11,8 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
+use super::error::SnapshotError;
 use super::state::{KvmVmState, Raw, VcpuState};
-use super::SnapshotError;
 use crate::arch::x86_64::msr::MSR_IA32_TSC;
 
 /// IA32_MCG_CTL: listed by KVM on some hosts but not meant to be migrated

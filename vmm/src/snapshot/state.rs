@@ -13,7 +13,7 @@ use kvm_bindings::{
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::SnapshotError;
+use super::error::SnapshotError;
 use crate::arch::x86_64::mptable;
 use crate::devices::i8042::I8042Snapshot;
 use crate::devices::legacy::LegacySnapshot;
