@@ -157,9 +157,11 @@ fn two_real_shards_merge_into_the_unsharded_run() {
     let page = std::fs::read_to_string(site.join("index.html")).unwrap();
     assert!(page.contains("merge-expect-fail") && page.contains("arena-mmap-readback"));
 
-    // A real run as KCIDB: kcidb-io accepts it, and the merged night has
-    // the unsharded night's ids (same kernel, catalogue, scenarios).
-    let ids = |run: &Path, name: &str| -> Vec<String> {
+    // A real run as KCIDB: kcidb-io accepts it, the merged night has the
+    // unsharded night's test paths, and writing it again gives the same ids
+    // (a re-submission updates). Ids include the run's id, so the merged
+    // night's differ from the unsharded run's.
+    let field = |run: &Path, name: &str, key: &str| -> Vec<String> {
         let f = dir.join(name);
         let out = lab(&["kcidb", run.to_str().unwrap(), "-o", f.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0));
@@ -169,12 +171,18 @@ fn two_real_shards_merge_into_the_unsharded_run() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .map(|t| t[key].as_str().unwrap().to_owned())
             .collect();
         ids.sort();
         ids
     };
-    assert_eq!(ids(&merged, "merged.json"), ids(whole, "whole.json"));
+    assert_eq!(
+        field(&merged, "merged.json", "path"),
+        field(whole, "whole.json", "path")
+    );
+    let ids = field(&merged, "merged.json", "id");
+    assert_eq!(ids, field(&merged, "merged-again.json", "id"));
+    assert_ne!(ids, field(whole, "whole.json", "id"));
 
     // The real shards, refused: one of them twice, and without its pair.
     let again = lab(&[
