@@ -248,12 +248,15 @@ pub enum GuestMessage {
         /// What went wrong.
         reason: String,
     },
-    /// A step started. `path` is the step's position, e.g. `2` or `3.1`.
+    /// A step started. `path` is the step's 0-based position, e.g. `2`.
     StepStarted {
         /// Step position.
         path: String,
         /// Step kind (YAML key).
         kind: String,
+        /// How reasons and progress name it (`step 3/12 (touch, x.yaml:9)`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<crate::StepRef>,
     },
     /// A step ended.
     StepEnded {

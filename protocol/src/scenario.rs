@@ -7,6 +7,8 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::step_ref::{StepLines, StepRef};
+
 /// Default per-scenario timeout, guest boot excluded.
 pub const DEFAULT_TIMEOUT_S: u64 = 60;
 /// Default number of vCPUs of a scenario's VM.
@@ -50,6 +52,10 @@ pub struct Scenario {
     /// not a regression. Host-side only; the agent ignores it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_issues: Vec<KnownIssue>,
+    /// Where each step is written (filled by the runner from the file,
+    /// never written by hand): reasons name a step by it.
+    #[serde(default, skip_serializing_if = "StepLines::is_empty")]
+    pub lines: StepLines,
 }
 
 /// A capability of the booted kernel, named by what it is rather than by
@@ -166,7 +172,8 @@ pub struct KnownIssue {
     /// any run of characters, e.g. `6.12.*+deb12-*`.
     pub kernel: String,
     /// The failure's reason starts with this, e.g.
-    /// `kernel splat: BUG: Bad page state`.
+    /// `kernel splat: BUG: Bad page state`; `*` matches any run of
+    /// characters, so `step 4/5 (processes, *): role` holds when lines move.
     pub reason: String,
     /// What is known and where it is written up.
     pub note: String,
@@ -175,7 +182,7 @@ pub struct KnownIssue {
 impl KnownIssue {
     /// Whether a failure with `reason` on kernel `release` is this issue.
     pub fn matches(&self, release: &str, reason: &str) -> bool {
-        reason.starts_with(&self.reason) && glob_match(&self.kernel, release)
+        glob_match(&format!("{}*", self.reason), reason) && glob_match(&self.kernel, release)
     }
 }
 
@@ -201,6 +208,70 @@ fn glob_match(pattern: &str, text: &str) -> bool {
 
 fn default_timeout() -> u64 {
     DEFAULT_TIMEOUT_S
+}
+
+/// Naming steps as reasons do ([`crate::step_ref`]): the lists are here.
+impl StepLines {
+    /// How to name step `i` of `list`, the list at field path `list_field`
+    /// (`steps`, `steps[3].repeat.steps`).
+    pub fn step(&self, list_field: &str, list: &[Step], i: usize) -> StepRef {
+        self.named(
+            list_field,
+            i,
+            list.len(),
+            list.get(i).map_or("?", Step::kind),
+        )
+    }
+
+    /// Every step of a top-level list, named.
+    pub fn top_level(&self, steps: &[Step]) -> Vec<StepRef> {
+        (0..steps.len())
+            .map(|i| self.step("steps", steps, i))
+            .collect()
+    }
+}
+
+/// The field path of every step in `steps` (the list at `at`) and in the
+/// lists nested in them, in file order: the keys of [`StepLines::lines`].
+pub fn step_fields(steps: &[Step], at: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    fields(steps, at, &mut out);
+    out
+}
+
+fn fields(steps: &[Step], at: &str, out: &mut Vec<String>) {
+    for (i, step) in steps.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        out.push(field.clone());
+        for (list_field, list) in nested_lists(step, &field) {
+            fields(list, &list_field, out);
+        }
+    }
+}
+
+/// The step lists nested in `step` (at field path `field`), each with its
+/// field path: what the agent names a nested step by, too.
+pub fn nested_lists<'a>(step: &'a Step, field: &str) -> Vec<(String, &'a [Step])> {
+    match step {
+        Step::Repeat(r) => vec![(format!("{field}.repeat.steps"), &r.steps[..])],
+        // Every case has the template's shape: its steps are the template's.
+        Step::Sweep(s) => s
+            .cases
+            .first()
+            .map(|c| vec![(format!("{field}.sweep.steps"), &c.steps[..])])
+            .unwrap_or_default(),
+        Step::Processes(p) | Step::Threads(p) => {
+            let at = format!("{field}.{}", step.kind());
+            let mut out = Vec::new();
+            for role in p.role_views() {
+                let (setup, steps) = role.list_fields(&at);
+                out.push((setup, role.setup));
+                out.push((steps, role.steps));
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Shape of the VM a scenario needs.
@@ -881,6 +952,7 @@ impl ParallelStep {
         if self.roles.is_empty() {
             return vec![RoleView {
                 name: IMPLICIT_ROLE,
+                index: 0,
                 implicit: true,
                 count: self.count.unwrap_or(0),
                 setup: &[],
@@ -890,8 +962,10 @@ impl ParallelStep {
         }
         self.roles
             .iter()
-            .map(|r| RoleView {
+            .enumerate()
+            .map(|(index, r)| RoleView {
                 name: &r.name,
+                index,
                 implicit: false,
                 count: r.count,
                 setup: &r.setup,
@@ -912,6 +986,8 @@ impl ParallelStep {
 pub struct RoleView<'a> {
     /// Role name ([`IMPLICIT_ROLE`] for the single-list form).
     pub name: &'a str,
+    /// Its place in `roles` (0 for the single-list form).
+    pub index: usize,
     /// The single-list form (its worker seeds are derived as before roles).
     pub implicit: bool,
     /// How many workers run this role.
@@ -922,6 +998,20 @@ pub struct RoleView<'a> {
     pub steps: &'a [Step],
     /// The role's own counts, if any.
     pub expect: Option<&'a WorkersExpect>,
+}
+
+impl RoleView<'_> {
+    /// The field paths of this role's `setup` and `steps` lists in the
+    /// `processes`/`threads` step at `at` (`steps[3].processes`).
+    pub fn list_fields(&self, at: &str) -> (String, String) {
+        if self.implicit {
+            // No setup list: nothing of it runs, nothing is named by it.
+            (format!("{at}.setup"), format!("{at}.steps"))
+        } else {
+            let role = format!("{at}.roles[{}]", self.index);
+            (format!("{role}.setup"), format!("{role}.steps"))
+        }
+    }
 }
 
 /// `roles[i]` of a `processes`/`threads` step.
@@ -1888,6 +1978,15 @@ mod tests {
         assert!(!k.matches("6.13.1+deb12-amd64", reason));
         assert!(!k.matches("7.2.13+deb14-amd64", reason));
         assert!(!k.matches("6.12.117+deb12-amd64", "expected 0x1, read 0x2"));
+        // A step's line may move: `*` stands for it.
+        let step = KnownIssue {
+            reason: "step 4/5 (processes, *): role `faulter-".into(),
+            ..k
+        };
+        let reason = "step 4/5 (processes, race.yaml:31): role `faulter-0`: 1 failed";
+        assert!(step.matches("6.12.117+deb12-amd64", reason));
+        let other = "step 4/5 (processes, race.yaml:31): role `toucher`: 1 failed";
+        assert!(!step.matches("6.12.117+deb12-amd64", other));
         assert!(glob_match("*", "anything"));
         assert!(glob_match("6.12.117", "6.12.117"));
         assert!(!glob_match("6.12.117", "6.12.1170"));
@@ -2213,6 +2312,47 @@ mod tests {
     }
 
     #[test]
+    fn nested_steps_are_named_by_their_list() {
+        let sleep = || {
+            Step::Sleep(SleepStep {
+                ms: 1,
+                socket: false,
+            })
+        };
+        let steps = vec![
+            sleep(),
+            Step::Repeat(RepeatStep {
+                times: 2,
+                steps: vec![sleep(), sleep()],
+            }),
+        ];
+        assert_eq!(
+            step_fields(&steps, "steps"),
+            [
+                "steps[0]",
+                "steps[1]",
+                "steps[1].repeat.steps[0]",
+                "steps[1].repeat.steps[1]"
+            ]
+        );
+        let lines = StepLines {
+            file: "x.yaml".into(),
+            lines: [("steps[1].repeat.steps[1]".to_owned(), 22)]
+                .into_iter()
+                .collect(),
+        };
+        let Step::Repeat(r) = &steps[1] else { panic!() };
+        assert_eq!(
+            lines.step("steps[1].repeat.steps", &r.steps, 1).to_string(),
+            "step 2/2 (sleep, x.yaml:22)"
+        );
+        assert_eq!(
+            lines.top_level(&steps)[1].to_string(),
+            "step 2/2 (repeat, x.yaml)"
+        );
+    }
+
+    #[test]
     fn scenario_json_roundtrip() {
         let s = Scenario {
             name: "x".into(),
@@ -2233,6 +2373,10 @@ mod tests {
                 reason: "kernel splat".into(),
                 note: "n".into(),
             }],
+            lines: StepLines {
+                file: "x.yaml".into(),
+                lines: [("steps[0]".to_owned(), 9)].into_iter().collect(),
+            },
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Scenario>(&json).unwrap(), s);

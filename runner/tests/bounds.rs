@@ -82,7 +82,9 @@ fn a_page_only_known_at_run_time_to_be_outside_is_a_step_error() {
     assert_eq!(sc["verdict"], "error", "{sc:#}");
     let reason = sc["reason"].as_str().unwrap();
     assert!(
-        reason.contains("step 3 (touch): page 1024 is outside arena `a` (1024 pages)"),
+        reason.contains(
+            "step 4/5 (touch, bounds-runtime.yaml:6): page 1024 is outside arena `a` (1024 pages)"
+        ),
         "{sc:#}"
     );
 }

@@ -23,7 +23,7 @@ steps:
   - touch: {{ arena: a, page: 0, op: read, expect: {{ value: 0x1 }} }}
 known_issues:
   - kernel: \"{kernel}\"
-    reason: \"step 3 (touch)\"
+    reason: \"step 4/4 (touch, *): page 0\"
     note: \"test: the expectation is wrong on purpose\"
 "
     )
@@ -62,7 +62,7 @@ fn known_failures_are_shown_but_not_red_and_only_where_documented() {
         known["reason"]
             .as_str()
             .unwrap()
-            .starts_with("step 3 (touch)"),
+            .starts_with("step 4/4 (touch, known.yaml:9): page 0"),
         "the reason stays the failure's own: {known}"
     );
     assert_eq!(

@@ -53,7 +53,11 @@ fn wrong_expectation_fails_with_expected_vs_actual() {
     let sc = &s["scenarios"][0];
     assert_eq!(sc["verdict"], "fail");
     let reason = sc["reason"].as_str().unwrap();
-    assert!(reason.contains("step 3 (touch)"), "{reason}");
+    // The fourth of four steps, on line 6 (issue 21: not `step 3`).
+    assert!(
+        reason.starts_with("step 4/4 (touch, wrong.yaml:6): "),
+        "{reason}"
+    );
     assert!(reason.contains("expected 0x1, read 0x2"), "{reason}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("FAIL    wrong-expectation"), "{stdout}");
@@ -73,7 +77,10 @@ fn crashing_step_is_reported_not_lost() {
         reason.contains("agent worker killed by signal 11 (SIGSEGV)"),
         "{reason}"
     );
-    assert!(reason.contains("during step 3 (crash)"), "{reason}");
+    assert!(
+        reason.contains("during step 4/4 (crash, crash.yaml:6)"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -88,7 +95,10 @@ fn hanging_step_times_out_and_keeps_the_console_log() {
     assert_eq!(sc["verdict"], "timeout");
     let reason = sc["reason"].as_str().unwrap();
     // Judged a stall (heartbeats came, nothing advanced), not the hard cap.
-    assert!(reason.contains("step 0 (sleep)"), "{reason}");
+    assert!(
+        reason.contains("at step 1/1 (sleep, hang.yaml:4)"),
+        "{reason}"
+    );
     assert!(reason.starts_with("stalled for 3 s"), "{reason}");
     assert!(reason.contains("made no progress"), "{reason}");
     // Ended by the limit, not by the 600 s sleep (generous bound: limit + boot + grace).

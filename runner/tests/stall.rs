@@ -74,7 +74,7 @@ fn a_scenario_that_progresses_forever_ends_at_the_hard_cap() {
     let reason = sc["reason"].as_str().unwrap();
     assert!(
         reason
-            .starts_with("step 0 (threads): hard cap 8 s reached while still running, iteration "),
+            .starts_with("step 1/1 (threads, capped.yaml:4): hard cap 8 s reached while still running, iteration "),
         "{reason}"
     );
     assert!(reason.contains("of 2 workers"), "{reason}");

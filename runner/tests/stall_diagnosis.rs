@@ -22,7 +22,9 @@ fn a_stalled_worker_is_diagnosed_with_its_role_and_where_it_waits() {
     let title = reason.lines().next().unwrap();
     assert_eq!(sc["verdict"], "timeout", "{reason}");
     assert!(
-        title.starts_with("stalled for 5 s at step 0 (processes), iteration 1/1 in 2 of 2 workers"),
+        title.starts_with(
+            "stalled for 5 s at step 1/1 (processes, stall-diagnosis.yaml:4), iteration 1/1 in 2 of 2 workers"
+        ),
         "{title}"
     );
     assert!(title.contains("; no kernel evidence: "), "{title}");

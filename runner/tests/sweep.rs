@@ -36,7 +36,8 @@ fn every_value_is_reported_and_one_failing_value_fails_the_scenario() {
     let reason = sc["reason"].as_str().unwrap();
     assert!(
         reason.contains("1 of 4 cases failed")
-            && reason.contains("count=17: step 0 (bpf_run)")
+            && reason.starts_with("step 4/4 (sweep, sweep-one-fails.yaml:6): ")
+            && reason.contains("count=17: step 1/3 (bpf_run, sweep-one-fails.yaml:9)")
             && reason.contains("passed: count=1, count=2, count=16"),
         "{reason}"
     );

@@ -64,7 +64,9 @@ pub fn run_scenario(channel: &Channel, scenario: &Scenario, seed: u64) -> bool {
         choices: Vec::new(),
         signals: Default::default(),
         raced_reads: 0,
+        at: String::new(),
     };
+    steps::set_lines(scenario.lines.clone());
     if let Some(why) = crate::requirements::unmet(&scenario.requires) {
         // Not a pass: a skip that says what the kernel lacks.
         scenario_done();
@@ -84,10 +86,13 @@ pub fn run_scenario(channel: &Channel, scenario: &Scenario, seed: u64) -> bool {
     for (i, step) in scenario.steps.iter().enumerate() {
         let path = i.to_string();
         let kind = step.kind();
+        let at = steps::step_ref("steps", &scenario.steps, i);
+        ctx.at = format!("steps[{i}]");
         let t0 = Instant::now();
         channel.send(&GuestMessage::StepStarted {
             path: path.clone(),
             kind: kind.into(),
+            at: Some(at.clone()),
         });
         // After `step_started`, so no `progress` comes before it.
         step_started(i);
@@ -118,7 +123,7 @@ pub fn run_scenario(channel: &Channel, scenario: &Scenario, seed: u64) -> bool {
                     // A failing step's choices are what a replay must see.
                     data: Outcome::said("").with_choices(&mut ctx).data,
                 });
-                verdict(e.status(), format!("step {path} ({kind}): {}", e.text()));
+                verdict(e.status(), format!("{at}: {}", e.text()));
                 return false;
             }
         }

@@ -76,7 +76,7 @@ fn main() {
         log::log(&format!("kernel hang detectors: {}", tuned.join(", ")));
     }
     let watch = watchdog::Watch {
-        kinds: scenario.steps.iter().map(|s| s.kind()).collect(),
+        steps: scenario.lines.top_level(&scenario.steps),
         cap_s: arena_protocol::message::hard_cap_s(scenario.timeout_s),
         every: watchdog::PROGRESS_EVERY,
         grace: WORKER_GRACE,

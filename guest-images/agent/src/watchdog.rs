@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use arena_protocol::{GuestMessage, HostMessage, StepStatus};
+use arena_protocol::{GuestMessage, HostMessage, StepRef, StepStatus};
 
 use crate::channel::Channel;
 use crate::executor::set_verdict_fd;
@@ -31,8 +31,8 @@ const KILLED_WAIT: Duration = Duration::from_secs(1);
 
 /// What PID 1 watches for.
 pub struct Watch {
-    /// The kind of each top-level step (`progress` names it).
-    pub kinds: Vec<&'static str>,
+    /// Each top-level step as `progress` and a timeout's reason name it.
+    pub steps: Vec<StepRef>,
     /// The scenario's hard cap (s), from when the watch starts.
     pub cap_s: u64,
     /// How often to send `progress` ([`PROGRESS_EVERY`]).
@@ -90,7 +90,7 @@ pub fn watch(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
         }
         if now >= next_tick {
             next_tick = now
-                + if tick(channel, &w.kinds) {
+                + if tick(channel, &w.steps) {
                     w.every
                 } else {
                     RETRY_TICK
@@ -100,8 +100,8 @@ pub fn watch(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
 }
 
 /// The kind of top-level step `i`.
-fn kind_of(kinds: &[&'static str], i: usize) -> &'static str {
-    kinds.get(i).copied().unwrap_or("?")
+fn kind_of(steps: &[StepRef], i: usize) -> &str {
+    steps.get(i).map_or("?", |s| s.kind.as_str())
 }
 
 /// Milliseconds since `started_ns` ([`counters::monotonic_ns`]).
@@ -111,7 +111,7 @@ fn elapsed_ms(started_ns: u64) -> u64 {
 
 /// Send `progress` for the running step, if any; `false` when the worker
 /// had the channel (try again soon).
-fn tick(channel: &Channel, kinds: &[&'static str]) -> bool {
+fn tick(channel: &Channel, steps: &[StepRef]) -> bool {
     // During PID 1's turn the worker can neither send nor end its step, so
     // the step read here has not ended yet on the channel.
     let Some(_turn) = counters::try_channel_turn() else {
@@ -121,7 +121,7 @@ fn tick(channel: &Channel, kinds: &[&'static str]) -> bool {
         let (ticks, workers) = counters::read_counters();
         channel.send(&GuestMessage::Progress {
             path: i.to_string(),
-            kind: kind_of(kinds, i).into(),
+            kind: kind_of(steps, i).into(),
             elapsed_ms: elapsed_ms(started_ns),
             ticks,
             workers,
@@ -151,9 +151,13 @@ fn time_out(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
         .unwrap_or_default();
     kill(pid);
     let (path, kind, ms) = match running {
-        Some((i, started_ns)) => (i.to_string(), kind_of(&w.kinds, i), elapsed_ms(started_ns)),
+        Some((i, started_ns)) => (i.to_string(), kind_of(&w.steps, i), elapsed_ms(started_ns)),
         None => ("?".to_owned(), "?", 0),
     };
+    // How the reason names the step: `step 3/12 (touch, x.yaml:9)`.
+    let step = running
+        .and_then(|(i, _)| w.steps.get(i))
+        .map_or_else(|| "step ?".to_owned(), StepRef::to_string);
     let detail = format!(
         "hard cap {} s reached while still running{at}, {:.1} s into the step",
         w.cap_s,
@@ -169,7 +173,7 @@ fn time_out(channel: &Channel, pid: libc::pid_t, w: &Watch) -> Ended {
     });
     channel.send(&GuestMessage::Done {
         status: StepStatus::Timeout,
-        reason: format!("step {path} ({kind}): {detail}"),
+        reason: format!("{step}: {detail}"),
         killed: None,
     });
     Ended::TimedOut
@@ -287,8 +291,19 @@ mod tests {
     }
 
     fn watch(kinds: Vec<&'static str>, cap_s: u64, every: Duration) -> Watch {
+        let steps = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| StepRef {
+                index: i + 1,
+                of: kinds.len(),
+                kind: (*kind).into(),
+                file: "w.yaml".into(),
+                line: Some(7),
+            })
+            .collect();
         Watch {
-            kinds,
+            steps,
             cap_s,
             every,
             grace: Duration::from_secs(5),
@@ -299,6 +314,7 @@ mod tests {
         GuestMessage::StepStarted {
             path: "0".into(),
             kind: kind.into(),
+            at: None,
         }
     }
 
@@ -469,7 +485,7 @@ mod tests {
             msgs[n - 1],
             GuestMessage::Done {
                 status: StepStatus::Timeout,
-                reason: format!("step 0 (threads): {detail}"),
+                reason: format!("step 1/1 (threads, w.yaml:7): {detail}"),
                 killed: None,
             }
         );

@@ -979,6 +979,7 @@ mod tests {
         let started = GuestMessage::StepStarted {
             path: "1".into(),
             kind: "touch".into(),
+            at: None,
         };
         w.heard(&started, t + S(22));
         assert_eq!(w.expired(t + S(31)), None);
@@ -1001,6 +1002,7 @@ mod tests {
         let started = GuestMessage::StepStarted {
             path: "0".into(),
             kind: "touch".into(),
+            at: None,
         };
         w.heard(&started, t + S(1));
         // The same step started again, output and log lines: heard, no advance.

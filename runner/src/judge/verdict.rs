@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use arena_protocol::scenario::KnownIssue;
+use arena_protocol::step_ref::started_label;
 use arena_protocol::{GuestMessage, StepStatus};
 
 use crate::judge::outcome::{End, Record, Stop};
@@ -436,11 +437,11 @@ fn splat_text(console: &str, line: usize) -> String {
 /// and how far the guest got by its last `progress`.
 fn timeout_reason(
     t: &crate::judge::outcome::HostTimeout,
-    open_step: Option<&(String, String)>,
+    open_step: Option<&str>,
     progress: Option<&GuestMessage>,
 ) -> String {
     let mut at = open_step
-        .map(|(p, k)| format!(" at step {p} ({k})"))
+        .map(|step| format!(" at {step}"))
         .unwrap_or_default();
     if let Some(GuestMessage::Progress {
         elapsed_ms,
@@ -476,7 +477,8 @@ fn timeout_reason(
 pub fn judge(record: &Record, console: &str) -> Judgement {
     let mut steps = Vec::new();
     let mut testcases = Vec::new();
-    let mut open_step: Option<(String, String)> = None;
+    // How the open step is named (`step 3/12 (touch, x.yaml:9)`).
+    let mut open_step: Option<String> = None;
     // The last `progress` of the open step: how far a timed-out guest got.
     let mut last_progress: Option<&GuestMessage> = None;
     // Arrival of the last step start or selftest result: a result's time
@@ -484,8 +486,8 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     let mut mark = 0.0;
     for r in &record.messages {
         match &r.message {
-            GuestMessage::StepStarted { path, kind } => {
-                open_step = Some((path.clone(), kind.clone()));
+            GuestMessage::StepStarted { path, kind, at } => {
+                open_step = Some(started_label(path, kind, at.as_ref()));
                 last_progress = None;
                 mark = r.at;
             }
@@ -524,7 +526,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
     }
     let during = open_step
         .as_ref()
-        .map(|(p, k)| format!(" during step {p} ({k})"))
+        .map(|step| format!(" during {step}"))
         .unwrap_or_default();
     // On lines of their own, so a reason's first line stays a one-line title.
     let last_lines = || format!("\nlast console lines:\n{}", tail(console, 15));
@@ -568,7 +570,7 @@ pub fn judge(record: &Record, console: &str) -> Judgement {
             // Kernel evidence leads the reason and fails the scenario;
             // without it, where the tasks wait follows the timeout.
             let stall = crate::judge::stall::assess(record, console);
-            let timeout = timeout_reason(t, open_step.as_ref(), last_progress);
+            let timeout = timeout_reason(t, open_step.as_deref(), last_progress);
             let (v, title) = if stall.kernel_evidence {
                 (Verdict::Fail, format!("{}; {timeout}", stall.finding))
             } else {
@@ -726,7 +728,7 @@ mod tests {
             reason: if status == StepStatus::Pass {
                 String::new()
             } else {
-                "step 1 (touch): expected X".into()
+                "step 2/4 (touch, s.yaml:4): expected X".into()
             },
             killed: None,
         }
@@ -804,7 +806,7 @@ mod tests {
     fn failed_step_keeps_its_reason() {
         let j = judge(&record(done(StepStatus::Fail), vec![]), "");
         assert_eq!(j.verdict, Verdict::Fail);
-        assert_eq!(j.reason, "step 1 (touch): expected X");
+        assert_eq!(j.reason, "step 2/4 (touch, s.yaml:4): expected X");
     }
 
     /// The head of a dump whose EFLAGS no CPU can hold (`lab nested`).
@@ -861,10 +863,7 @@ mod tests {
     #[test]
     fn a_stall_with_a_blocked_scenario_task_fails_naming_it() {
         let msgs = vec![
-            GuestMessage::StepStarted {
-                path: "0".into(),
-                kind: "processes".into(),
-            },
+            started(0, "processes"),
             GuestMessage::Diagnosis(arena_protocol::message::Diagnosis {
                 tasks: vec![arena_protocol::message::TaskDiagnosis {
                     pid: 57,
@@ -900,7 +899,7 @@ mod tests {
             j.reason.lines().next(),
             Some(
                 "task arena-agent:57 (faulter 2) blocked in folio_wait_bit_common ← __do_fault \
-                 (sysrq w, console.log:2); stalled for 5 s at step 0 (processes): the guest was \
+                 (sysrq w, console.log:2); stalled for 5 s at step 1/4 (processes, s.yaml:3): the guest was \
                  alive but made no progress"
             )
         );
@@ -951,13 +950,26 @@ mod tests {
         })
     }
 
+    /// Step `i` (0-based) of a 4-step file `s.yaml` whose steps start on
+    /// line 3, as the agent announces it.
+    fn started(i: usize, kind: &str) -> GuestMessage {
+        GuestMessage::StepStarted {
+            path: i.to_string(),
+            kind: kind.into(),
+            at: Some(arena_protocol::StepRef {
+                index: i + 1,
+                of: 4,
+                kind: kind.into(),
+                file: "s.yaml".into(),
+                line: Some(3 + i as u32),
+            }),
+        }
+    }
+
     #[test]
     fn host_timeout_names_the_open_step() {
         let msgs = vec![
-            GuestMessage::StepStarted {
-                path: "2".into(),
-                kind: "sleep".into(),
-            },
+            started(2, "sleep"),
             GuestMessage::Progress {
                 path: "2".into(),
                 kind: "sleep".into(),
@@ -970,7 +982,7 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Timeout);
         assert_eq!(
             j.reason.lines().next(),
-            Some(format!("{}; {NO_DIAGNOSIS}", "stalled for 15 s at step 2 (sleep), 14.5 s into it: the guest was alive but made no progress").as_str())
+            Some(format!("{}; {NO_DIAGNOSIS}", "stalled for 15 s at step 3/4 (sleep, s.yaml:5), 14.5 s into it: the guest was alive but made no progress").as_str())
         );
         let j = judge(&record(stalled(15, 15), msgs[..1].to_vec()), "x\n");
         assert_eq!(
@@ -978,7 +990,7 @@ mod tests {
             Some(
                 format!(
                     "{}; {NO_DIAGNOSIS}",
-                    "stalled for 15 s at step 2 (sleep): no message from the guest for 15 s"
+                    "stalled for 15 s at step 3/4 (sleep, s.yaml:5): no message from the guest for 15 s"
                 )
                 .as_str()
             )
@@ -988,10 +1000,7 @@ mod tests {
     #[test]
     fn a_capped_timeout_says_how_far_the_workers_got() {
         let msgs = vec![
-            GuestMessage::StepStarted {
-                path: "3".into(),
-                kind: "processes".into(),
-            },
+            started(3, "processes"),
             GuestMessage::Progress {
                 path: "3".into(),
                 kind: "processes".into(),
@@ -1013,7 +1022,7 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Timeout);
         assert_eq!(
             j.reason.lines().next(),
-            Some(format!("{}; {NO_DIAGNOSIS}", "hard cap 480 s reached while still progressing at step 3 (processes), iteration 37/200 in 3 of 4 workers").as_str())
+            Some(format!("{}; {NO_DIAGNOSIS}", "hard cap 480 s reached while still progressing at step 4/4 (processes, s.yaml:6), iteration 37/200 in 3 of 4 workers").as_str())
         );
         let end = SessionEnd::from(&end);
         assert_eq!(end.to_string(), "hard cap 480 s reached; VM killed");
@@ -1085,15 +1094,23 @@ mod tests {
             reason: killed.to_string(),
             killed: Some(killed),
         };
-        let started = GuestMessage::StepStarted {
-            path: "2".into(),
-            kind: "touch".into(),
-        };
+        let started = started(2, "touch");
         let j = judge(&record(end.clone(), vec![started.clone()]), "");
         assert_eq!(j.verdict, Verdict::Fail);
         assert_eq!(
             j.reason,
-            "agent worker killed by signal 11 (SIGSEGV) at address 0x1000 during step 2 (touch)"
+            "agent worker killed by signal 11 (SIGSEGV) at address 0x1000 during step 3/4 (touch, s.yaml:5)"
+        );
+        // An agent that does not name its steps: counted from 1 all the same.
+        let bare = GuestMessage::StepStarted {
+            path: "2".into(),
+            kind: "touch".into(),
+            at: None,
+        };
+        let j = judge(&record(end.clone(), vec![bare]), "");
+        assert_eq!(
+            j.reason,
+            "agent worker killed by signal 11 (SIGSEGV) at address 0x1000 during step 3 (touch)"
         );
         // Between steps there is nothing to add.
         let j = judge(&record(end, vec![]), "");
@@ -1121,13 +1138,7 @@ mod tests {
         };
         let mut r = record(done(StepStatus::Pass), vec![]);
         r.messages = vec![
-            at(
-                2.0,
-                GuestMessage::StepStarted {
-                    path: "0".into(),
-                    kind: "selftest".into(),
-                },
-            ),
+            at(2.0, started(0, "selftest")),
             at(2.5, tc("a/1")),
             at(4.0, tc("a/2")),
         ];

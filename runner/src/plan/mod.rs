@@ -57,5 +57,6 @@ pub fn trivial_scenario() -> arena_protocol::Scenario {
             },
         )],
         known_issues: Vec::new(),
+        lines: Default::default(),
     }
 }

@@ -8,12 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use arena_protocol::scenario::step_fields;
 use arena_protocol::scenario::{
     arena_range, bpf_catalogue, check_bpf_page_args, check_page_offset, pages_to_bytes, AccessOp,
     BpfCatalogue, Count, KmemleakAction, MemoryStep, PageSet, ParallelStep, Requirement, Step,
     SysrqStep, WorkersExpect, MAX_ARENA_PAGES,
 };
-use arena_protocol::Scenario;
+use arena_protocol::{Scenario, StepLines};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::plan::lab_toml::{self, DeclaredTags, LabTomlError};
@@ -383,8 +384,28 @@ pub fn parse_with_tags(
             // The agent checks what the steps need as well as what the
             // file declares: a kernel without it skips, naming it.
             scenario.requires = scenario.requirements();
+            scenario.lines = step_lines(path, text, &scenario.steps);
             Ok(scenario)
         }
+    }
+}
+
+/// Where each step of `steps` (nested ones too) is written in `text`, the
+/// file at `path`: what reasons name a step by (`step 8/12 (bpf_run,
+/// race.yaml:19)`).
+fn step_lines(path: &Path, text: &str, steps: &[Step]) -> StepLines {
+    StepLines {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        lines: step_fields(steps, "steps")
+            .into_iter()
+            .map(|field| {
+                let (line, _) = locate(text, &field);
+                (field, line as u32)
+            })
+            .collect(),
     }
 }
 
@@ -599,6 +620,12 @@ fn check(s: &Scenario, declared: &DeclaredTags, own: own_bpf::Sources) -> Vec<Pr
     if s.steps.is_empty() {
         c.report("steps".into(), "a scenario needs at least one step");
     }
+    if !s.lines.is_empty() {
+        c.report(
+            "lines".into(),
+            "is filled by the lab from the file (where each step is written); do not write it",
+        );
+    }
     for (i, k) in s.known_issues.iter().enumerate() {
         for (field, value) in [
             ("kernel", &k.kernel),
@@ -607,6 +634,32 @@ fn check(s: &Scenario, declared: &DeclaredTags, own: own_bpf::Sources) -> Vec<Pr
         ] {
             if value.trim().is_empty() {
                 c.report(format!("known_issues[{i}].{field}"), "must not be empty");
+            }
+        }
+        // A reason that names a step must name one of these steps, as
+        // reasons do (`step 4/5 (processes, *): ...`, `*` for the line):
+        // caught here when a step is added before it, not missed at run time.
+        if k.reason.starts_with("step ") && !s.steps.is_empty() {
+            // `step 4/5 (processes`: how reasons name step i, up to its place.
+            let named = |i: usize| {
+                let unplaced = StepLines::default().step("steps", &s.steps, i);
+                let mut n = unplaced.to_string();
+                n.pop();
+                n
+            };
+            if !(0..s.steps.len()).map(named).any(|n| {
+                k.reason
+                    .strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.starts_with([',', ')']) || rest.is_empty())
+            }) {
+                c.report(
+                    format!("known_issues[{i}].reason"),
+                    format!(
+                        "names no step of this file: reasons name one as `step N/{} (kind, file:line)`, e.g. `{}, *)`",
+                        s.steps.len(),
+                        named(0)
+                    ),
+                );
             }
         }
         if k.kernel.trim() == "*" {
@@ -1319,6 +1372,96 @@ steps:
         let e = errors(steps);
         assert_eq!(e.len(), 1, "{e:#?}");
         e[0].clone()
+    }
+
+    /// Issue 21: reasons named the eighth step `step 7`. They say
+    /// `step 8/12 (kind, file:line)`, at every level.
+    #[test]
+    fn steps_are_named_one_based_with_their_count_file_and_line() {
+        let text = "name: x\n\
+                    steps:\n\
+                    \x20 - arena: { id: a, pages: 32 }\n\
+                    \x20 - mmap: { arena: a }\n\
+                    \x20 - bpf_load: { id: p, object: arena_ops.bpf.o, reuse_arena: a }\n\
+                    \x20 - sleep: { ms: 1 }\n\
+                    \x20 - sleep: { ms: 1 }\n\
+                    \x20 - sleep: { ms: 1 }\n\
+                    \x20 # a comment, so that line numbers are not step numbers\n\
+                    \x20 - repeat:\n\
+                    \x20     times: 2\n\
+                    \x20     steps:\n\
+                    \x20       - sleep: { ms: 1 }\n\
+                    \x20       - touch: { arena: a, page: 0, op: read }\n\
+                    \x20       - sleep: { ms: 1 }\n\
+                    \x20 # three more lines\n\
+                    \x20 # of comments\n\
+                    \x20 # here\n\
+                    \x20 - processes:\n\
+                    \x20     roles:\n\
+                    \x20       - name: r\n\
+                    \x20         count: 1\n\
+                    \x20         setup:\n\
+                    \x20           - mmap: { arena: a, same_address: true }\n\
+                    \x20         steps:\n\
+                    \x20           - bpf_run: { object: p, program: alloc_pages, args: [0, 1] }\n\
+                    \x20 - sleep: { ms: 1 }\n\
+                    \x20 - sleep: { ms: 1 }\n\
+                    \x20 - sleep: { ms: 1 }\n\
+                    \x20 - sleep: { ms: 1 }\n";
+        let s = parse(Path::new("dir/x.yaml"), text).unwrap();
+        assert_eq!(s.steps.len(), 12);
+        let l = &s.lines;
+        assert_eq!(
+            l.step("steps", &s.steps, 7).to_string(),
+            "step 8/12 (processes, x.yaml:19)"
+        );
+        assert_eq!(
+            l.step("steps", &s.steps, 0).to_string(),
+            "step 1/12 (arena, x.yaml:3)"
+        );
+        let Step::Repeat(r) = &s.steps[6] else {
+            panic!()
+        };
+        assert_eq!(
+            l.step("steps[6].repeat.steps", &r.steps, 1).to_string(),
+            "step 2/3 (touch, x.yaml:14)"
+        );
+        let Step::Processes(par) = &s.steps[7] else {
+            panic!()
+        };
+        let role = par.role_views()[0];
+        let (setup, steps) = role.list_fields("steps[7].processes");
+        assert_eq!(
+            l.step(&setup, role.setup, 0).to_string(),
+            "step 1/1 (mmap, x.yaml:24)"
+        );
+        assert_eq!(
+            l.step(&steps, role.steps, 0).to_string(),
+            "step 1/1 (bpf_run, x.yaml:26)"
+        );
+        // The lab fills it; a file may not.
+        let e = p(&format!("{text}lines: {{ file: y.yaml }}\n")).unwrap_err();
+        assert!(e.to_string().contains("lines: is filled by the lab"), "{e}");
+        // A known issue names a step as reasons do, or not at all.
+        let known = |reason: &str| {
+            p(&format!(
+                "{text}known_issues:\n  - {{ kernel: \"6.12.*\", reason: \"{reason}\", note: n }}\n"
+            ))
+        };
+        assert!(known("step 8/12 (processes, *): role `r`").is_ok());
+        assert!(known("step 8/12 (processes").is_ok());
+        assert!(known("kernel splat: BUG").is_ok());
+        for stale in [
+            "step 7 (processes): role `r`",
+            "step 8/13 (processes, *)",
+            "step 8/12 (touch, *)",
+        ] {
+            let e = known(stale).unwrap_err().to_string();
+            assert!(
+                e.contains("known_issues[0].reason: names no step of this file: reasons name one as `step N/12 (kind, file:line)`, e.g. `step 1/12 (arena, *)`"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

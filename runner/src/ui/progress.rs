@@ -2,7 +2,7 @@
 //!
 //! On a terminal: an indicatif display with n/N done, passes and failures so
 //! far, and one line per running scenario with its elapsed time and phase
-//! (`booting`, `step 3 touch`, read from the scenario's `events.jsonl` as
+//! (`booting`, `step 4/12 (touch, x.yaml:9)`, read from the scenario's `events.jsonl` as
 //! the session appends to it, so the session needs no callback). Without a
 //! terminal (CI logs): one plain line when a scenario starts and one when it
 //! ends. `--quiet`: only failures and the final line; `--verbose`: every
@@ -45,6 +45,8 @@ struct Running {
     events_at: u64,
     console_at: u64,
     phase: String,
+    /// How the open step is named, for its `progress` lines.
+    step: Option<String>,
 }
 
 #[derive(Default)]
@@ -129,6 +131,7 @@ impl Progress {
                 events_at: 0,
                 console_at: 0,
                 phase: "booting".into(),
+                step: None,
             },
         );
     }
@@ -191,7 +194,9 @@ impl Progress {
         }
         let mut st = self.state.lock().expect("lock");
         for r in st.running.values_mut() {
-            if let Some(phase) = read_phase(&r.dir.join("events.jsonl"), &mut r.events_at) {
+            if let Some(phase) =
+                read_phase(&r.dir.join("events.jsonl"), &mut r.events_at, &mut r.step)
+            {
                 r.phase = phase;
                 if let Some(bar) = &r.bar {
                     bar.set_message(r.phase.clone());
@@ -264,26 +269,38 @@ fn read_from(path: &Path, at: &mut u64, whole_lines: bool) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// The newest phase in the lines of `events.jsonl` added since `*at`.
-fn read_phase(events: &Path, at: &mut u64) -> Option<String> {
+/// The newest phase in the lines of `events.jsonl` added since `*at`;
+/// `step` is how the open step is named (kept from one read to the next).
+fn read_phase(events: &Path, at: &mut u64, step: &mut Option<String>) -> Option<String> {
     let text = read_from(events, at, true);
-    text.lines().filter_map(phase_of).next_back()
+    text.lines().filter_map(|l| phase_of(l, step)).next_back()
 }
 
 /// What an `events.jsonl` line says the scenario is doing: the line is a
 /// [`GuestMessage`](arena_protocol::GuestMessage) stamped with its arrival.
-fn phase_of(line: &str) -> Option<String> {
+/// A `step_started` names the open step in `step`, for the `progress`
+/// lines that follow it.
+fn phase_of(line: &str, step: &mut Option<String>) -> Option<String> {
     use arena_protocol::GuestMessage;
     match serde_json::from_str::<GuestMessage>(line).ok()? {
         GuestMessage::Hello(_) => Some("agent up".into()),
-        GuestMessage::StepStarted { path, kind } => Some(format!("step {path} {kind}")),
+        GuestMessage::StepStarted { path, kind, at } => {
+            let label = arena_protocol::step_ref::started_label(&path, &kind, at.as_ref());
+            *step = Some(label.clone());
+            Some(label)
+        }
         // Only parallel steps say more than `step_started` already did.
         GuestMessage::Progress {
             path,
             kind,
             workers: Some(w),
             ..
-        } => Some(format!("step {path} {kind}, {w}")),
+        } => {
+            let label = step
+                .clone()
+                .unwrap_or_else(|| arena_protocol::step_ref::started_label(&path, &kind, None));
+            Some(format!("{label}, {w}"))
+        }
         GuestMessage::Done { .. } | GuestMessage::Fatal { .. } => Some("powering off".into()),
         _ => None,
     }
@@ -330,9 +347,13 @@ mod tests {
 
     #[test]
     fn phases_from_events() {
+        let mut step = None;
+        let mut phase = |line: &str| phase_of(line, &mut step);
         assert_eq!(
-            phase_of(r#"{"type":"step_started","path":"3","kind":"touch","host_time_s":1.0}"#),
-            Some("step 3 touch".into())
+            phase(
+                r#"{"type":"step_started","path":"3","kind":"processes","at":{"index":4,"of":12,"kind":"processes","file":"x.yaml","line":9},"host_time_s":1.0}"#
+            ),
+            Some("step 4/12 (processes, x.yaml:9)".into())
         );
         let hello = arena_protocol::GuestMessage::Hello(arena_protocol::Hello {
             agent_version: "0".into(),
@@ -343,18 +364,27 @@ mod tests {
             uptime_ms: 1,
         });
         let line = serde_json::to_string(&hello).unwrap();
-        assert_eq!(phase_of(&line), Some("agent up".into()));
-        assert_eq!(phase_of(r#"{"type":"step_ended"}"#), None);
-        assert_eq!(phase_of("garbage"), None);
+        assert_eq!(phase(&line), Some("agent up".into()));
+        assert_eq!(phase(r#"{"type":"step_ended"}"#), None);
+        assert_eq!(phase("garbage"), None);
         assert_eq!(
-            phase_of(r#"{"type":"progress","path":"0","kind":"sleep","elapsed_ms":1}"#),
+            phase(r#"{"type":"progress","path":"0","kind":"sleep","elapsed_ms":1}"#),
             None
         );
+        // `progress` names the step as its `step_started` did.
         assert_eq!(
-            phase_of(
+            phase(
                 r#"{"type":"progress","path":"3","kind":"processes","elapsed_ms":1,"ticks":9,"workers":{"iteration":37,"iterations":200,"running":3,"workers":4}}"#
             ),
-            Some("step 3 processes, iteration 37/200 in 3 of 4 workers".into())
+            Some("step 4/12 (processes, x.yaml:9), iteration 37/200 in 3 of 4 workers".into())
+        );
+        // An agent that does not name its steps: counted from 1 all the same.
+        assert_eq!(
+            phase_of(
+                r#"{"type":"step_started","path":"3","kind":"touch"}"#,
+                &mut None
+            ),
+            Some("step 4 (touch)".into())
         );
     }
 

@@ -270,6 +270,7 @@ pub mod testing {
             choices: Vec::new(),
             signals: Default::default(),
             raced_reads: 0,
+            at: "steps[0]".into(),
         };
         (ctx, base)
     }

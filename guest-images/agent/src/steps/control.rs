@@ -106,10 +106,10 @@ pub fn sysctl(s: &SysctlStep) -> StepResult {
 
 /// `repeat:` step.
 pub fn repeat(ctx: &mut Ctx, s: &RepeatStep) -> StepResult {
+    let field = format!("{}.repeat.steps", ctx.at);
     for i in 0..s.times {
-        run_steps(ctx, &s.steps).map_err(|(j, e)| {
-            let kind = s.steps[j].kind();
-            let text = format!("iteration {i}, step {j} ({kind}): {}", e.text());
+        run_steps(ctx, &s.steps, &field).map_err(|(at, e)| {
+            let text = format!("iteration {}/{}, {at}: {}", i + 1, s.times, e.text());
             match e {
                 StepError::Fail(_) => StepError::Fail(text),
                 StepError::Error(_) => StepError::Error(text),
@@ -131,13 +131,14 @@ pub fn repeat(ctx: &mut Ctx, s: &RepeatStep) -> StepResult {
 pub fn sweep(ctx: &mut Ctx, s: &SweepStep) -> StepResult {
     let mut report = Vec::with_capacity(s.cases.len());
     let (mut failed, mut errors) = (Vec::new(), Vec::new());
+    // Every case runs the template's steps: their lines are the template's.
+    let field = format!("{}.sweep.steps", ctx.at);
     for case in &s.cases {
         let label = case.label();
-        let (status, detail) = match run_steps(ctx, &case.steps) {
+        let (status, detail) = match run_steps(ctx, &case.steps, &field) {
             Ok(()) => ("pass", String::new()),
-            Err((j, e)) => {
-                let kind = case.steps[j].kind();
-                let text = format!("{label}: step {j} ({kind}): {}", e.text());
+            Err((at, e)) => {
+                let text = format!("{label}: {at}: {}", e.text());
                 let status = match e {
                     StepError::Fail(_) => "fail",
                     StepError::Error(_) => "error",

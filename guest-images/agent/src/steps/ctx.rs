@@ -137,6 +137,9 @@ pub struct Ctx {
     /// Reads an `any_of` accepted through a later alternative: the race
     /// went the other way (counted for a worker's report).
     pub raced_reads: u64,
+    /// Field path of the step running (`steps[3]`,
+    /// `steps[3].repeat.steps[1]`): where its nested lists are written.
+    pub at: String,
 }
 
 impl Ctx {
@@ -182,6 +185,7 @@ impl Ctx {
             choices: Vec::new(),
             signals: Default::default(),
             raced_reads: 0,
+            at: self.at.clone(),
         }
     }
 }

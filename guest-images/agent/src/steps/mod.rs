@@ -13,7 +13,10 @@ pub mod parallel;
 pub mod selftest;
 pub mod touch;
 
+use std::sync::OnceLock;
+
 use arena_protocol::scenario::{errno_name, Step, SyscallExpect};
+use arena_protocol::{StepLines, StepRef};
 
 use crate::channel::Channel;
 pub use ctx::{ArenaState, Ctx, Outcome, StepError, StepResult};
@@ -84,10 +87,33 @@ pub fn check_errno<T>(
     }
 }
 
-/// Run `steps` in order; the first failing step ends the list.
-pub fn run_steps(ctx: &mut Ctx, list: &[Step]) -> Result<(), (usize, StepError)> {
+/// Where the scenario's steps are written, as the host sent them: set
+/// once before the first step, read by every process and thread after.
+static LINES: OnceLock<StepLines> = OnceLock::new();
+
+/// Remember where the scenario's steps are written.
+pub fn set_lines(lines: StepLines) {
+    let _ = LINES.set(lines);
+}
+
+/// How to name step `i` of `list`, the list at field path `list_field`:
+/// `step 2/3 (touch, race.yaml:27)`.
+pub fn step_ref(list_field: &str, list: &[Step], i: usize) -> StepRef {
+    static NONE: OnceLock<StepLines> = OnceLock::new();
+    LINES
+        .get()
+        .unwrap_or_else(|| NONE.get_or_init(StepLines::default))
+        .step(list_field, list, i)
+}
+
+/// Run `steps`, the list at field path `field` (`steps[3].repeat.steps`),
+/// in order; the first failing step ends the list, named.
+pub fn run_steps(ctx: &mut Ctx, list: &[Step], field: &str) -> Result<(), (StepRef, StepError)> {
     for (i, step) in list.iter().enumerate() {
-        run(ctx, step).map_err(|e| (i, e))?;
+        let outer = std::mem::replace(&mut ctx.at, format!("{field}[{i}]"));
+        let result = run(ctx, step);
+        ctx.at = outer;
+        result.map_err(|e| (step_ref(field, list, i), e))?;
         crate::counters::tick();
     }
     Ok(())

@@ -151,6 +151,7 @@ fn workers<'a>(roles: &[RoleView<'a>], seed: u64) -> Vec<Worker<'a>> {
 fn work(
     ctx: &mut Ctx,
     s: &ParallelStep,
+    at: &str,
     w: &Worker,
     counters: Option<&WorkerCounters>,
     release: impl FnOnce(),
@@ -160,7 +161,7 @@ fn work(
     if let Some(c) = counters {
         c.started(w.worker, tid);
     }
-    let mut report = work_loop(ctx, s, w, counters, release);
+    let mut report = work_loop(ctx, s, at, w, counters, release);
     report.pid = tid;
     if let Some(c) = counters {
         c.finished(w.worker);
@@ -171,6 +172,7 @@ fn work(
 fn work_loop(
     ctx: &mut Ctx,
     s: &ParallelStep,
+    at: &str,
     w: &Worker,
     counters: Option<&WorkerCounters>,
     release: impl FnOnce(),
@@ -193,11 +195,12 @@ fn work_loop(
     ctx.choices.clear();
     ctx.signals.clear();
     ctx.raced_reads = 0;
-    let setup = run_steps(ctx, w.role.setup);
+    let (setup_field, steps_field) = w.role.list_fields(at);
+    let setup = run_steps(ctx, w.role.setup, &setup_field);
     release();
-    if let Err((j, e)) = setup {
+    if let Err((at, e)) = setup {
         report.status = WorkerStatus::Fail;
-        report.detail = format!("setup step {j} ({}): {}", w.role.setup[j].kind(), e.text());
+        report.detail = format!("setup {at}: {}", e.text());
         report.signals = std::mem::take(&mut ctx.signals);
         report.raced_reads = std::mem::take(&mut ctx.raced_reads);
         return report;
@@ -211,7 +214,7 @@ fn work_loop(
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             break;
         }
-        let result = run_steps(ctx, w.role.steps);
+        let result = run_steps(ctx, w.role.steps, &steps_field);
         for mut c in ctx.choices.drain(..) {
             c["iteration"] = it.into();
             recorded += c.to_string().len();
@@ -221,13 +224,9 @@ fn work_loop(
                 report.choices.push(c);
             }
         }
-        if let Err((j, e)) = result {
+        if let Err((at, e)) = result {
             report.status = WorkerStatus::Fail;
-            report.detail = format!(
-                "iteration {it}, step {j} ({}): {}",
-                w.role.steps[j].kind(),
-                e.text()
-            );
+            report.detail = format!("iteration {}/{}, {at}: {}", it + 1, s.iterations, e.text());
             break;
         }
         report.iterations += 1;
@@ -477,6 +476,8 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
         ));
     }
     let seed = s.seed.unwrap_or_else(|| ctx.draw());
+    // Where the roles' lists are written, for naming a step that fails.
+    let at = format!("{}.processes", ctx.at);
     let roles = s.role_views();
     let all = workers(&roles, seed);
     let order = start_order(seed, all.len() as u32);
@@ -494,7 +495,7 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
             sys::close(go_tx);
             ctx.forget_mappings();
             ctx.seed = w.seed;
-            let report = work(ctx, s, w, counters.as_ref(), || {
+            let report = work(ctx, s, &at, w, counters.as_ref(), || {
                 let mut b = [0u8; 1];
                 // Blocks until the parent closes the write end: all start
                 // together.
@@ -555,6 +556,7 @@ pub fn processes(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
 /// (it is reported by PID 1), as it would in any program.
 pub fn threads(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
     let seed = s.seed.unwrap_or_else(|| ctx.draw());
+    let at = format!("{}.threads", ctx.at);
     let roles = s.role_views();
     let all = workers(&roles, seed);
     let order = start_order(seed, all.len() as u32);
@@ -571,8 +573,9 @@ pub fn threads(ctx: &mut Ctx, s: &ParallelStep) -> StepResult {
                 let w = &all[i as usize];
                 let mut tctx = ctx.clone_for_thread(w.seed);
                 let barrier = &barrier;
+                let at = at.as_str();
                 scope.spawn(move || {
-                    work(&mut tctx, s, w, counters, || {
+                    work(&mut tctx, s, at, w, counters, || {
                         barrier.wait();
                     })
                 })
