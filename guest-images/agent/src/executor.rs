@@ -65,6 +65,7 @@ pub fn run_scenario(channel: &Channel, scenario: &Scenario, seed: u64) -> bool {
         signals: Default::default(),
         raced_reads: 0,
         at: String::new(),
+        run_nested: steps::run_steps,
     };
     steps::set_lines(scenario.lines.clone());
     if let Some(why) = crate::requirements::unmet(&scenario.requires) {

@@ -271,6 +271,7 @@ pub mod testing {
             signals: Default::default(),
             raced_reads: 0,
             at: "steps[0]".into(),
+            run_nested: crate::steps::run_steps,
         };
         (ctx, base)
     }

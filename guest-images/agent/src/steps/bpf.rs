@@ -13,6 +13,7 @@ use arena_protocol::scenario::{
 use libbpf_sys as bpf;
 
 use super::check_errno;
+use super::object::{LoadedObject, ObjectHandle};
 use super::{ArenaState, Ctx, Outcome, StepError, StepResult};
 use crate::sys::BPF_MAP_TYPE_ARENA;
 
@@ -28,34 +29,6 @@ struct ProgArgs {
     base: u64,
     arg: [u64; 4],
     out: [u64; 4],
-}
-
-/// An open, loaded libbpf object; closed when the last user drops it.
-struct ObjectHandle(*mut bpf::bpf_object);
-
-// SAFETY: a libbpf object is heap memory plus fds, with no thread
-// affinity, so it may be used and closed (once, in Drop) on any thread.
-unsafe impl Send for ObjectHandle {}
-// SAFETY: shared references only read the object (program lookups and fds);
-// it is mutated (reuse_fd, load) only in `load`, while its one Arc is local.
-unsafe impl Sync for ObjectHandle {}
-
-impl Drop for ObjectHandle {
-    fn drop(&mut self) {
-        // SAFETY: the pointer came from bpf_object__open_file and is closed once.
-        unsafe { bpf::bpf_object__close(self.0) };
-    }
-}
-
-/// A loaded BPF object and the arena its programs use.
-#[derive(Clone)]
-pub struct LoadedObject {
-    handle: Arc<ObjectHandle>,
-    /// The object file, e.g. `arena_ops.bpf.o` (its programs' arguments are
-    /// bounds-checked when the lab knows them).
-    object: String,
-    /// Arena id of the object's arena map, if registered or reused.
-    arena: Option<String>,
 }
 
 fn arena_map(obj: *mut bpf::bpf_object) -> Option<*mut bpf::bpf_map> {

@@ -7,7 +7,7 @@ use arena_protocol::scenario::{
     CrashStep, KernelLogStep, RepeatStep, SleepStep, SweepStep, SysctlStep, SysrqStep,
 };
 
-use super::{run_steps, Ctx, Outcome, StepError, StepResult};
+use super::{Ctx, Outcome, StepError, StepResult};
 
 /// `sleep:` step.
 pub fn sleep(s: &SleepStep) -> StepResult {
@@ -108,7 +108,7 @@ pub fn sysctl(s: &SysctlStep) -> StepResult {
 pub fn repeat(ctx: &mut Ctx, s: &RepeatStep) -> StepResult {
     let field = format!("{}.repeat.steps", ctx.at);
     for i in 0..s.times {
-        run_steps(ctx, &s.steps, &field).map_err(|(at, e)| {
+        (ctx.run_nested)(ctx, &s.steps, &field).map_err(|(at, e)| {
             let text = format!("iteration {}/{}, {at}: {}", i + 1, s.times, e.text());
             match e {
                 StepError::Fail(_) => StepError::Fail(text),
@@ -135,7 +135,7 @@ pub fn sweep(ctx: &mut Ctx, s: &SweepStep) -> StepResult {
     let field = format!("{}.sweep.steps", ctx.at);
     for case in &s.cases {
         let label = case.label();
-        let (status, detail) = match run_steps(ctx, &case.steps, &field) {
+        let (status, detail) = match (ctx.run_nested)(ctx, &case.steps, &field) {
             Ok(()) => ("pass", String::new()),
             Err((at, e)) => {
                 let text = format!("{label}: {at}: {}", e.text());

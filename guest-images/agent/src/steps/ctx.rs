@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use arena_protocol::scenario::{PageSet, Signal, PAGE_SIZE};
-use arena_protocol::StepStatus;
+use arena_protocol::scenario::{errno_name, PageSet, Signal, Step, SyscallExpect, PAGE_SIZE};
+use arena_protocol::{StepRef, StepStatus};
 
-use super::{bpf, memory};
+use super::object::LoadedObject;
 
 /// What a step did and saw.
 #[derive(Debug, Default)]
@@ -114,7 +114,7 @@ pub struct Ctx {
     /// Arenas by id.
     pub arenas: HashMap<String, ArenaState>,
     /// Loaded BPF objects by id.
-    pub objects: HashMap<String, bpf::LoadedObject>,
+    pub objects: HashMap<String, LoadedObject>,
     /// Seed for random choices.
     pub seed: u64,
     /// When the scenario's time is up.
@@ -126,7 +126,7 @@ pub struct Ctx {
     /// unmap or move them.
     pub shared_mm: bool,
     /// `memory` baselines by name.
-    pub baselines: HashMap<String, memory::Sample>,
+    pub baselines: HashMap<String, Sample>,
     /// Random choices made since the last report (shuffled page orders),
     /// recorded in the step's data so a run with the same seed can be
     /// checked to have made the same ones.
@@ -140,6 +140,8 @@ pub struct Ctx {
     /// Field path of the step running (`steps[3]`,
     /// `steps[3].repeat.steps[1]`): where its nested lists are written.
     pub at: String,
+    /// Runs a nested list of steps (see [`NestedRunner`]).
+    pub run_nested: NestedRunner,
 }
 
 impl Ctx {
@@ -186,6 +188,50 @@ impl Ctx {
             signals: Default::default(),
             raced_reads: 0,
             at: self.at.clone(),
+            run_nested: self.run_nested,
         }
     }
 }
+
+/// Every source, read at one moment (what a baseline records).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The cgroup's `memory.current` in bytes, or why it could not be read
+    /// (a check of it is then an error).
+    pub(super) cgroup: Result<u64, String>,
+    /// `/proc/meminfo`, KiB by field.
+    pub(super) meminfo: HashMap<String, i64>,
+    /// `/proc/vmstat`, by counter.
+    pub(super) vmstat: HashMap<String, i64>,
+}
+
+/// Compare a syscall's result with the expectation. `Ok(Some(v))`: it
+/// succeeded as expected; `Ok(None)`: it failed with the expected errno.
+pub fn check_errno<T>(
+    what: &str,
+    result: Result<T, i32>,
+    expect: &SyscallExpect,
+) -> Result<Option<T>, StepError> {
+    match (result, expect.errno) {
+        (Ok(v), None) => Ok(Some(v)),
+        (Err(n), Some(e)) if n == e.number() => Ok(None),
+        (Err(n), Some(e)) => Err(StepError::Fail(format!(
+            "{what}: expected {}, got {}",
+            errno_name(e.number()),
+            errno_name(n)
+        ))),
+        (Ok(_), Some(e)) => Err(StepError::Fail(format!(
+            "{what}: expected {}, but it succeeded",
+            errno_name(e.number())
+        ))),
+        (Err(n), None) => Err(StepError::Fail(format!(
+            "{what}: expected success, got {}",
+            errno_name(n)
+        ))),
+    }
+}
+
+/// Runs a nested list of steps (`repeat`, `sweep` cases, roles): the
+/// dispatcher's `run_steps`, handed down in [`Ctx::run_nested`] so the
+/// compound steps need not call back up into the dispatcher's module.
+pub type NestedRunner = fn(&mut Ctx, &[Step], &str) -> Result<(), (StepRef, StepError)>;

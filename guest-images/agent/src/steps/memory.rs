@@ -6,22 +6,10 @@ use std::time::{Duration, Instant};
 
 use arena_protocol::scenario::MemoryStep;
 
-use super::{Ctx, Outcome, StepError, StepResult};
+use super::{Ctx, Outcome, Sample, StepError, StepResult};
 
 /// Pause between reads while waiting for deferred frees.
 const POLL: Duration = Duration::from_millis(20);
-
-/// Every source, read at one moment (what a baseline records).
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// The cgroup's `memory.current` in bytes, or why it could not be read
-    /// (a check of it is then an error).
-    cgroup: Result<u64, String>,
-    /// `/proc/meminfo`, KiB by field.
-    meminfo: HashMap<String, i64>,
-    /// `/proc/vmstat`, by counter.
-    vmstat: HashMap<String, i64>,
-}
 
 impl Sample {
     fn read() -> Result<Sample, StepError> {

@@ -9,17 +9,18 @@ pub mod fail_allocs;
 pub mod kmemleak;
 pub mod mapping;
 pub mod memory;
+mod object;
 pub mod parallel;
 pub mod selftest;
 pub mod touch;
 
 use std::sync::OnceLock;
 
-use arena_protocol::scenario::{errno_name, Step, SyscallExpect};
+use arena_protocol::scenario::Step;
 use arena_protocol::{StepLines, StepRef};
 
 use crate::channel::Channel;
-pub use ctx::{ArenaState, Ctx, Outcome, StepError, StepResult};
+pub use ctx::{check_errno, ArenaState, Ctx, Outcome, Sample, StepError, StepResult};
 
 /// Run one step in the current process.
 pub fn run(ctx: &mut Ctx, step: &Step) -> StepResult {
@@ -61,32 +62,6 @@ pub fn run_top_level(ctx: &mut Ctx, step: &Step, channel: &Channel) -> StepResul
     }
 }
 
-/// Compare a syscall's result with the expectation. `Ok(Some(v))`: it
-/// succeeded as expected; `Ok(None)`: it failed with the expected errno.
-pub fn check_errno<T>(
-    what: &str,
-    result: Result<T, i32>,
-    expect: &SyscallExpect,
-) -> Result<Option<T>, StepError> {
-    match (result, expect.errno) {
-        (Ok(v), None) => Ok(Some(v)),
-        (Err(n), Some(e)) if n == e.number() => Ok(None),
-        (Err(n), Some(e)) => Err(StepError::Fail(format!(
-            "{what}: expected {}, got {}",
-            errno_name(e.number()),
-            errno_name(n)
-        ))),
-        (Ok(_), Some(e)) => Err(StepError::Fail(format!(
-            "{what}: expected {}, but it succeeded",
-            errno_name(e.number())
-        ))),
-        (Err(n), None) => Err(StepError::Fail(format!(
-            "{what}: expected success, got {}",
-            errno_name(n)
-        ))),
-    }
-}
-
 /// Where the scenario's steps are written, as the host sent them: set
 /// once before the first step, read by every process and thread after.
 static LINES: OnceLock<StepLines> = OnceLock::new();
@@ -122,7 +97,7 @@ pub fn run_steps(ctx: &mut Ctx, list: &[Step], field: &str) -> Result<(), (StepR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arena_protocol::scenario::Errno;
+    use arena_protocol::scenario::{Errno, SyscallExpect};
 
     #[test]
     fn errno_expectations() {

@@ -14,7 +14,7 @@ use arena_protocol::scenario::{Count, ParallelStep, RoleView, Signal, WorkersExp
 use arena_protocol::seed;
 use serde::{Deserialize, Serialize};
 
-use super::{run_steps, Ctx, Outcome, StepError, StepResult};
+use super::{Ctx, Outcome, StepError, StepResult};
 use crate::counters::WorkerCounters;
 use crate::sys;
 use crate::worker;
@@ -196,7 +196,7 @@ fn work_loop(
     ctx.signals.clear();
     ctx.raced_reads = 0;
     let (setup_field, steps_field) = w.role.list_fields(at);
-    let setup = run_steps(ctx, w.role.setup, &setup_field);
+    let setup = (ctx.run_nested)(ctx, w.role.setup, &setup_field);
     release();
     if let Err((at, e)) = setup {
         report.status = WorkerStatus::Fail;
@@ -214,7 +214,7 @@ fn work_loop(
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             break;
         }
-        let result = run_steps(ctx, w.role.steps, &steps_field);
+        let result = (ctx.run_nested)(ctx, w.role.steps, &steps_field);
         for mut c in ctx.choices.drain(..) {
             c["iteration"] = it.into();
             recorded += c.to_string().len();
