@@ -219,22 +219,26 @@ fn every_verdict_validates_with_kcidb_io_and_a_broken_field_does_not() {
     ids.dedup();
     assert_eq!(ids.len(), tests.len(), "ids unique");
 
+    // `lab kcidb RUN --origin arena_lab_ci [EXTRA...] -o OUT`, read back.
+    let write = |run: &Path, out: &str, extra: &[&str]| -> Value {
+        let out = dir.join(out);
+        let mut args = vec!["kcidb", run.to_str().unwrap(), "--origin", "arena_lab_ci"];
+        args.extend(extra);
+        args.extend(["-o", out.to_str().unwrap()]);
+        assert_eq!(lab(&args).status.code(), Some(0));
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    };
     // The same night written again: the same ids, so a re-submission
     // updates instead of duplicating.
-    let out1b = dir.join("kcidb1b.json");
-    let o = lab(&[
-        "kcidb",
-        run.to_str().unwrap(),
-        "--origin",
-        "arena_lab_ci",
+    let url = [
         "--log-url-base",
         "https://example.org/nightly/20260101-000000",
-        "-o",
-        out1b.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(0));
-    let v1b: Value = serde_json::from_str(&std::fs::read_to_string(&out1b).unwrap()).unwrap();
-    assert_eq!(v, v1b, "the same night again: the same objects");
+    ];
+    assert_eq!(
+        v,
+        write(&run, "kcidb1b.json", &url),
+        "the same night again: the same objects"
+    );
 
     // The next night on the same kernel (another run id, another start):
     // new tests of the same build, so KCIDB keeps both nights.
@@ -243,17 +247,7 @@ fn every_verdict_validates_with_kcidb_io_and_a_broken_field_does_not() {
     again.started = "2026-01-01T01:01:01Z".into();
     let run2 = dir.join("20260101-010101");
     write_run(&run2, &again);
-    let out2 = dir.join("kcidb2.json");
-    let o = lab(&[
-        "kcidb",
-        run2.to_str().unwrap(),
-        "--origin",
-        "arena_lab_ci",
-        "-o",
-        out2.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(0));
-    let v2: Value = serde_json::from_str(&std::fs::read_to_string(&out2).unwrap()).unwrap();
+    let v2 = write(&run2, "kcidb2.json", &[]);
     let ids2: Vec<&Value> = tests_of(&v2).iter().map(|t| &t["id"]).collect();
     let ids1: Vec<&Value> = tests.iter().map(|t| &t["id"]).collect();
     assert!(ids1.iter().all(|i| !ids2.contains(i)), "{ids1:?} {ids2:?}");

@@ -100,42 +100,8 @@ fn layers_only_use_layers_below_them_and_modules_have_no_circles() {
         "uses of a higher layer:\n{}",
         upward.join("\n")
     );
-    // Depth-first search for a back edge.
-    fn visit(
-        m: &str,
-        graph: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut BTreeMap<String, u8>,
-        stack: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        state.insert(m.to_owned(), 1);
-        stack.push(m.to_owned());
-        for next in graph.get(m).into_iter().flatten() {
-            match state.get(next.as_str()) {
-                Some(1) => {
-                    let at = stack.iter().position(|s| s == next).unwrap();
-                    let mut cycle = stack[at..].to_vec();
-                    cycle.push(next.clone());
-                    return Some(cycle);
-                }
-                Some(_) => {}
-                None => {
-                    if let Some(c) = visit(next, graph, state, stack) {
-                        return Some(c);
-                    }
-                }
-            }
-        }
-        stack.pop();
-        state.insert(m.to_owned(), 2);
-        None
-    }
-    let mut state = BTreeMap::new();
-    for m in graph.keys() {
-        if !state.contains_key(m.as_str()) {
-            if let Some(cycle) = visit(m, &graph, &mut state, &mut Vec::new()) {
-                panic!("module circle: {}", cycle.join(" -> "));
-            }
-        }
+    if let Some(cycle) = find_circle(&graph) {
+        panic!("module circle: {}", cycle.join(" -> "));
     }
     // The check has teeth: it sees the layers' real edges.
     assert!(graph["run/mod"].contains("execute/session"), "{graph:#?}");

@@ -88,7 +88,7 @@ fn pages_not_given_back_or_impossible_bounds_fail() {
         );
         assert_eq!(out.status.code(), Some(1), "{name}");
         let reason = first_reason(&results);
-        assert!(reason.contains("(memory)") && reason.contains(want), "{name}: {reason}");
+        assert!(reason.contains("(memory, ") && reason.contains(want), "{name}: {reason}");
     }
 }
 
