@@ -43,9 +43,9 @@ const GUEST_MIB: u64 = 160;
 /// How much the VMM's own memory (RSS outside guest RAM) may grow while a
 /// guest runs: the output it may queue for a slow socket
 /// ([`vmm::bridge::MAX_PENDING_TX`]) and 8 MiB of slack. The endless line
-/// streams more than that (about 700 bytes a notification, 1000 to 3000
-/// notifications a second when unread, for a minute), so a VMM that kept
-/// what it cannot deliver would cross it.
+/// streams more than that (32 MiB, about 700 bytes a notification, however
+/// long that takes), so a VMM that kept what it cannot deliver would cross
+/// it.
 const OWN_GROWTH_LIMIT_KIB: u64 = (vmm::bridge::MAX_PENDING_TX as u64 >> 10) + (8 << 10);
 
 /// On the host, before L1 boots: builds the suite's test binary,
@@ -243,8 +243,13 @@ struct Case {
     mode: &'static str,
     /// Whether the host reads the channel (else: accepts, never reads).
     reads: bool,
-    /// `arena-vmm --timeout-s`.
+    /// `arena-vmm --timeout-s`: a safety net only where the guest ends by
+    /// its progress (`stall_s`).
     timeout_s: u64,
+    /// `arena-vmm --stall-timeout-s`: the endless guests stream a fixed
+    /// amount with a serial mark per 1 MiB, then go silent; the stall window
+    /// ends them, however long the stream took on a busy host.
+    stall_s: Option<u64>,
     /// The reason `arena-vmm` must name last on stderr.
     reason: &'static str,
     /// `arena-vmm`'s exit status for it.
@@ -258,18 +263,20 @@ const CASES: &[Case] = &[
         name: "endless",
         mode: "endless",
         reads: true,
-        timeout_s: 25,
-        reason: "host-side timeout",
-        exit_code: vmm::EXIT_TIMEOUT,
+        timeout_s: 1800,
+        stall_s: Some(15),
+        reason: "guest stalled: no serial output for 15.000 s",
+        exit_code: vmm::EXIT_STALLED,
         channel: &[],
     },
     Case {
         name: "endless-unread",
         mode: "endless",
         reads: false,
-        timeout_s: 60,
-        reason: "host-side timeout",
-        exit_code: vmm::EXIT_TIMEOUT,
+        timeout_s: 1800,
+        stall_s: Some(15),
+        reason: "guest stalled: no serial output for 15.000 s",
+        exit_code: vmm::EXIT_STALLED,
         channel: &[],
     },
     Case {
@@ -277,6 +284,7 @@ const CASES: &[Case] = &[
         mode: "garbage",
         reads: true,
         timeout_s: 120,
+        stall_s: None,
         reason: "guest reset (clean exit)",
         exit_code: vmm::EXIT_CLEAN,
         channel: &["hostile: garbage done"],
@@ -286,6 +294,7 @@ const CASES: &[Case] = &[
         mode: "rebind",
         reads: true,
         timeout_s: 120,
+        stall_s: None,
         reason: "guest reset (clean exit)",
         exit_code: vmm::EXIT_CLEAN,
         channel: &["rebind 0 mid-transfer", "hostile: rebind done"],
@@ -335,6 +344,12 @@ fn run_linux_guest(case: &Case, vmm: &Path, kernel: &Path, initrd: &Path, scratc
                 "--timeout-s",
                 &case.timeout_s.to_string(),
             ])
+            .args(
+                case.stall_s
+                    .map(|s| ["--stall-timeout-s".to_owned(), s.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--serial")
             .arg(&serial)
             .arg("--console-socket")
@@ -426,6 +441,13 @@ fn run_linux_guest(case: &Case, vmm: &Path, kernel: &Path, initrd: &Path, scratc
         );
     }
     if case.mode == "endless" {
+        // It streamed all 32 MiB (the VMM served it to the end) before the
+        // stall window ended it.
+        assert!(
+            serial_text.contains("hostile: streamed 32 MiB"),
+            "{}",
+            ctx()
+        );
         // Streaming or not, the guest kept notifying the device.
         let notifies = device_exits(&stderr);
         assert!(notifies > 5000, "only {notifies} virtio exits; {}", ctx());
