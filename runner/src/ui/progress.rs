@@ -8,10 +8,13 @@
 //! ends. `--quiet`: only failures and the final line; `--verbose`: every
 //! running scenario's serial console, line by line, prefixed with its name.
 //!
-//! SIGINT/SIGTERM only set a flag (all a signal handler may safely do); the
-//! watcher thread sees it, says so, and kills every VM the sessions
-//! registered. The VMs also have PDEATHSIG, so a runner killed outright
-//! leaves none behind either. A second signal gets the default action.
+//! The phases come from the typed `GuestMessage` records the session
+//! appends to `events.jsonl` (the run's own record of its events, so the
+//! display needs no callback into the session and can be swapped for
+//! another reader). This module kills nothing: SIGINT/SIGTERM only set a
+//! flag (`execute::signals`), whose watcher stops the VMs the sessions
+//! registered; the display only says so. The VMs also have PDEATHSIG, so a
+//! runner killed outright leaves none behind either.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
